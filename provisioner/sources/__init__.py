@@ -1,0 +1,1 @@
+"""Workload sources: where pending work comes from (simulated traces, Slurm queues, burst requests)."""
