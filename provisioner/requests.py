@@ -1,0 +1,399 @@
+"""Burst requests: an experiment asks for capacity; it is admitted against the policies or rejected, with a reason.
+
+An admitted request becomes one demand group (source "request") that the engine plans like any other
+pending work; its status and cost so far are read back from the resources it got.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from provisioner.domain import (
+    Arch,
+    DemandGroup,
+    FleetUnit,
+    Offering,
+    Plan,
+    PlanningConstraints,
+)
+from provisioner.model import (
+    BurstRequestRow,
+    DemandGroupRow,
+    EventRow,
+    ResourceRow,
+    from_micro,
+    row_time,
+    to_micro,
+    utcnow,
+)
+
+PlanFunction = Callable[
+    [Sequence[DemandGroup], Sequence[Offering], Sequence[FleetUnit], PlanningConstraints], Plan
+]
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class RequestStatus:
+    ADMITTED = "admitted"
+    REJECTED = "rejected"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    OPEN = frozenset({ADMITTED, RUNNING})
+
+
+class BurstRequestSpec(BaseModel):
+    """What an experiment asks for. Exactly one of cores/gpus, and one of duration_hours/hs23_hours."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment: str = Field(min_length=1)
+    cores: int | None = Field(default=None, gt=0)
+    gpus: int | None = Field(default=None, gt=0)
+    gpu_model: str | None = None
+    archs: tuple[Arch, ...] = (Arch.X86_64,)
+    duration_hours: Positive | None = None
+    hs23_hours: Positive | None = None
+    deadline: datetime | None = None
+    data_location: str | None = None
+    input_gb: float = Field(default=0.0, ge=0)
+    output_gb: float = Field(default=0.0, ge=0)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0)
+    cores_per_job: int = Field(default=8, gt=0)
+    cores_per_gpu: int = Field(default=8, gt=0)
+    memory_gb_per_core: float = Field(default=2.0, gt=0)
+    job_hours: Positive = 12.0  # slot length when only hs23_hours is given
+    preemptible: bool = False
+
+    @field_validator("archs")
+    @classmethod
+    def _archs_not_empty(cls, value: tuple[Arch, ...]) -> tuple[Arch, ...]:
+        if not value:
+            raise ValueError("name at least one architecture (x86_64, arm64)")
+        return value
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_has_zone(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("data_location")
+    @classmethod
+    def _location_shape(cls, value: str | None) -> str | None:
+        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError(f"'{value}' is not '<provider>:<region>' (e.g. aws:us-east-1)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_size_one_length(self) -> Self:
+        if (self.cores is None) == (self.gpus is None):
+            raise ValueError("give exactly one of cores or gpus")
+        if (self.duration_hours is None) == (self.hs23_hours is None):
+            raise ValueError("give exactly one of duration_hours or hs23_hours")
+        if self.gpu_model is not None and self.gpus is None:
+            raise ValueError("gpu_model needs gpus")
+        if self.cores is not None and self.cores % self.cores_per_job:
+            raise ValueError(
+                f"cores ({self.cores}) must be a multiple of cores_per_job ({self.cores_per_job})"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    accepted: bool
+    reason: str
+    estimated_cost: Decimal
+    group: DemandGroup
+    plan: Plan | None = None
+
+
+def demand_group_for(
+    request_id: str, spec: BurstRequestSpec, *, reference_hs23_per_core: float = 10.0
+) -> DemandGroup:
+    """The request as pending work: slots of `cores_per_job` cores (or one GPU each) for the duration."""
+    if spec.gpus is not None:
+        jobs, cores_per_job, gpus_per_job = spec.gpus, spec.cores_per_gpu, 1
+    else:
+        assert spec.cores is not None
+        jobs, cores_per_job, gpus_per_job = spec.cores // spec.cores_per_job, spec.cores_per_job, 0
+    if spec.duration_hours is not None:
+        walltime = spec.duration_hours
+    else:
+        assert spec.hs23_hours is not None
+        walltime = spec.job_hours
+        per_slot = cores_per_job * walltime * reference_hs23_per_core
+        jobs = max(1, math.ceil(spec.hs23_hours / per_slot))
+    return DemandGroup(
+        id=f"request:{request_id}",
+        experiment=spec.experiment,
+        jobs=jobs,
+        cores_per_job=cores_per_job,
+        memory_gb_per_job=cores_per_job * spec.memory_gb_per_core,
+        walltime_hours=walltime,
+        archs=frozenset(spec.archs),
+        gpus_per_job=gpus_per_job,
+        gpu_model=spec.gpu_model,
+        input_gb_per_job=spec.input_gb / jobs,
+        output_gb_per_job=spec.output_gb / jobs,
+        data_location=spec.data_location,
+        preemptible=spec.preemptible,
+        deadline=spec.deadline,
+        request_id=request_id,
+        source="request",
+        reference_hs23_per_core=reference_hs23_per_core,
+    )
+
+
+def _policy_refusal(spec: BurstRequestSpec, constraints: PlanningConstraints, now: datetime) -> str | None:
+    """Reasons the policies forbid the request outright, before any costing."""
+    if constraints.experiments and spec.experiment not in constraints.experiments:
+        known = ", ".join(sorted(constraints.experiments))
+        return f"experiment '{spec.experiment}' is not in the policy (known: {known})"
+    limits = constraints.experiments.get(spec.experiment)
+    if spec.deadline is not None:
+        if spec.deadline <= now:
+            return f"deadline {spec.deadline:%Y-%m-%d %H:%M} UTC is in the past"
+        if spec.duration_hours is not None and now + timedelta(hours=spec.duration_hours) > spec.deadline:
+            return f"{spec.duration_hours:g} h of work cannot finish before the deadline {spec.deadline:%Y-%m-%d %H:%M}"
+    if limits is None:
+        return None
+    if limits.allowed_archs is not None and not set(spec.archs) & limits.allowed_archs:
+        allowed = ", ".join(sorted(limits.allowed_archs))
+        return f"architecture {', '.join(spec.archs)} not allowed for {spec.experiment} (allowed: {allowed})"
+    if spec.gpus is not None:
+        if limits.max_gpus is not None and spec.gpus > limits.max_gpus:
+            return f"{spec.gpus} GPUs asked, the policy allows {spec.experiment} at most {limits.max_gpus}"
+        if (
+            spec.gpu_model is not None
+            and limits.allowed_gpu_models is not None
+            and spec.gpu_model not in limits.allowed_gpu_models
+        ):
+            allowed = ", ".join(sorted(limits.allowed_gpu_models))
+            return f"GPU model {spec.gpu_model} not allowed for {spec.experiment} (allowed: {allowed})"
+    if limits.budget_remaining is not None and limits.budget_remaining <= 0:
+        return f"budget of {spec.experiment} for this period is used up"
+    return None
+
+
+def admit(
+    request_id: str,
+    spec: BurstRequestSpec,
+    *,
+    constraints: PlanningConstraints,
+    offerings: Sequence[Offering],
+    fleet: Sequence[FleetUnit],
+    plan_fn: PlanFunction,
+    now: datetime,
+) -> Admission:
+    """Accept or reject with a reason. The cost estimate is the planner's own plan for this request alone."""
+    group = demand_group_for(request_id, spec)
+    refusal = _policy_refusal(spec, constraints, now)
+    if refusal is not None:
+        return Admission(False, refusal, Decimal(0), group)
+    plan = plan_fn([group], offerings, fleet, constraints)
+    explanation = next((e for e in plan.explanations if e.group_id == group.id), None)
+    served = sum(item.jobs for item in plan.items if item.group_id == group.id)
+    cost = sum((item.cost for item in plan.items if item.group_id == group.id), Decimal(0))
+    if served < group.jobs:
+        why = (
+            explanation.unserved_reason.value
+            if explanation and explanation.unserved_reason
+            else "no capacity"
+        )
+        detail = f" ({explanation.note})" if explanation and explanation.note else ""
+        return Admission(
+            False,
+            f"only {served} of {group.jobs} slots can be placed now: {why}{detail}",
+            cost,
+            group,
+            plan,
+        )
+    if spec.max_cost_usd is not None and cost > spec.max_cost_usd:
+        return Admission(
+            False,
+            f"estimated cost ${cost:,.2f} exceeds the request's maximum ${spec.max_cost_usd:,.2f}",
+            cost,
+            group,
+            plan,
+        )
+    chosen = ", ".join(sorted({item.offering_id for item in plan.items if item.group_id == group.id}))
+    return Admission(True, f"admitted: estimated ${cost:,.2f} on {chosen}", cost, group, plan)
+
+
+def _group_row(group: DemandGroup, now: datetime) -> DemandGroupRow:
+    spec = {
+        "cores_per_job": group.cores_per_job,
+        "memory_gb_per_job": group.memory_gb_per_job,
+        "walltime_hours": group.walltime_hours,
+        "archs": sorted(group.archs),
+        "gpus_per_job": group.gpus_per_job,
+        "gpu_model": group.gpu_model,
+        "input_gb_per_job": group.input_gb_per_job,
+        "output_gb_per_job": group.output_gb_per_job,
+        "data_location": group.data_location,
+        "preemptible": group.preemptible,
+        "priority": group.priority,
+        "deadline": group.deadline.isoformat() if group.deadline else None,
+        "reference_hs23_per_core": group.reference_hs23_per_core,
+    }
+    return DemandGroupRow(
+        id=group.id,
+        experiment=group.experiment,
+        source=group.source,
+        jobs=group.jobs,
+        spec=spec,
+        request_id=group.request_id,
+        observed_at=now,
+    )
+
+
+def group_from_row(row: DemandGroupRow) -> DemandGroup:
+    spec: dict[str, Any] = row.spec
+    deadline = spec.get("deadline")
+    return DemandGroup(
+        id=row.id,
+        experiment=row.experiment,
+        jobs=row.jobs,
+        cores_per_job=int(spec["cores_per_job"]),
+        memory_gb_per_job=float(spec["memory_gb_per_job"]),
+        walltime_hours=float(spec["walltime_hours"]),
+        archs=frozenset(Arch(a) for a in spec["archs"]),
+        gpus_per_job=int(spec.get("gpus_per_job", 0)),
+        gpu_model=spec.get("gpu_model"),
+        input_gb_per_job=float(spec.get("input_gb_per_job", 0.0)),
+        output_gb_per_job=float(spec.get("output_gb_per_job", 0.0)),
+        data_location=spec.get("data_location"),
+        preemptible=bool(spec.get("preemptible", False)),
+        priority=int(spec.get("priority", 0)),
+        deadline=datetime.fromisoformat(deadline) if deadline else None,
+        request_id=row.request_id,
+        source=row.source,
+        reference_hs23_per_core=float(spec.get("reference_hs23_per_core", 10.0)),
+    )
+
+
+def new_request_id() -> str:
+    return "req-" + uuid.uuid4().hex[:10]
+
+
+def record_admission(
+    engine: Engine, request_id: str, spec: BurstRequestSpec, admission: Admission
+) -> BurstRequestRow:
+    """Store the request and, if accepted, its demand group and an event — in one transaction."""
+    now = utcnow()
+    row = BurstRequestRow(
+        id=request_id,
+        experiment=spec.experiment,
+        status=RequestStatus.ADMITTED if admission.accepted else RequestStatus.REJECTED,
+        reason=admission.reason,
+        spec=spec.model_dump(mode="json"),
+        max_cost_micro=to_micro(spec.max_cost_usd) if spec.max_cost_usd is not None else None,
+        created_at=now,
+        updated_at=now,
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(row)
+        if admission.accepted:
+            session.add(_group_row(admission.group, now))
+        session.add(
+            EventRow(
+                at=now,
+                kind="request.admitted" if admission.accepted else "request.rejected",
+                subject=request_id,
+                payload={
+                    "experiment": spec.experiment,
+                    "reason": admission.reason,
+                    "estimated_cost": str(admission.estimated_cost),
+                },
+            )
+        )
+        session.commit()
+    return row
+
+
+class RequestNotFound(LookupError):
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no burst request with id '{request_id}'")
+
+
+def cancel(engine: Engine, request_id: str) -> BurstRequestRow:
+    """Cancel a request: its demand disappears, so the engine drains what it got (no jobs, no cost)."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(BurstRequestRow, request_id)
+        if row is None:
+            raise RequestNotFound(request_id)
+        if row.status in RequestStatus.OPEN:
+            now = utcnow()
+            row.status = RequestStatus.CANCELLED
+            row.updated_at = now
+            for group in session.exec(select(DemandGroupRow).where(DemandGroupRow.request_id == request_id)):
+                session.delete(group)
+            session.add(EventRow(at=now, kind="request.cancelled", subject=request_id, payload={}))
+            session.commit()
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    row: BurstRequestRow
+    cost_so_far: Decimal
+    live_resources: int
+    resources: int
+
+
+def cost_of_resources(resources: Sequence[ResourceRow], now: datetime) -> Decimal:
+    """Money spent so far: each resource's price for the time it was launched (to release or now)."""
+    total = Decimal(0)
+    for res in resources:
+        start = row_time(res.launched_at)
+        if start is None:
+            continue
+        end = row_time(res.released_at) or now
+        seconds = max(0, int((end - start).total_seconds()))
+        total += from_micro(res.price_micro_per_hour) * Decimal(seconds) / Decimal(3600)
+    return total.quantize(Decimal("0.01"))
+
+
+def view(engine: Engine, request_id: str, *, now: datetime | None = None) -> RequestView:
+    now = now or utcnow()
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(BurstRequestRow, request_id)
+        if row is None:
+            raise RequestNotFound(request_id)
+        resources = list(session.exec(select(ResourceRow).where(ResourceRow.request_id == request_id)))
+    live = sum(1 for r in resources if r.state in {"requested", "provisioning", "running", "draining"})
+    return RequestView(row, cost_of_resources(resources, now), live, len(resources))
+
+
+def list_requests(engine: Engine, *, experiment: str | None = None) -> list[RequestView]:
+    with Session(engine, expire_on_commit=False) as session:
+        query = select(BurstRequestRow).order_by(col(BurstRequestRow.created_at).desc())
+        if experiment:
+            query = query.where(BurstRequestRow.experiment == experiment)
+        ids = [row.id for row in session.exec(query)]
+    return [view(engine, request_id) for request_id in ids]
+
+
+def load_request_groups(engine: Engine) -> list[DemandGroup]:
+    """Demand from open requests, for the engine's observe step."""
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.exec(
+            select(DemandGroupRow)
+            .join(BurstRequestRow, col(BurstRequestRow.id) == col(DemandGroupRow.request_id))
+            .where(col(BurstRequestRow.status).in_(RequestStatus.OPEN))
+        )
+        return [group_from_row(r) for r in rows]
