@@ -1,0 +1,331 @@
+"""One engine cycle — observe → plan → act → reconcile — and the loop that runs it on a timer or on demand.
+
+Every collaborator is injected: workload sources, the grouping function, the policy evaluation,
+the planner (pure), the backends, the clock and the bus. `run_cycle(dry_run=True)` plans and
+stores nothing (what `provisioner plan` shows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from backends.base import AuthFailed, Backend, BackendError
+from provisioner.actuator import ActOutcome, Actuator, ActuatorSettings
+from provisioner.bus import DEMAND_TOPIC, Subscription
+from provisioner.circuit import CircuitBreaker, CircuitSettings, backend_key
+from provisioner.clock import Clock
+from provisioner.domain import (
+    LIVE_STATES,
+    DemandGroup,
+    FleetUnit,
+    Offering,
+    PendingJob,
+    Plan,
+    PlanningConstraints,
+)
+from provisioner.fleet import Fleet, Listing
+from provisioner.leader import Leadership
+from provisioner.reconciler import Reconciler, ReconcileReport, ReconcileSettings
+from provisioner.sources.base import WorkloadSource
+from provisioner.store import Store
+
+log = structlog.get_logger(__name__)
+
+GroupFn = Callable[[Sequence[PendingJob]], Sequence[DemandGroup]]
+ConstraintsFn = Callable[
+    [Sequence[DemandGroup], Sequence[Offering], Sequence[FleetUnit], datetime], PlanningConstraints
+]
+PlannerFn = Callable[
+    [Sequence[DemandGroup], Sequence[Offering], Sequence[FleetUnit], PlanningConstraints], Plan
+]
+DemandFn = Callable[[], Sequence[DemandGroup]]  # extra demand, e.g. admitted burst requests
+OfferingsFn = Callable[[], Awaitable[Sequence[Offering]]]  # e.g. the catalog, instead of backend.offerings()
+
+MAX_IMMEDIATE_CYCLES = 3
+
+
+def no_constraints(
+    groups: Sequence[DemandGroup], offerings: Sequence[Offering], fleet: Sequence[FleetUnit], now: datetime
+) -> PlanningConstraints:
+    """No policies at all: every offering allowed, no budgets."""
+    return PlanningConstraints(now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    interval_seconds: float = 60.0  # timer between cycles when nothing happens
+    batch_idle_seconds: float = 1.0  # demand burst: wait until it has been quiet this long...
+    batch_max_seconds: float = 10.0  # ...but never longer than this
+    max_replans: int = 2  # replans within one cycle after capacity/quota/auth failures
+    actuator: ActuatorSettings = field(default_factory=ActuatorSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    circuit: CircuitSettings = field(default_factory=CircuitSettings)
+
+
+@dataclass
+class CycleReport:
+    started_at: datetime
+    dry_run: bool
+    finished_at: datetime | None = None
+    pending_jobs: int = 0
+    groups: list[DemandGroup] = field(default_factory=list)
+    offerings: list[Offering] = field(default_factory=list)
+    constraints: PlanningConstraints | None = None
+    plan: Plan | None = None
+    plan_ids: list[str] = field(default_factory=list)
+    replans: int = 0
+    act: ActOutcome = field(default_factory=ActOutcome)
+    drained: list[str] = field(default_factory=list)
+    reconcile: ReconcileReport = field(default_factory=ReconcileReport)
+    errors: dict[str, str] = field(default_factory=dict)  # "<source or backend>:<step>" -> message
+
+    @property
+    def replan_needed(self) -> bool:
+        """The reconciler freed demand (lost, stuck, interrupted): run the next cycle at once.
+
+        Demand the actuator could not place was already replanned within this cycle; what is
+        still unplaced waits for the timer, so a refusing backend never makes the loop spin.
+        """
+        return self.reconcile.replan_needed
+
+
+class DecisionEngine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backends: Mapping[str, Backend],
+        sources: Sequence[WorkloadSource],
+        group: GroupFn,
+        planner: PlannerFn,
+        constraints: ConstraintsFn = no_constraints,
+        demand: DemandFn | None = None,
+        settings: EngineSettings | None = None,
+        circuit: CircuitBreaker | None = None,
+        leadership: Leadership | None = None,
+        offerings: OfferingsFn | None = None,
+    ) -> None:
+        self.store = store
+        self.clock: Clock = store.clock
+        self.backends = dict(backends)
+        self.sources = list(sources)
+        self.group = group
+        self.planner = planner
+        self.constraints = constraints
+        self.demand = demand
+        self.settings = settings or EngineSettings()
+        self.circuit = circuit or CircuitBreaker(store.db, self.clock, self.settings.circuit)
+        self.actuator = Actuator(store, self.circuit, self.backends, self.clock, self.settings.actuator)
+        self.reconciler = Reconciler(store, self.actuator, self.circuit, self.settings.reconcile)
+        self.fleet = Fleet()
+        self.leadership = leadership
+        self.offerings_fn = offerings
+
+    # --- observe -------------------------------------------------------------------------------
+
+    async def _pending(self, report: CycleReport) -> list[PendingJob]:
+        jobs: list[PendingJob] = []
+        for source in self.sources:
+            try:
+                jobs.extend(await source.pending())
+            except Exception as exc:  # one broken source must not stop planning for the others
+                report.errors[f"{source.name}:pending"] = str(exc)
+                log.warning("source.failed", source=source.name, error=str(exc))
+        return jobs
+
+    async def _observe_backends(
+        self, report: CycleReport
+    ) -> tuple[dict[str, Listing | None], list[Offering]]:
+        listings: dict[str, Listing | None] = {}
+        offerings: list[Offering] = []
+        for name, backend in self.backends.items():
+            listings[name] = None
+            if self.circuit.is_open(backend_key(name)):
+                continue  # disabled or backed off: do not hammer it, and do not judge it by silence
+            try:
+                resources = await backend.list_resources()
+                listings[name] = Listing(name, self.clock.now(), resources)
+                if self.offerings_fn is None:
+                    offerings.extend(await backend.offerings())
+            except AuthFailed as exc:
+                await self.actuator.disable_backend(name, exc)
+                report.errors[f"{name}:observe"] = str(exc)
+            except BackendError as exc:
+                report.errors[f"{name}:observe"] = str(exc)
+                log.warning("backend.observe_failed", backend=name, error=str(exc))
+        if self.offerings_fn is not None:
+            # Only offerings of configured backends that are listed (so usable) this cycle.
+            usable = {name for name, listing in listings.items() if listing is not None}
+            offerings = [o for o in await self.offerings_fn() if o.backend in usable]
+        return listings, offerings
+
+    # --- plan ----------------------------------------------------------------------------------
+
+    def _constraints(
+        self, groups: Sequence[DemandGroup], offerings: Sequence[Offering], units: Sequence[FleetUnit]
+    ) -> PlanningConstraints:
+        now = self.clock.now()
+        base = self.constraints(groups, offerings, units, now)
+        unavailable = base.unavailable_offerings | self.circuit.unavailable_offerings(offerings)
+        return dataclasses.replace(base, unavailable_offerings=unavailable, now=base.now or now)
+
+    # --- the cycle -----------------------------------------------------------------------------
+
+    async def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
+        report = CycleReport(started_at=self.clock.now(), dry_run=dry_run)
+        jobs = await self._pending(report)
+        report.pending_jobs = len(jobs)
+        groups = list(self.group(jobs))
+        if self.demand is not None:
+            groups.extend(self.demand())
+        report.groups = groups
+        listings, offerings = await self._observe_backends(report)
+        report.offerings = offerings
+        self.fleet.refresh(self.store.resources(states=LIVE_STATES))
+        for listing in listings.values():
+            if listing is not None:
+                self.fleet.set_listing(listing)
+        units = self.fleet.units(self.clock.now())
+        constraints = self._constraints(groups, offerings, units)
+        report.constraints = constraints
+        plan = self.planner(groups, offerings, units, constraints)
+        report.plan = plan
+        if dry_run:
+            report.finished_at = self.clock.now()
+            return report
+
+        self.store.save_groups(groups)
+        report.plan_ids.append(await self.store.save_plan(plan))
+        by_id = {o.id: o for o in offerings}
+        experiments = {g.id: g.experiment for g in groups}
+        await self.actuator.resume_requested(by_id, report.act)
+        await self.actuator.execute(plan.items, by_id, experiments, report.act)
+        report.drained = await self.actuator.drain(plan.drains)
+        await self._replan(report, groups, offerings, by_id, experiments)
+        report.reconcile = await self.reconciler.reconcile(self.fleet, listings, by_id)
+        report.finished_at = self.clock.now()
+        log.info(
+            "cycle.done",
+            jobs=report.pending_jobs,
+            groups=len(groups),
+            created=len(report.act.created),
+            failed=len(report.act.failed),
+            replans=report.replans,
+            lost=len(report.reconcile.lost),
+            released=len(report.reconcile.released),
+        )
+        return report
+
+    async def _replan(
+        self,
+        report: CycleReport,
+        groups: Sequence[DemandGroup],
+        offerings: Sequence[Offering],
+        by_id: Mapping[str, Offering],
+        experiments: Mapping[str, str],
+    ) -> None:
+        """Demand a backend refused (capacity, quota, auth) goes to the next offering in this cycle."""
+        groups_by_id = {g.id: g for g in groups}
+        handled = 0
+        while len(report.act.unplaced) > handled and report.replans < self.settings.max_replans:
+            batch = report.act.unplaced[handled:]
+            handled = len(report.act.unplaced)
+            jobs_by_group: dict[str, int] = {}
+            for u in batch:
+                jobs_by_group[u.group_id] = jobs_by_group.get(u.group_id, 0) + u.jobs
+            regroup = [
+                dataclasses.replace(groups_by_id[gid], jobs=n)
+                for gid, n in jobs_by_group.items()
+                if gid in groups_by_id and n > 0
+            ]
+            if not regroup:
+                break
+            # Units already serving these groups were counted by the first plan: leave them out.
+            self.fleet.refresh(self.store.resources(states=LIVE_STATES))
+            units = [u for u in self.fleet.units(self.clock.now()) if u.group_id not in jobs_by_group]
+            constraints = self._constraints(regroup, offerings, units)
+            plan = self.planner(regroup, offerings, units, constraints)
+            report.replans += 1
+            report.plan_ids.append(
+                await self.store.save_plan(
+                    plan, summary={"replan_of": report.plan_ids[0], "round": report.replans}
+                )
+            )
+            await self.actuator.execute(plan.items, by_id, experiments, report.act)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Cycle on the timer; new demand on the bus starts a cycle after a short batching window.
+
+        Waiting uses real time (asyncio), not the injected clock: a simulation drives `run_cycle`.
+        """
+        stop = stop or asyncio.Event()
+        wake = asyncio.Event()
+        sub: Subscription | None = None
+        reader: asyncio.Task[None] | None = None
+        if self.store.bus is not None:
+            sub = await self.store.bus.subscribe(DEMAND_TOPIC)
+
+            async def read(s: Subscription) -> None:
+                async for _ in s:
+                    wake.set()
+
+            reader = asyncio.create_task(read(sub), name="engine-demand-reader")
+        immediate_in_a_row = 0
+        try:
+            while not stop.is_set():
+                if self.leadership is not None and not self.leadership.ensure():
+                    await self._wait(wake, stop)  # stand by: only the leader acts
+                    continue
+                try:
+                    report = await self.run_cycle()
+                    immediate = report.replan_needed
+                except Exception:  # a bug in one cycle must not stop the broker: log it, wait, go on
+                    log.exception("cycle.failed")
+                    immediate = False
+                # Bounded, so a unit lost again and again cannot turn the loop into a spin.
+                if immediate and immediate_in_a_row < MAX_IMMEDIATE_CYCLES:
+                    immediate_in_a_row += 1
+                    continue
+                immediate_in_a_row = 0
+                await self._wait(wake, stop)
+        finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if sub is not None:
+                await sub.close()
+            if self.leadership is not None:
+                self.leadership.release()
+
+    async def _wait(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        st = self.settings
+        waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=st.interval_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in waiters:
+                t.cancel()
+        if not wake.is_set() or stop.is_set():
+            return
+        # Karpenter's batcher: gather a burst of demand into one decision.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + st.batch_max_seconds
+        while True:
+            wake.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=min(st.batch_idle_seconds, left))
+            except TimeoutError:
+                return

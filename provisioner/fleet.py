@@ -1,0 +1,85 @@
+"""The in-memory picture of the fleet: live resource rows joined with each backend's last listing.
+
+Every part of the engine reads this one picture (Karpenter's cluster state) instead of asking
+the backends again; the planner gets it as `FleetUnit`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from backends.base import BackendResource
+from provisioner.domain import LIVE_STATES, FleetUnit, ResourceState
+from provisioner.model import ResourceRow, from_micro, row_time
+
+
+@dataclass
+class Listing:
+    backend: str
+    at: datetime
+    resources: list[BackendResource]
+
+    def by_resource_id(self) -> dict[str, BackendResource]:
+        return {r.resource_id: r for r in self.resources if r.resource_id}
+
+    def by_provider_id(self) -> dict[str, BackendResource]:
+        return {r.provider_id: r for r in self.resources}
+
+
+@dataclass
+class Fleet:
+    """Rows are re-read from the table each cycle; listings and `missing_since` live across cycles."""
+
+    rows: list[ResourceRow] = field(default_factory=list)
+    listings: dict[str, Listing] = field(default_factory=dict)
+    missing_since: dict[str, datetime] = field(default_factory=dict)
+
+    def refresh(self, rows: Sequence[ResourceRow]) -> None:
+        self.rows = [r for r in rows if ResourceState(r.state) in LIVE_STATES]
+
+    def set_listing(self, listing: Listing) -> None:
+        self.listings[listing.backend] = listing
+
+    def listed(self, row: ResourceRow) -> BackendResource | None:
+        """This resource as its backend's last listing shows it, if it does."""
+        listing = self.listings.get(row.backend)
+        if listing is None:
+            return None
+        for r in listing.resources:
+            if (row.provider_id and r.provider_id == row.provider_id) or r.resource_id == row.id:
+                return r
+        return None
+
+    def units(self, now: datetime) -> list[FleetUnit]:
+        return [unit_of(r, now) for r in self.rows]
+
+    def count_by_group(self) -> Mapping[str | None, int]:
+        counts: dict[str | None, int] = {}
+        for r in self.rows:
+            if ResourceState(r.state) != ResourceState.DRAINING:
+                counts[r.group_id] = counts.get(r.group_id, 0) + 1
+        return counts
+
+
+def unit_of(row: ResourceRow, now: datetime) -> FleetUnit:
+    idle_since = row_time(row.idle_since)
+    launched = row_time(row.launched_at)
+    idle_hours = (
+        0.0 if row.busy or idle_since is None else max(0.0, (now - idle_since).total_seconds() / 3600)
+    )
+    walltime_left = None
+    if row.walltime_hours is not None and launched is not None:
+        walltime_left = max(0.0, row.walltime_hours - (now - launched).total_seconds() / 3600)
+    return FleetUnit(
+        resource_id=row.id,
+        offering_id=row.offering_id,
+        group_id=row.group_id,
+        experiment=row.experiment,
+        state=ResourceState(row.state),
+        busy=row.busy,
+        idle_hours=idle_hours,
+        walltime_left_hours=walltime_left,
+        price_per_hour=from_micro(row.price_micro_per_hour),
+    )

@@ -1,0 +1,418 @@
+"""Repository over the tables: the one place that writes resources, events, plans and decisions.
+
+Every resource state change goes through `Store.transition`: the lifecycle is checked
+(`check_transition`), the row updated and an `events` row appended in ONE transaction, and only
+after the commit is the event published on the bus.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from backends.base import BackendResource
+from provisioner.bus import Bus, event_topic
+from provisioner.clock import Clock
+from provisioner.db import session as open_session
+from provisioner.domain import (
+    DemandGroup,
+    GroupExplanation,
+    Offering,
+    Plan,
+    ResourceState,
+    check_transition,
+)
+from provisioner.model import DecisionRow, DemandGroupRow, EventRow, PlanRow, ResourceRow, row_time, to_micro
+
+log = structlog.get_logger(__name__)
+
+# Fixed namespace: the token of a resource id is the same in every process, forever.
+TOKEN_NAMESPACE = uuid.UUID("6f2d3c1e-8a4b-5c7d-9e0f-1a2b3c4d5e6f")
+
+
+def new_resource_id() -> str:
+    return f"r-{uuid.uuid4().hex}"
+
+
+def idempotency_token(broker_id: str, resource_id: str) -> str:
+    """Deterministic, so a retry after a crash sends the provider the very same token."""
+    return str(uuid.uuid5(TOKEN_NAMESPACE, f"{broker_id}/{resource_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    at: datetime
+    kind: str
+    subject: str
+    payload: Mapping[str, Any]
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "subject": self.subject,
+            "payload": dict(self.payload),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, frozenset | set | tuple | list):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, frozenset | set) else items
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def explanation_json(explanation: GroupExplanation) -> dict[str, Any]:
+    return dict(_jsonable(asdict(explanation)))
+
+
+class Store:
+    """Writes go through here; reads are plain queries returning rows."""
+
+    def __init__(self, db: Engine, clock: Clock, broker_id: str, bus: Bus | None = None) -> None:
+        self.db = db
+        self.clock = clock
+        self.broker_id = broker_id
+        self.bus = bus
+
+    def session(self) -> Session:
+        return open_session(self.db)
+
+    # --- events -------------------------------------------------------------------------------
+
+    async def _publish(self, events: Iterable[StoredEvent]) -> None:
+        if self.bus is None:
+            return
+        for ev in events:
+            try:
+                await self.bus.publish(event_topic(ev.kind), ev.message())
+            except Exception as exc:  # the event is stored; a bus outage must not stop the engine
+                log.warning("bus.publish_failed", kind=ev.kind, subject=ev.subject, error=str(exc))
+
+    def _add_event(self, s: Session, kind: str, subject: str, payload: Mapping[str, Any]) -> EventRow:
+        row = EventRow(at=self.clock.now(), kind=kind, subject=subject, payload=_jsonable(dict(payload)))
+        s.add(row)
+        return row
+
+    @staticmethod
+    def _stored(row: EventRow) -> StoredEvent:
+        assert row.id is not None
+        return StoredEvent(row.id, row_time(row.at) or row.at, row.kind, row.subject, row.payload)
+
+    async def event(self, kind: str, subject: str, payload: Mapping[str, Any] | None = None) -> StoredEvent:
+        """Store one event (not a resource transition) and publish it."""
+        with self.session() as s:
+            row = self._add_event(s, kind, subject, payload or {})
+            s.commit()
+            stored = self._stored(row)
+        await self._publish([stored])
+        return stored
+
+    # --- resources ----------------------------------------------------------------------------
+
+    async def record_intent(
+        self,
+        offering: Offering,
+        *,
+        group_id: str | None,
+        experiment: str | None,
+        request_id: str | None = None,
+        walltime_hours: float | None = None,
+        resource_id: str | None = None,
+    ) -> ResourceRow:
+        """Write the `requested` row and commit it: this must happen BEFORE any backend call."""
+        rid = resource_id or new_resource_id()
+        now = self.clock.now()
+        row = ResourceRow(
+            id=rid,
+            backend=offering.backend,
+            offering_id=offering.id,
+            market=str(offering.market),
+            group_id=group_id,
+            experiment=experiment,
+            request_id=request_id,
+            state=str(ResourceState.REQUESTED),
+            idempotency_token=idempotency_token(self.broker_id, rid),
+            price_micro_per_hour=to_micro(offering.price_per_hour),
+            cores=offering.cores,
+            gpus=offering.gpu_count,
+            hs23_per_core=offering.hs23_per_core,
+            walltime_hours=walltime_hours,
+            created_at=now,
+            updated_at=now,
+            state_since=now,
+        )
+        with self.session() as s:
+            s.add(row)
+            ev = self._add_event(
+                s,
+                "resource.state",
+                rid,
+                {
+                    "from": None,
+                    "to": str(ResourceState.REQUESTED),
+                    "backend": offering.backend,
+                    "offering_id": offering.id,
+                    "group_id": group_id,
+                    "experiment": experiment,
+                },
+            )
+            s.commit()
+            stored = self._stored(ev)
+        await self._publish([stored])
+        return row
+
+    async def transition(
+        self,
+        resource_id: str,
+        target: ResourceState,
+        *,
+        reason: str | None = None,
+        provider_id: str | None = None,
+        launched_at: datetime | None = None,
+        failure_reason: str | None = None,
+        calls: int = 0,
+    ) -> ResourceRow:
+        """Move one resource to `target` (IllegalTransition if the lifecycle forbids it).
+
+        `calls`: backend calls made for it since the last count, stored in the same commit.
+        """
+        now = self.clock.now()
+        with self.session() as s:
+            row = s.exec(select(ResourceRow).where(ResourceRow.id == resource_id).with_for_update()).first()
+            if row is None:
+                raise KeyError(f"resource {resource_id}: no such row, cannot move it to {target}")
+            current = ResourceState(row.state)
+            check_transition(resource_id, current, target)
+            row.state = str(target)
+            row.state_since = now
+            row.updated_at = now
+            if provider_id is not None:
+                row.provider_id = provider_id
+            if launched_at is not None and row.launched_at is None:
+                row.launched_at = launched_at
+            if target == ResourceState.RUNNING and row.launched_at is None:
+                row.launched_at = now
+            if target == ResourceState.RUNNING and row.idle_since is None and not row.busy:
+                row.idle_since = now
+            if target == ResourceState.RELEASED:
+                row.released_at = now
+            if failure_reason is not None:
+                row.failure_reason = failure_reason
+            row.attempts += calls
+            s.add(row)
+            ev = self._add_event(
+                s,
+                "resource.state",
+                resource_id,
+                {
+                    "from": str(current),
+                    "to": str(target),
+                    "reason": reason or failure_reason,
+                    "backend": row.backend,
+                    "offering_id": row.offering_id,
+                    "group_id": row.group_id,
+                    "experiment": row.experiment,
+                    "provider_id": row.provider_id,
+                },
+            )
+            s.commit()
+            stored = self._stored(ev)
+        log.info("resource.state", resource=resource_id, frm=str(current), to=str(target), reason=reason)
+        await self._publish([stored])
+        return row
+
+    async def adopt(
+        self,
+        listed: BackendResource,
+        *,
+        backend: str,
+        offering: Offering | None,
+        state: ResourceState,
+    ) -> ResourceRow:
+        """Take over an untracked resource that carries our tag: a row walked requested → `state`."""
+        now = self.clock.now()
+        rid = listed.resource_id or new_resource_id()
+        tags = dict(listed.tags)
+        row = ResourceRow(
+            id=rid,
+            backend=backend,
+            offering_id=offering.id if offering else (listed.offering_id or "unknown"),
+            market=str(offering.market) if offering else "unknown",
+            group_id=tags.get("provisioner-group"),
+            experiment=tags.get("provisioner-experiment"),
+            state=str(ResourceState.REQUESTED),
+            idempotency_token=f"adopted:{backend}:{listed.provider_id}",
+            provider_id=listed.provider_id,
+            price_micro_per_hour=to_micro(offering.price_per_hour) if offering else 0,
+            cores=offering.cores if offering else 0,
+            gpus=offering.gpu_count if offering else 0,
+            hs23_per_core=offering.hs23_per_core if offering else 0.0,
+            busy=bool(listed.busy),
+            created_at=now,
+            updated_at=now,
+            state_since=now,
+            launched_at=listed.launched_at,
+        )
+        check_transition(rid, ResourceState.REQUESTED, state)
+        row.state = str(state)
+        with self.session() as s:
+            s.add(row)
+            ev = self._add_event(
+                s,
+                "resource.adopted",
+                rid,
+                {"to": str(state), "backend": backend, "provider_id": listed.provider_id},
+            )
+            s.commit()
+            stored = self._stored(ev)
+        await self._publish([stored])
+        return row
+
+    def observe(self, row: ResourceRow, *, busy: bool | None) -> None:
+        """Record what a listing says about work on the unit (not a state change: no event).
+
+        `row` is the caller's copy; it is updated too, and the database only written on a change.
+        """
+        if busy is None or row.busy == busy:
+            return
+        now = self.clock.now()
+        row.busy = busy
+        row.idle_since = None if busy else now
+        with self.session() as s:
+            stored = s.get(ResourceRow, row.id)
+            if stored is None:
+                return
+            stored.busy = busy
+            stored.idle_since = row.idle_since
+            stored.updated_at = now
+            s.add(stored)
+            s.commit()
+
+    def note_attempts(self, resource_id: str, calls: int, error: str | None = None) -> int:
+        """Count backend calls made for this intent; the count bounds retries across cycles and restarts."""
+        with self.session() as s:
+            row = s.get(ResourceRow, resource_id)
+            if row is None:
+                raise KeyError(f"resource {resource_id}: no such row")
+            row.attempts += calls
+            if error is not None:
+                row.failure_reason = error
+            row.updated_at = self.clock.now()
+            s.add(row)
+            s.commit()
+            return row.attempts
+
+    def get(self, resource_id: str) -> ResourceRow | None:
+        with self.session() as s:
+            return s.get(ResourceRow, resource_id)
+
+    def resources(
+        self, *, backend: str | None = None, states: Iterable[ResourceState] | None = None
+    ) -> list[ResourceRow]:
+        query = select(ResourceRow)
+        if backend is not None:
+            query = query.where(ResourceRow.backend == backend)
+        if states is not None:
+            query = query.where(col(ResourceRow.state).in_([str(st) for st in states]))
+        with self.session() as s:
+            return list(s.exec(query.order_by(col(ResourceRow.created_at), col(ResourceRow.id))).all())
+
+    def events(self, *, kind: str | None = None, subject: str | None = None) -> list[EventRow]:
+        query = select(EventRow)
+        if kind is not None:
+            query = query.where(EventRow.kind == kind)
+        if subject is not None:
+            query = query.where(EventRow.subject == subject)
+        with self.session() as s:
+            return list(s.exec(query.order_by(col(EventRow.id))).all())
+
+    # --- demand, plans and decisions ----------------------------------------------------------
+
+    def save_groups(self, groups: Sequence[DemandGroup]) -> None:
+        now = self.clock.now()
+        with self.session() as s:
+            for g in groups:
+                spec = _jsonable(asdict(g))
+                s.merge(
+                    DemandGroupRow(
+                        id=g.id,
+                        experiment=g.experiment,
+                        source=g.source,
+                        jobs=g.jobs,
+                        spec=spec,
+                        request_id=g.request_id,
+                        observed_at=now,
+                    )
+                )
+            s.commit()
+
+    async def save_plan(
+        self, plan: Plan, *, policy_sha256: str | None = None, summary: Mapping[str, Any] | None = None
+    ) -> str:
+        """Store the plan and one decision per demand group with its explanation; returns the plan id."""
+        plan_id = f"p-{uuid.uuid4().hex}"
+        now = plan.created_at or self.clock.now()
+        with self.session() as s:
+            s.add(
+                PlanRow(
+                    id=plan_id,
+                    created_at=now,
+                    solver=plan.solver,
+                    policy_sha256=policy_sha256,
+                    total_cost_micro=to_micro(plan.total_cost),
+                    spend_rate_micro_per_hour=to_micro(plan.spend_rate_per_hour),
+                    summary=_jsonable(
+                        {
+                            "items": len(plan.items),
+                            "units": sum(i.units for i in plan.items),
+                            "drains": len(plan.drains),
+                            "objective": plan.objective,
+                            **dict(summary or {}),
+                        }
+                    ),
+                )
+            )
+            s.flush()  # the plan row must exist before decisions reference it (PostgreSQL FK)
+            for ex in plan.explanations:
+                first = ex.chosen[0] if ex.chosen else None
+                s.add(
+                    DecisionRow(
+                        plan_id=plan_id,
+                        group_id=ex.group_id,
+                        experiment=ex.experiment,
+                        offering_id=first.offering_id if first else None,
+                        units=sum(i.units for i in ex.chosen),
+                        jobs=sum(i.jobs for i in ex.chosen),
+                        cost_micro=sum(to_micro(i.cost) for i in ex.chosen),
+                        cost_per_hs23_hour=str(first.cost_per_hs23_hour.total) if first else None,
+                        unserved_jobs=ex.unserved_jobs,
+                        explanation=explanation_json(ex),
+                    )
+                )
+            ev = self._add_event(
+                s,
+                "plan.created",
+                plan_id,
+                {"solver": plan.solver, "items": len(plan.items), "total_cost": plan.total_cost},
+            )
+            s.commit()
+            stored = self._stored(ev)
+        await self._publish([stored])
+        return plan_id
