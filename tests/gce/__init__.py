@@ -1,0 +1,1 @@
+"""GCE backend tests against a fake Compute Engine REST server."""

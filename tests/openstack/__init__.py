@@ -1,0 +1,1 @@
+"""OpenStack (libcloud) backend tests against a fake Nova and Keystone."""
