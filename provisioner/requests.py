@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Engine
@@ -28,7 +28,6 @@ from provisioner.domain import (
 )
 from provisioner.model import (
     BurstRequestRow,
-    DemandGroupRow,
     EventRow,
     ResourceRow,
     from_micro,
@@ -42,6 +41,7 @@ PlanFunction = Callable[
 ]
 
 Positive = Annotated[float, Field(gt=0)]
+CONCURRENCY_SLACK = timedelta(hours=1)  # boot and queue time a duration request may wait for its slots
 
 
 class RequestStatus:
@@ -122,9 +122,18 @@ class Admission:
 
 
 def demand_group_for(
-    request_id: str, spec: BurstRequestSpec, *, reference_hs23_per_core: float = 10.0
+    request_id: str,
+    spec: BurstRequestSpec,
+    *,
+    admitted_at: datetime | None = None,
+    reference_hs23_per_core: float = 10.0,
 ) -> DemandGroup:
-    """The request as pending work: slots of `cores_per_job` cores (or one GPU each) for the duration."""
+    """The request as pending work: slots of `cores_per_job` cores (or one GPU each) for the duration.
+
+    A request for N cores for a duration wants them at the same time, not one after another: its
+    deadline is the duration plus boot slack from admission (or the request's own, if earlier), so
+    the planner cannot stretch it into successive waves on fewer units.
+    """
     if spec.gpus is not None:
         jobs, cores_per_job, gpus_per_job = spec.gpus, spec.cores_per_gpu, 1
     else:
@@ -137,6 +146,10 @@ def demand_group_for(
         walltime = spec.job_hours
         per_slot = cores_per_job * walltime * reference_hs23_per_core
         jobs = max(1, math.ceil(spec.hs23_hours / per_slot))
+    deadline = spec.deadline
+    if spec.duration_hours is not None and admitted_at is not None:
+        concurrent = admitted_at + timedelta(hours=spec.duration_hours) + CONCURRENCY_SLACK
+        deadline = min(deadline, concurrent) if deadline is not None else concurrent
     return DemandGroup(
         id=f"request:{request_id}",
         experiment=spec.experiment,
@@ -151,7 +164,7 @@ def demand_group_for(
         output_gb_per_job=spec.output_gb / jobs,
         data_location=spec.data_location,
         preemptible=spec.preemptible,
-        deadline=spec.deadline,
+        deadline=deadline,
         request_id=request_id,
         source="request",
         reference_hs23_per_core=reference_hs23_per_core,
@@ -200,7 +213,7 @@ def admit(
     now: datetime,
 ) -> Admission:
     """Accept or reject with a reason. The cost estimate is the planner's own plan for this request alone."""
-    group = demand_group_for(request_id, spec)
+    group = demand_group_for(request_id, spec, admitted_at=now)
     refusal = _policy_refusal(spec, constraints, now)
     if refusal is not None:
         return Admission(False, refusal, Decimal(0), group)
@@ -234,67 +247,20 @@ def admit(
     return Admission(True, f"admitted: estimated ${cost:,.2f} on {chosen}", cost, group, plan)
 
 
-def _group_row(group: DemandGroup, now: datetime) -> DemandGroupRow:
-    spec = {
-        "cores_per_job": group.cores_per_job,
-        "memory_gb_per_job": group.memory_gb_per_job,
-        "walltime_hours": group.walltime_hours,
-        "archs": sorted(group.archs),
-        "gpus_per_job": group.gpus_per_job,
-        "gpu_model": group.gpu_model,
-        "input_gb_per_job": group.input_gb_per_job,
-        "output_gb_per_job": group.output_gb_per_job,
-        "data_location": group.data_location,
-        "preemptible": group.preemptible,
-        "priority": group.priority,
-        "deadline": group.deadline.isoformat() if group.deadline else None,
-        "reference_hs23_per_core": group.reference_hs23_per_core,
-    }
-    return DemandGroupRow(
-        id=group.id,
-        experiment=group.experiment,
-        source=group.source,
-        jobs=group.jobs,
-        spec=spec,
-        request_id=group.request_id,
-        observed_at=now,
-    )
-
-
-def group_from_row(row: DemandGroupRow) -> DemandGroup:
-    spec: dict[str, Any] = row.spec
-    deadline = spec.get("deadline")
-    return DemandGroup(
-        id=row.id,
-        experiment=row.experiment,
-        jobs=row.jobs,
-        cores_per_job=int(spec["cores_per_job"]),
-        memory_gb_per_job=float(spec["memory_gb_per_job"]),
-        walltime_hours=float(spec["walltime_hours"]),
-        archs=frozenset(Arch(a) for a in spec["archs"]),
-        gpus_per_job=int(spec.get("gpus_per_job", 0)),
-        gpu_model=spec.get("gpu_model"),
-        input_gb_per_job=float(spec.get("input_gb_per_job", 0.0)),
-        output_gb_per_job=float(spec.get("output_gb_per_job", 0.0)),
-        data_location=spec.get("data_location"),
-        preemptible=bool(spec.get("preemptible", False)),
-        priority=int(spec.get("priority", 0)),
-        deadline=datetime.fromisoformat(deadline) if deadline else None,
-        request_id=row.request_id,
-        source=row.source,
-        reference_hs23_per_core=float(spec.get("reference_hs23_per_core", 10.0)),
-    )
-
-
 def new_request_id() -> str:
     return "req-" + uuid.uuid4().hex[:10]
 
 
 def record_admission(
-    engine: Engine, request_id: str, spec: BurstRequestSpec, admission: Admission
+    engine: Engine,
+    request_id: str,
+    spec: BurstRequestSpec,
+    admission: Admission,
+    *,
+    now: datetime | None = None,
 ) -> BurstRequestRow:
-    """Store the request and, if accepted, its demand group and an event — in one transaction."""
-    now = utcnow()
+    """Store the request and an event in one transaction; `now` must be the admission's time."""
+    now = now or utcnow()
     row = BurstRequestRow(
         id=request_id,
         experiment=spec.experiment,
@@ -307,8 +273,6 @@ def record_admission(
     )
     with Session(engine, expire_on_commit=False) as session:
         session.add(row)
-        if admission.accepted:
-            session.add(_group_row(admission.group, now))
         session.add(
             EventRow(
                 at=now,
@@ -340,8 +304,6 @@ def cancel(engine: Engine, request_id: str) -> BurstRequestRow:
             now = utcnow()
             row.status = RequestStatus.CANCELLED
             row.updated_at = now
-            for group in session.exec(select(DemandGroupRow).where(DemandGroupRow.request_id == request_id)):
-                session.delete(group)
             session.add(EventRow(at=now, kind="request.cancelled", subject=request_id, payload={}))
             session.commit()
         return row
@@ -389,11 +351,12 @@ def list_requests(engine: Engine, *, experiment: str | None = None) -> list[Requ
 
 
 def load_request_groups(engine: Engine) -> list[DemandGroup]:
-    """Demand from open requests, for the engine's observe step."""
+    """Demand from open requests, for the engine's observe step: rebuilt from each request as admitted."""
     with Session(engine, expire_on_commit=False) as session:
-        rows = session.exec(
-            select(DemandGroupRow)
-            .join(BurstRequestRow, col(BurstRequestRow.id) == col(DemandGroupRow.request_id))
-            .where(col(BurstRequestRow.status).in_(RequestStatus.OPEN))
+        rows = list(
+            session.exec(select(BurstRequestRow).where(col(BurstRequestRow.status).in_(RequestStatus.OPEN)))
         )
-        return [group_from_row(r) for r in rows]
+    return [
+        demand_group_for(r.id, BurstRequestSpec.model_validate(r.spec), admitted_at=row_time(r.created_at))
+        for r in rows
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from provisioner.cli import accounting, db, engine, offerings, policy, request, slurm
+from provisioner.logs import configure_logging
 
 app = typer.Typer(
     name="provisioner",
@@ -15,6 +16,16 @@ app = typer.Typer(
 
 for module in (offerings, policy, request, engine, accounting, db, slurm):
     module.register(app)
+
+
+@app.callback()
+def _setup(
+    log_level: str = typer.Option(
+        "WARNING", envvar="PROVISIONER_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR"
+    ),
+    log_json: bool = typer.Option(False, envvar="PROVISIONER_LOG_JSON", help="logs as JSON lines on stderr"),
+) -> None:
+    configure_logging(log_level, json=log_json)
 
 
 def main() -> None:

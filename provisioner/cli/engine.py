@@ -1,9 +1,118 @@
-"""CLI commands: engine (placeholder, to be written)."""
+"""`provisioner demo`, `provisioner plan` and `provisioner run`: the decision engine from the command line."""
 
 from __future__ import annotations
 
+import asyncio
+from decimal import Decimal
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from provisioner.domain import Plan
+
+
+def print_plan(console: Console, plan: Plan, *, alternatives: int = 3) -> None:
+    """The plan and its explanation: per group the chosen offering and the best rejected alternatives."""
+    if not plan.items and not plan.drains and not any(e.unserved_jobs for e in plan.explanations):
+        console.print("[green]nothing to do[/green]: no pending work needs new capacity (no jobs, no cost)")
+        return
+    table = Table(
+        title=f"plan ({plan.solver}): ${plan.total_cost:,.2f} expected, +${plan.spend_rate_per_hour:,.2f}/h"
+    )
+    for column in ("group", "offering", "units", "jobs", "$/HS23-h", "expected cost"):
+        table.add_column(
+            column, justify="right" if column in {"units", "jobs", "$/HS23-h", "expected cost"} else "left"
+        )
+    for item in plan.items:
+        table.add_row(
+            item.group_id,
+            item.offering_id,
+            str(item.units),
+            str(item.jobs),
+            f"{item.cost_per_hs23_hour.total:.5f}",
+            f"${item.cost:,.2f}",
+        )
+    console.print(table)
+    for exp in plan.explanations:
+        head = f"[bold]{exp.group_id}[/bold] ({exp.experiment})"
+        if exp.chosen:
+            c = exp.chosen[0].cost_per_hs23_hour
+            head += (
+                f": compute {c.compute:.5f} + interruption {c.interruption:.5f} + egress {c.egress:.5f}"
+                f" + start-up {c.startup:.5f} + allocation {c.allocation_value:.5f} $/HS23-h"
+            )
+        if exp.unserved_jobs:
+            reason = exp.unserved_reason.value if exp.unserved_reason else "unserved"
+            head += f" · [yellow]{exp.unserved_jobs} jobs unserved: {reason}[/yellow]"
+        console.print(head)
+        if exp.note:
+            console.print(f"    {exp.note}")
+        for rej in exp.rejected[:alternatives]:
+            cost = f"{rej.cost_per_hs23_hour:.5f} $/HS23-h" if rej.cost_per_hs23_hour is not None else "-"
+            console.print(
+                f"    rejected {rej.offering_id} ({cost}): {rej.reason.value}. {rej.detail}".rstrip()
+            )
+    for drain in plan.drains:
+        console.print(f"[cyan]drain[/cyan] {drain.resource_id}: {drain.reason.value} {drain.detail}")
 
 
 def register(root: typer.Typer) -> None:
-    del root
+    @root.command("demo")
+    def demo_cmd(
+        hours: float = typer.Option(14.0, min=1, max=72, help="simulated hours to run"),
+    ) -> None:
+        """Run a realistic scenario on simulated backends and a simulated clock; no set-up needed."""
+        from provisioner.demo import main
+
+        main(Console(), hours=hours)
+
+    @root.command("plan")
+    def plan_cmd(
+        alternatives: int = typer.Option(3, min=0, help="rejected alternatives to show per group"),
+    ) -> None:
+        """Print what the engine would do now, and why. Changes nothing."""
+        from provisioner.broker import build_broker
+        from provisioner.settings import load_settings
+
+        async def once() -> Plan | None:
+            broker = build_broker(load_settings())
+            report = await broker.engine.run_cycle(dry_run=True)
+            for key, error in report.errors.items():
+                Console(stderr=True).print(f"[red]{key}[/red]: {error}")
+            return report.plan
+
+        plan = asyncio.run(once())
+        if plan is not None:
+            print_plan(Console(), plan, alternatives=alternatives)
+
+    @root.command("run")
+    def run_cmd(
+        interval: float = typer.Option(60.0, min=1, help="seconds between cycles when nothing happens"),
+        cycles: int = typer.Option(0, min=0, help="stop after this many cycles (0: run until interrupted)"),
+    ) -> None:
+        """Run the broker: observe → plan → act → reconcile, on a timer and on new demand."""
+        from dataclasses import replace
+
+        from provisioner.broker import build_broker
+        from provisioner.settings import load_settings
+
+        console = Console()
+
+        async def go() -> None:
+            broker = build_broker(load_settings())
+            broker.engine.settings = replace(broker.engine.settings, interval_seconds=interval)
+            if cycles:
+                for n in range(cycles):
+                    report = await broker.engine.run_cycle()
+                    plan = report.plan
+                    cost = plan.total_cost if plan else Decimal(0)
+                    console.print(
+                        f"cycle {n + 1}: {report.pending_jobs} pending jobs, {len(report.act.created)} created, "
+                        f"{len(report.drained)} drained, plan ${cost:,.2f}"
+                    )
+                    await asyncio.sleep(interval if n + 1 < cycles else 0)
+            else:
+                await broker.engine.run_forever()
+
+        asyncio.run(go())

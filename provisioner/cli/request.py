@@ -1,9 +1,158 @@
-"""CLI commands: request (placeholder, to be written)."""
+"""`provisioner request create|list|show|cancel`: experiments ask for burst capacity and follow it."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
 import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from provisioner.domain import Arch
+from provisioner.requests import (
+    BurstRequestSpec,
+    RequestNotFound,
+    admit,
+    cancel,
+    list_requests,
+    new_request_id,
+    record_admission,
+    view,
+)
+
+
+def _parse_hours(value: str) -> float:
+    """'72h', '3d', '90m' or plain hours."""
+    units = {"h": 1.0, "d": 24.0, "m": 1 / 60}
+    text = value.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"'{value}' is not a duration (e.g. 72h, 3d, 90m)") from None
 
 
 def register(root: typer.Typer) -> None:
-    del root
+    app = typer.Typer(help="Burst capacity requests from experiments.", no_args_is_help=True)
+    err = Console(stderr=True)
+
+    def _broker() -> Any:
+        from provisioner.broker import build_broker
+        from provisioner.settings import load_settings
+
+        return build_broker(load_settings())
+
+    @app.command("create")
+    def create(
+        experiment: str = typer.Option(..., help="experiment (VO) asking"),
+        cores: int | None = typer.Option(None, help="cores wanted (a multiple of --cores-per-job)"),
+        gpus: int | None = typer.Option(None, help="GPUs wanted"),
+        gpu_model: str | None = typer.Option(
+            None, help="GPU model, as the catalog names it (A100, H100, L4...)"
+        ),
+        arch: list[Arch] = typer.Option([Arch.X86_64], help="allowed architectures (repeat for several)"),
+        duration: str | None = typer.Option(None, help="how long, e.g. 72h or 3d"),
+        hs23_hours: float | None = typer.Option(None, help="work in HEPscore23-hours instead of a duration"),
+        deadline: datetime | None = typer.Option(None, help="finish before (UTC)"),
+        data_location: str | None = typer.Option(None, help="where the input data is: <provider>:<region>"),
+        input_gb: float = typer.Option(0.0, help="total input data to read (GB)"),
+        output_gb: float = typer.Option(0.0, help="total output data to write back (GB)"),
+        max_cost: Decimal | None = typer.Option(None, help="reject if the estimate is above this (USD)"),
+        cores_per_job: int = typer.Option(8, help="cores per job slot"),
+        preemptible: bool = typer.Option(False, help="the work tolerates preemption (backfill, spot)"),
+    ) -> None:
+        """Ask for capacity; it is admitted against the policies or rejected with the reason."""
+        try:
+            spec = BurstRequestSpec(
+                experiment=experiment,
+                cores=cores,
+                gpus=gpus,
+                gpu_model=gpu_model,
+                archs=tuple(arch),
+                duration_hours=_parse_hours(duration) if duration else None,
+                hs23_hours=hs23_hours,
+                deadline=deadline,
+                data_location=data_location,
+                input_gb=input_gb,
+                output_gb=output_gb,
+                max_cost_usd=max_cost,
+                cores_per_job=cores_per_job,
+                preemptible=preemptible,
+            )
+        except ValidationError as exc:
+            for e in exc.errors():
+                field = ".".join(str(p) for p in e["loc"]) or "request"
+                err.print(f"[red]invalid request[/red]: {field}: {e['msg']}")
+            raise typer.Exit(2) from None
+        broker = _broker()
+        now = broker.clock.now()
+        offerings = list(broker.offerings.values())
+        fleet = broker.engine.fleet.units(now)
+        request_id = new_request_id()
+        admission = admit(
+            request_id,
+            spec,
+            constraints=broker.constraints([], offerings, fleet, now),
+            offerings=offerings,
+            fleet=fleet,
+            plan_fn=broker.engine.planner,
+            now=now,
+        )
+        record_admission(broker.db, request_id, spec, admission, now=now)
+        console = Console()
+        if admission.accepted:
+            console.print(f"[green]{request_id} admitted[/green]: {admission.reason}")
+        else:
+            console.print(f"[red]{request_id} rejected[/red]: {admission.reason}")
+            raise typer.Exit(1)
+
+    @app.command("list")
+    def list_cmd(experiment: str | None = typer.Option(None, help="only this experiment")) -> None:
+        """Requests with status and cost so far."""
+        broker = _broker()
+        table = Table()
+        for col in ("id", "experiment", "status", "units live/all", "cost so far", "reason"):
+            table.add_column(col)
+        for v in list_requests(broker.db, experiment=experiment):
+            table.add_row(
+                v.row.id,
+                v.row.experiment,
+                v.row.status,
+                f"{v.live_resources}/{v.resources}",
+                f"${v.cost_so_far:,.2f}",
+                v.row.reason,
+            )
+        Console().print(table)
+
+    @app.command("show")
+    def show(request_id: str) -> None:
+        """One request in full."""
+        broker = _broker()
+        try:
+            v = view(broker.db, request_id)
+        except RequestNotFound as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        console = Console()
+        console.print(f"[bold]{v.row.id}[/bold] {v.row.experiment} · {v.row.status} · {v.row.reason}")
+        console.print(f"cost so far ${v.cost_so_far:,.2f} · units live {v.live_resources} of {v.resources}")
+        for key, value in v.row.spec.items():
+            if value not in (None, 0, 0.0, False):
+                console.print(f"  {key}: {value}")
+
+    @app.command("cancel")
+    def cancel_cmd(request_id: str) -> None:
+        """Cancel: the demand goes away and the broker drains what the request got."""
+        broker = _broker()
+        try:
+            row = cancel(broker.db, request_id)
+        except RequestNotFound as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        Console().print(f"{row.id}: {row.status}")
+
+    root.add_typer(app, name="request")

@@ -44,9 +44,11 @@ class TraceSource:
         self.name = name
         self._now = now
         self._future: deque[tuple[datetime, PendingJob]] = deque()
+        self._runtime_hours: dict[str, float] = {}
         for job in sorted(jobs, key=lambda j: j.submit_s):
             submit = start + timedelta(seconds=job.submit_s / mapping.time_scale)
             cores = min(job.processors, mapping.max_cores)
+            self._runtime_hours[f"{name}-{job.job_number}"] = job.run_s / 3600
             self._future.append(
                 (
                     submit,
@@ -73,8 +75,15 @@ class TraceSource:
             self._pending[job.job_id] = job
 
     async def pending(self) -> list[PendingJob]:
+        return self.pending_now()
+
+    def pending_now(self) -> list[PendingJob]:
         self._release_due()
         return list(self._pending.values())
+
+    def runtime_hours(self, job_id: str) -> float:
+        """How long the job really ran in the trace (its walltime request is usually longer)."""
+        return self._runtime_hours[job_id]
 
     def take(self, job_id: str) -> PendingJob | None:
         """The batch system started this job: it is no longer pending."""
@@ -83,6 +92,10 @@ class TraceSource:
     def requeue(self, job: PendingJob) -> None:
         """A job lost with its node (spot interruption, preemption) is pending again."""
         self._pending[job.job_id] = replace(job)
+
+    def stop_releasing(self) -> None:
+        """No more submissions from the trace (the jobs already pending stay)."""
+        self._future.clear()
 
     @property
     def exhausted(self) -> bool:

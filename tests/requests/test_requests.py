@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 from pydantic import ValidationError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from provisioner.db import open_database
 from provisioner.domain import (
@@ -24,7 +24,7 @@ from provisioner.domain import (
     PlanningConstraints,
     RejectReason,
 )
-from provisioner.model import DemandGroupRow, ResourceRow, to_micro
+from provisioner.model import ResourceRow, to_micro
 from provisioner.requests import (
     BurstRequestSpec,
     RequestNotFound,
@@ -175,15 +175,15 @@ def test_admitted_request_is_stored_with_its_demand_and_cancel_removes_the_deman
     spec = BurstRequestSpec(experiment="atlas", cores=64, duration_hours=10, max_cost_usd=Decimal(100))
     result = _admit(spec)
     assert result.accepted and result.estimated_cost == Decimal("32.00")
-    record_admission(engine, "req-1", spec, result)
+    record_admission(engine, "req-1", spec, result, now=NOW)
     assert [g.id for g in load_request_groups(engine)] == ["request:req-1"]
     assert load_request_groups(engine)[0] == result.group
+    # the slots are wanted together: the planner gets a deadline of duration + boot slack
+    assert result.group.deadline == NOW + timedelta(hours=11)
 
     cancelled = cancel(engine, "req-1")
     assert cancelled.status == "cancelled"
     assert load_request_groups(engine) == []
-    with Session(engine) as session:
-        assert session.exec(select(DemandGroupRow)).all() == []
     with pytest.raises(RequestNotFound):
         cancel(engine, "req-nope")
 

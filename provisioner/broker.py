@@ -1,0 +1,195 @@
+"""The composition root: builds one broker (database, catalog, policy, planner, backends, engine) from settings.
+
+Everything else takes its collaborators as arguments; this is the one place that decides which
+ones a running broker gets. Embedded defaults: SQLite in the state directory, the bundled catalog,
+the example policy, simulated backends serving the catalog's offerings and the policy's allocations.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+import policies
+from backends.base import Backend
+from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
+from provisioner.bus import Bus
+from provisioner.catalog import Catalog, load_catalog
+from provisioner.circuit import CircuitSettings
+from provisioner.clock import Clock, SystemClock
+from provisioner.db import open_database
+from provisioner.domain import (
+    DemandGroup,
+    EgressRoute,
+    FleetUnit,
+    Market,
+    Offering,
+    PlanningConstraints,
+)
+from provisioner.engine import DecisionEngine, DemandFn, EngineSettings
+from provisioner.grouping import group_jobs
+from provisioner.model import ResourceRow
+from provisioner.planner import plan
+from provisioner.reconciler import ReconcileSettings
+from provisioner.requests import load_request_groups
+from provisioner.settings import Settings
+from provisioner.sources.base import WorkloadSource
+from provisioner.spend import merge_period_keys, spend_in_period
+from provisioner.store import Store
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_POLICY = REPO_ROOT / "examples" / "policy.toml"
+
+
+def policy_path(settings: Settings) -> Path:
+    return settings.policy_file or EXAMPLE_POLICY
+
+
+def simulated_backends(
+    offerings: Sequence[Offering],
+    clock: Clock,
+    *,
+    broker_id: str,
+    seed: int = 7,
+    capacity: dict[str, int] | None = None,
+) -> dict[str, SimulatedBackend]:
+    """One simulated backend per backend name in the offerings, of the kind its markets call for."""
+    by_backend: dict[str, list[Offering]] = defaultdict(list)
+    for o in offerings:
+        by_backend[o.backend].append(o)
+    out: dict[str, SimulatedBackend] = {}
+    for i, (name, offers) in enumerate(sorted(by_backend.items())):
+        markets = {o.market for o in offers}
+        kind: type[SimulatedBackend]
+        if Market.ALLOCATION in markets:
+            kind = SimulatedHPC
+        elif Market.BACKFILL in markets:
+            kind = SimulatedBackfill
+        else:
+            kind = SimulatedCloud
+        out[name] = kind(name, offers, clock, broker_id=broker_id, seed=seed + i, capacity=capacity)
+    return out
+
+
+@dataclass
+class PolicyConstraints:
+    """The engine's constraints step: the policy evaluated against what was spent and is committed."""
+
+    policy: policies.Policy
+    db: Engine
+    catalog: Catalog
+    commit_hours: float = 1.0
+    _routes: dict[frozenset[str], tuple[EgressRoute, ...]] = field(default_factory=dict)
+
+    def spend_so_far(self, now: datetime) -> dict[str, Decimal]:
+        periods = {p for e in self.policy.experiments.values() for p in e.budgets.by_period()}
+        earliest = min((policies.period_bounds(p, now)[0] for p in periods), default=now)
+        with Session(self.db) as session:
+            rows = list(
+                session.exec(
+                    select(ResourceRow).where(
+                        (col(ResourceRow.released_at).is_(None)) | (col(ResourceRow.released_at) >= earliest)
+                    )
+                )
+            )
+        by_period = {}
+        for period in periods:
+            start, end = policies.period_bounds(period, now)
+            by_period[str(period)] = spend_in_period(
+                rows, period_start=start, period_end=end, now=now, commit_hours=self.commit_hours
+            )
+        return merge_period_keys(by_period)
+
+    def routes(self, offerings: Sequence[Offering], groups: Sequence[DemandGroup]) -> tuple[EgressRoute, ...]:
+        locations = frozenset(
+            {o.location for o in offerings} | {g.data_location for g in groups if g.data_location}
+        )
+        if locations not in self._routes:
+            self._routes[locations] = self.catalog.default_egress_routes(sorted(locations))
+        return self._routes[locations]
+
+    def __call__(
+        self,
+        groups: Sequence[DemandGroup],
+        offerings: Sequence[Offering],
+        fleet: Sequence[FleetUnit],
+        now: datetime,
+    ) -> PlanningConstraints:
+        return policies.evaluate(
+            self.policy,
+            now=now,
+            spend_so_far=self.spend_so_far(now),
+            egress_used_gb={},
+            offerings_for_pricing=offerings,
+            default_routes=self.routes(offerings, groups),
+        )
+
+
+def engine_settings(policy: policies.Policy) -> EngineSettings:
+    timeouts = policy.facility.timeouts
+    breaker = policy.facility.circuit_breaker
+    return EngineSettings(
+        reconcile=ReconcileSettings(
+            boot_timeout=timedelta(minutes=timeouts.boot_timeout_minutes),
+            idle_drain=timedelta(minutes=timeouts.idle_drain_minutes),
+        ),
+        circuit=CircuitSettings(
+            threshold=breaker.failures_before_trip,
+            unavailable_cooloff=timedelta(minutes=breaker.cool_off_minutes),
+        ),
+    )
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    db: Engine
+    catalog: Catalog
+    policy: policies.Policy
+    clock: Clock
+    store: Store
+    backends: dict[str, Backend]
+    engine: DecisionEngine
+    constraints: PolicyConstraints
+    offerings: dict[str, Offering]  # the catalog and the policy's site offerings, by id
+
+
+def build_broker(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    backends: dict[str, Backend] | None = None,
+    sources: Sequence[WorkloadSource] = (),
+    bus: Bus | None = None,
+    demand: DemandFn | None = None,
+) -> Broker:
+    """Wire a broker. Without `backends`, simulated ones serve the catalog and the policy's site offerings."""
+    clock = clock or SystemClock()
+    db = open_database(settings.resolved_database_url())
+    catalog = load_catalog()
+    policy = policies.load_policy(policy_path(settings))
+    offerings = list(catalog.offerings) + policies.site_offerings(policy, now=clock.now())
+    if backends is None:
+        backends = dict(simulated_backends(offerings, clock, broker_id=settings.broker_id))
+    store = Store(db, clock, settings.broker_id, bus)
+    constraints = PolicyConstraints(policy, db, catalog)
+    demand_fn = demand or (lambda: load_request_groups(db))
+    engine = DecisionEngine(
+        store=store,
+        backends=backends,
+        sources=sources,
+        group=group_jobs,
+        planner=plan,
+        constraints=constraints,
+        demand=demand_fn,
+        settings=engine_settings(policy),
+    )
+    by_id = {o.id: o for o in offerings}
+    return Broker(settings, db, catalog, policy, clock, store, backends, engine, constraints, by_id)
