@@ -1,0 +1,194 @@
+"""For every group: find the compatible offerings, price the promising ones, keep a shortlist for the solver and the explanation.
+
+Pruning rule of the fast planner: per group, the `top_k` cheapest compatible offerings per
+HS23-hour, taking at most `per_family` from one quota family, so that when the cheapest
+family's quota, capacity or allocation binds the solver still sees the next-best families.
+The exact MILP keeps every compatible offering (`top_k=None`).
+
+Pricing 40,000 offerings for hundreds of groups: the cost without egress depends only on the
+job shape and run time, so it is computed once per distinct (shape, run time) and shared; a group
+adds its egress per location (one gather). The cheapest compatible offerings are then priced in
+full (budget for one wave, egress cap, pacing, cost cap) in growing batches until the shortlist
+is full — the same shortlist as pricing everything.
+The explanation shortlist is the `explain_k` cheapest incompatible offerings with their reasons.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from provisioner.domain import DemandGroup
+from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
+from provisioner.planner.compatibility import CompatContext, ReasonArray
+from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, base_total, group_costs
+
+TOP_K = 12
+PER_FAMILY = 3
+EXPLAIN_K = 32
+WINDOW = 256  # offerings priced per group at first
+PREFIX = 4096  # cheapest offerings (without egress) kept per job shape
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCandidates:
+    group: DemandGroup
+    demand: int  # pending jobs not already covered by the fleet
+    solver: GroupCosts  # compatible offerings the solver may use, cheapest first
+    rejected: GroupCosts  # cheapest incompatible offerings, for explanations
+    rejected_reason: ReasonArray  # aligned with `rejected`
+    compatible_count: int
+
+
+def _spread_families(costs: GroupCosts, family: IntArray, top_k: int, per_family: int) -> IntArray:
+    """Positions in `costs` (sorted by total) of the shortlist: cheapest first, ≤ per_family per family."""
+    fam = family[costs.offering]
+    head = fam[:top_k].tolist()
+    if max((head.count(f) for f in set(head)), default=0) <= per_family:
+        return np.arange(len(head), dtype=np.int64)  # the cheapest top_k already spread enough
+    by_family = np.argsort(fam, kind="stable")  # cost order is kept within a family
+    sorted_fam = fam[by_family]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_fam[1:] != sorted_fam[:-1])))
+    run_start = np.repeat(starts, np.diff(np.append(starts, len(fam))))
+    rank = np.empty(len(fam), dtype=np.int64)
+    rank[by_family] = np.arange(len(fam)) - run_start
+    return np.flatnonzero(rank < per_family)[:top_k]
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    total: FloatArray  # cost per HS23-hour without egress, every offering
+    prefix: IntArray  # the PREFIX offerings with the lowest `total`, cheapest first
+    bound: float  # the lowest `total` outside the prefix
+
+
+class _BaseCosts:
+    """Cost per HS23-hour without egress, per job shape and run time (cached for the round)."""
+
+    def __init__(self, cols: OfferingColumns, ctx: PlanContext) -> None:
+        self.cols, self.ctx = cols, ctx
+        self._cache: dict[tuple[object, ...], _Base] = {}
+
+    def get(self, group: DemandGroup, jpu: IntArray) -> _Base:
+        key = (
+            group.cores_per_job,
+            group.memory_gb_per_job,
+            group.gpus_per_job,
+            group.walltime_hours * group.reference_hs23_per_core,
+            group.hs23_hours_per_job,
+        )
+        found = self._cache.get(key)
+        if found is None:
+            total = base_total(group, jpu, self.cols, self.ctx)
+            if len(total) > PREFIX:
+                part = np.argpartition(total, PREFIX)
+                prefix, bound = part[:PREFIX], float(total[part[PREFIX]])
+            else:
+                prefix, bound = np.arange(len(total)), float("inf")
+            found = _Base(total, prefix[np.argsort(total[prefix], kind="stable")], bound)
+            self._cache[key] = found
+        return found
+
+
+def _full_total(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> FloatArray:
+    """Cost per HS23-hour on every offering, egress included."""
+    if egress.none or egress.work <= 0:
+        return base.total
+    return base.total + egress.usd[cols.location] / egress.work
+
+
+def _cheapest(values: FloatArray, idx: IntArray, k: int) -> IntArray:
+    """The k entries of `idx` with the smallest `values`, cheapest first."""
+    if len(idx) > k:
+        idx = idx[np.argpartition(values[idx], k - 1)[:k]]
+    return idx[np.argsort(values[idx], kind="stable")]
+
+
+def build_candidates(
+    groups: Sequence[DemandGroup],
+    demand: Sequence[int],
+    cols: OfferingColumns,
+    plan_ctx: PlanContext,
+    compat: CompatContext,
+    top_k: int | None = TOP_K,
+    per_family: int = PER_FAMILY,
+    explain_k: int = EXPLAIN_K,
+    timings: MutableMapping[str, float] | None = None,
+) -> list[GroupCandidates]:
+    """One `GroupCandidates` per group; `timings` receives seconds spent checking and pricing."""
+    out: list[GroupCandidates] = []
+    spent = {"compatibility": 0.0, "costing": 0.0}
+    bases = _BaseCosts(cols, plan_ctx)
+    for group, jobs in zip(groups, demand, strict=True):
+        t0 = time.perf_counter()
+        jpu, static = compat.static_reasons(group)
+        t1 = time.perf_counter()
+        egress = GroupEgress(group, jobs, cols, plan_ctx)
+        base = bases.get(group, jpu)
+        work = group.hs23_hours_per_job
+        with_egress = not egress.none and work > 0
+        first = None
+        if top_k is not None:  # the cheapest WINDOW offerings, found within the shared prefix when possible
+            pre = base.prefix
+            pre_total = (
+                base.total[pre] + egress.usd[cols.location[pre]] / work if with_egress else base.total[pre]
+            )
+            sel = (
+                np.argpartition(pre_total, WINDOW - 1)[:WINDOW] if len(pre) > WINDOW else np.arange(len(pre))
+            )
+            sel = sel[np.argsort(pre_total[sel], kind="stable")]
+            if len(sel) and pre_total[sel[-1]] <= base.bound:  # nothing outside the prefix is cheaper
+                first = pre[sel]
+        n = len(base.total)
+
+        if first is None:
+            first = _cheapest(
+                _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n
+            )
+        priced = group_costs(group, first, jpu, egress, cols, plan_ctx)
+        status = static[first]
+        reason = np.where(status == 0, compat.priced_reasons(group, priced), status)
+        usable = priced.take(reason == 0)
+        shortlist = (
+            usable if top_k is None else usable.take(_spread_families(usable, cols.family, top_k, per_family))
+        )
+        compatible = int(np.count_nonzero(status == 0))
+        if top_k is not None and len(shortlist.offering) < top_k and len(first) < n:
+            # not enough in the window: walk every compatible offering, cheapest first, in growing batches
+            every_ok = np.flatnonzero(static == 0)
+            compatible = len(every_ok)
+            batch = 4 * WINDOW
+            while True:
+                idx = _cheapest(_full_total(base, egress, cols), every_ok, batch)
+                more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
+                more = more.take(compat.priced_reasons(group, more) == 0)
+                shortlist = more.take(_spread_families(more, cols.family, top_k, per_family))
+                if len(idx) >= len(every_ok) or len(shortlist.offering) == top_k:
+                    break  # exact: whatever is not priced costs at least as much as the last one priced
+                batch *= 4
+        shown = np.flatnonzero((reason != 0) & np.isfinite(priced.total))[:explain_k]
+        rejected, rejected_reason = priced.take(shown), reason[shown]
+        if len(shown) < 5:  # hardly anything fits: also show the cheapest offerings lacking cores or memory
+            none_fit = np.flatnonzero(~np.isfinite(base.total))
+            extra = _cheapest(cols.price, none_fit, 5 - len(shown))
+            rejected = GroupCosts.concat([rejected, group_costs(group, extra, jpu, egress, cols, plan_ctx)])
+            rejected_reason = np.concatenate([rejected_reason, static[extra]])
+        out.append(
+            GroupCandidates(
+                group=group,
+                demand=jobs,
+                solver=shortlist,
+                rejected=rejected,
+                rejected_reason=rejected_reason,
+                compatible_count=compatible,
+            )
+        )
+        spent["compatibility"] += t1 - t0
+        spent["costing"] += time.perf_counter() - t1
+    if timings is not None:
+        for phase, seconds in spent.items():
+            timings[phase] = timings.get(phase, 0.0) + seconds
+    return out

@@ -1,0 +1,125 @@
+"""The offering catalog as numpy columns, so the planner prices every offering for a group at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from provisioner.domain import Arch, Market, Offering
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+MARKETS: tuple[Market, ...] = tuple(Market)
+ARCHS: tuple[Arch, ...] = tuple(Arch)
+
+
+class HasOfferings(Protocol):
+    """Anything carrying a tuple of offerings, e.g. the bundled `Catalog`."""
+
+    @property
+    def offerings(self) -> tuple[Offering, ...]: ...
+
+
+def _codes(values: Sequence[str]) -> tuple[IntArray, tuple[str, ...]]:
+    names: dict[str, int] = {}
+    codes = np.fromiter((names.setdefault(v, len(names)) for v in values), dtype=np.int64, count=len(values))
+    return codes, tuple(names)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OfferingColumns:
+    """One array per offering attribute, aligned with `offerings`; strings become integer codes."""
+
+    offerings: tuple[Offering, ...]
+    index: dict[str, int]
+    cores: IntArray
+    memory_gb: FloatArray
+    gpu_count: IntArray
+    gpu_model: IntArray  # code into gpu_models, -1: no GPU
+    gpu_models: tuple[str, ...]
+    arch: IntArray  # index into ARCHS
+    market: IntArray  # index into MARKETS
+    backend: IntArray
+    backends: tuple[str, ...]
+    family: IntArray
+    families: tuple[str, ...]
+    location: IntArray
+    locations: tuple[str, ...]
+    price: FloatArray  # USD per unit-hour
+    hs23_per_core: FloatArray
+    interruption: FloatArray  # per hour
+    startup_hours: FloatArray
+    max_walltime: FloatArray  # inf: none
+    capacity: FloatArray  # inf: unbounded
+    allocation_left: FloatArray  # node-hours left, inf for non-allocation offerings
+    allocation_ends: FloatArray  # POSIX seconds, inf for non-allocation offerings
+    allocation_starts: FloatArray  # POSIX seconds, -inf for non-allocation offerings
+
+    def __len__(self) -> int:
+        return len(self.offerings)
+
+    @classmethod
+    def from_offerings(cls, offerings: Sequence[Offering]) -> OfferingColumns:
+        offs = tuple(offerings)
+        n = len(offs)
+
+        def floats(values: Sequence[float]) -> FloatArray:
+            return np.asarray(values, dtype=np.float64).reshape(n)
+
+        gpu_names: dict[str, int] = {}
+        gpu_model = np.fromiter(
+            (gpu_names.setdefault(o.gpu_model, len(gpu_names)) if o.gpu_model else -1 for o in offs),
+            dtype=np.int64,
+            count=n,
+        )
+        backend, backends = _codes([o.backend for o in offs])
+        family, families = _codes([o.family for o in offs])
+        location, locations = _codes([o.location for o in offs])
+        arch_index = {a: i for i, a in enumerate(ARCHS)}
+        market_index = {m: i for i, m in enumerate(MARKETS)}
+        inf = float("inf")
+        return cls(
+            offerings=offs,
+            index={o.id: i for i, o in enumerate(offs)},
+            cores=np.fromiter((o.cores for o in offs), dtype=np.int64, count=n),
+            memory_gb=floats([o.memory_gb for o in offs]),
+            gpu_count=np.fromiter((o.gpu_count for o in offs), dtype=np.int64, count=n),
+            gpu_model=gpu_model,
+            gpu_models=tuple(gpu_names),
+            arch=np.fromiter((arch_index[o.arch] for o in offs), dtype=np.int64, count=n),
+            market=np.fromiter((market_index[o.market] for o in offs), dtype=np.int64, count=n),
+            backend=backend,
+            backends=backends,
+            family=family,
+            families=families,
+            location=location,
+            locations=locations,
+            price=floats([float(o.price_per_hour) for o in offs]),
+            hs23_per_core=floats([o.hs23_per_core for o in offs]),
+            interruption=floats([o.interruption_rate_per_hour for o in offs]),
+            startup_hours=floats([o.startup_seconds / 3600.0 for o in offs]),
+            max_walltime=floats(
+                [inf if o.max_walltime_hours is None else o.max_walltime_hours for o in offs]
+            ),
+            capacity=floats([inf if o.capacity_units is None else float(o.capacity_units) for o in offs]),
+            allocation_left=floats([o.allocation.node_hours_left if o.allocation else inf for o in offs]),
+            allocation_ends=floats([o.allocation.ends.timestamp() if o.allocation else inf for o in offs]),
+            allocation_starts=floats(
+                [o.allocation.starts.timestamp() if o.allocation else -inf for o in offs]
+            ),
+        )
+
+
+def as_columns(offerings: Sequence[Offering] | OfferingColumns | HasOfferings) -> OfferingColumns:
+    """Accept offerings in any of the shapes callers hold them."""
+    if isinstance(offerings, OfferingColumns):
+        return offerings
+    if isinstance(offerings, Sequence):
+        return OfferingColumns.from_offerings(offerings)
+    return OfferingColumns.from_offerings(offerings.offerings)

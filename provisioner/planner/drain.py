@@ -1,0 +1,114 @@
+"""What the running fleet means for a round: which units to drain, what demand they already cover, what they use.
+
+Rules, each with its `DrainReason`:
+* a running unit with no job is drained at once (IDLE: no jobs, no cost);
+* a unit whose group has no pending demand left is drained (NO_DEMAND: it finishes its jobs and
+  goes), unless it is an HPC pilot with walltime left that costs nothing to keep (allocation or
+  backfill, price 0): Slurm ends it anyway, and new demand can use it meanwhile.
+Busy units (and units still booting) keep serving their group: the pending jobs they will run within
+the horizon are taken off the group's demand, so the planner does not start units for them twice.
+Every live unit counts against capacity, quotas, GPU limits and spend-rate caps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from provisioner.domain import (
+    LIVE_STATES,
+    DemandGroup,
+    DrainOrder,
+    DrainReason,
+    FleetUnit,
+    ResourceState,
+)
+from provisioner.planner.columns import OfferingColumns
+
+
+@dataclass(slots=True)
+class FleetAssessment:
+    drains: list[DrainOrder] = field(default_factory=list)
+    covered_jobs: dict[str, int] = field(default_factory=dict)  # group id -> pending jobs the fleet takes
+    units_by_offering: dict[int, int] = field(default_factory=dict)
+    cores_by_family: dict[int, int] = field(default_factory=dict)
+    gpus_by_experiment: dict[str, int] = field(default_factory=dict)
+    spend_per_hour: Decimal = Decimal(0)
+    spend_per_hour_by_experiment: dict[str, Decimal] = field(default_factory=dict)
+
+
+def assess_fleet(
+    fleet: Sequence[FleetUnit], groups: Sequence[DemandGroup], cols: OfferingColumns, horizon_hours: float
+) -> FleetAssessment:
+    result = FleetAssessment()
+    demand = {g.id: g for g in groups if g.jobs > 0}
+    for unit in fleet:
+        if unit.state not in LIVE_STATES:
+            continue
+        i = cols.index.get(unit.offering_id)
+        _count_usage(result, unit, i, cols)
+        if unit.state is ResourceState.DRAINING:
+            continue
+        group = demand.get(unit.group_id) if unit.group_id is not None else None
+        if unit.state is ResourceState.RUNNING and not unit.busy:
+            result.drains.append(
+                DrainOrder(unit.resource_id, DrainReason.IDLE, f"idle for {unit.idle_hours:.2f} h")
+            )
+            continue
+        if unit.group_id is not None and group is None:
+            if _cheap_pilot_with_walltime(unit):
+                continue
+            result.drains.append(
+                DrainOrder(
+                    unit.resource_id, DrainReason.NO_DEMAND, f"group {unit.group_id} has no pending jobs"
+                )
+            )
+            continue
+        if group is not None and i is not None:
+            covered = _jobs_covered(unit, group, cols, i, horizon_hours)
+            result.covered_jobs[group.id] = result.covered_jobs.get(group.id, 0) + covered
+    return result
+
+
+def _count_usage(result: FleetAssessment, unit: FleetUnit, i: int | None, cols: OfferingColumns) -> None:
+    result.spend_per_hour += unit.price_per_hour
+    if unit.experiment is not None:
+        by_exp = result.spend_per_hour_by_experiment
+        by_exp[unit.experiment] = by_exp.get(unit.experiment, Decimal(0)) + unit.price_per_hour
+    if i is None:
+        return
+    result.units_by_offering[i] = result.units_by_offering.get(i, 0) + 1
+    family = int(cols.family[i])
+    result.cores_by_family[family] = result.cores_by_family.get(family, 0) + int(cols.cores[i])
+    if unit.experiment is not None and cols.gpu_count[i] > 0:
+        by_exp_gpu = result.gpus_by_experiment
+        by_exp_gpu[unit.experiment] = by_exp_gpu.get(unit.experiment, 0) + int(cols.gpu_count[i])
+
+
+def _cheap_pilot_with_walltime(unit: FleetUnit) -> bool:
+    return unit.walltime_left_hours is not None and unit.walltime_left_hours > 0 and unit.price_per_hour == 0
+
+
+def _jobs_covered(
+    unit: FleetUnit, group: DemandGroup, cols: OfferingColumns, i: int, horizon_hours: float
+) -> int:
+    """Pending jobs of `group` this unit will start within the horizon (after what it runs now)."""
+    per_unit = int(cols.cores[i]) // max(group.cores_per_job, 1)
+    if group.memory_gb_per_job > 0:
+        per_unit = min(per_unit, math.floor(float(cols.memory_gb[i]) / group.memory_gb_per_job))
+    if group.gpus_per_job > 0:
+        per_unit = min(per_unit, int(cols.gpu_count[i]) // group.gpus_per_job)
+    if per_unit <= 0:
+        return 0
+    run_hours = group.walltime_hours * group.reference_hs23_per_core / float(cols.hs23_per_core[i])
+    window = horizon_hours
+    if unit.walltime_left_hours is not None:
+        window = min(window, unit.walltime_left_hours)
+    waves = math.floor(window / run_hours) if run_hours > 0 else 0
+    if unit.busy:
+        waves -= 1  # it is busy with a wave of already-running jobs first
+    else:
+        waves = max(waves, 1)  # still booting: it will run at least one wave of pending jobs
+    return per_unit * max(waves, 0)

@@ -1,0 +1,247 @@
+"""Why each group got what it got: chosen items, unserved jobs with the binding reason, and the best rejected alternatives.
+
+Selection rule for the rejected alternatives (at most `MAX_REJECTED`, best first):
+1. offerings CHEAPER per HS23-hour than the chosen one that the group could not use — the cheapest
+   of each distinct reason, up to 3 ("arm64 is 30% cheaper but the group runs only on x86_64");
+2. then the runners-up the group could use but did not (the next-cheapest compatible offerings), each
+   with the limit that stopped it (capacity, quota, spend rate, budget, egress cap, allocation pacing)
+   or, when none binds, "more expensive";
+3. then, to fill up, the cheapest incompatible offerings of reasons not shown yet.
+A group left (partly) unserved names the limit that binds on its cheapest usable offering, or, with
+no usable offering at all, the reason that rejects most of its cheapest offerings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+import numpy as np
+
+from provisioner.domain import (
+    DemandGroup,
+    GroupExplanation,
+    PlanItem,
+    Rejection,
+    RejectReason,
+)
+from provisioner.planner.candidates import GroupCandidates
+from provisioner.planner.columns import OfferingColumns
+from provisioner.planner.compatibility import reason_of
+from provisioner.planner.cost import GroupCosts
+from provisioner.planner.limits import Limits
+from provisioner.planner.problem import Problem
+
+MAX_REJECTED = 5
+MAX_CHEAPER_INCOMPATIBLE = 3
+
+
+def limits_after(
+    problem: Problem, cols: OfferingColumns, items: Sequence[PlanItem], limits: Limits
+) -> Limits:
+    """What is left of every limit once the plan's items are started."""
+    capacity, quota = limits.capacity.copy(), limits.quota.copy()
+    spend, budget = limits.exp_spend.copy(), limits.exp_budget.copy()
+    egress, gpus = limits.exp_egress.copy(), limits.exp_gpus.copy()
+    node_hours, unpaced = limits.node_hours.copy(), limits.node_hours_unpaced.copy()
+    facility = limits.facility_spend
+    groups = {c.group.id: c.group for c in problem.candidates}
+    for item in items:
+        i = cols.index[item.offering_id]
+        o = cols.offerings[i]
+        group = groups[item.group_id]
+        k = limits.exp_index[group.experiment]
+        capacity[i] -= item.units
+        quota[cols.family[i]] -= item.units * o.cores
+        rate = float(o.price_per_hour) * item.units
+        facility -= rate
+        spend[k] -= rate
+        budget[k] -= float(item.cost)
+        if group.data_location is not None and group.data_location != o.location:
+            egress[k] -= item.jobs * (group.input_gb_per_job + group.output_gb_per_job)
+        gpus[k] -= item.units * o.gpu_count
+        if o.allocation is not None:
+            node_hours[i] -= item.units * item.hours
+            unpaced[i] -= item.units * item.hours
+    return replace(
+        limits,
+        capacity=capacity,
+        quota=quota,
+        facility_spend=facility,
+        exp_spend=spend,
+        exp_budget=budget,
+        exp_egress=egress,
+        exp_gpus=gpus,
+        node_hours=node_hours,
+        node_hours_unpaced=unpaced,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    reason: RejectReason
+    detail: str
+
+
+def binding_limit(
+    group: DemandGroup, short: GroupCosts, s: int, cols: OfferingColumns, left: Limits
+) -> _Binding | None:
+    """The limit that stops one more unit (one wave) of shortlist entry `s`, or None if none does."""
+    i = int(short.offering[s])
+    o = cols.offerings[i]
+    k = left.exp_index[group.experiment]
+    need_hours = float(short.wave_hours[s]) + o.startup_seconds / 3600.0
+    price = float(o.price_per_hour)
+    if left.capacity[i] < 1:
+        return _Binding(RejectReason.CAPACITY, f"no more units of {o.instance_type} available")
+    if left.quota[cols.family[i]] < o.cores:
+        return _Binding(
+            RejectReason.QUOTA,
+            f"family {o.family} quota has {max(0, left.quota[cols.family[i]]):.0f} cores left",
+        )
+    if left.exp_gpus[k] < o.gpu_count:
+        return _Binding(RejectReason.QUOTA, f"{group.experiment} GPU limit reached")
+    if price > min(left.facility_spend, float(left.exp_spend[k])) + 1e-9:
+        return _Binding(
+            RejectReason.SPEND_RATE, f"one more unit at ${price:.4f}/h would exceed the spend-rate cap"
+        )
+    one_wave = price * need_hours + float(short.egress_usd_per_job[s])
+    if one_wave > left.exp_budget[k] + 1e-9:
+        return _Binding(
+            RejectReason.OVER_BUDGET,
+            f"{group.experiment} has ${max(0.0, left.exp_budget[k]):.2f} left, a unit costs ${one_wave:.2f}",
+        )
+    if short.egress_gb_per_job[s] > left.exp_egress[k] + 1e-9:
+        return _Binding(
+            RejectReason.EGRESS_CAP,
+            f"{group.experiment} egress cap has {max(0.0, left.exp_egress[k]):.1f} GB left",
+        )
+    if left.node_hours_unpaced[i] < need_hours:
+        return _Binding(
+            RejectReason.ALLOCATION_EXHAUSTED,
+            f"allocation has {max(0.0, left.node_hours_unpaced[i]):.1f} node-hours left",
+        )
+    if left.node_hours[i] < need_hours:
+        return _Binding(
+            RejectReason.ALLOCATION_PACED,
+            f"pacing allows {max(0.0, left.node_hours[i]):.1f} more node-hours this round",
+        )
+    return None
+
+
+def _percent(cost: float, reference: float) -> str:
+    if not np.isfinite(reference) or reference <= 0 or not np.isfinite(cost):
+        return ""
+    delta = (cost - reference) / reference * 100
+    return f"{abs(delta):.0f}% {'cheaper' if delta < 0 else 'dearer'} per HS23-hour than the chosen offering"
+
+
+def _incompatible_detail(
+    reason: RejectReason, group: DemandGroup, cols: OfferingColumns, i: int, vs: str
+) -> str:
+    o = cols.offerings[i]
+    why = {
+        RejectReason.WRONG_ARCH: f"{o.arch} but the group runs only on {', '.join(sorted(a.value for a in group.archs))}",
+        RejectReason.NO_GPU: f"has {o.gpu_count}× {o.gpu_model or 'no GPU'}, jobs need {group.gpus_per_job}× {group.gpu_model or 'any GPU'}",
+        RejectReason.MEMORY: f"{o.memory_gb:g} GB for jobs needing {group.memory_gb_per_job:g} GB",
+        RejectReason.CORES: f"{o.cores} cores for jobs needing {group.cores_per_job}",
+        RejectReason.WALLTIME: f"max walltime {o.max_walltime_hours} h",
+        RejectReason.NOT_PREEMPTIBLE: "the group's jobs are not preemptible",
+        RejectReason.MARKET_NOT_ALLOWED: f"{o.market} not allowed for {group.experiment}",
+        RejectReason.BACKEND_NOT_ALLOWED: f"backend {o.backend} not allowed for {group.experiment}",
+    }.get(reason, reason.value)
+    return f"{o.instance_type} ({o.market}, {o.region}): {why}" + (f"; {vs}" if vs else "")
+
+
+def explain_group(
+    cand: GroupCandidates, items: Sequence[PlanItem], cols: OfferingColumns, left: Limits
+) -> GroupExplanation:
+    group = cand.group
+    chosen_ids = {it.offering_id for it in items}
+    served = sum(it.jobs for it in items)
+    solver, rejected_short = cand.solver, cand.rejected
+    chosen_costs = [
+        float(solver.total[s])
+        for s in range(len(solver.offering))
+        if cols.offerings[int(solver.offering[s])].id in chosen_ids
+    ]
+    reference = min(chosen_costs) if chosen_costs else float("inf")
+    out: list[Rejection] = []
+    shown: set[str] = set()
+    seen_reasons: set[RejectReason] = set()
+
+    def add(i: int, reason: RejectReason, cost: float, detail: str) -> None:
+        o = cols.offerings[i]
+        if o.id in shown or len(out) >= MAX_REJECTED:
+            return
+        shown.add(o.id)
+        rate = Decimal(f"{cost:.10f}") if np.isfinite(cost) else None
+        out.append(Rejection(o.id, reason, rate, detail))
+
+    # 1. cheaper, but not usable
+    for s in range(len(rejected_short.offering)):
+        cost = float(rejected_short.total[s])
+        reason = reason_of(int(cand.rejected_reason[s]))
+        if cost < reference and reason not in seen_reasons and len(out) < MAX_CHEAPER_INCOMPATIBLE:
+            seen_reasons.add(reason)
+            i = int(rejected_short.offering[s])
+            add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
+    # 2. usable runners-up, with the limit that stopped them
+    unserved_reason: RejectReason | None = None
+    unserved_detail = ""
+    for s in range(len(solver.offering)):
+        i = int(solver.offering[s])
+        binding = binding_limit(group, solver, s, cols, left)
+        if binding is not None and unserved_reason is None:
+            unserved_reason, unserved_detail = binding.reason, f"{cols.offerings[i].id}: {binding.detail}"
+        if cols.offerings[i].id in chosen_ids:
+            continue
+        cost = float(solver.total[s])
+        if binding is None:
+            add(i, RejectReason.MORE_EXPENSIVE, cost, _percent(cost, reference))
+        else:
+            add(i, binding.reason, cost, f"{binding.detail}; {_percent(cost, reference)}".rstrip("; "))
+    # 3. fill up with other incompatible reasons, then anything
+    for s in range(len(rejected_short.offering)):
+        reason = reason_of(int(cand.rejected_reason[s]))
+        if reason not in seen_reasons:
+            seen_reasons.add(reason)
+            i, cost = int(rejected_short.offering[s]), float(rejected_short.total[s])
+            add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
+    unserved = max(0, cand.demand - served)
+    note = ""
+    if unserved:
+        if len(solver.offering) == 0 and len(rejected_short.offering):
+            codes = cand.rejected_reason.tolist()
+            common = max(set(codes), key=lambda c: (codes.count(c), -codes.index(c)))
+            unserved_reason = reason_of(int(common))
+            cheapest = cols.offerings[int(rejected_short.offering[codes.index(common)])].id
+            note = (
+                f"no usable offering: {codes.count(common)} of the {len(codes)} cheapest are rejected for "
+                f"{unserved_reason.value} (e.g. {cheapest})"
+            )
+        elif len(solver.offering) == 0:
+            unserved_reason, note = RejectReason.CAPACITY, "no offering in the catalog"
+        else:
+            unserved_reason = unserved_reason or RejectReason.CAPACITY
+            note = unserved_detail or "limits of the other groups' more valuable work"
+    return GroupExplanation(
+        group_id=group.id,
+        experiment=group.experiment,
+        chosen=tuple(items),
+        rejected=tuple(out),
+        unserved_jobs=unserved,
+        unserved_reason=unserved_reason if unserved else None,
+        note=note,
+    )
+
+
+def explain_quiet(group: DemandGroup, covered: int) -> GroupExplanation:
+    """A group with nothing to plan: no pending jobs, or all of them covered by the running fleet."""
+    note = (
+        "no pending jobs"
+        if group.jobs == 0
+        else f"the running fleet covers its {group.jobs} pending jobs ({covered} slots)"
+    )
+    return GroupExplanation(group_id=group.id, experiment=group.experiment, chosen=(), rejected=(), note=note)

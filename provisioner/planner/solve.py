@@ -1,0 +1,244 @@
+"""The fast planner: HiGHS on the pruned instance, exactly when it is small, else its LP relaxation rounded and repaired.
+
+`candidates.py` prunes each group to a dozen cheapest compatible offerings (spread over quota
+families). A small pruned instance is solved as the MILP of `problem.py` (time-limited); a large one as
+its LP relaxation in jobs only (units = jobs / (jobs per unit × waves), one variable per pair),
+then made integral greedily: groups by value, their offerings cheapest first, each pair first
+taking up to the relaxation's jobs in whole units and waves as far as every limit allows, then
+any job still unserved going to the cheapest pair with room. `benchmarks/planner_gap.py` measures the gap to
+the exact MILP on the unpruned instance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from provisioner.planner.columns import FloatArray, IntArray
+from provisioner.planner.problem import SAFETY, Problem, Solution, solve_jobs_lp, solve_lexicographic
+
+MILP_MAX_PAIRS = 600
+MILP_TIME_LIMIT = 2.0
+
+
+def solve(problem: Problem, method: str = "auto") -> Solution:
+    """method: "auto", "milp" (pruned MILP) or "lp" (LP relaxation + rounding + repair)."""
+    if method == "auto":
+        method = "milp" if problem.pairs <= MILP_MAX_PAIRS else "lp"
+    if method == "milp":
+        x, z, y = solve_lexicographic(problem, integral=True, time_limit=MILP_TIME_LIMIT, gap=1e-6)
+        solution = integral_solution(problem, x, z, y, "pruned-milp")
+        return repair(problem, solution)
+    if method == "lp":
+        targets = np.floor(solve_jobs_lp(problem) + 1e-6).astype(np.int64)
+        empty = np.zeros(problem.pairs, dtype=np.int64)
+        solution = repair(problem, Solution(empty, empty.copy(), empty.copy(), "pruned-lp+repair"), targets)
+        return repair(problem, improve(problem, repair(problem, solution)))  # improving can free room
+    raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
+
+
+def integral_solution(problem: Problem, x: FloatArray, z: FloatArray, y: FloatArray, method: str) -> Solution:
+    """Round down to a consistent integral solution (never breaks a limit the relaxation kept)."""
+    units = np.floor(x + 1e-9).astype(np.int64)
+    unit_waves = np.minimum(np.floor(z + 1e-9).astype(np.int64), problem.waves * units)
+    jobs = np.minimum(np.floor(y + 1e-9).astype(np.int64), problem.jobs_per_unit * unit_waves)
+    # drop units and waves the jobs do not need
+    unit_waves = np.minimum(unit_waves, -(-jobs // np.maximum(problem.jobs_per_unit, 1)))
+    units = np.minimum(units, -(-unit_waves // np.maximum(problem.waves, 1)))
+    return Solution(units, unit_waves, jobs, method)
+
+
+class _Residual:
+    """What is left of every limit, tracked while repairing."""
+
+    def __init__(self, problem: Problem, solution: Solution) -> None:
+        pr, lim = problem, problem.limits
+        self.pr = pr
+
+        def shrink(v: FloatArray) -> FloatArray:
+            return np.where(np.isfinite(v), np.maximum(v, 0) * (1 - SAFETY) - 1e-9, v)
+
+        self.capacity = np.floor(np.maximum(lim.capacity, 0) + 1e-9)
+        self.quota = np.maximum(lim.quota, 0).astype(np.float64)
+        self.facility = float(shrink(np.array([lim.facility_spend]))[0])
+        self.spend = shrink(lim.exp_spend)
+        self.budget = shrink(lim.exp_budget)
+        self.egress = shrink(lim.exp_egress)
+        self.gpus = np.maximum(lim.exp_gpus, 0).astype(np.float64)
+        self.node_hours = shrink(lim.node_hours)
+        self.exp = pr.group_exp[pr.pair_group]
+        x, z, y = solution.units, solution.unit_waves, solution.jobs
+        self.units, self.unit_waves, self.jobs = x, z, y
+        np.subtract.at(self.capacity, pr.pair_offering, x)
+        np.subtract.at(self.quota, pr.family, pr.cores * x)
+        self.facility -= float(np.sum(pr.price * x))
+        np.subtract.at(self.spend, self.exp, pr.price * x)
+        np.subtract.at(self.budget, self.exp, pr.money_wave * z + pr.money_start * x + pr.egress_usd_job * y)
+        np.subtract.at(self.egress, self.exp, pr.egress_gb_job * y)
+        np.subtract.at(self.gpus, self.exp, pr.gpus * x)
+        np.subtract.at(self.node_hours, pr.pair_offering, pr.node_hours_wave * z + pr.node_hours_start * x)
+
+        # plain Python lists: scalar access to numpy arrays is slow in these loops
+        self.l_capacity, self.l_quota = self.capacity.tolist(), self.quota.tolist()
+        self.l_spend, self.l_budget = self.spend.tolist(), self.budget.tolist()
+        self.l_egress, self.l_gpus, self.l_node_hours = (
+            self.egress.tolist(),
+            self.gpus.tolist(),
+            self.node_hours.tolist(),
+        )
+        self.p_exp, self.p_offering, self.p_family = (
+            self.exp.tolist(),
+            pr.pair_offering.tolist(),
+            pr.family.tolist(),
+        )
+        self.p_cores, self.p_price, self.p_gpus = pr.cores.tolist(), pr.price.tolist(), pr.gpus.tolist()
+        self.p_money_wave, self.p_money_start = pr.money_wave.tolist(), pr.money_start.tolist()
+        self.p_egress_usd, self.p_egress_gb = pr.egress_usd_job.tolist(), pr.egress_gb_job.tolist()
+        self.p_nh_wave, self.p_nh_start = pr.node_hours_wave.tolist(), pr.node_hours_start.tolist()
+        self.p_obj_wave, self.p_obj_start = pr.objective_wave.tolist(), pr.objective_start.tolist()
+        self.p_max_cost = pr.max_cost_job.tolist()
+        self.l_units, self.l_waves, self.l_jobs = (
+            self.units.tolist(),
+            self.unit_waves.tolist(),
+            self.jobs.tolist(),
+        )
+
+    def fits(self, p: int, dx: int, dz: int, dy: int) -> bool:
+        e, o = self.p_exp[p], self.p_offering[p]
+        tol = 1e-9
+        price = self.p_price[p]
+        return (
+            dx <= self.l_capacity[o]
+            and self.p_cores[p] * dx <= self.l_quota[self.p_family[p]] + tol
+            and price * dx <= self.facility + tol
+            and price * dx <= self.l_spend[e] + tol
+            and self.p_gpus[p] * dx <= self.l_gpus[e] + tol
+            and self.p_money_wave[p] * dz + self.p_money_start[p] * dx + self.p_egress_usd[p] * dy
+            <= self.l_budget[e] + tol
+            and self.p_egress_gb[p] * dy <= self.l_egress[e] + tol
+            and self.p_nh_wave[p] * dz + self.p_nh_start[p] * dx <= self.l_node_hours[o] + tol
+        )
+
+    def under_cap(self, p: int, dx: int, dz: int, dy: int) -> bool:
+        """The pair's cost per HS23-hour, partial waves included, stays under the group's cap."""
+        cap = self.p_max_cost[p]
+        if cap == math.inf:
+            return True
+        x, z, y = self.l_units[p] + dx, self.l_waves[p] + dz, self.l_jobs[p] + dy
+        cost = self.p_obj_wave[p] * z + self.p_obj_start[p] * x + self.p_egress_usd[p] * y
+        return cost <= cap * y * (1 - SAFETY)
+
+    def take(self, p: int, dx: int, dz: int, dy: int) -> None:
+        e, o = self.p_exp[p], self.p_offering[p]
+        price = self.p_price[p]
+        self.l_capacity[o] -= dx
+        self.l_quota[self.p_family[p]] -= self.p_cores[p] * dx
+        self.facility -= price * dx
+        self.l_spend[e] -= price * dx
+        self.l_gpus[e] -= self.p_gpus[p] * dx
+        self.l_budget[e] -= self.p_money_wave[p] * dz + self.p_money_start[p] * dx + self.p_egress_usd[p] * dy
+        self.l_egress[e] -= self.p_egress_gb[p] * dy
+        self.l_node_hours[o] -= self.p_nh_wave[p] * dz + self.p_nh_start[p] * dx
+        self.l_units[p] += dx
+        self.l_waves[p] += dz
+        self.l_jobs[p] += dy
+
+
+def _growth(x: int, z: int, y: int, jpu: int, waves: int, more_jobs: int) -> tuple[int, int, int]:
+    """Extra units, unit-waves and jobs needed to run `more_jobs` more jobs on a pair."""
+    new_y = y + more_jobs
+    new_z = max(z, math.ceil(new_y / jpu))
+    new_x = max(x, math.ceil(new_z / waves))
+    return new_x - x, new_z - z, more_jobs
+
+
+def repair(problem: Problem, solution: Solution, targets: IntArray | None = None) -> Solution:
+    """Greedily give unserved jobs to the cheapest pairs that still fit every limit.
+
+    Groups go by value, their pairs cheapest first; with `targets`, a pair takes at most its target
+    (the LP relaxation's jobs), so the relaxation's split between groups and offerings is kept."""
+    pr = problem
+    x, z, y = solution.units.copy(), solution.unit_waves.copy(), solution.jobs.copy()
+    left = pr.demand.copy()
+    np.subtract.at(left, pr.pair_group, y)
+    if not np.any(left > 0):
+        return solution
+    residual = _Residual(pr, solution)
+    starts = np.searchsorted(pr.pair_group, np.arange(len(pr.demand)))
+    ends = np.searchsorted(pr.pair_group, np.arange(len(pr.demand)), side="right")
+    for g in np.argsort(-pr.value, kind="stable").tolist():
+        for p in range(int(starts[g]), int(ends[g])):
+            if left[g] <= 0:
+                break
+            jpu, waves = int(pr.jobs_per_unit[p]), int(pr.waves[p])
+            lo, hi = 0, int(left[g]) if targets is None else min(int(left[g]), int(targets[p]) - int(y[p]))
+            if hi > 0 and residual.fits(p, *_growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, hi)):
+                lo = hi  # the common case: everything asked for fits
+            while lo < hi:  # the largest number of extra jobs that fits (fitting is monotone)
+                mid = (lo + hi + 1) // 2
+                if residual.fits(p, *_growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, mid)):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            while lo > 0 and not residual.under_cap(
+                p, *_growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, lo)
+            ):
+                lo = (int(y[p]) + lo - 1) // jpu * jpu - int(y[p])  # drop the partial (or last) wave
+            if lo > 0:
+                dx, dz, dy = _growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, lo)
+                residual.take(p, dx, dz, dy)
+                x[p] += dx
+                z[p] += dz
+                y[p] += dy
+                left[g] -= dy
+    return Solution(x, z, y, solution.method)
+
+
+def improve(problem: Problem, solution: Solution, rounds: int = 2) -> Solution:
+    """Local search: move all of a pair's jobs to another offering of its group when that is cheaper.
+
+    Rounding leaves groups split over several offerings with part-empty waves, or on an offering
+    the relaxation liked only fractionally; moving a pair's jobs whole removes most of that waste."""
+    pr = problem
+    res = _Residual(pr, solution)
+    x, z, y = res.l_units, res.l_waves, res.l_jobs  # kept up to date by `res.take`
+    jpu, waves = pr.jobs_per_unit.tolist(), pr.waves.tolist()
+
+    def cost(p: int, units: int, unit_waves: int, jobs: int) -> float:
+        return res.p_obj_wave[p] * unit_waves + res.p_obj_start[p] * units + res.p_egress_usd[p] * jobs
+
+    starts = np.searchsorted(pr.pair_group, np.arange(len(pr.demand))).tolist()
+    ends = np.searchsorted(pr.pair_group, np.arange(len(pr.demand)), side="right").tolist()
+    for _ in range(rounds):
+        changed = False
+        for g in range(len(pr.demand)):
+            pairs = range(starts[g], ends[g])
+            used = [p for p in pairs if y[p] > 0]
+            used.sort(key=lambda p: -cost(p, x[p], z[p], y[p]) / y[p])
+            for p in used:
+                units, unit_waves, jobs = x[p], z[p], y[p]
+                current = cost(p, units, unit_waves, jobs)
+                res.take(p, -units, -unit_waves, -jobs)
+                best, best_delta, best_growth = -1, current - 1e-9, (0, 0, 0)
+                for q in pairs:
+                    if q == p:
+                        continue
+                    growth = _growth(x[q], z[q], y[q], jpu[q], waves[q], jobs)
+                    dx, dz, dy = growth
+                    delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
+                    if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
+                        best, best_delta, best_growth = q, delta, growth
+                if best < 0:  # nothing cheaper: put them back
+                    res.take(p, units, unit_waves, jobs)
+                    continue
+                res.take(best, *best_growth)
+                changed = True
+        if not changed:
+            break
+    return Solution(
+        np.asarray(x, dtype=np.int64),
+        np.asarray(z, dtype=np.int64),
+        np.asarray(y, dtype=np.int64),
+        solution.method,
+    )
