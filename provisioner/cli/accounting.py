@@ -1,9 +1,204 @@
-"""CLI commands: accounting (placeholder, to be written)."""
+"""CLI commands `provisioner accounting import|ledger|publish|show` and `provisioner report cost`."""
 
 from __future__ import annotations
 
+import enum
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session
+
+from accounting.ledger import build_ledger
+from accounting.period import BadMonth, Month
+from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, build_messages, publish_month
+from accounting.reports import cost_report, print_report, write_csv
+from accounting.usage import import_records, stored_problems
+from provisioner.db import open_database
+from provisioner.domain import Offering, UsageRecord
+from provisioner.settings import load_settings
+
+console = Console()
+err = Console(stderr=True)
+
+
+class ReportFormat(enum.StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    HTML = "html"
+
+
+def _month(text: str) -> Month:
+    try:
+        return Month.parse(text)
+    except BadMonth as exc:
+        raise typer.BadParameter(str(exc), param_hint="--month") from exc
+
+
+def _session() -> Session:
+    engine = open_database(load_settings().resolved_database_url())
+    return Session(engine, expire_on_commit=False)
+
+
+def _time(value: Any, field: str, line: int) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    parsed = datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        raise typer.BadParameter(f"record {line}: {field} {value!r} has no timezone (give UTC, e.g. ...Z)")
+    return parsed.astimezone(UTC)
+
+
+def read_usage_file(path: Path) -> Iterator[UsageRecord]:
+    """UsageRecord fields as JSON lines or one JSON array; times ISO 8601 with offset, or epoch seconds."""
+    text = path.read_text()
+    items: list[Any] = json.loads(text) if text.lstrip().startswith("[") else [
+        json.loads(line) for line in text.splitlines() if line.strip()
+    ]  # fmt: skip
+    for number, item in enumerate(items, 1):
+        try:
+            item["start_time"] = _time(item.get("start_time"), "start_time", number)
+            item["end_time"] = _time(item.get("end_time"), "end_time", number)
+            yield UsageRecord(**item)
+        except TypeError as exc:
+            raise typer.BadParameter(f"record {number}: {exc}", param_hint="FILE") from exc
+
+
+def _policy_figures(policy_file: Path | None) -> tuple[dict[str, Decimal], dict[str, Offering]]:
+    """Monthly budgets and allocation offerings from a policy file, if the policies package can read it."""
+    if policy_file is None:
+        return {}, {}
+    try:
+        from policies.load import load_policy
+        from policies.site import site_offerings
+    except ImportError as exc:  # the policy engine is optional for reports
+        raise typer.BadParameter(f"cannot read policy files here: {exc}", param_hint="--budgets") from exc
+    policy = load_policy(policy_file)
+    budgets = {
+        name: e.budgets.monthly for name, e in policy.experiments.items() if e.budgets.monthly is not None
+    }
+    offerings = {o.id: o for o in site_offerings(policy)}
+    return budgets, offerings
+
+
+def _catalog_offerings() -> Mapping[str, Offering]:
+    try:
+        from provisioner.catalog import CatalogError, load_catalog
+    except ImportError:
+        return {}
+    try:
+        return {o.id: o for o in load_catalog()}
+    except CatalogError:
+        return {}
 
 
 def register(root: typer.Typer) -> None:
-    del root
+    acct = typer.Typer(help="Usage records, the cost ledger and APEL accounting.", no_args_is_help=True)
+    report = typer.Typer(help="Finance reports.", no_args_is_help=True)
+
+    @acct.command("import")
+    def import_cmd(
+        file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines of usage records"),
+        known_vo: list[str] = typer.Option(None, "--known-vo", help="accepted VOs (repeat); default: any"),
+    ) -> None:
+        """Validate usage records and store them (idempotent: keyed by record_key)."""
+        with _session() as session:
+            result = import_records(
+                session, read_usage_file(file), known_vos=set(known_vo) if known_vo else None
+            )
+        console.print(f"imported {result.imported} usage records")
+        for problem in result.problems:
+            err.print(f"[yellow]not imported[/yellow] {problem}")
+        if result.problems:
+            raise typer.Exit(code=1)
+
+    @acct.command("ledger")
+    def ledger_cmd(month: str = typer.Option(..., help="YYYY-MM (UTC)")) -> None:
+        """(Re)build the cost ledger of a month from the resources table."""
+        m = _month(month)
+        with _session() as session:
+            built = build_ledger(session, m.start, m.end, offerings=_catalog_offerings())
+        console.print(f"ledger {m}: {built.rows} rows for {built.resources} resources")
+
+    @acct.command("publish")
+    def publish_cmd(
+        month: str = typer.Option(..., help="YYYY-MM (UTC)"),
+        site: str | None = typer.Option(None, help="only this site's usage"),
+        queue: Path | None = typer.Option(None, help="dirq outgoing directory SSM reads"),
+        kind: list[Kind] = typer.Option(list(DEFAULT_KINDS), help="message kinds (repeat)"),
+    ) -> None:
+        """Queue the month's APEL messages for SSM (full-month totals: publishing again is safe)."""
+        m = _month(month)
+        path = queue or load_settings().state_dir / "apel" / "outgoing"
+        with _session() as session:
+            try:
+                result = publish_month(session, m, path, site=site, kinds=kind)
+            except FutureMonth as exc:
+                raise typer.BadParameter(str(exc), param_hint="--month") from exc
+        table = Table(title=f"APEL publish {m} → {path}")
+        for col in ("kind", "records", "messages", "changed", "sha256"):
+            table.add_column(col)
+        for r in result.results:
+            table.add_row(
+                r.kind.value, str(r.records), str(r.messages), "yes" if r.changed else "no", r.sha256[:12]
+            )
+        console.print(table)
+        for problem in result.problems:
+            err.print(f"[yellow]left out[/yellow] {problem}")
+
+    @acct.command("show")
+    def show_cmd(
+        month: str = typer.Option(..., help="YYYY-MM (UTC)"),
+        site: str | None = typer.Option(None),
+        kind: Kind = typer.Option(Kind.SUMMARY, help="which message to print"),
+    ) -> None:
+        """Print the messages a publish would send, and the usage left out."""
+        m = _month(month)
+        with _session() as session:
+            records, messages = build_messages(session, m, kind, site=site)
+            problems = stored_problems(session, m.start, m.end, site=site)
+        for message in messages:
+            typer.echo(message, nl=False)  # verbatim: no wrapping or markup
+        err.print(f"{records} records in {len(messages)} messages")
+        for problem in problems:
+            err.print(f"[yellow]left out[/yellow] {problem}")
+
+    @report.command("cost")
+    def cost_cmd(
+        month: str = typer.Option(..., help="YYYY-MM (UTC)"),
+        experiment: str | None = typer.Option(None),
+        fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format"),
+        out: Path = typer.Option(Path("reports"), help="directory for CSV / HTML output"),
+        budgets: Path | None = typer.Option(
+            None, exists=True, dir_okay=False, help="policy file with budgets"
+        ),
+        burn_days: int = typer.Option(7, min=1, help="forecast: mean daily spend of the last N full days"),
+    ) -> None:
+        """Spend by experiment, backend, offering family and month against budget, with a forecast."""
+        m = _month(month)
+        monthly, offerings = _policy_figures(budgets)
+        with _session() as session:
+            result = cost_report(
+                session, m, experiment=experiment, budgets=monthly, offerings=offerings, burn_days=burn_days
+            )
+        if fmt is ReportFormat.TABLE:
+            print_report(result, console)
+        elif fmt is ReportFormat.CSV:
+            for path in write_csv(result, out):
+                console.print(str(path))
+        else:
+            from accounting.report_html import write_html  # matplotlib only when asked for
+
+            write_csv(result, out)
+            console.print(str(write_html(result, out)))
+
+    root.add_typer(acct, name="accounting")
+    root.add_typer(report, name="report")

@@ -1,0 +1,153 @@
+"""Publishing a month to APEL: build the month's messages from stored usage and queue them for SSM.
+
+Summaries replace what the server holds for their key, so every publish sends the full month's
+totals; what was sent is recorded (`PublishedSummaryRow`, a SHA-256 of the content) so a second
+publish of an unchanged month is seen to write identical content.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Table, select
+from sqlmodel import Session
+
+from accounting import apel, summaries
+from accounting.dirq_queue import OutgoingQueue
+from accounting.period import Month
+from accounting.usage import USAGE, UsageProblem, row_to_record, stored_problems, valid_row_condition
+from provisioner.model import PublishedSummaryRow, UsageRecordRow
+
+PUBLISHED: Table = PublishedSummaryRow.__table__  # type: ignore[attr-defined]
+
+
+class Kind(enum.StrEnum):
+    SUMMARY = "summary"  # APEL-summary-job-message: v0.2
+    NORMALISED = "normalised"  # APEL-summary-job-message: v0.3
+    SYNC = "sync"  # APEL-sync-message: v0.1
+    JOBS = "jobs"  # APEL-individual-job-message: v0.3
+    CLOUD = "cloud"  # APEL-cloud-message: v0.4
+    CLOUD_SUMMARY = "cloud_summary"  # APEL-cloud-summary-message: v0.4
+    ACCELERATOR = "accelerator"  # APEL-accelerator-message v0.1 (JSON)
+
+
+# A site sends either plain or normalised summaries, not both (they would count the month twice).
+DEFAULT_KINDS = (Kind.SUMMARY, Kind.SYNC, Kind.CLOUD, Kind.ACCELERATOR)
+
+
+class FutureMonth(ValueError):
+    def __init__(self, month: Month) -> None:
+        super().__init__(f"month {month}: is in the future (APEL rejects it)")
+        self.month = month
+
+
+@dataclass(frozen=True, slots=True)
+class KindResult:
+    kind: Kind
+    records: int
+    messages: int
+    sha256: str
+    changed: bool  # content differs from the last publish of this month and kind
+
+
+@dataclass(slots=True)
+class PublishReport:
+    month: Month
+    results: list[KindResult] = field(default_factory=list)
+    problems: list[UsageProblem] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)  # dirq element names
+
+
+def build_messages(
+    session: Session, month: Month, kind: Kind, *, site: str | None = None
+) -> tuple[int, list[str]]:
+    """(number of records, messages) of one kind for one month, from the stored usage."""
+    if kind in (Kind.SUMMARY, Kind.NORMALISED):
+        groups = summaries.job_groups(session, month, site=site)
+        if kind is Kind.SUMMARY:
+            plain = apel.summaries_from_groups(groups, month.year, month.month)
+            return len(plain), apel.summary_messages(plain)
+        normalised = apel.normalised_from_groups(groups, month.year, month.month)
+        return len(normalised), apel.normalised_messages(normalised)
+    if kind is Kind.SYNC:
+        counts = summaries.sync_counts(session, month, site=site)
+        return len(counts), apel.sync_messages(counts)
+    if kind is Kind.CLOUD_SUMMARY:
+        cloud = summaries.cloud_summaries(session, month, site=site)
+        return len(cloud), apel.cloud_summary_messages(cloud)
+    t = USAGE.c
+    if kind is Kind.JOBS:
+        stmt = select(UsageRecordRow).where(
+            t.kind.in_(summaries.JOB_KINDS),
+            t.end_time >= month.start,
+            t.end_time < month.end,
+            valid_row_condition(),
+            *([t.site == site] if site else []),
+        )
+        jobs = [row_to_record(r) for r in session.execute(stmt.order_by(t.record_key)).scalars()]
+        return len(jobs), apel.job_messages(jobs)
+    stmt = select(UsageRecordRow).where(*summaries.vm_condition(month, site)).order_by(t.record_key)
+    vms = [row_to_record(r) for r in session.execute(stmt).scalars()]
+    if kind is Kind.CLOUD:
+        return len(vms), apel.cloud_messages(vms)
+    with_gpus = [v for v in vms if v.gpu_count > 0 and v.gpu_model]
+    return len(with_gpus), apel.accelerator_messages(with_gpus, month.year, month.month)
+
+
+def content_hash(messages: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for message in messages:
+        digest.update(message.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def publish_month(
+    session: Session,
+    month: Month,
+    queue_path: Path | str,
+    *,
+    site: str | None = None,
+    kinds: Sequence[Kind] = DEFAULT_KINDS,
+    now: datetime | None = None,
+) -> PublishReport:
+    """Queue the month's messages for SSM and record what was sent.
+
+    Bad stored usage in the month is left out of every message and listed in `problems`.
+    """
+    now = now or datetime.now(UTC)
+    if month.start > now:
+        raise FutureMonth(month)
+    queue = OutgoingQueue(queue_path)
+    report = PublishReport(month)
+    report.problems = stored_problems(session, month.start, month.end, site=site)
+    for kind in kinds:
+        records, messages = build_messages(session, month, kind, site=site)
+        sha = content_hash(messages)
+        key = kind.value if site is None else f"{kind.value}@{site}"
+        row = session.execute(
+            select(PublishedSummaryRow).where(PUBLISHED.c.month == str(month), PUBLISHED.c.kind == key)
+        ).scalar_one_or_none()
+        changed = row is None or row.sha256 != sha
+        for message in messages:
+            report.queued.append(queue.add(message))
+        if row is None:
+            row = PublishedSummaryRow(
+                month=str(month),
+                kind=key,
+                sha256=sha,
+                records=records,
+                messages=len(messages),
+                published_at=now,
+            )
+        else:
+            row.sha256, row.records, row.messages, row.published_at = sha, records, len(messages), now
+        session.add(row)
+        session.commit()
+        report.results.append(KindResult(kind, records, len(messages), sha, changed))
+    return report

@@ -1,0 +1,443 @@
+"""Finance reports from the cost ledger: spend against budget, per HS23-hour, savings, forecast."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+from sqlalchemy import Table, and_, or_, select
+from sqlmodel import Session
+
+from accounting.ledger import ledger_totals
+from accounting.period import Month
+from provisioner.domain import Market, Offering
+from provisioner.model import ResourceRow, row_time
+
+RESOURCES: Table = ResourceRow.__table__  # type: ignore[attr-defined]
+CENT = Decimal("0.01")
+DEFAULT_BURN_DAYS = 7
+HISTORY_MONTHS = 6
+
+
+def usd(value: Decimal) -> Decimal:
+    return value.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLine:
+    name: str
+    spend: Decimal
+    list_value: Decimal
+    hs23_hours: float
+    egress_gb: float = 0.0
+    budget: Decimal | None = None
+    forecast: Decimal | None = None
+
+    @property
+    def remaining(self) -> Decimal | None:
+        return None if self.budget is None else self.budget - self.spend
+
+    @property
+    def budget_used(self) -> float | None:
+        if self.budget is None or self.budget == 0:
+            return None
+        return float(self.spend / self.budget)
+
+    @property
+    def cost_per_hs23_hour(self) -> Decimal | None:
+        return None if self.hs23_hours <= 0 else self.spend / Decimal(repr(self.hs23_hours))
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationLine:
+    offering_id: str
+    name: str
+    node_hours_used: float
+    node_hours_granted: float | None
+
+    @property
+    def used_fraction(self) -> float | None:
+        if not self.node_hours_granted:
+            return None
+        return self.node_hours_used / self.node_hours_granted
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """Month-end spend projected linearly from the recent burn rate."""
+
+    method: str
+    window_days: int
+    daily_rate: Decimal
+    spend_to_date: Decimal
+    month_end: Decimal
+    as_of: datetime
+
+
+@dataclass(slots=True)
+class CostReport:
+    month: Month
+    experiment: str | None
+    as_of: datetime
+    total: SpendLine
+    by_experiment: list[SpendLine] = field(default_factory=list)
+    by_backend: list[SpendLine] = field(default_factory=list)
+    by_family: list[SpendLine] = field(default_factory=list)
+    by_market: list[SpendLine] = field(default_factory=list)
+    by_month: list[SpendLine] = field(default_factory=list)
+    backend_market: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    daily: list[tuple[date, Decimal]] = field(default_factory=list)
+    egress_spend: Decimal = Decimal(0)
+    idle_spend: Decimal = Decimal(0)
+    spot_paid: Decimal = Decimal(0)
+    spot_list: Decimal = Decimal(0)
+    allocations: list[AllocationLine] = field(default_factory=list)
+    forecast: Forecast | None = None
+
+    @property
+    def egress_share(self) -> float | None:
+        return None if self.total.spend == 0 else float(self.egress_spend / self.total.spend)
+
+    @property
+    def spot_savings(self) -> Decimal:
+        return self.spot_list - self.spot_paid
+
+    @property
+    def total_budget(self) -> Decimal | None:
+        budgets = [line.budget for line in self.by_experiment if line.budget is not None]
+        return sum(budgets, Decimal(0)) if budgets else None
+
+
+def _lines(
+    session: Session,
+    month: Month,
+    by: str,
+    experiment: str | None,
+    budgets: Mapping[str, Decimal] | None = None,
+) -> list[SpendLine]:
+    out = []
+    for t in ledger_totals(session, month.start, month.end, [by], experiment=experiment):
+        name = t.key[0]
+        budget = None if budgets is None else budgets.get(name)
+        out.append(SpendLine(name, t.amount, t.list_amount, t.hs23_hours, t.egress_gb, budget))
+    if budgets is not None:  # experiments with a budget and no spend still belong in the report
+        seen = {line.name for line in out}
+        for name, budget in budgets.items():
+            if name not in seen and (experiment is None or name == experiment):
+                out.append(SpendLine(name, Decimal(0), Decimal(0), 0.0, 0.0, budget))
+    return sorted(out, key=lambda line: (-line.spend, line.name))
+
+
+def linear_forecast(
+    daily: Mapping[date, Decimal], month: Month, as_of: datetime, window_days: int = DEFAULT_BURN_DAYS
+) -> Forecast:
+    """Spend so far + (mean daily spend over the last `window_days` full days) × days left in the month.
+
+    Before one full day has passed, the rate is the spend so far divided by the time elapsed.
+    After the month has ended, the forecast is the actual spend.
+    """
+    as_of = min(as_of, month.end)
+    spent = sum((v for d, v in daily.items() if month.start.date() <= d < month.end.date()), Decimal(0))
+    if as_of >= month.end:
+        return Forecast("month closed: actual spend", 0, Decimal(0), spent, spent, as_of)
+    today = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
+    full_days = (today - month.start).days
+    window = min(window_days, full_days)
+    days_left = Decimal(repr((month.end - as_of).total_seconds() / 86400))
+    if window > 0:
+        first = (today - timedelta(days=window)).date()
+        recent = sum((v for d, v in daily.items() if first <= d < today.date()), Decimal(0))
+        rate = recent / window
+        method = f"linear: mean daily spend of the last {window} full days × {float(days_left):.1f} days left"
+    else:
+        elapsed = Decimal(repr(max((as_of - month.start).total_seconds(), 3600.0) / 86400))
+        rate = spent / elapsed
+        method = (
+            f"linear: spend so far / {float(elapsed):.2f} days elapsed × {float(days_left):.1f} days left"
+        )
+    return Forecast(method, window, rate, spent, spent + rate * days_left, as_of)
+
+
+def allocation_usage(
+    session: Session,
+    month: Month,
+    *,
+    experiment: str | None = None,
+    granted: Mapping[str, float] | None = None,
+    offerings: Mapping[str, Offering] | None = None,
+    as_of: datetime | None = None,
+) -> list[AllocationLine]:
+    """Node-hours run on allocation offerings this month (one unit = one node) against the grant."""
+    r = RESOURCES.c
+    cond = [
+        r.market == str(Market.ALLOCATION),
+        r.launched_at.is_not(None),
+        r.launched_at < month.end,
+        or_(r.released_at.is_(None), r.released_at > month.start),
+    ]
+    if experiment is not None:
+        cond.append(r.experiment == experiment)
+    as_of = as_of or datetime.now(UTC)
+    used: dict[str, float] = defaultdict(float)
+    for row in session.execute(select(ResourceRow).where(and_(*cond))).scalars():
+        launched = row_time(row.launched_at)
+        assert launched is not None
+        stop = min(row_time(row.released_at) or as_of, month.end)
+        lo = max(launched, month.start)
+        if stop > lo:
+            used[row.offering_id] += (stop - lo).total_seconds() / 3600
+    granted = dict(granted or {})
+    offerings = offerings or {}
+    for oid, off in offerings.items():
+        if off.allocation is not None and off.market == Market.ALLOCATION:
+            granted.setdefault(oid, off.allocation.node_hours_granted)
+    out = []
+    for oid in sorted(set(used) | set(granted)):
+        known = offerings.get(oid)
+        name = known.allocation.name if known is not None and known.allocation is not None else oid
+        out.append(AllocationLine(oid, name, used.get(oid, 0.0), granted.get(oid)))
+    return out
+
+
+def cost_report(
+    session: Session,
+    month: Month,
+    *,
+    experiment: str | None = None,
+    budgets: Mapping[str, Decimal] | None = None,
+    allocations_granted: Mapping[str, float] | None = None,
+    offerings: Mapping[str, Offering] | None = None,
+    now: datetime | None = None,
+    burn_days: int = DEFAULT_BURN_DAYS,
+) -> CostReport:
+    """Everything finance asks about one month, aggregated in SQL from the cost ledger."""
+    now = now or datetime.now(UTC)
+    budgets = dict(budgets or {})
+    start, end = month.start, month.end
+    totals = ledger_totals(session, start, end, [], experiment=experiment)
+    t = totals[0] if totals else None
+    total_budget = (
+        budgets.get(experiment)
+        if experiment is not None
+        else (sum(budgets.values(), Decimal(0)) if budgets else None)
+    )
+    total = SpendLine(
+        "total",
+        t.amount if t else Decimal(0),
+        t.list_amount if t else Decimal(0),
+        t.hs23_hours if t else 0.0,
+        t.egress_gb if t else 0.0,
+        total_budget,
+    )
+    report = CostReport(month, experiment, min(now, end), total)
+    report.by_backend = _lines(session, month, "backend", experiment)
+    report.by_family = _lines(session, month, "offering_family", experiment)
+    report.by_market = _lines(session, month, "market", experiment)
+    for kt in ledger_totals(session, start, end, ["kind"], experiment=experiment):
+        if kt.key[0] == "egress":
+            report.egress_spend = kt.amount
+        elif kt.key[0] == "idle":
+            report.idle_spend = kt.amount
+    for line in report.by_market:
+        if line.name == Market.SPOT:
+            report.spot_paid, report.spot_list = line.spend, line.list_value
+    for bm in ledger_totals(session, start, end, ["backend", "market"], experiment=experiment):
+        report.backend_market[(bm.key[0], bm.key[1])] = bm.amount
+    first = month
+    for _ in range(HISTORY_MONTHS - 1):
+        first = first.previous()
+    report.by_month = [
+        SpendLine(m.key[0], m.amount, m.list_amount, m.hs23_hours, m.egress_gb)
+        for m in ledger_totals(session, first.start, end, ["month"], experiment=experiment)
+    ]
+    daily: dict[date, Decimal] = {}
+    per_exp_daily: dict[str, dict[date, Decimal]] = defaultdict(dict)
+    for d in ledger_totals(session, start, end, ["experiment", "day"], experiment=experiment):
+        day = date.fromisoformat(d.key[1])
+        daily[day] = daily.get(day, Decimal(0)) + d.amount
+        per_exp_daily[d.key[0]][day] = d.amount
+    report.daily = sorted(daily.items())
+    report.forecast = linear_forecast(daily, month, now, burn_days)
+    report.by_experiment = [
+        SpendLine(
+            line.name,
+            line.spend,
+            line.list_value,
+            line.hs23_hours,
+            line.egress_gb,
+            line.budget,
+            linear_forecast(per_exp_daily.get(line.name, {}), month, now, burn_days).month_end,
+        )
+        for line in _lines(session, month, "experiment", experiment, budgets)
+    ]
+    report.allocations = allocation_usage(
+        session, month, experiment=experiment, granted=allocations_granted, offerings=offerings, as_of=now
+    )
+    return report
+
+
+# ---- output: terminal and CSV ----------------------------------------------------------------
+
+
+def _money(value: Decimal | None) -> str:
+    return "—" if value is None else f"${usd(value):,}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def headline(report: CostReport) -> list[tuple[str, str]]:
+    """The key figures as (label, value) text, shared by the terminal, CSV and HTML outputs."""
+    f = report.forecast
+    cph = report.total.cost_per_hs23_hour
+    return [
+        ("Month", str(report.month)),
+        ("Experiment", report.experiment or "all"),
+        ("Spend", _money(report.total.spend)),
+        ("Budget", _money(report.total.budget)),
+        ("Forecast month-end spend", _money(f.month_end if f else None)),
+        ("Forecast method", f.method if f else "—"),
+        ("HS23-hours delivered", f"{report.total.hs23_hours:,.0f}"),
+        ("Cost per HS23-hour", "—" if cph is None else f"${cph:.5f}"),
+        ("Egress spend", _money(report.egress_spend)),
+        ("Egress share of spend", _pct(report.egress_share)),
+        ("Idle spend (paid, no job running)", _money(report.idle_spend)),
+        ("Spot paid", _money(report.spot_paid)),
+        ("Spot at on-demand list price", _money(report.spot_list)),
+        ("Spot savings (list − paid)", _money(report.spot_savings)),
+        ("As of", report.as_of.strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+
+
+def print_report(report: CostReport, console: Console | None = None) -> None:
+    console = console or Console()
+    head = RichTable(title=f"Cost report {report.month}", show_header=False)
+    head.add_column("figure")
+    head.add_column("value", justify="right")
+    for label, value in headline(report):
+        head.add_row(label, value)
+    console.print(head)
+    exp = RichTable(title="Spend by experiment against budget")
+    for col in ("experiment", "spend", "budget", "used", "forecast", "HS23-h", "$/HS23-h"):
+        exp.add_column(col, justify="left" if col == "experiment" else "right")
+    for line in report.by_experiment:
+        cph = line.cost_per_hs23_hour
+        exp.add_row(
+            line.name, _money(line.spend), _money(line.budget), _pct(line.budget_used), _money(line.forecast),
+            f"{line.hs23_hours:,.0f}", "—" if cph is None else f"{cph:.5f}",
+        )  # fmt: skip
+    console.print(exp)
+    for title, lines in (
+        ("Spend by backend", report.by_backend),
+        ("Spend by offering family", report.by_family),
+        ("Spend by market", report.by_market),
+        ("Spend by month", report.by_month),
+    ):
+        table = RichTable(title=title)
+        for col in ("name", "spend", "list value", "HS23-h"):
+            table.add_column(col, justify="left" if col == "name" else "right")
+        for line in lines:
+            table.add_row(line.name, _money(line.spend), _money(line.list_value), f"{line.hs23_hours:,.0f}")
+        console.print(table)
+    if report.allocations:
+        alloc = RichTable(title="HPC allocations (node-hours)")
+        for col in ("allocation", "used", "granted", "used %"):
+            alloc.add_column(col, justify="left" if col == "allocation" else "right")
+        for a in report.allocations:
+            granted = "—" if a.node_hours_granted is None else f"{a.node_hours_granted:,.0f}"
+            alloc.add_row(a.name, f"{a.node_hours_used:,.1f}", granted, _pct(a.used_fraction))
+        console.print(alloc)
+
+
+def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _opt(value: object | None) -> object:
+    return "" if value is None else value
+
+
+def _usd_or_blank(value: Decimal | None) -> object:
+    return "" if value is None else usd(value)
+
+
+def write_csv(report: CostReport, out_dir: Path) -> list[Path]:
+    """One CSV per view, amounts in USD with cents (exact, from micro-dollars)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"cost_{report.month}"
+    files = [_csv(out_dir / f"{stem}_summary.csv", ("figure", "value"), headline(report))]
+    header = (
+        "experiment", "spend_usd", "budget_usd", "remaining_usd", "budget_used", "forecast_usd",
+        "list_value_usd", "hs23_hours", "usd_per_hs23_hour", "egress_gb",
+    )  # fmt: skip
+    rows = []
+    for line in report.by_experiment:
+        cph = line.cost_per_hs23_hour
+        used = line.budget_used
+        rows.append(
+            (
+                line.name,
+                usd(line.spend),
+                _usd_or_blank(line.budget),
+                _usd_or_blank(line.remaining),
+                "" if used is None else round(used, 4),
+                _usd_or_blank(line.forecast),
+                usd(line.list_value),
+                round(line.hs23_hours, 3),
+                "" if cph is None else round(cph, 6),
+                round(line.egress_gb, 3),
+            )
+        )
+    files.append(_csv(out_dir / f"{stem}_by_experiment.csv", header, rows))
+    for name, lines in (
+        ("backend", report.by_backend),
+        ("offering_family", report.by_family),
+        ("market", report.by_market),
+        ("month", report.by_month),
+    ):
+        files.append(
+            _csv(
+                out_dir / f"{stem}_by_{name}.csv",
+                (name, "spend_usd", "list_value_usd", "hs23_hours", "egress_gb"),
+                [
+                    (
+                        line.name,
+                        usd(line.spend),
+                        usd(line.list_value),
+                        round(line.hs23_hours, 3),
+                        round(line.egress_gb, 3),
+                    )
+                    for line in lines
+                ],
+            )
+        )
+    files.append(
+        _csv(
+            out_dir / f"{stem}_daily.csv",
+            ("day", "spend_usd"),
+            [(d.isoformat(), usd(v)) for d, v in report.daily],
+        )
+    )
+    files.append(
+        _csv(
+            out_dir / f"{stem}_allocations.csv",
+            ("offering_id", "allocation", "node_hours_used", "node_hours_granted"),
+            [
+                (a.offering_id, a.name, round(a.node_hours_used, 3), _opt(a.node_hours_granted))
+                for a in report.allocations
+            ],
+        )
+    )
+    return files
