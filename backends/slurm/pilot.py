@@ -1,0 +1,188 @@
+"""Pilot jobs shared by the allocation and backfill backends: naming, tagging, state mapping, listing.
+
+A pilot is a batch job named `prv.<kind>.<resource id>` whose comment carries the broker's tags
+and the idempotency token (`k=v;k=v`). The name alone identifies our jobs in the jobcomp log
+(which drops comments); the comment tells brokers sharing a cluster apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from backends.base import (
+    TAG_BROKER,
+    TAG_OFFERING,
+    TAG_RESOURCE,
+    BackendResource,
+    InvalidRequest,
+    ProviderState,
+    ProvisionRequest,
+)
+from backends.slurm.client import (
+    JobSpec,
+    JobState,
+    SlurmClient,
+    SlurmJob,
+    decode_comment,
+    encode_comment,
+    submit_once,
+)
+
+log = structlog.get_logger(__name__)
+
+JOB_PREFIX = "prv"
+TAG_TOKEN = "token"
+TAG_KIND = "provisioner-kind"
+
+# The placeholder pilot: serves (sleeps) until Slurm's time limit or until a stop marker appears.
+DEFAULT_PILOT_SCRIPT = """#!/bin/bash
+# provisioner pilot: a placeholder that holds the allocation until walltime or a stop marker
+export PATH=/usr/local/bin:/usr/bin:/bin
+marker="${{PILOT_STOP_DIR:-{stop_dir}}}/stop-$SLURM_JOB_ID"
+while [ ! -e "$marker" ]; do sleep 2; done
+rm -f "$marker"
+"""
+
+_STATE_MAP: Mapping[JobState, ProviderState] = {
+    JobState.PENDING: ProviderState.PENDING,
+    JobState.CONFIGURING: ProviderState.PENDING,  # cloud nodes booting for it
+    JobState.REQUEUED: ProviderState.PENDING,
+    JobState.RUNNING: ProviderState.RUNNING,
+    JobState.COMPLETING: ProviderState.STOPPING,
+    JobState.SUSPENDED: ProviderState.STOPPING,
+    JobState.COMPLETED: ProviderState.TERMINATED,
+    JobState.CANCELLED: ProviderState.TERMINATED,
+    JobState.PREEMPTED: ProviderState.TERMINATED,
+    JobState.DEADLINE: ProviderState.TERMINATED,
+    JobState.FAILED: ProviderState.FAILED,
+    JobState.TIMEOUT: ProviderState.FAILED,
+    JobState.NODE_FAIL: ProviderState.FAILED,
+    JobState.BOOT_FAIL: ProviderState.FAILED,
+    JobState.OUT_OF_MEMORY: ProviderState.FAILED,
+    JobState.UNKNOWN: ProviderState.UNKNOWN,
+}
+
+
+def provider_state(state: JobState) -> ProviderState:
+    """Slurm job state → the backend-neutral state."""
+    return _STATE_MAP[state]
+
+
+def job_name(kind: str, resource_id: str) -> str:
+    return f"{JOB_PREFIX}.{kind}.{resource_id}"
+
+
+def parse_job_name(name: str) -> tuple[str, str] | None:
+    """(kind, resource id) of a job named by `job_name`, else None."""
+    prefix, _, rest = name.partition(".")
+    kind, _, resource_id = rest.partition(".")
+    if prefix != JOB_PREFIX or not kind or not resource_id:
+        return None
+    return kind, resource_id
+
+
+def walltime_left_hours(job: SlurmJob, now: datetime) -> float | None:
+    """Hours before Slurm kills the job: the whole limit while pending, None if unlimited or over."""
+    if job.time_limit_minutes is None or job.state.finished:
+        return None
+    limit = job.time_limit_minutes / 60
+    if job.start_time is None or job.state in (JobState.PENDING, JobState.REQUEUED):
+        return limit
+    return max(0.0, limit - (now - job.start_time).total_seconds() / 3600)
+
+
+@dataclass(frozen=True, slots=True)
+class PilotStatus:
+    """A pilot job with what the planner needs for HPC-aware draining."""
+
+    job: SlurmJob
+    resource: BackendResource
+    walltime_left_hours: float | None
+
+
+class PilotJobs:
+    """Submits, lists and cancels one kind of tagged pilot job for one broker."""
+
+    def __init__(
+        self,
+        *,
+        backend_name: str,
+        client: SlurmClient,
+        broker_id: str,
+        kind: str,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.backend_name = backend_name
+        self.client = client
+        self.broker_id = broker_id
+        self.kind = kind
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def comment(self, request: ProvisionRequest) -> str:
+        fields = {**request.all_tags(), TAG_KIND: self.kind, TAG_TOKEN: request.idempotency_token}
+        try:
+            return encode_comment(fields)
+        except ValueError as err:
+            raise InvalidRequest(self.backend_name, str(err), offering_id=request.offering.id) from None
+
+    def ours(self, job: SlurmJob) -> bool:
+        tags = decode_comment(job.comment)
+        return tags.get(TAG_BROKER) == self.broker_id and tags.get(TAG_KIND) == self.kind
+
+    async def submit(self, request: ProvisionRequest, spec: JobSpec) -> BackendResource:
+        if request.broker_id != self.broker_id:
+            raise InvalidRequest(
+                self.backend_name,
+                f"request for broker {request.broker_id!r} sent to the backend of broker {self.broker_id!r}",
+            )
+        job = await submit_once(self.client, spec, request.idempotency_token)
+        log.info(
+            "slurm.pilot.provisioned",
+            backend=self.backend_name,
+            kind=self.kind,
+            job_id=job.job_id,
+            resource_id=request.resource_id,
+            partition=spec.partition,
+        )
+        return self.status(job).resource
+
+    def status(self, job: SlurmJob) -> PilotStatus:
+        tags = decode_comment(job.comment)
+        left = walltime_left_hours(job, self._clock())
+        detail = [f"slurm_state={job.state.value}"]
+        if job.reason:
+            detail.append(f"reason={job.reason}")
+        if job.state is JobState.PREEMPTED:
+            detail.append("preempted by higher-priority work")
+        if left is not None:
+            detail.append(f"walltime_left_hours={left:.3f}")
+        if job.node_list:
+            detail.append(f"nodes={job.node_list}")
+        resource = BackendResource(
+            provider_id=job.job_id,
+            state=provider_state(job.state),
+            resource_id=tags.get(TAG_RESOURCE),
+            offering_id=tags.get(TAG_OFFERING),
+            launched_at=job.start_time,
+            tags={k: v for k, v in tags.items() if k != TAG_TOKEN},
+            busy=job.state is JobState.RUNNING,
+            detail="; ".join(detail),
+        )
+        return PilotStatus(job=job, resource=resource, walltime_left_hours=left)
+
+    async def statuses(self) -> list[PilotStatus]:
+        return [self.status(j) for j in await self.client.jobs() if self.ours(j)]
+
+    async def release(self, provider_id: str) -> None:
+        await self.client.cancel(provider_id)
+        log.info("slurm.pilot.released", backend=self.backend_name, kind=self.kind, job_id=provider_id)
+
+
+def time_limit_minutes(hours: float) -> int:
+    """Slurm time limits are whole minutes; never round a pilot's walltime down to zero."""
+    return max(1, math.ceil(hours * 60 - 1e-9))
