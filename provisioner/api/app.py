@@ -1,0 +1,83 @@
+"""The FastAPI app factory: builds the broker in the app's lifespan, wires metrics to its bus, mounts the routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+
+import structlog
+from fastapi import Depends, FastAPI
+
+from provisioner.api.auth import bearer_guard
+from provisioner.api.context import ApiContext, ApiSettings
+from provisioner.api.errors import install_error_handlers
+from provisioner.api.routes import events, health, offerings, plan, requests, resources
+from provisioner.broker import Broker
+from provisioner.catalog import Catalog
+from provisioner.metrics import BrokerMetrics
+
+log = structlog.get_logger(__name__)
+
+BrokerFactory = Callable[[], Broker | Awaitable[Broker]]
+
+
+def create_app(
+    broker_factory: BrokerFactory,
+    *,
+    settings: ApiSettings | None = None,
+    run_engine: bool = False,
+    engine_interval_seconds: float | None = None,
+) -> FastAPI:
+    """The API over the broker `broker_factory` builds (sync or async) when the app starts.
+
+    `settings`: the API's own (default: from PROVISIONER_API_* environment variables).
+    `run_engine`: also run the decision engine loop in this process, so the API, the engine and
+    the metrics share one in-process bus. The app owns the broker: it closes its bus and
+    database on shutdown.
+    """
+    api_settings = settings if settings is not None else ApiSettings()
+    guard = Depends(bearer_guard(api_settings.required_token()))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        built = broker_factory()
+        broker = await built if inspect.isawaitable(built) else built
+        metrics = BrokerMetrics(broker.db)
+        app.state.context = ApiContext(broker, Catalog(broker.offerings.values()), metrics)
+        bus = broker.store.bus
+        if bus is not None:
+            await metrics.attach(bus)
+        stop = asyncio.Event()
+        engine_task: asyncio.Task[None] | None = None
+        if run_engine:
+            if engine_interval_seconds is not None:
+                broker.engine.settings = replace(
+                    broker.engine.settings, interval_seconds=engine_interval_seconds
+                )
+            engine_task = asyncio.create_task(broker.engine.run_forever(stop), name="engine")
+        log.info("api.started", engine=run_engine, auth=api_settings.required_token() is not None)
+        try:
+            yield
+        finally:
+            stop.set()
+            if engine_task is not None:
+                await engine_task
+            await metrics.detach()
+            if bus is not None:
+                await bus.close()
+            broker.db.dispose()
+
+    app = FastAPI(
+        title="provisioner",
+        summary="Provisioning broker for research computing: HPC allocations, cloud VMs and backfill.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (requests, offerings, plan, resources, events):
+        app.include_router(module.router, dependencies=[guard])
+    app.include_router(health.router)
+    return app
