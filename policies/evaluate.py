@@ -163,5 +163,6 @@ def evaluate(
         egress_used_gb={k: float(v) for k, v in egress_used_gb.items() if ":" in k},
         allocation_hour_value=values,
         horizon_hours=policy.facility.horizon_hours,
+        idle_drain_hours=policy.facility.timeouts.idle_drain_minutes / 60.0,
         now=now,
     )

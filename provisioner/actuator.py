@@ -81,6 +81,25 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+PILOT_SLACK = 0.1  # share of the planned run added to a pilot's time limit
+PILOT_SLACK_MIN_HOURS = 0.5
+
+
+def pilot_walltime(planned_hours: float, offering: Offering) -> float | None:
+    """Time limit for an HPC pilot: the planned run plus slack, within the offering's maximum.
+
+    The payload starts only after the pilot does and jobs rarely end on the planned minute; Slurm
+    kills a pilot at its limit and the work on it is lost, so a limit cut to the plan wastes hours.
+    Cloud VMs have no limit (None): the broker releases them.
+    """
+    if offering.market not in (Market.ALLOCATION, Market.BACKFILL):
+        return None
+    wanted = planned_hours + max(PILOT_SLACK_MIN_HOURS, planned_hours * PILOT_SLACK)
+    if offering.max_walltime_hours is not None:
+        wanted = min(wanted, offering.max_walltime_hours)
+    return wanted
+
+
 class Actuator:
     def __init__(
         self,
@@ -146,6 +165,19 @@ class Actuator:
             {"error": str(exc), "until": trip.open_until, "level": "error"},
         )
 
+    async def _error_event(self, offering: Offering, row: ResourceRow, exc: BackendError) -> None:
+        """Every backend failure is an event (metrics count them by type); the message is credential-free."""
+        await self.store.event(
+            "backend.error",
+            row.id,
+            {
+                "backend": offering.backend,
+                "offering_id": offering.id,
+                "error_type": type(exc).__name__,
+                "error": str(exc),
+            },
+        )
+
     async def _provision_one(self, backend: Backend, row: ResourceRow, offering: Offering) -> str | None:
         """Call and record; returns None on success, else why the unit could not be placed here.
 
@@ -155,6 +187,7 @@ class Actuator:
         try:
             result = await self._call(backend, row, offering, calls)
         except (CapacityUnavailable, QuotaExceeded) as exc:
+            await self._error_event(offering, row, exc)
             await self.store.transition(row.id, ResourceState.FAILED, failure_reason=str(exc), calls=calls[0])
             trip = self.circuit.record_failure(
                 offering_key(offering.id), str(exc), cooloff=self.circuit.settings.unavailable_cooloff
@@ -165,10 +198,12 @@ class Actuator:
                 )
             return type(exc).__name__
         except AuthFailed as exc:
+            await self._error_event(offering, row, exc)
             await self.store.transition(row.id, ResourceState.FAILED, failure_reason=str(exc), calls=calls[0])
             await self.disable_backend(offering.backend, exc)
             return type(exc).__name__
         except BackendError as exc:
+            await self._error_event(offering, row, exc)
             if exc.retryable:
                 # The call may or may not have happened: keep the intent, retry it with the same token.
                 self.store.note_attempts(row.id, calls[0], str(exc))
@@ -202,8 +237,9 @@ class Actuator:
         offerings: Mapping[str, Offering],
         experiments: Mapping[str, str],
         outcome: ActOutcome | None = None,
+        request_ids: Mapping[str, str] | None = None,
     ) -> ActOutcome:
-        """Start the units of each plan item; `experiments` maps group id → experiment."""
+        """Start the units of each plan item; `experiments` and `request_ids` are keyed by group id."""
         out = outcome or ActOutcome()
         for item in items:
             offering = offerings.get(item.offering_id)
@@ -217,13 +253,14 @@ class Actuator:
                 out.unplaced.append(Unplaced(item.group_id, offering.id, item.units, item.jobs, blocked))
                 continue
             backend = self.backends[offering.backend]
-            walltime = item.hours if offering.market in (Market.ALLOCATION, Market.BACKFILL) else None
+            walltime = pilot_walltime(item.hours, offering)
             jobs = _split(item.jobs, item.units) if item.units > 0 else []
             for i in range(item.units):
                 row = await self.store.record_intent(
                     offering,
                     group_id=item.group_id,
                     experiment=experiments.get(item.group_id),
+                    request_id=(request_ids or {}).get(item.group_id),
                     walltime_hours=walltime,
                 )
                 crash_point("after_intent")

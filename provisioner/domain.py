@@ -178,6 +178,7 @@ class PlanningConstraints:
     # value of one allocation node-hour (USD) under the pacing policy, by offering id
     allocation_hour_value: Mapping[str, Decimal] = field(default_factory=dict)
     unavailable_offerings: frozenset[str] = frozenset()  # circuit breaker open / marked unavailable
+    idle_drain_hours: float = 0.0  # a running unit idle this long is drained (0: at once)
     horizon_hours: float = 24.0
     now: datetime | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -179,6 +180,25 @@ class DecisionEngine:
     # --- the cycle -----------------------------------------------------------------------------
 
     async def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
+        started = time.perf_counter()
+        report = await self._cycle(dry_run)
+        if not dry_run:
+            # Stored and published like every event: metrics time the cycles from it.
+            await self.store.event(
+                "cycle.finished",
+                self.store.broker_id,
+                {
+                    "seconds": round(time.perf_counter() - started, 4),
+                    "dry_run": dry_run,
+                    "pending_jobs": report.pending_jobs,
+                    "created": len(report.act.created),
+                    "failed": len(report.act.failed),
+                    "released": len(report.reconcile.released),
+                },
+            )
+        return report
+
+    async def _cycle(self, dry_run: bool) -> CycleReport:
         report = CycleReport(started_at=self.clock.now(), dry_run=dry_run)
         jobs = await self._pending(report)
         report.pending_jobs = len(jobs)
@@ -205,10 +225,11 @@ class DecisionEngine:
         report.plan_ids.append(await self.store.save_plan(plan))
         by_id = {o.id: o for o in offerings}
         experiments = {g.id: g.experiment for g in groups}
+        request_ids = {g.id: g.request_id for g in groups if g.request_id}
         await self.actuator.resume_requested(by_id, report.act)
-        await self.actuator.execute(plan.items, by_id, experiments, report.act)
+        await self.actuator.execute(plan.items, by_id, experiments, report.act, request_ids)
         report.drained = await self.actuator.drain(plan.drains)
-        await self._replan(report, groups, offerings, by_id, experiments)
+        await self._replan(report, groups, offerings, by_id, experiments, request_ids)
         report.reconcile = await self.reconciler.reconcile(self.fleet, listings, by_id)
         report.finished_at = self.clock.now()
         log.info(
@@ -230,6 +251,7 @@ class DecisionEngine:
         offerings: Sequence[Offering],
         by_id: Mapping[str, Offering],
         experiments: Mapping[str, str],
+        request_ids: Mapping[str, str],
     ) -> None:
         """Demand a backend refused (capacity, quota, auth) goes to the next offering in this cycle."""
         groups_by_id = {g.id: g for g in groups}
@@ -258,7 +280,7 @@ class DecisionEngine:
                     plan, summary={"replan_of": report.plan_ids[0], "round": report.replans}
                 )
             )
-            await self.actuator.execute(plan.items, by_id, experiments, report.act)
+            await self.actuator.execute(plan.items, by_id, experiments, report.act, request_ids)
 
     # --- the loop ------------------------------------------------------------------------------
 

@@ -64,8 +64,9 @@ class Fleet:
 
 
 def unit_of(row: ResourceRow, now: datetime) -> FleetUnit:
-    idle_since = row_time(row.idle_since)
     launched = row_time(row.launched_at)
+    # A unit that never got work has been idle since it came up.
+    idle_since = row_time(row.idle_since) or launched
     idle_hours = (
         0.0 if row.busy or idle_since is None else max(0.0, (now - idle_since).total_seconds() / 3600)
     )

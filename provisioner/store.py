@@ -286,9 +286,11 @@ class Store:
         return row
 
     def observe(self, row: ResourceRow, *, busy: bool | None) -> None:
-        """Record what a listing says about work on the unit (not a state change: no event).
+        """Record what a listing says about work on the unit: a `resource.busy` event on each change.
 
-        `row` is the caller's copy; it is updated too, and the database only written on a change.
+        Not a lifecycle transition; the event is stored (the cost ledger splits busy from idle time
+        with it) but not published. `row` is the caller's copy; it is updated too, and the database
+        only written on a change.
         """
         if busy is None or row.busy == busy:
             return
@@ -303,6 +305,7 @@ class Store:
             stored.idle_since = row.idle_since
             stored.updated_at = now
             s.add(stored)
+            self._add_event(s, "resource.busy", row.id, {"busy": busy})
             s.commit()
 
     def note_attempts(self, resource_id: str, calls: int, error: str | None = None) -> int:

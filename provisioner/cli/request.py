@@ -15,11 +15,8 @@ from provisioner.domain import Arch
 from provisioner.requests import (
     BurstRequestSpec,
     RequestNotFound,
-    admit,
     cancel,
     list_requests,
-    new_request_id,
-    record_admission,
     view,
 )
 
@@ -88,21 +85,10 @@ def register(root: typer.Typer) -> None:
                 field = ".".join(str(p) for p in e["loc"]) or "request"
                 err.print(f"[red]invalid request[/red]: {field}: {e['msg']}")
             raise typer.Exit(2) from None
-        broker = _broker()
-        now = broker.clock.now()
-        offerings = list(broker.offerings.values())
-        fleet = broker.engine.fleet.units(now)
-        request_id = new_request_id()
-        admission = admit(
-            request_id,
-            spec,
-            constraints=broker.constraints([], offerings, fleet, now),
-            offerings=offerings,
-            fleet=fleet,
-            plan_fn=broker.engine.planner,
-            now=now,
-        )
-        record_admission(broker.db, request_id, spec, admission, now=now)
+        from provisioner.admission import admit_spec
+
+        admitted = admit_spec(_broker(), spec)
+        admission, request_id = admitted.admission, admitted.row.id
         console = Console()
         if admission.accepted:
             console.print(f"[green]{request_id} admitted[/green]: {admission.reason}")

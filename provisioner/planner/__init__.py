@@ -71,7 +71,14 @@ def plan(
     clock = _Clock(timings)
     cols = as_columns(offerings)
     clock.lap("columns")
-    assessment = assess_fleet(fleet, groups, cols, constraints.horizon_hours)
+    assessment = assess_fleet(
+        fleet,
+        groups,
+        cols,
+        constraints.horizon_hours,
+        now_ts=constraints.now.timestamp() if constraints.now else None,
+        idle_drain_hours=constraints.idle_drain_hours,
+    )
     demand = [max(0, g.jobs - assessment.covered_jobs.get(g.id, 0)) for g in groups]
     plan_ctx = PlanContext.build(cols, constraints)
     limits = build_limits(groups, cols, constraints, assessment)

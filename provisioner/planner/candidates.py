@@ -79,6 +79,7 @@ class _BaseCosts:
             group.gpus_per_job,
             group.walltime_hours * group.reference_hs23_per_core,
             group.hs23_hours_per_job,
+            self.ctx.window_hours(group),
         )
         found = self._cache.get(key)
         if found is None:

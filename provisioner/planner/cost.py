@@ -15,7 +15,8 @@ group on an offering (all of it vectorised over the catalog):
 * allocation value: an HPC allocation node-hour is not billed but is worth
   `constraints.allocation_hour_value[offering.id]` USD (0 when it would expire unused), per node-hour used.
 * start-up: `startup_seconds` of paid idle per unit, amortised over the unit's run; a unit runs
-  W = max(1, floor(horizon / (T × F))) successive waves of jobs within the planning horizon.
+  W = max(1, floor(window / (T × F))) successive waves of jobs within the window: the planning
+  horizon, or the time to the group's deadline if that is sooner.
 * egress: input GB from `group.data_location` to the offering's location and output GB back,
   each priced with MARGINAL tiers (each GB at its tier's rate) starting from the GB already moved
   from that source this period (`constraints.egress_used_gb`); same location is free. Routes come
@@ -158,6 +159,16 @@ class PlanContext:
     interruptible: IntArray  # offerings with an interruption rate
     egress: EgressPricer
 
+    def window_hours(self, group: DemandGroup) -> float:
+        """How long a unit may run the group's jobs: the horizon, or less if the group has a deadline.
+
+        A deadline sooner than the horizon means fewer successive waves per unit, so more units in
+        parallel — how a burst request for N cores for a duration gets them at once.
+        """
+        if group.deadline is None or self.now_ts is None:
+            return self.horizon_hours
+        return max(0.0, min(self.horizon_hours, (group.deadline.timestamp() - self.now_ts) / 3600.0))
+
     @classmethod
     def build(cls, cols: OfferingColumns, constraints: PlanningConstraints) -> PlanContext:
         value = np.zeros(len(cols), dtype=np.float64)
@@ -209,7 +220,7 @@ def base_total(group: DemandGroup, jpu: IntArray, cols: OfferingColumns, ctx: Pl
         factor = np.ones(len(cols))
         risky = ctx.interruptible
         factor[risky] = interruption_factor(cols.interruption[risky], run_hours[risky])
-        waves = np.maximum(1.0, np.floor(ctx.horizon_hours / (run_hours * factor)))
+        waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / (run_hours * factor)))
         per_job = factor / (max(group.cores_per_job, 1) * cols.hs23_per_core)
         per_job += cols.startup_hours / (waves * group.hs23_hours_per_job)
         total = ctx.paid / jpu * per_job
@@ -373,7 +384,7 @@ def group_costs(
         run_hours = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[idx]
         factor = interruption_factor(cols.interruption[idx], run_hours)
         wave_hours = run_hours * factor
-        waves = np.maximum(1.0, np.floor(ctx.horizon_hours / wave_hours))
+        waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
         work_per_wave = np.where(fits, fit * work_per_job, np.nan)
         paid = price + value
         compute = price * run_hours / work_per_wave

@@ -1,7 +1,7 @@
 """What the running fleet means for a round: which units to drain, what demand they already cover, what they use.
 
 Rules, each with its `DrainReason`:
-* a running unit with no job is drained at once (IDLE: no jobs, no cost);
+* a running unit with no job for `constraints.idle_drain_hours` is drained (IDLE: no jobs, no cost);
 * a unit whose group has no pending demand left is drained (NO_DEMAND: it finishes its jobs and
   goes), unless it is an HPC pilot with walltime left that costs nothing to keep (allocation or
   backfill, price 0): Slurm ends it anyway, and new demand can use it meanwhile.
@@ -40,7 +40,13 @@ class FleetAssessment:
 
 
 def assess_fleet(
-    fleet: Sequence[FleetUnit], groups: Sequence[DemandGroup], cols: OfferingColumns, horizon_hours: float
+    fleet: Sequence[FleetUnit],
+    groups: Sequence[DemandGroup],
+    cols: OfferingColumns,
+    horizon_hours: float,
+    *,
+    now_ts: float | None = None,
+    idle_drain_hours: float = 0.0,
 ) -> FleetAssessment:
     result = FleetAssessment()
     demand = {g.id: g for g in groups if g.jobs > 0}
@@ -52,7 +58,7 @@ def assess_fleet(
         if unit.state is ResourceState.DRAINING:
             continue
         group = demand.get(unit.group_id) if unit.group_id is not None else None
-        if unit.state is ResourceState.RUNNING and not unit.busy:
+        if unit.state is ResourceState.RUNNING and not unit.busy and unit.idle_hours >= idle_drain_hours:
             result.drains.append(
                 DrainOrder(unit.resource_id, DrainReason.IDLE, f"idle for {unit.idle_hours:.2f} h")
             )
@@ -67,7 +73,7 @@ def assess_fleet(
             )
             continue
         if group is not None and i is not None:
-            covered = _jobs_covered(unit, group, cols, i, horizon_hours)
+            covered = _jobs_covered(unit, group, cols, i, horizon_hours, now_ts)
             result.covered_jobs[group.id] = result.covered_jobs.get(group.id, 0) + covered
     return result
 
@@ -92,7 +98,12 @@ def _cheap_pilot_with_walltime(unit: FleetUnit) -> bool:
 
 
 def _jobs_covered(
-    unit: FleetUnit, group: DemandGroup, cols: OfferingColumns, i: int, horizon_hours: float
+    unit: FleetUnit,
+    group: DemandGroup,
+    cols: OfferingColumns,
+    i: int,
+    horizon_hours: float,
+    now_ts: float | None,
 ) -> int:
     """Pending jobs of `group` this unit will start within the horizon (after what it runs now)."""
     per_unit = int(cols.cores[i]) // max(group.cores_per_job, 1)
@@ -104,6 +115,8 @@ def _jobs_covered(
         return 0
     run_hours = group.walltime_hours * group.reference_hs23_per_core / float(cols.hs23_per_core[i])
     window = horizon_hours
+    if group.deadline is not None and now_ts is not None:
+        window = min(window, max(0.0, (group.deadline.timestamp() - now_ts) / 3600.0))
     if unit.walltime_left_hours is not None:
         window = min(window, unit.walltime_left_hours)
     waves = math.floor(window / run_hours) if run_hours > 0 else 0

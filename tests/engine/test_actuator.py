@@ -19,8 +19,9 @@ from backends.base import (
     Throttled,
 )
 from backends.simulated import Faults, SimulatedCloud
+from provisioner.actuator import pilot_walltime
 from provisioner.clock import SimulatedClock
-from provisioner.domain import Offering, ResourceState
+from provisioner.domain import Market, Offering, ResourceState
 from provisioner.model import ResourceRow
 from provisioner.store import Store
 from tests.engine.conftest import BROKER
@@ -184,3 +185,11 @@ async def test_auth_failure_moves_demand_to_another_backend(store: Store, clock:
 
 def test_clock_is_utc(clock: SimulatedClock) -> None:
     assert isinstance(clock.now(), datetime) and clock.now().utcoffset() is not None
+
+
+def test_pilot_walltime_adds_slack_within_the_offerings_limit() -> None:
+    hpc = offering("node", backend="hpc", market=Market.ALLOCATION, price="0", max_walltime_hours=24)
+    assert pilot_walltime(2.0, hpc) == 2.5  # at least half an hour
+    assert pilot_walltime(10.0, hpc) == 11.0  # or a tenth of the run
+    assert pilot_walltime(23.0, hpc) == 24.0  # never past what the partition allows
+    assert pilot_walltime(5.0, offering("vm")) is None  # a VM has no time limit: the broker releases it

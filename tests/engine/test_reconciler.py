@@ -198,12 +198,12 @@ async def test_pilot_reaching_its_walltime_is_released_not_lost(store: Store, cl
     engine = build_engine(store, {"hpc": hpc}, source)
     await engine.run_cycle()
     [pilot] = live(store)
-    assert pilot.walltime_hours == 2.0
+    assert pilot.walltime_hours == 2.5  # the planned 2 h plus the pilot slack
     clock.advance(120)
     await engine.run_cycle()
     hpc.set_busy(pilot.id, True)
     source.jobs.clear()
-    clock.advance(2 * 3600)
+    clock.advance(2.5 * 3600)
     report = await engine.run_cycle()
     assert report.reconcile.walltime_ended == [pilot.id] and not report.reconcile.lost
     assert store.get(pilot.id).state == ResourceState.RELEASED  # type: ignore[union-attr]

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, status
 
-from provisioner.api.admission import admit_spec, request_resources
+from provisioner.admission import admit_spec
+from provisioner.api.admission import request_resources
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.schemas import ErrorOut, RequestCreatedOut, RequestOut, ResourceOut
 from provisioner.domain import LIVE_STATES
