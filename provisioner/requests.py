@@ -244,7 +244,7 @@ def admit(
             plan,
         )
     chosen = ", ".join(sorted({item.offering_id for item in plan.items if item.group_id == group.id}))
-    return Admission(True, f"admitted: estimated ${cost:,.2f} on {chosen}", cost, group, plan)
+    return Admission(True, f"estimated ${cost:,.2f} on {chosen}", cost, group, plan)
 
 
 def new_request_id() -> str:

@@ -38,7 +38,7 @@ def test_request_within_policy_is_admitted_with_an_estimate_and_the_chosen_offer
     created = create(client, CPU_REQUEST)
     assert created["status"] == "admitted"
     assert str(created["id"]).startswith("req-")
-    assert str(created["reason"]).startswith("admitted")
+    assert str(created["reason"]).startswith("estimated $")
     assert Decimal(str(created["estimated_cost_usd"])) >= 0
     assert created["offerings"], "an admitted request names where the estimate places it"
 
