@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 import policies
 from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
+from provisioner.backend_config import load_backends
 from provisioner.bus import Bus
 from provisioner.catalog import Catalog, load_catalog
 from provisioner.circuit import CircuitSettings
@@ -158,7 +159,7 @@ class Broker:
     backends: dict[str, Backend]
     engine: DecisionEngine
     constraints: PolicyConstraints
-    offerings: dict[str, Offering]  # the catalog and the policy's site offerings, by id
+    offerings: dict[str, Offering]  # catalog and site offerings that a configured backend serves, by id
 
 
 def build_broker(
@@ -170,12 +171,20 @@ def build_broker(
     bus: Bus | None = None,
     demand: DemandFn | None = None,
 ) -> Broker:
-    """Wire a broker. Without `backends`, simulated ones serve the catalog and the policy's site offerings."""
+    """Wire a broker: `backends` if given, else those of the backends file in the settings, else simulated
+    ones serving the catalog and the policy's site offerings (the embedded default)."""
     clock = clock or SystemClock()
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
     policy = policies.load_policy(policy_path(settings))
     offerings = list(catalog.offerings) + policies.site_offerings(policy, now=clock.now())
+    if backends is None and settings.backends_file is not None:
+        backends = load_backends(
+            settings.backends_file,
+            broker_id=settings.broker_id,
+            catalog=catalog.offerings,
+            site_offerings=policies.site_offerings(policy),
+        )
     if backends is None:
         backends = dict(simulated_backends(offerings, clock, broker_id=settings.broker_id))
     store = Store(db, clock, settings.broker_id, bus)
@@ -191,5 +200,6 @@ def build_broker(
         demand=demand_fn,
         settings=engine_settings(policy),
     )
-    by_id = {o.id: o for o in offerings}
+    # Only what a configured backend can serve: admission must not promise a cloud we cannot reach.
+    by_id = {o.id: o for o in offerings if o.backend in backends}
     return Broker(settings, db, catalog, policy, clock, store, backends, engine, constraints, by_id)
