@@ -78,6 +78,11 @@ def plan(
         constraints.horizon_hours,
         now_ts=constraints.now.timestamp() if constraints.now else None,
         idle_drain_hours=constraints.idle_drain_hours,
+        out_of_budget=frozenset(
+            name
+            for name, lim in constraints.experiments.items()
+            if lim.budget_remaining is not None and lim.budget_remaining <= 0
+        ),
     )
     demand = [max(0, g.jobs - assessment.covered_jobs.get(g.id, 0)) for g in groups]
     plan_ctx = PlanContext.build(cols, constraints)

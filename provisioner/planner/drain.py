@@ -1,6 +1,7 @@
 """What the running fleet means for a round: which units to drain, what demand they already cover, what they use.
 
 Rules, each with its `DrainReason`:
+* a paid unit (price > 0) of an experiment whose budget is exhausted is drained (OVER_BUDGET);
 * a running unit with no job for `constraints.idle_drain_hours` is drained (IDLE: no jobs, no cost);
 * a unit whose group has no pending demand left is drained (NO_DEMAND: it finishes its jobs and
   goes), unless it is an HPC pilot with walltime left that costs nothing to keep (allocation or
@@ -47,6 +48,7 @@ def assess_fleet(
     *,
     now_ts: float | None = None,
     idle_drain_hours: float = 0.0,
+    out_of_budget: frozenset[str] = frozenset(),
 ) -> FleetAssessment:
     result = FleetAssessment()
     demand = {g.id: g for g in groups if g.jobs > 0}
@@ -61,6 +63,12 @@ def assess_fleet(
         if unit.state is ResourceState.RUNNING and not unit.busy and unit.idle_hours >= idle_drain_hours:
             result.drains.append(
                 DrainOrder(unit.resource_id, DrainReason.IDLE, f"idle for {unit.idle_hours:.2f} h")
+            )
+            continue
+        if unit.experiment in out_of_budget and unit.price_per_hour > 0:
+            # Budgets are hard limits: once spent and committed money reaches the budget, paid units go.
+            result.drains.append(
+                DrainOrder(unit.resource_id, DrainReason.OVER_BUDGET, f"{unit.experiment} budget exhausted")
             )
             continue
         if unit.group_id is not None and group is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from provisioner.domain import DrainReason, FleetUnit, PlanningConstraints, ResourceState
+from provisioner.domain import DrainReason, FleetUnit, Market, PlanningConstraints, ResourceState
 from provisioner.planner import plan
 from tests.planner.factories import NOW, group, offering
 
@@ -56,3 +56,33 @@ def test_idle_unit_is_kept_until_the_idle_grace_has_passed() -> None:
     result = plan([group("g", jobs=4)], offers, [fresh, stale], constraints)
     drained = {d.resource_id: d.reason for d in result.drains}
     assert drained == {"r2": DrainReason.IDLE}
+
+
+def test_paid_units_of_an_experiment_out_of_budget_are_drained_free_ones_kept() -> None:
+    from provisioner.domain import ExperimentLimits
+
+    vm = offering("m.large", price="0.10")
+    pilot = offering("node", price="0", market=Market.ALLOCATION, provider="slurm", region="desy")
+    units = [
+        FleetUnit(
+            "vm", vm.id, "g", "atlas", ResourceState.RUNNING, busy=True, price_per_hour=Decimal("0.10")
+        ),
+        FleetUnit(
+            "pilot", pilot.id, "g", "atlas", ResourceState.RUNNING, busy=True, price_per_hour=Decimal(0)
+        ),
+        FleetUnit(
+            "other", vm.id, "h", "lsst", ResourceState.RUNNING, busy=True, price_per_hour=Decimal("0.10")
+        ),
+    ]
+    constraints = PlanningConstraints(
+        now=NOW,
+        experiments={
+            "atlas": ExperimentLimits("atlas", budget_remaining=Decimal(0)),
+            "lsst": ExperimentLimits("lsst", budget_remaining=Decimal(100)),
+        },
+    )
+    result = plan(
+        [group("g", jobs=4), group("h", experiment="lsst", jobs=4)], [vm, pilot], units, constraints
+    )
+    assert {d.resource_id: d.reason for d in result.drains} == {"vm": DrainReason.OVER_BUDGET}
+    assert not [i for i in result.items if i.group_id == "g"]  # and nothing new for atlas
