@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlmodel import Session, select
 
 import policies
-from backends.simulated import SimulatedBackend
+from backends.simulated import SimulatedBackend, SimulatedCloud
 from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker, simulated_backends
 from provisioner.catalog import load_catalog
 from provisioner.clock import SimulatedClock
@@ -159,6 +159,11 @@ async def run_demo(
     policy = policies.load_policy(EXAMPLE_POLICY)
     offerings = list(catalog.offerings) + policies.site_offerings(policy, now=clock.now())
     backends = simulated_backends(offerings, clock, broker_id=settings.broker_id)
+    # A rough day in AWS's spot market: interruptions far above the catalog's long-run rate, so the
+    # demo shows units taken back and their work replanned.
+    aws = backends["aws"]
+    assert isinstance(aws, SimulatedCloud)
+    aws.spot_interruption_rate = 0.04
     holder: dict[str, BatchSimulator] = {}
     broker = build_broker(
         settings,
@@ -262,7 +267,7 @@ def _print_cycle(
         lines += [f"  [cyan]-[/cyan] drain {d.resource_id}: {d.reason.value}" for d in report.plan.drains]
     rec = report.reconcile
     for rid in rec.lost:
-        lines.append(f"  [red]✗[/red] {rid} lost")
+        lines.append(f"  [red]✗[/red] {rid} taken back by the provider: its jobs are pending again")
     for rid in getattr(rec, "interrupted", []):
         lines.append(f"  [magenta]⚡[/magenta] {rid} spot interruption / owner reclaim: demand replanned")
     if rec.released:
@@ -329,6 +334,12 @@ def _summary(
         f"requests: {', '.join(f'{r.id} {r.status}' for r in requests)} · "
         f"units still live: {len(live)} · released: {sum(r.state == 'released' for r in resources)}"
     )
+    pilots = sum(1 for r in live if r.market in {"allocation", "backfill"})
+    if pilots:
+        console.print(
+            f"({pilots} of the live units are HPC pilots with walltime left: they cost nothing and take new "
+            "work until Slurm ends them)"
+        )
     return totals
 
 

@@ -45,8 +45,12 @@ class TraceSource:
         self._now = now
         self._future: deque[tuple[datetime, PendingJob]] = deque()
         self._runtime_hours: dict[str, float] = {}
-        for job in sorted(jobs, key=lambda j: j.submit_s):
-            submit = start + timedelta(seconds=job.submit_s / mapping.time_scale)
+        ordered = sorted(jobs, key=lambda j: j.submit_s)
+        first = (
+            ordered[0].submit_s if ordered else 0
+        )  # replay from the first job, wherever it sits in the trace
+        for job in ordered:
+            submit = start + timedelta(seconds=(job.submit_s - first) / mapping.time_scale)
             cores = min(job.processors, mapping.max_cores)
             self._runtime_hours[f"{name}-{job.job_number}"] = job.run_s / 3600
             self._future.append(

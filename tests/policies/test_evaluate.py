@@ -105,7 +105,7 @@ def test_site_offerings_are_zero_priced_and_carry_their_allocation() -> None:
     assert set(offerings) == {PERLMUTTER, POLARIS, MAXWELL}
     perlmutter, maxwell = offerings[PERLMUTTER], offerings[MAXWELL]
     assert perlmutter.market is Market.ALLOCATION and perlmutter.price_per_hour == 0
-    assert perlmutter.allocation is not None and perlmutter.allocation.node_hours_left == 10500
+    assert perlmutter.allocation is not None and perlmutter.allocation.node_hours_left == 5000
     assert perlmutter.capacity_units == 64 and perlmutter.max_walltime_hours == 48
     assert perlmutter.location == "slurm:nersc" and perlmutter.hs23 == 128 * 24.8
     assert maxwell.market is Market.BACKFILL and maxwell.allocation is None
@@ -138,7 +138,12 @@ def test_allocation_ahead_of_pace_is_valued_against_the_cheapest_cloud_and_paced
     reference = Decimal("9.85344") / Decimal(2880) * Decimal(str(128 * 24.8))
     assert reference / 2 < value < reference
     assert PERLMUTTER in paced_offerings(policy, now=NOW, offerings_for_pricing=pricing)
-    behind = evaluate(policy, now=NOW, spend_so_far={}, egress_used_gb={}, offerings_for_pricing=[c7a])
+    lagging = dataclasses.replace(
+        base, allocation=dataclasses.replace(base.allocation, node_hours_used=49500)
+    )
+    behind = evaluate(
+        policy, now=NOW, spend_so_far={}, egress_used_gb={}, offerings_for_pricing=[lagging, c7a]
+    )
     assert behind.allocation_hour_value[PERLMUTTER] == 0  # 49,500 used: behind, hours would expire
 
 
