@@ -113,22 +113,7 @@ def ledger_totals(
         """,
         [_naive(start), _naive(end)],
     ).fetchall()
-    out = []
-    for row in rows:
-        key = tuple(str(v) for v in row[: len(cols)])
-        amount, listed, hs23, gb = row[len(cols) :]
-        out.append(
-            LedgerTotal(
-                key,
-                Decimal(int(amount)) / 1_000_000,
-                Decimal(int(listed)) / 1_000_000,
-                float(hs23),
-                float(gb),
-                int(amount),
-                int(listed),
-            )
-        )
-    return out
+    return [LedgerTotal.from_row(row, len(cols)) for row in rows]
 
 
 def ledger_views(

@@ -352,6 +352,20 @@ class LedgerTotal:
     amount_micro: int
     list_micro: int
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any], keys: int) -> LedgerTotal:
+        """A result row: `keys` grouping columns, then sum(amount), sum(list), sum(HS23-h), sum(GB)."""
+        amount, listed, hs23, gb = row[keys:]
+        return cls(
+            tuple(str(v) for v in row[:keys]),
+            Decimal(int(amount)) / 1_000_000,
+            Decimal(int(listed)) / 1_000_000,
+            float(hs23),
+            float(gb),
+            int(amount),
+            int(listed),
+        )
+
 
 def ledger_totals(
     session: Session,
@@ -382,19 +396,4 @@ def ledger_totals(
     ).where(*cond)
     if cols:
         stmt = stmt.group_by(*cols).order_by(*cols)
-    out = []
-    for row in session.execute(stmt):
-        key = tuple(str(v) for v in row[: len(cols)])
-        amount, listed, hs23, gb = row[len(cols) :]
-        out.append(
-            LedgerTotal(
-                key,
-                Decimal(int(amount)) / 1_000_000,
-                Decimal(int(listed)) / 1_000_000,
-                float(hs23),
-                float(gb),
-                int(amount),
-                int(listed),
-            )
-        )
-    return out
+    return [LedgerTotal.from_row(row, len(cols)) for row in session.execute(stmt)]
