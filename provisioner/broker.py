@@ -36,6 +36,7 @@ from provisioner.domain import (
 )
 from provisioner.engine import DecisionEngine, DemandFn, EngineSettings
 from provisioner.grouping import group_jobs
+from provisioner.leader import Leadership
 from provisioner.model import ResourceRow
 from provisioner.planner import plan
 from provisioner.reconciler import ReconcileSettings
@@ -60,8 +61,14 @@ def simulated_backends(
     broker_id: str,
     seed: int = 7,
     capacity: dict[str, int] | None = None,
+    state_dir: Path | None = None,
 ) -> dict[str, SimulatedBackend]:
-    """One simulated backend per backend name in the offerings, of the kind its markets call for."""
+    """One simulated backend per backend name in the offerings, of the kind its markets call for.
+
+    `state_dir`: keep each backend's units in `<state_dir>/<name>.json`, so several processes (the
+    engine, Slurm's resume/suspend programs) see one simulated fleet."""
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
     by_backend: dict[str, list[Offering]] = defaultdict(list)
     for o in offerings:
         by_backend[o.backend].append(o)
@@ -75,7 +82,10 @@ def simulated_backends(
             kind = SimulatedBackfill
         else:
             kind = SimulatedCloud
-        out[name] = kind(name, offers, clock, broker_id=broker_id, seed=seed + i, capacity=capacity)
+        state_file = state_dir / f"{name}.json" if state_dir is not None else None
+        out[name] = kind(
+            name, offers, clock, broker_id=broker_id, seed=seed + i, capacity=capacity, state_file=state_file
+        )
     return out
 
 
@@ -170,9 +180,11 @@ def build_broker(
     sources: Sequence[WorkloadSource] = (),
     bus: Bus | None = None,
     demand: DemandFn | None = None,
+    simulated_state_dir: Path | None = None,
 ) -> Broker:
     """Wire a broker: `backends` if given, else those of the backends file in the settings, else simulated
-    ones serving the catalog and the policy's site offerings (the embedded default)."""
+    ones serving the catalog and the policy's site offerings (the embedded default; their units are
+    kept in files under `simulated_state_dir` when given)."""
     clock = clock or SystemClock()
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
@@ -186,7 +198,11 @@ def build_broker(
             site_offerings=policies.site_offerings(policy),
         )
     if backends is None:
-        backends = dict(simulated_backends(offerings, clock, broker_id=settings.broker_id))
+        backends = dict(
+            simulated_backends(
+                offerings, clock, broker_id=settings.broker_id, state_dir=simulated_state_dir
+            )
+        )
     store = Store(db, clock, settings.broker_id, bus)
     constraints = PolicyConstraints(policy, db, catalog)
     demand_fn = demand or (lambda: load_request_groups(db))
@@ -199,6 +215,8 @@ def build_broker(
         constraints=constraints,
         demand=demand_fn,
         settings=engine_settings(policy),
+        # Replicas sharing one PostgreSQL: one leads (advisory lock), the others stand by.
+        leadership=Leadership(db, settings.broker_id),
     )
     # Only what a configured backend can serve: admission must not promise a cloud we cannot reach.
     by_id = {o.id: o for o in offerings if o.backend in backends}

@@ -100,7 +100,11 @@ def register(root: typer.Typer) -> None:
         console = Console()
 
         async def go() -> None:
-            broker = build_broker(load_settings())
+            from provisioner.bus import open_bus
+
+            settings = load_settings()
+            bus = await open_bus(settings.mqtt_url, settings.broker_id)
+            broker = build_broker(settings, bus=bus)
             broker.engine.settings = replace(broker.engine.settings, interval_seconds=interval)
             if cycles:
                 for n in range(cycles):
@@ -114,5 +118,6 @@ def register(root: typer.Typer) -> None:
                     await asyncio.sleep(interval if n + 1 < cycles else 0)
             else:
                 await broker.engine.run_forever()
+            await bus.close()
 
         asyncio.run(go())
