@@ -1,4 +1,4 @@
-"""CLI commands `provisioner accounting import|ledger|publish|show` and `provisioner report cost`."""
+"""CLI commands `provisioner accounting import|ledger|publish|show|collect` and `provisioner report cost`."""
 
 from __future__ import annotations
 
@@ -170,6 +170,62 @@ def register(root: typer.Typer) -> None:
         err.print(f"{records} records in {len(messages)} messages")
         for problem in problems:
             err.print(f"[yellow]left out[/yellow] {problem}")
+
+    @acct.command("collect")
+    def collect_cmd(
+        month: str = typer.Option(..., help="YYYY-MM (UTC)"),
+        site: str | None = typer.Option(None, help="APEL site name; default: the broker id"),
+        submit_host: str | None = typer.Option(None, help="APEL SubmitHost; default: the broker id"),
+        queue: Path | None = typer.Option(None, help="dirq outgoing directory SSM reads"),
+        out: Path = typer.Option(Path("reports"), help="directory for the CSV / HTML cost report"),
+        html: bool = typer.Option(True, help="also write the HTML page with charts"),
+    ) -> None:
+        """Close a month: usage of the broker's resources, cost ledger, APEL messages, cost report.
+
+        Exits 1 when some usage could not be imported (each problem is printed with its resource).
+        """
+        from accounting.pipeline import close_broker_month
+        from provisioner.broker import build_broker
+
+        m = _month(month)
+        settings = load_settings()
+        broker = build_broker(settings)
+        path = queue or settings.state_dir / "apel" / "outgoing"
+        try:
+            result = close_broker_month(
+                broker, m, queue_path=path, out_dir=out, site=site, submit_host=submit_host, html=html
+            )
+        except FutureMonth as exc:
+            raise typer.BadParameter(str(exc), param_hint="--month") from exc
+        finally:
+            broker.db.dispose()
+        console.print(
+            f"[bold]{m}[/bold] site {result.site}: {result.collected} usage records from the fleet, "
+            f"{result.imported} imported; ledger {result.ledger.rows} rows for {result.ledger.resources} "
+            f"resources; {result.messages} APEL messages queued in {path}"
+        )
+        for problem in result.problems:
+            err.print(f"[yellow]not imported[/yellow] {problem}")
+        for key in result.superseded:
+            console.print(f"[dim]replaced by Slurm's measured record[/dim] {key}")
+        for problem in result.left_out:
+            err.print(f"[yellow]left out of APEL[/yellow] {problem}")
+        totals = Table(title=f"Ledger {m} by experiment")
+        for col in ("experiment", "spend", "list value", "HS23-h"):
+            totals.add_column(col, justify="left" if col == "experiment" else "right")
+        for t in result.by_experiment:
+            totals.add_row(t.key[0], f"${t.amount:,.2f}", f"${t.list_amount:,.2f}", f"{t.hs23_hours:,.0f}")
+        console.print(totals)
+        sent = Table(title="APEL messages")
+        for col in ("kind", "records", "messages", "changed"):
+            sent.add_column(col)
+        for r in result.publish.results:
+            sent.add_row(r.kind.value, str(r.records), str(r.messages), "yes" if r.changed else "no")
+        console.print(sent)
+        for file in result.files:
+            console.print(str(file))
+        if result.problems:
+            raise typer.Exit(code=1)
 
     @report.command("cost")
     def cost_cmd(
