@@ -10,7 +10,7 @@ provisions on simulated backends, reacts to spot interruptions and idle units, a
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,7 @@ from rich.table import Table
 from sqlmodel import Session, select
 
 import policies
+from accounting.pipeline import demo_accounting
 from backends.simulated import SimulatedBackend, SimulatedCloud
 from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker, simulated_backends
 from provisioner.catalog import load_catalog
@@ -45,6 +46,7 @@ from provisioner.sources.swf import read_swf
 from provisioner.sources.trace import TraceMapping, TraceSource
 
 START = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+DEFAULT_STATE = Path(".provisioner") / "demo"
 TRACE = Path(__file__).resolve().parents[1] / "data" / "traces" / "alea_hpc2n_subset.swf"
 
 
@@ -151,8 +153,10 @@ async def run_demo(
     console: Console, *, hours: float = 14.0, step_minutes: float = 30.0, state_dir: Path | None = None
 ) -> dict[str, Decimal]:
     clock = SimulatedClock(START)
-    tmp = tempfile.TemporaryDirectory(prefix="provisioner-demo-") if state_dir is None else None
-    state = state_dir or Path(tmp.name if tmp else ".")
+    state = state_dir or DEFAULT_STATE
+    if state_dir is None and state.exists():
+        shutil.rmtree(state)  # the demo starts from nothing every time
+    state.mkdir(parents=True, exist_ok=True)
     settings = Settings(state_dir=state, database_url=f"sqlite:///{state / 'demo.db'}", broker_id="demo")
     catalog = load_catalog()
     traces = trace_sources(clock)
@@ -224,10 +228,25 @@ async def run_demo(
         _close_finished_requests(broker, sim)
         clock.advance(step_minutes * 60)
     totals = _summary(console, broker, backends, delivered)
-    if tmp is not None:
-        broker.db.dispose()
-        tmp.cleanup()
+    _accounting(console, broker, state / "accounting")
+    broker.db.dispose()
     return totals
+
+
+def _accounting(console: Console, broker: Broker, out: Path) -> None:
+    """Close the month as finance and APEL would see it: usage → ledger → APEL queue → report."""
+    result = demo_accounting(broker, broker.clock.now().strftime("%Y-%m"), out)
+    console.rule("[bold]accounting[/bold]")
+    ledger = ", ".join(f"{t.key[0]} ${t.amount:,.2f}" for t in result.by_experiment)
+    console.print(
+        f"usage records: {result.imported} imported ({len(result.problems)} problems) · ledger {ledger} · "
+        f"APEL messages queued: {result.messages} in {out / 'apel-outgoing'}"
+    )
+    for problem in result.problems[:5]:
+        console.print(f"  [yellow]![/yellow] {problem}")
+    html = [f for f in result.files if f.suffix == ".html"]
+    if html:
+        console.print(f"finance report: {html[0]}")
 
 
 def _submit(console: Console, broker: Broker, req: DemoRequest) -> None:

@@ -23,6 +23,10 @@ def test_demo_serves_the_admitted_requests_within_budget_and_rejects_the_gpu_gra
     text = out.getvalue()
     assert "rejected: 128 GPUs asked, the policy allows lsst at most 64" in text
     assert "cost summary" in text
+    # the demo closes the month: usage imported without problems, APEL messages queued, a finance page
+    assert "(0 problems)" in text
+    assert list((tmp_path / "accounting" / "apel-outgoing").rglob("*"))
+    assert (tmp_path / "accounting" / "cost_2026-11.html").is_file()
     # money was spent on real (simulated) capacity, and within the example policy's monthly budgets
     assert Decimal(0) < totals["atlas"] <= Decimal(50_000)
     assert totals.get("lsst", Decimal(0)) <= Decimal(30_000)
