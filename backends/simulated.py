@@ -11,6 +11,7 @@ state can live in a JSON file so it survives a killed broker process (crash test
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import random
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from backends.base import (
     TAG_BROKER,
@@ -129,12 +130,29 @@ class SimulatedBackend:
         self.units: dict[str, SimUnit] = {}
         self.calls: dict[str, int] = {"provision": 0, "list": 0, "release": 0}
         self._next_id = 1
+        self._lock: IO[str] | None = None
         self._load()
+        self._unlock()
 
     # --- persistence ---------------------------------------------------------------------------
+    # With a state file, several processes (the engine, Slurm's resume program, a crash test's
+    # restarted broker) share one simulated provider: `_load` takes an exclusive file lock that
+    # `_save` (or `_unlock`) gives back, so no process writes over another's units.
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
 
     def _load(self) -> None:
-        if self.state_file is None or not self.state_file.exists():
+        if self.state_file is None:
+            return
+        if self._lock is None:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = self.state_file.with_suffix(".lock").open("a")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        if not self.state_file.exists():
             return
         data = json.loads(self.state_file.read_text())
         self.units = {u["provider_id"]: SimUnit.from_json(u) for u in data["units"]}
@@ -152,6 +170,7 @@ class SimulatedBackend:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, self.state_file)  # atomic: a killed process leaves the old or the new state
+        self._unlock()
 
     # --- behaviour hooks -----------------------------------------------------------------------
 
@@ -328,27 +347,31 @@ class SimulatedBackend:
         return list(self._offerings.values())
 
     async def close(self) -> None:
-        self._save()
+        """Nothing to flush: every call saved its change (saving here would overwrite other processes')."""
 
     # --- for tests, demos and the simulator ----------------------------------------------------
 
     def set_busy(self, key: str, busy: bool) -> None:
         """Mark a unit (provider id or our resource id) as running work or idle."""
         self._load()
-        u = self._find(key)
-        if u.state == ProviderState.TERMINATED:
-            raise ValueError(f"{self.name}: unit {key} is terminated, cannot set busy")
-        u.busy = busy
-        self._save()
+        try:
+            u = self._find(key)
+            if u.state == ProviderState.TERMINATED:
+                raise ValueError(f"{self.name}: unit {key} is terminated, cannot set busy")
+            u.busy = busy
+        finally:
+            self._save()
 
     def interrupt(self, key: str, *, in_seconds: float = NOTICE_SECONDS) -> None:
         """Give a unit an interruption notice now; it is taken back `in_seconds` later."""
         self._load()
-        u = self._find(key)
-        now = self.clock.now()
-        u.notice_at = now
-        u.interrupt_at = now + timedelta(seconds=in_seconds)
-        self._save()
+        try:
+            u = self._find(key)
+            now = self.clock.now()
+            u.notice_at = now
+            u.interrupt_at = now + timedelta(seconds=in_seconds)
+        finally:
+            self._save()
 
     def inject_unit(self, offering_id: str, tags: Mapping[str, str], *, running: bool = True) -> str:
         """A unit created outside this process (an orphan from a crashed or older broker)."""
@@ -371,8 +394,11 @@ class SimulatedBackend:
 
     def live_units(self) -> list[SimUnit]:
         self._load()
-        self._advance()
-        return [u for u in self.units.values() if u.state != ProviderState.TERMINATED]
+        try:
+            self._advance()
+            return [u for u in self.units.values() if u.state != ProviderState.TERMINATED]
+        finally:
+            self._save()
 
 
 class SimulatedCloud(SimulatedBackend):

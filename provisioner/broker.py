@@ -183,8 +183,9 @@ def build_broker(
     simulated_state_dir: Path | None = None,
 ) -> Broker:
     """Wire a broker: `backends` if given, else those of the backends file in the settings, else simulated
-    ones serving the catalog and the policy's site offerings (the embedded default; their units are
-    kept in files under `simulated_state_dir` when given)."""
+    ones serving the catalog and the policy's site offerings (the embedded default). Simulated units are
+    kept in files under `simulated_state_dir` (default: `<state dir>/simulated`), so every process of
+    this broker — `run`, `plan`, Slurm's resume program — and every restart sees the same fleet."""
     clock = clock or SystemClock()
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
@@ -200,7 +201,10 @@ def build_broker(
     if backends is None:
         backends = dict(
             simulated_backends(
-                offerings, clock, broker_id=settings.broker_id, state_dir=simulated_state_dir
+                offerings,
+                clock,
+                broker_id=settings.broker_id,
+                state_dir=simulated_state_dir or settings.state_dir / "simulated",
             )
         )
     store = Store(db, clock, settings.broker_id, bus)

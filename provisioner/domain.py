@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+# Units of these groups serve nodes Slurm's power saving resumed: their demand is in Slurm's queue,
+# and Slurm's SuspendProgram ends them (backends.slurm.burst, planner.drain).
+SLURM_NODE_GROUP_PREFIX = "slurm-node:"
+
 
 class Market(enum.StrEnum):
     ON_DEMAND = "on_demand"

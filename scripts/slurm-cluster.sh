@@ -6,7 +6,8 @@
 #   partitions  debug (default, tier 5), owner (tier 10), scavenger (tier 1, PreemptMode=CANCEL):
 #               owner/debug jobs preempt scavenger (backfill) jobs on the same node
 #               cloud: cloud[1-N], State=CLOUD; ResumeProgram/SuspendProgram are wrappers around
-#               `provisioner slurm resume|suspend`; with FAKE_CLOUD=1 resume starts a real slurmd per node
+#               `provisioner slurm resume|suspend` (broker state in $BASE/broker: one resource per
+#               resumed node on a simulated cloud); with FAKE_CLOUD=1 resume starts a real slurmd per node
 #   slurmdbd    on the local MariaDB (root, no password, 127.0.0.1:3306): sacct, accounts atlas/lsst/cms/dune
 #   slurmrestd  127.0.0.1:$RESTD_PORT, JWT auth, openapi v0.0.38 (+ dbv0.0.38 with slurmdbd)
 #   jobcomp     filetxt log in $BASE/log/jobcomp.txt (always, with or without slurmdbd)
@@ -88,37 +89,31 @@ start_munge() {
   log "munged started"
 }
 
-# The power-saving wrappers slurmctld runs: they call the broker's CLI, which maps the nodes to a
-# demand, picks an offering and (FAKE_CLOUD) starts the nodes' slurmd.
+# The power-saving wrappers slurmctld runs: they call the broker's CLI, which gives each node a resource
+# of the cheapest fitting cloud offering (recorded in the broker database below) or releases it, and
+# (FAKE_CLOUD) starts/stops the node's slurmd. The broker is pinned to a known state directory and the
+# embedded defaults (simulated clouds, their units in $BASE/broker/simulated), whatever slurmctld inherited.
 write_power_wrappers() {
   # the interpreter itself, not a pyenv/venv shim that may need the caller's environment
   local py verb
   py=$(python3 -c 'import sys; print(sys.executable)')
+  mkdir -p "$BASE/broker"
   for verb in resume suspend; do
-    cat >"$BASE/bin/$verb.sh" <<EOF
+    cat >"$BASE/bin/$verb.sh.new" <<EOF
 #!/bin/bash
 # ${verb^}Program for slurmctld: \$1 is a hostlist expression such as cloud[1-2]
+unset PROVISIONER_DATABASE_URL PROVISIONER_BACKENDS_FILE PROVISIONER_POLICY_FILE PROVISIONER_MQTT_URL \
+  PROVISIONER_BROKER_ID
 export SLURM_CONF=$CONF PATH=/usr/sbin:/usr/bin:/sbin:/bin:\$PATH PYTHONPATH=$REPO
 export PROVISIONER_SLURM_FAKE_CLOUD=$FAKE_CLOUD PROVISIONER_SLURM_DIR=$BASE
-export PROVISIONER_SLURM_BURST_OFFERINGS=$BASE/etc/burst-offerings.json PROVISIONER_LOG_LEVEL=INFO
+export PROVISIONER_STATE_DIR=$BASE/broker PROVISIONER_LOG_LEVEL=INFO
 echo "\$(date -u '+%FT%TZ') ${verb^^} \$1" >> $BASE/log/power.log
 cd $REPO && exec $py -u -c 'from provisioner.cli import main; main()' slurm $verb "\$1" >> $BASE/log/power.log 2>&1
 EOF
-    chmod 755 "$BASE/bin/$verb.sh"
+    chmod 755 "$BASE/bin/$verb.sh.new"
+    mv "$BASE/bin/$verb.sh.new" "$BASE/bin/$verb.sh"  # atomic: slurmctld may be running the old one
   done
-  # what resume chooses from on the test cluster (a real site points this at its catalog)
-  cat >"$BASE/etc/burst-offerings.json" <<'EOF'
-[
-  {"id": "aws:eu-west-1:t4g.xlarge:on_demand", "backend": "aws", "provider": "aws", "region": "eu-west-1",
-   "instance_type": "t4g.xlarge", "cores": 4, "memory_gb": 16, "arch": "arm64", "price_per_hour": "0.1344"},
-  {"id": "aws:eu-west-1:c7i.large:spot", "backend": "aws", "provider": "aws", "region": "eu-west-1",
-   "instance_type": "c7i.large", "market": "spot", "cores": 2, "memory_gb": 4, "price_per_hour": "0.035"},
-  {"id": "aws:eu-west-1:c7i.xlarge:spot", "backend": "aws", "provider": "aws", "region": "eu-west-1",
-   "instance_type": "c7i.xlarge", "market": "spot", "cores": 4, "memory_gb": 8, "price_per_hour": "0.0712"},
-  {"id": "aws:eu-west-1:m7i.xlarge:on_demand", "backend": "aws", "provider": "aws", "region": "eu-west-1",
-   "instance_type": "m7i.xlarge", "cores": 4, "memory_gb": 16, "price_per_hour": "0.2100"}
-]
-EOF
+  rm -f "$BASE/etc/burst-offerings.json"  # offerings now come from the broker
 }
 
 write_config() {
@@ -271,7 +266,7 @@ start_slurmctld() {
     if [[ $CONF_CHANGED == 1 ]]; then scontrol reconfigure; log "slurmctld reconfigured"; fi
     return
   fi
-  rm -rf "$BASE"/state/ctld/* "$BASE"/state/d/* "$BASE"/run/slurmd-*.pid
+  rm -rf "$BASE"/state/ctld/* "$BASE"/state/d/* "$BASE"/run/slurmd-*.pid "$BASE"/broker/*
   : >"$BASE/log/power.log"; : >"$BASE/log/jobcomp.txt"
   slurmctld -c -i
   wait_for 30 sh -c "scontrol ping | grep -q UP" || { tail -20 "$BASE/log/slurmctld.log"; die "slurmctld not up"; }

@@ -1,13 +1,16 @@
 """Cloud bursting for Slurm power saving: what slurmctld's ResumeProgram/SuspendProgram call.
 
-`resume` turns each CLOUD node slurmctld wants into a demand of the node's shape, picks the cheapest
-matching offering through the chooser it is given, and records the intent (a log event for now).
-In fake-cloud mode (test cluster) it starts the node's own slurmd on this host so the job runs;
-`suspend` stops it again. Both must stay fast: slurmctld waits on them.
+`resume` turns each CLOUD node slurmctld wants into a demand of the node's shape and hands it to a
+placer (the broker's, `provisioner.slurm_power`, provisions one resource per node; `choose_only`
+just picks the cheapest fitting offering). In fake-cloud mode (test cluster) a node whose resource
+is up gets its own slurmd on this host so the job runs; `suspend` releases and stops it again.
+One node's failure never stops the others, and both stay fast: slurmctld waits on them.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import os
 import signal
 import subprocess
@@ -20,9 +23,13 @@ from pathlib import Path
 import structlog
 
 from backends.slurm.client import SlurmClient, SlurmNode
-from provisioner.domain import Arch, DemandGroup, Offering
+from provisioner.domain import SLURM_NODE_GROUP_PREFIX, Arch, DemandGroup, Offering
 
 log = structlog.get_logger(__name__)
+
+NODE_GROUP_PREFIX = SLURM_NODE_GROUP_PREFIX  # the planner leaves these groups' units to Slurm
+TAG_SLURM_NODE = "provisioner-slurm-node"  # on the resource: which Slurm node it is
+DEFAULT_EXPERIMENT = "slurm-cloud"  # for a node in no partition and no configured account
 
 OfferingChooser = Callable[[DemandGroup], Offering | None]
 NodeAction = Callable[[str], Awaitable[None]]
@@ -30,14 +37,30 @@ NodeAction = Callable[[str], Awaitable[None]]
 _ARCH_FEATURES = {"x86_64": Arch.X86_64, "amd64": Arch.X86_64, "aarch64": Arch.ARM64, "arm64": Arch.ARM64}
 
 
-def node_demand(node: SlurmNode, *, walltime_hours: float = 1.0) -> DemandGroup:
-    """The capacity one CLOUD node stands for, as a one-job demand group of the node's shape."""
+def node_group_id(node: str) -> str:
+    return f"{NODE_GROUP_PREFIX}{node}"
+
+
+def node_of_group(group_id: str | None) -> str | None:
+    """The Slurm node a demand group stands for, or None for any other group."""
+    if group_id is None or not group_id.startswith(NODE_GROUP_PREFIX):
+        return None
+    return group_id[len(NODE_GROUP_PREFIX) :] or None
+
+
+def node_demand(
+    node: SlurmNode, *, experiment: str | None = None, walltime_hours: float = 1.0
+) -> DemandGroup:
+    """The capacity one CLOUD node stands for, as a one-job demand group of the node's shape.
+
+    It is charged to `experiment`, else to the node's (first) partition.
+    """
     archs = frozenset(_ARCH_FEATURES[f.lower()] for f in node.features if f.lower() in _ARCH_FEATURES)
     if not archs and node.arch and node.arch.lower() in _ARCH_FEATURES:
         archs = frozenset({_ARCH_FEATURES[node.arch.lower()]})
     return DemandGroup(
-        id=f"slurm-node:{node.name}",
-        experiment="slurm-cloud",
+        id=node_group_id(node.name),
+        experiment=experiment or (node.partitions[0] if node.partitions else DEFAULT_EXPERIMENT),
         jobs=1,
         cores_per_job=node.cpus,
         memory_gb_per_job=node.memory_mb / 1024,
@@ -68,22 +91,58 @@ def cheapest_offering(offerings: Iterable[Offering]) -> OfferingChooser:
     return choose
 
 
+class Placement(enum.StrEnum):
+    """What became of one node slurmctld asked for."""
+
+    CREATED = "created"  # a new resource, accepted by its backend
+    ALREADY_LIVE = "already_live"  # resume called again: the node's resource exists, no second one
+    PENDING = "pending"  # intent recorded, the backend call is retried with the same token
+    CHOSEN = "chosen"  # offering chosen, nothing provisioned (choose_only)
+    NO_OFFERING = "no_offering"  # no usable offering fits the node's shape
+    FAILED = "failed"  # every offering tried refused, or an error
+
+
 @dataclass(frozen=True, slots=True)
 class ResumeIntent:
     node: str
     demand: DemandGroup
     offering_id: str | None
     price_per_hour: Decimal | None
+    placement: Placement = Placement.CHOSEN
+    resource_id: str | None = None
+    reason: str = ""
+
+    @property
+    def up(self) -> bool:
+        """A resource stands behind the node (so, with a fake cloud, its slurmd may start)."""
+        return self.placement in (Placement.CREATED, Placement.ALREADY_LIVE)
+
+
+PlaceNode = Callable[[SlurmNode, DemandGroup], Awaitable[ResumeIntent]]
+ReleaseNode = Callable[[str], Awaitable[object]]
+
+
+def choose_only(choose: OfferingChooser) -> PlaceNode:
+    """A placer that picks the offering and provisions nothing (dry run, and tests of the mapping)."""
+
+    async def place(node: SlurmNode, demand: DemandGroup) -> ResumeIntent:
+        offering = choose(demand)
+        if offering is None:
+            return ResumeIntent(node.name, demand, None, None, Placement.NO_OFFERING, reason="nothing fits")
+        return ResumeIntent(node.name, demand, offering.id, offering.price_per_hour, Placement.CHOSEN)
+
+    return place
 
 
 async def resume(
     names: Sequence[str],
     client: SlurmClient,
-    choose: OfferingChooser,
+    place: PlaceNode,
     *,
+    experiment: str | None = None,
     start_node: NodeAction | None = None,
 ) -> list[ResumeIntent]:
-    """Map the nodes to demand, choose offerings, record the intents and (fake cloud) start the nodes."""
+    """Map the nodes to demand and place each; (fake cloud) start the nodes whose resource is up."""
     wanted = set(names)
     shapes = {n.name: n for n in await client.nodes() if n.name in wanted}
     intents = []
@@ -92,36 +151,51 @@ async def resume(
         if node is None:
             log.warning("slurm.resume.unknown_node", node=name)
             continue
-        demand = node_demand(node)
-        offering = choose(demand)
-        intent = ResumeIntent(
-            node=name,
-            demand=demand,
-            offering_id=offering.id if offering else None,
-            price_per_hour=offering.price_per_hour if offering else None,
-        )
+        demand = node_demand(node, experiment=experiment)
+        try:
+            intent = await place(node, demand)
+        except Exception as exc:  # one node's failure must not keep the other nodes down
+            log.error("slurm.resume.failed", node=name, error_type=type(exc).__name__, error=str(exc))
+            intent = ResumeIntent(name, demand, None, None, Placement.FAILED, reason=type(exc).__name__)
         log.info(
             "slurm.resume.intent",
             node=name,
+            experiment=demand.experiment,
             cores=demand.cores_per_job,
             memory_gb=round(demand.memory_gb_per_job, 2),
             gpus=demand.gpus_per_job,
             archs=sorted(a.value for a in demand.archs),
             offering=intent.offering_id,
             price_per_hour=str(intent.price_per_hour) if intent.price_per_hour is not None else None,
+            placement=str(intent.placement),
+            resource=intent.resource_id,
+            reason=intent.reason or None,
         )
         intents.append(intent)
-        if start_node is not None:
-            await start_node(name)
+        if start_node is not None and intent.up:
+            try:
+                await start_node(name)
+            except Exception as exc:
+                log.error("slurm.resume.start_failed", node=name, error=str(exc))
     return intents
 
 
-async def suspend(names: Sequence[str], *, stop_node: NodeAction | None = None) -> None:
-    """Release the nodes slurmctld powers down."""
+async def suspend(
+    names: Sequence[str], *, release: ReleaseNode | None = None, stop_node: NodeAction | None = None
+) -> None:
+    """Release the nodes slurmctld powers down; one node's failure never stops the others."""
     for name in names:
         log.info("slurm.suspend.release", node=name)
+        if release is not None:
+            try:
+                await release(name)
+            except Exception as exc:
+                log.error("slurm.suspend.failed", node=name, error_type=type(exc).__name__, error=str(exc))
         if stop_node is not None:
-            await stop_node(name)
+            try:
+                await stop_node(name)
+            except Exception as exc:
+                log.error("slurm.suspend.stop_failed", node=name, error=str(exc))
 
 
 def _clear_signal_mask() -> None:
@@ -142,7 +216,23 @@ class FakeCloudNodes:
     def _pidfile(self, node: str) -> Path:
         return self._base / "run" / f"slurmd-{node}.pid"
 
+    def running(self, node: str) -> int | None:
+        """The pid of the node's slurmd, if one runs."""
+        try:
+            pid = int(self._pidfile(node).read_text().strip())
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        # else a stale pid file: the number now belongs to another process, maybe another slurmd
+        ours = comm == "slurmd" and any(
+            a == b"-N" and b == node.encode() for a, b in itertools.pairwise(argv)
+        )
+        return pid if ours else None
+
     async def start(self, node: str) -> None:
+        if self.running(node) is not None:
+            return  # resume called twice: one slurmd per node
         (self._base / "state" / "d" / node).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SLURM_CONF": str(self._conf)}
         env.pop("SLURM_JWT", None)
@@ -161,13 +251,8 @@ class FakeCloudNodes:
 
     async def stop(self, node: str) -> None:
         pidfile = self._pidfile(node)
-        try:
-            pid = int(pidfile.read_text().strip())
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except (OSError, ValueError):
-            pidfile.unlink(missing_ok=True)
-            return
-        if comm != "slurmd":  # stale pid file, the number now belongs to someone else
+        pid = self.running(node)
+        if pid is None:
             pidfile.unlink(missing_ok=True)
             return
         try:

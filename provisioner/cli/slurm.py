@@ -6,23 +6,32 @@ import asyncio
 import json
 import os
 from collections import Counter
-from decimal import Decimal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 import typer
-from pydantic import BaseModel, ConfigDict, TypeAdapter
 from rich.console import Console
 from rich.table import Table
 
 from backends.base import BackendError
-from backends.slurm.burst import FakeCloudNodes, NodeAction, cheapest_offering, resume, suspend
+from backends.simulated import SimulatedBackend
+from backends.slurm.burst import FakeCloudNodes, NodeAction, resume, suspend
 from backends.slurm.client import SlurmClient
 from backends.slurm.commands import CommandsClient
 from backends.slurm.hostlist import expand_hostlist
 from backends.slurm.rest import RestClient
-from provisioner.domain import Arch, Market, Offering
+from provisioner.broker import Broker, build_broker
+from provisioner.domain import Market
+from provisioner.settings import load_settings
+from provisioner.slurm_power import (
+    CLOUD_MARKETS,
+    PowerSettings,
+    SlurmPower,
+    host_lock,
+    simulated_state_dir,
+)
 from provisioner.sources.slurm import SlurmWorkloadSource
 
 log = structlog.get_logger(__name__)
@@ -32,40 +41,8 @@ app = typer.Typer(
 
 FAKE_CLOUD_ENV = "PROVISIONER_SLURM_FAKE_CLOUD"
 CLUSTER_DIR_ENV = "PROVISIONER_SLURM_DIR"
-OFFERINGS_ENV = "PROVISIONER_SLURM_BURST_OFFERINGS"
-
-
-class BurstOffering(BaseModel):
-    """One entry of the burst offerings file (JSON list) the resume program chooses from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    backend: str
-    provider: str
-    region: str
-    instance_type: str
-    family: str = ""
-    market: Market = Market.ON_DEMAND
-    cores: int
-    memory_gb: float
-    arch: Arch = Arch.X86_64
-    price_per_hour: Decimal
-    hs23_per_core: float = 10.0
-    gpu_count: int = 0
-    gpu_model: str | None = None
-
-    def offering(self) -> Offering:
-        return Offering(
-            **{**self.model_dump(), "family": self.family or f"{self.provider}:{self.instance_type}"}
-        )
-
-
-def load_burst_offerings(path: Path | None) -> list[Offering]:
-    if path is None:
-        return []
-    entries = TypeAdapter(list[BurstOffering]).validate_json(path.read_bytes())
-    return [e.offering() for e in entries]
+ACCOUNT_ENV = "PROVISIONER_SLURM_BURST_ACCOUNT"
+LOCK_NAME = "slurm-power.lock"
 
 
 def make_client(client: str, rest_url: str | None) -> SlurmClient:
@@ -89,42 +66,105 @@ def _fake_cloud() -> FakeCloudNodes | None:
     return FakeCloudNodes(Path(os.environ.get(CLUSTER_DIR_ENV, "/tmp/provisioner-slurm")))
 
 
+def _broker() -> Broker:
+    """The broker of the environment (PROVISIONER_*); simulated backends keep their units in files,
+    since resume, suspend and the engine are separate processes."""
+    settings = load_settings()
+    # two programs starting on a fresh state directory would both create the tables
+    with host_lock(settings.state_dir / LOCK_NAME):
+        return build_broker(settings, simulated_state_dir=simulated_state_dir(settings))
+
+
+def _power(
+    broker: Broker, account: str | None, markets: list[Market] | None, backends: list[str] | None
+) -> SlurmPower:
+    settings = PowerSettings(
+        experiment=account,
+        markets=frozenset(markets) if markets else CLOUD_MARKETS,
+        backends=frozenset(backends) if backends else None,
+        lock_file=broker.settings.state_dir / LOCK_NAME,
+    )
+    return SlurmPower.from_broker(broker, settings)
+
+
+async def _close(broker: Broker) -> None:
+    for backend in broker.backends.values():
+        if isinstance(backend, SimulatedBackend):
+            continue  # its close() rewrites the whole state file: it would undo other processes' calls
+        try:
+            await backend.close()
+        except Exception as exc:  # closing is best effort; the work is recorded already
+            log.warning("backend.close_failed", backend=backend.name, error=str(exc))
+
+
 @app.command("resume")
 def resume_command(
     nodelist: Annotated[str, typer.Argument(help="hostlist expression from slurmctld, e.g. cloud[1-2]")],
-    offerings: Annotated[
-        Path | None, typer.Option(envvar=OFFERINGS_ENV, help="JSON list of offerings to choose from")
+    account: Annotated[
+        str | None,
+        typer.Option(envvar=ACCOUNT_ENV, help="experiment charged (default: the node's partition)"),
     ] = None,
+    market: Annotated[
+        list[Market] | None,
+        typer.Option(help="markets to choose from (repeatable; default on_demand and spot)"),
+    ] = None,
+    backend: Annotated[list[str] | None, typer.Option(help="only these backends (repeatable)")] = None,
 ) -> None:
-    """ResumeProgram: choose an offering per node, record the intent; with fake cloud start its slurmd."""
+    """ResumeProgram: give each node a resource of the cheapest fitting offering (one per node, however
+    often slurmctld asks); with fake cloud start its slurmd. Exits 0 when single nodes fail (logged)."""
 
     async def run() -> None:
         client = CommandsClient()
         names = await _hostnames(client, nodelist)
-        fake = _fake_cloud()
-        start: NodeAction | None = fake.start if fake else None
+        broker = _broker()
         try:
-            chooser = cheapest_offering(load_burst_offerings(offerings))
-        except (OSError, ValueError) as err:  # a broken catalog must not keep the nodes down
-            log.error("slurm.resume.bad_offerings", path=str(offerings), error=str(err))
-            chooser = cheapest_offering([])
-        await resume(names, client, chooser, start_node=start)
+            power = _power(broker, account, market, backend)
+            fake = _fake_cloud()
+            start: NodeAction | None = fake.start if fake else None
+            await resume(names, client, power.place, experiment=account, start_node=start)
+        finally:
+            await _close(broker)
 
-    asyncio.run(run())
+    _run_program("resume", nodelist, run)
 
 
 @app.command("suspend")
 def suspend_command(
     nodelist: Annotated[str, typer.Argument(help="hostlist expression from slurmctld, e.g. cloud[1-2]")],
 ) -> None:
-    """SuspendProgram: release the nodes (with fake cloud: stop their slurmd)."""
+    """SuspendProgram: release the nodes' resources (idempotent); with fake cloud stop their slurmd.
+    Resources of any other node Slurm reports powered down are released too (a missed suspend)."""
 
     async def run() -> None:
-        names = await _hostnames(CommandsClient(), nodelist)
+        client = CommandsClient()
+        names = await _hostnames(client, nodelist)
         fake = _fake_cloud()
-        await suspend(names, stop_node=fake.stop if fake else None)
+        stop: NodeAction | None = fake.stop if fake else None
+        try:
+            broker = _broker()
+        except Exception:
+            # the nodes still go down; their resources stay until a later suspend of these nodes
+            await suspend(names, stop_node=stop)
+            raise
+        try:
+            power = _power(broker, None, None, None)
+            await suspend(names, release=power.release, stop_node=stop)
+            try:  # and catch up on suspends that never ran
+                await power.sweep(await client.nodes())
+            except BackendError as exc:
+                log.warning("slurm.sweep.skipped", error=str(exc))
+        finally:
+            await _close(broker)
 
-    asyncio.run(run())
+    _run_program("suspend", nodelist, run)
+
+
+def _run_program(verb: str, nodelist: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # no traceback: locals and messages of foreign code may hold secrets
+        log.error(f"slurm.{verb}.aborted", nodelist=nodelist, error_type=type(exc).__name__, error=str(exc))
+        raise typer.Exit(1) from None
 
 
 @app.command("pending")

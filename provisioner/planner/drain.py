@@ -6,6 +6,8 @@ Rules, each with its `DrainReason`:
 * a unit whose group has no pending demand left is drained (NO_DEMAND: it finishes its jobs and
   goes), unless it is an HPC pilot with walltime left that costs nothing to keep (allocation or
   backfill, price 0): Slurm ends it anyway, and new demand can use it meanwhile.
+A node Slurm's power saving resumed (group `slurm-node:<name>`) is neither IDLE nor NO_DEMAND here:
+its demand is in Slurm's queue, not ours, and Slurm's SuspendProgram releases it (provisioner.slurm_power).
 Busy units (and units still booting) keep serving their group: the pending jobs they will run within
 the horizon are taken off the group's demand, so the planner does not start units for them twice.
 Every live unit counts against capacity, quotas, GPU limits and spend-rate caps.
@@ -20,6 +22,7 @@ from decimal import Decimal
 
 from provisioner.domain import (
     LIVE_STATES,
+    SLURM_NODE_GROUP_PREFIX,
     DemandGroup,
     DrainOrder,
     DrainReason,
@@ -60,7 +63,13 @@ def assess_fleet(
         if unit.state is ResourceState.DRAINING:
             continue
         group = demand.get(unit.group_id) if unit.group_id is not None else None
-        if unit.state is ResourceState.RUNNING and not unit.busy and unit.idle_hours >= idle_drain_hours:
+        held_by_slurm = unit.group_id is not None and unit.group_id.startswith(SLURM_NODE_GROUP_PREFIX)
+        if (
+            unit.state is ResourceState.RUNNING
+            and not unit.busy
+            and unit.idle_hours >= idle_drain_hours
+            and not held_by_slurm
+        ):
             result.drains.append(
                 DrainOrder(unit.resource_id, DrainReason.IDLE, f"idle for {unit.idle_hours:.2f} h")
             )
@@ -72,7 +81,7 @@ def assess_fleet(
             )
             continue
         if unit.group_id is not None and group is None:
-            if _cheap_pilot_with_walltime(unit):
+            if _cheap_pilot_with_walltime(unit) or held_by_slurm:
                 continue
             result.drains.append(
                 DrainOrder(

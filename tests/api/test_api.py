@@ -339,13 +339,13 @@ def test_admission_estimate_avoids_a_backend_whose_circuit_breaker_is_open(tmp_p
     for server in serve(app):
         with server.client() as c:
             before = create(c, CPU_REQUEST)
-            assert any(o.startswith("perlmutter:") for o in before["offerings"])  # type: ignore[attr-defined]
+            chosen = str(before["offerings"][0]).split(":")[0]  # type: ignore[index]
             server.context.broker.engine.circuit.record_failure(
-                backend_key("perlmutter"), "perlmutter: login node down", cooloff=timedelta(hours=1)
+                backend_key(chosen), f"{chosen}: login node down", cooloff=timedelta(hours=1)
             )
             after = create(c, CPU_REQUEST)
             assert after["status"] == "admitted"
             assert after["offerings"] and not any(
-                o.startswith("perlmutter:")
+                o.startswith(f"{chosen}:")
                 for o in after["offerings"]  # type: ignore[attr-defined]
             )

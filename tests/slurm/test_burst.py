@@ -9,11 +9,27 @@ from pathlib import Path
 
 import pytest
 
-from backends.slurm.burst import cheapest_offering, node_demand, resume
-from backends.slurm.client import JobSpec, JobState
+from backends.base import TAG_GROUP
+from backends.simulated import SimulatedCloud
+from backends.slurm.burst import (
+    TAG_SLURM_NODE,
+    Placement,
+    ResumeIntent,
+    cheapest_offering,
+    choose_only,
+    node_demand,
+    resume,
+    suspend,
+)
+from backends.slurm.client import JobSpec, JobState, SlurmNode
 from backends.slurm.commands import CommandsClient
 from backends.slurm.hostlist import expand_hostlist
-from provisioner.domain import Arch, Market, Offering
+from provisioner.broker import build_broker
+from provisioner.clock import SystemClock
+from provisioner.domain import LIVE_STATES, Arch, DemandGroup, Market, Offering, ResourceState
+from provisioner.model import ResourceRow
+from provisioner.settings import Settings
+from provisioner.slurm_power import CLOUD_MARKETS, simulated_state_dir
 from tests.slurm.conftest import NODE, SLURM_CONF, eventually
 
 pytestmark = pytest.mark.slurm
@@ -42,15 +58,44 @@ async def power_down(commands: CommandsClient, node: str) -> None:
 
 
 async def test_resume_maps_each_node_shape_to_the_cheapest_fitting_offering(commands: CommandsClient) -> None:
-    intents = await resume(["cloud2", NODE, "nosuchnode"], commands, cheapest_offering(CATALOG))
+    intents = await resume(["cloud2", NODE, "nosuchnode"], commands, choose_only(cheapest_offering(CATALOG)))
     by_node = {i.node: i for i in intents}
     assert set(by_node) == {"cloud2", NODE}
     cloud = by_node["cloud2"]
     assert (cloud.demand.cores_per_job, cloud.demand.archs) == (4, frozenset({Arch.X86_64}))
+    assert cloud.demand.experiment == "cloud"  # charged to the node's partition
     assert cloud.offering_id == "aws:eu-west-1:c7i.xlarge:spot" and cloud.price_per_hour == Decimal("0.0712")
-    assert (
-        by_node[NODE].demand.gpus_per_job == 2 and by_node[NODE].offering_id is None
-    )  # nobody sells 2 GPUs here
+    assert by_node[NODE].demand.gpus_per_job == 2  # nobody sells 2 GPUs here
+    assert by_node[NODE].offering_id is None and by_node[NODE].placement is Placement.NO_OFFERING
+
+
+async def test_one_failing_node_does_not_stop_the_others(commands: CommandsClient) -> None:
+    started: list[str] = []
+
+    async def place(node: SlurmNode, demand: DemandGroup) -> ResumeIntent:
+        if node.name == "cloud1":
+            raise RuntimeError("database is locked")
+        return ResumeIntent(node.name, demand, "o", Decimal(1), Placement.CREATED, resource_id="r-1")
+
+    async def start(name: str) -> None:
+        started.append(name)
+
+    intents = await resume(["cloud1", "cloud2"], commands, place, experiment="atlas", start_node=start)
+    assert [(i.node, i.placement) for i in intents] == [
+        ("cloud1", Placement.FAILED),
+        ("cloud2", Placement.CREATED),
+    ]
+    assert started == ["cloud2"] and intents[1].demand.experiment == "atlas"
+
+    released: list[str] = []
+
+    async def release(name: str) -> None:
+        if name == "cloud1":
+            raise RuntimeError("backend down")
+        released.append(name)
+
+    await suspend(["cloud1", "cloud2"], release=release)
+    assert released == ["cloud2"]
 
 
 async def test_hostlists_expand_like_scontrol(commands: CommandsClient) -> None:
@@ -62,7 +107,25 @@ def _node_pidfile(cluster: Path, node: str) -> Path:
     return cluster / "run" / f"slurmd-{node}.pid"
 
 
-async def test_cloud_job_resumes_a_node_through_the_cli_runs_and_suspend_releases_it(
+BROKER_DIR = "broker"  # the wrappers' PROVISIONER_STATE_DIR under the cluster directory
+
+
+def node_rows(cluster: Path, node: str) -> list[ResourceRow]:
+    """The resources the resume program recorded for `node` in the wrappers' broker database."""
+    settings = Settings(state_dir=cluster / BROKER_DIR)
+    broker = build_broker(settings, simulated_state_dir=simulated_state_dir(settings))
+    return [r for r in broker.store.resources() if r.group_id == f"slurm-node:{node}"]
+
+
+def simulated_units(cluster: Path, backend: str) -> list[dict[str, str]]:
+    """Tags of the live units in the wrappers' simulated backend `backend` (read from its state file)."""
+    sim = SimulatedCloud(
+        backend, [], SystemClock(), state_file=cluster / BROKER_DIR / "simulated" / f"{backend}.json"
+    )
+    return [dict(u.tags) for u in sim.live_units()]
+
+
+async def test_cloud_job_resumes_a_node_through_the_broker_runs_and_suspend_releases_it(
     commands: CommandsClient, slurm_cluster: Path, tag: str, cleanup: list[str]
 ) -> None:
     async def all_powered_down() -> bool:
@@ -95,9 +158,24 @@ async def test_cloud_job_resumes_a_node_through_the_cli_runs_and_suspend_release
     assert job is not None and job.node_list.startswith("cloud")
     node = job.node_list
     log = power_log.read_text()[before:]
-    assert f"RESUME {node}" in log
-    assert "slurm.resume.intent" in log and "offering=aws:eu-west-1:c7i.xlarge:spot" in log
+    assert f"RESUME {node}" in log and "slurm.resume.intent" in log and "placement=created" in log
     assert _node_pidfile(slurm_cluster, node).exists()
+
+    # exactly one live resource for the node, on the cheapest fitting simulated cloud offering
+    live = [r for r in node_rows(slurm_cluster, node) if ResourceState(r.state) in LIVE_STATES]
+    assert len(live) == 1, [(r.id, r.state) for r in live]
+    row = live[0]
+    assert row.experiment == "cloud" and row.market in {str(m) for m in CLOUD_MARKETS}
+    assert f"offering={row.offering_id}" in log and f"resource={row.id}" in log
+    settings = Settings(state_dir=slurm_cluster / BROKER_DIR)
+    broker = build_broker(settings, simulated_state_dir=simulated_state_dir(settings))
+    shape = next(n for n in await commands.nodes() if n.name == node)
+    best = cheapest_offering(o for o in broker.offerings.values() if o.market in CLOUD_MARKETS)(
+        node_demand(shape)
+    )
+    assert best is not None and row.offering_id == best.id
+    units = [t for t in simulated_units(slurm_cluster, row.backend) if t.get(TAG_SLURM_NODE) == node]
+    assert len(units) == 1 and units[0][TAG_GROUP] == f"slurm-node:{node}"
 
     await power_down(commands, node)
 
@@ -109,6 +187,10 @@ async def test_cloud_job_resumes_a_node_through_the_cli_runs_and_suspend_release
 
     await eventually(released, timeout=60, what=f"SuspendProgram to stop {node}")
     await eventually(all_powered_down, timeout=90, what=f"{node} to be powered down")
+    after = next(r for r in node_rows(slurm_cluster, node) if r.id == row.id)
+    assert after.state == ResourceState.RELEASED
+    assert not [r for r in node_rows(slurm_cluster, node) if ResourceState(r.state) in LIVE_STATES]
+    assert not [t for t in simulated_units(slurm_cluster, row.backend) if t.get(TAG_SLURM_NODE) == node]
     # the slurmd the resume started is really gone
     await asyncio.sleep(0.5)
     ps = subprocess.run(["pgrep", "-f", f"slurmd -b -N {node}$"], capture_output=True, text=True, check=False)
