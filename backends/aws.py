@@ -333,7 +333,9 @@ class AwsBackend:
                 user_agent_extra="provisioner-broker",
                 max_pool_connections=20,
             )
-            made = self._session.client(service, endpoint_url=self.config.endpoint_url, config=cfg)
+            # `service` is "ec2" or "service-quotas"; the stubs want a literal per service, hence Any.
+            session: Any = self._session
+            made = session.client(service, endpoint_url=self.config.endpoint_url, config=cfg)
             made.meta.events.register("before-call", self._count_call)
             self._clients[key] = made
             return made

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 import policies
 from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
+from provisioner.actuator import ActuatorSettings
 from provisioner.backend_config import load_backends
 from provisioner.bus import Bus
 from provisioner.catalog import Catalog, load_catalog
@@ -143,10 +144,14 @@ class PolicyConstraints:
         )
 
 
-def engine_settings(policy: policies.Policy) -> EngineSettings:
+def engine_settings(policy: policies.Policy, *, backends_retry: bool = False) -> EngineSettings:
+    """The engine's timings from the policy. `backends_retry`: the backends retry throttling and
+    timeouts themselves (the real ones do), so the actuator makes one call per attempt instead of
+    multiplying their retries by its own."""
     timeouts = policy.facility.timeouts
     breaker = policy.facility.circuit_breaker
     return EngineSettings(
+        actuator=ActuatorSettings(call_attempts=1) if backends_retry else ActuatorSettings(),
         reconcile=ReconcileSettings(
             boot_timeout=timedelta(minutes=timeouts.boot_timeout_minutes),
             idle_drain=timedelta(minutes=timeouts.idle_drain_minutes),
@@ -218,7 +223,7 @@ def build_broker(
         planner=plan,
         constraints=constraints,
         demand=demand_fn,
-        settings=engine_settings(policy),
+        settings=engine_settings(policy, backends_retry=settings.backends_file is not None),
         # Replicas sharing one PostgreSQL: one leads (advisory lock), the others stand by.
         leadership=Leadership(db, settings.broker_id),
     )
