@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from policies.pacing import node_hours_on_pace
 from provisioner.domain import DemandGroup, Pacing, PlanningConstraints
 from provisioner.planner.columns import FloatArray, OfferingColumns
 from provisioner.planner.drain import FleetAssessment
@@ -72,14 +73,13 @@ def build_limits(
     unpaced = cols.allocation_left.copy()
     paced = unpaced.copy()
     if constraints.now is not None:
-        now = constraints.now.timestamp()
         for i, o in enumerate(cols.offerings):
             alloc = o.allocation
             if alloc is None or alloc.pacing is not Pacing.EVEN:
                 continue
-            hours_to_end = (cols.allocation_ends[i] - now) / 3600.0
-            if hours_to_end > constraints.horizon_hours:
-                paced[i] = unpaced[i] * constraints.horizon_hours / hours_to_end
+            # The policy's one definition of "on pace": the even-burn target at the horizon's end.
+            on_pace = node_hours_on_pace(alloc, constraints.now, constraints.horizon_hours)
+            paced[i] = min(unpaced[i], on_pace)
     return Limits(
         experiments=tuple(names),
         exp_index=exp_index,

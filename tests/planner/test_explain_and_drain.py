@@ -156,15 +156,19 @@ def test_no_jobs_no_plan_no_cost() -> None:
 
 
 def test_even_pacing_caps_allocation_node_hours_this_round() -> None:
+    import dataclasses
+
     from provisioner.domain import Pacing
 
-    alloc = allocation_offering(node_hours_left=100.0, ends_in_days=10.0, cores=16, memory_gb=64.0)
-    assert alloc.allocation is not None and alloc.allocation.pacing is Pacing.EVEN
+    base = allocation_offering(node_hours_left=100.0, ends_in_days=10.0, cores=16, memory_gb=64.0)
+    assert base.allocation is not None and base.allocation.pacing is Pacing.EVEN
+    # 40-day grant of 100 node-hours, 30 days gone, 75 used: exactly on the even-burn line.
+    alloc = dataclasses.replace(base, allocation=dataclasses.replace(base.allocation, node_hours_used=75.0))
     g = group(jobs=10_000, walltime_hours=2.0)
     p = plan([g], [alloc], (), PlanningConstraints(now=NOW, horizon_hours=24.0))
     used = sum(it.units * it.hours for it in p.items)
-    fair_share = 100.0 * 24.0 / (10 * 24.0)  # 10 node-hours of the 100 left over 10 days
-    assert 0 < used <= fair_share + 1e-9
+    on_pace = 100.0 * 31 / 40 - 75.0  # the even-burn target one horizon (a day) ahead, less what is used
+    assert 0 < used <= on_pace + 1e-9
     e = explanation(p, "g")
     assert e.unserved_jobs > 0 and e.unserved_reason is RejectReason.ALLOCATION_PACED
 
