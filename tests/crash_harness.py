@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -136,3 +137,37 @@ def assert_one_to_one(
     for unit in listed:
         assert unit.tags[TAG_BROKER] == broker_id
         assert unit.tags[TAG_RESOURCE] == by_pid[unit.provider_id].id
+
+
+def kill_and_restart(
+    worker: str,
+    db_url: str,
+    endpoint: str,
+    crash_at: str,
+    *,
+    broker_id: str,
+    jobs: int,
+    fake_units: Callable[[], Mapping[str, str]],
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """The crash scenario every cloud backend must survive: the worker dies at `crash_at`, is restarted,
+    and picks up its own intent again — nothing released, no orphan had to be cleaned up.
+
+    Returns both runs so the caller can check its backend's own side (counts, logs)."""
+    killed = start_worker(worker, db_url, endpoint, crash_at=crash_at, jobs=jobs, cycles=1)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    db = open_database(db_url, migrate=False)
+    try:
+        [victim] = Store(db, SystemClock(), broker_id).resources()
+    finally:
+        db.dispose()
+    expected_state = ResourceState.RUNNING if crash_at == "after_record" else ResourceState.REQUESTED
+    assert victim.state == expected_state
+    assert len(fake_units()) == (0 if crash_at == "after_intent" else 1)
+
+    restarted = start_worker(worker, db_url, endpoint, crash_at=None, jobs=jobs, cycles=2)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    result = last_json(restarted)
+    if crash_at != "after_record":
+        assert result["resumed"] == [victim.id]  # the same intent retried with its token, not replaced
+    assert result["released"] == [] and result["orphans_released"] == []  # nothing made twice and undone
+    return killed, restarted

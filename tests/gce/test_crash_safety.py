@@ -18,9 +18,15 @@ from backends.base import TAG_BROKER, TAG_RESOURCE
 from backends.gce import TAGS_METADATA_KEY, label_value
 from provisioner.clock import SystemClock
 from provisioner.db import make_engine
-from provisioner.domain import ResourceState
 from provisioner.store import Store
-from tests.crash_harness import CRASH_POINTS, assert_one_to_one, last_json, run_cycles, start_worker
+from tests.crash_harness import (
+    CRASH_POINTS,
+    assert_one_to_one,
+    kill_and_restart,
+    last_json,
+    run_cycles,
+    start_worker,
+)
 from tests.fakes.gce_server import FakeGce, error_body
 from tests.fakes.json_http_server import Reply, Request
 from tests.gce.conftest import BROKER
@@ -86,23 +92,9 @@ async def check(fake: CountingFakeGce, db_url: str, expected: int) -> None:
 async def test_gce_restart_after_a_kill_at_each_step_leaks_and_doubles_no_vm(
     crash_at: str, fake: CountingFakeGce, sqlite_url: str
 ) -> None:
-    killed = start_worker(WORKER, sqlite_url, fake.url, crash_at=crash_at, jobs=JOBS, cycles=1)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    db = make_engine(sqlite_url)
-    try:
-        [victim] = Store(db, SystemClock(), BROKER).resources()
-    finally:
-        db.dispose()
-    expected_state = ResourceState.RUNNING if crash_at == "after_record" else ResourceState.REQUESTED
-    assert victim.state == expected_state
-    assert len(ours(fake)) == (0 if crash_at == "after_intent" else 1)
-
-    restarted = start_worker(WORKER, sqlite_url, fake.url, crash_at=None, jobs=JOBS, cycles=2)
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    result = last_json(restarted)
-    if crash_at != "after_record":
-        assert result["resumed"] == [victim.id]  # the same intent retried with its token, not replaced
-    assert result["released"] == [] and result["orphans_released"] == []  # nothing made twice and undone
+    kill_and_restart(
+        WORKER, sqlite_url, fake.url, crash_at, broker_id=BROKER, jobs=JOBS, fake_units=lambda: ours(fake)
+    )
     await check(fake, sqlite_url, JOBS)
 
 

@@ -9,7 +9,6 @@ process; the broker is a subprocess running real engine cycles with the real `Op
 from __future__ import annotations
 
 import re
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -18,9 +17,13 @@ import pytest
 from backends.base import TAG_BROKER, TAG_RESOURCE
 from provisioner.clock import SystemClock
 from provisioner.db import make_engine
-from provisioner.domain import ResourceState
 from provisioner.store import Store
-from tests.crash_harness import CRASH_POINTS, assert_one_to_one, last_json, run_cycles, start_worker
+from tests.crash_harness import (
+    CRASH_POINTS,
+    assert_one_to_one,
+    kill_and_restart,
+    run_cycles,
+)
 from tests.fakes.json_http_server import Reply, Request
 from tests.fakes.nova_server import FakeNova
 from tests.openstack.conftest import BROKER
@@ -78,25 +81,11 @@ async def check(fake: CountingFakeNova, db_url: str, expected: int) -> None:
 async def test_openstack_restart_after_a_kill_at_each_step_leaks_and_doubles_no_server(
     crash_at: str, fake: CountingFakeNova, sqlite_url: str
 ) -> None:
-    killed = start_worker(WORKER, sqlite_url, fake.url, crash_at=crash_at, jobs=JOBS, cycles=1)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    db = make_engine(sqlite_url)
-    try:
-        [victim] = Store(db, SystemClock(), BROKER).resources()
-    finally:
-        db.dispose()
-    expected_state = ResourceState.RUNNING if crash_at == "after_record" else ResourceState.REQUESTED
-    assert victim.state == expected_state
-    assert len(ours(fake)) == (0 if crash_at == "after_intent" else 1)
-
-    restarted = start_worker(WORKER, sqlite_url, fake.url, crash_at=None, jobs=JOBS, cycles=2)
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    result = last_json(restarted)
+    killed, restarted = kill_and_restart(
+        WORKER, sqlite_url, fake.url, crash_at, broker_id=BROKER, jobs=JOBS, fake_units=lambda: ours(fake)
+    )
     for out in (killed.stdout, killed.stderr, restarted.stdout, restarted.stderr):
         assert fake.password not in out  # the broker's logs never carry the credential
-    if crash_at != "after_record":
-        assert result["resumed"] == [victim.id]  # the same intent found or retried, not replaced
-    assert result["released"] == [] and result["orphans_released"] == []  # nothing made twice and undone
     await check(fake, sqlite_url, JOBS)
 
 
