@@ -19,12 +19,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from provisioner.domain import (
+    LIVE_STATES,
     Arch,
     DemandGroup,
     FleetUnit,
     Offering,
     Plan,
     PlanningConstraints,
+    ResourceState,
 )
 from provisioner.model import (
     BurstRequestRow,
@@ -330,24 +332,35 @@ def cost_of_resources(resources: Sequence[ResourceRow], now: datetime) -> Decima
     return total.quantize(Decimal("0.01"))
 
 
+def _view(row: BurstRequestRow, resources: Sequence[ResourceRow], now: datetime) -> RequestView:
+    live = sum(1 for r in resources if ResourceState(r.state) in LIVE_STATES)
+    return RequestView(row, cost_of_resources(resources, now), live, len(resources))
+
+
 def view(engine: Engine, request_id: str, *, now: datetime | None = None) -> RequestView:
-    now = now or utcnow()
     with Session(engine, expire_on_commit=False) as session:
         row = session.get(BurstRequestRow, request_id)
         if row is None:
             raise RequestNotFound(request_id)
         resources = list(session.exec(select(ResourceRow).where(ResourceRow.request_id == request_id)))
-    live = sum(1 for r in resources if r.state in {"requested", "provisioning", "running", "draining"})
-    return RequestView(row, cost_of_resources(resources, now), live, len(resources))
+    return _view(row, resources, now or utcnow())
 
 
 def list_requests(engine: Engine, *, experiment: str | None = None) -> list[RequestView]:
+    """All requests, newest first, with their resources read in one query (not one per request)."""
     with Session(engine, expire_on_commit=False) as session:
         query = select(BurstRequestRow).order_by(col(BurstRequestRow.created_at).desc())
         if experiment:
             query = query.where(BurstRequestRow.experiment == experiment)
-        ids = [row.id for row in session.exec(query)]
-    return [view(engine, request_id) for request_id in ids]
+        rows = list(session.exec(query))
+        resources = session.exec(
+            select(ResourceRow).where(col(ResourceRow.request_id).in_([r.id for r in rows]))
+        )
+        by_request: dict[str, list[ResourceRow]] = {}
+        for res in resources:
+            by_request.setdefault(str(res.request_id), []).append(res)
+    now = utcnow()
+    return [_view(row, by_request.get(row.id, []), now) for row in rows]
 
 
 def load_request_groups(engine: Engine) -> list[DemandGroup]:
