@@ -30,7 +30,7 @@ from provisioner.catalog import load_catalog
 from provisioner.clock import SimulatedClock
 from provisioner.domain import LIVE_STATES, Arch, Plan
 from provisioner.engine import CycleReport
-from provisioner.model import BurstRequestRow, ResourceRow, utcnow
+from provisioner.model import BurstRequestRow, ResourceRow
 from provisioner.requests import (
     BurstRequestSpec,
     RequestStatus,
@@ -287,7 +287,7 @@ def _print_cycle(
     rec = report.reconcile
     for rid in rec.lost:
         lines.append(f"  [red]✗[/red] {rid} taken back by the provider: its jobs are pending again")
-    for rid in getattr(rec, "interrupted", []):
+    for rid in rec.interrupted:
         lines.append(f"  [magenta]⚡[/magenta] {rid} spot interruption / owner reclaim: demand replanned")
     if rec.released:
         lines.append(f"  [dim]released {len(rec.released)} unit(s)[/dim]")
@@ -313,7 +313,7 @@ def _close_finished_requests(broker: Broker, sim: BatchSimulator) -> None:
                 row = session.get(BurstRequestRow, g.request_id)
                 if row is not None and row.status in RequestStatus.OPEN:
                     row.status = RequestStatus.DONE
-                    row.updated_at = utcnow()
+                    row.updated_at = broker.clock.now()
                     session.add(row)
         session.commit()
 
