@@ -1,10 +1,17 @@
-"""Reader for the Standard Workload Format (SWF v2.2) of the Parallel Workloads Archive."""
+"""Reader for the Standard Workload Format (SWF v2.2) of the Parallel Workloads Archive.
+
+A job line has the 18 standard fields; some archives publish extended SWF with extra fields after
+them (e.g. a job name or site-specific columns). Those are accepted and ignored: only the 18
+standard fields are read. A line with fewer than 18 fields is an error.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+SWF_FIELDS = 18  # the standard fields; extended SWF lines carry more after them
 
 
 class SwfError(ValueError):
@@ -47,8 +54,8 @@ def read_swf(path: Path, *, limit: int | None = None) -> Iterator[SwfJob]:
             if not line or line.startswith(";"):
                 continue
             fields = line.split()
-            if len(fields) != 18:
-                raise SwfError(path, lineno, f"expected 18 fields, found {len(fields)}")
+            if len(fields) < SWF_FIELDS:
+                raise SwfError(path, lineno, f"expected at least {SWF_FIELDS} fields, found {len(fields)}")
             try:
                 run_s = int(float(fields[3]))
                 procs = int(fields[4]) if int(fields[4]) > 0 else int(fields[7])
