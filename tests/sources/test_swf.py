@@ -13,7 +13,9 @@ STANDARD = "1 0 10 3600 4 -1 -1 4 7200 -1 1 3 2 -1 1 0 -1 -1"
 
 def test_extended_swf_lines_with_extra_fields_are_read_from_their_standard_fields(tmp_path: Path) -> None:
     trace = tmp_path / "extended.swf"
-    trace.write_text(f"; extended SWF\n{STANDARD} jobname 42 extra\n{STANDARD.replace('1 0 10', '2 5 10', 1)}\n")
+    trace.write_text(
+        f"; extended SWF\n{STANDARD} jobname 42 extra\n{STANDARD.replace('1 0 10', '2 5 10', 1)}\n"
+    )
     jobs = list(read_swf(trace))
     assert [j.job_number for j in jobs] == [1, 2]
     assert jobs[0].run_s == 3600 and jobs[0].processors == 4 and jobs[0].requested_time_s == 7200
