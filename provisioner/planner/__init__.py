@@ -58,12 +58,15 @@ def plan(
     *,
     method: str = "auto",
     timings: Timings | None = None,
+    time_limit: float | None = None,
 ) -> Plan:
     """Plan one round.
 
     method: "auto" (fast planner), "milp"/"lp" (force the fast planner's pruned MILP or LP+repair),
-    "exact" (the unpruned MILP reference, for tests and benchmarks). `timings`, if given, receives
-    seconds per phase.
+    "exact" (the unpruned MILP, for tests and benchmarks). `timings`, if given, receives
+    seconds per phase. `time_limit` (seconds per MILP phase; default 2 s for "milp", none for
+    "exact"): when it strikes, the plan is the solver's incumbent or the repaired LP, never an
+    error, and `Plan.solver` says which.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown planner method {method!r}, expected one of {METHODS}")
@@ -102,7 +105,13 @@ def plan(
     clock.last = time.perf_counter()
     problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
     clock.lap("model")
-    solution: Solution = solve_exact(problem) if method == "exact" else solve(problem, method)
+    solution: Solution
+    if method == "exact":
+        solution = solve_exact(problem, time_limit)
+    elif time_limit is None:
+        solution = solve(problem, method)
+    else:
+        solution = solve(problem, method, time_limit)
     clock.lap("solve")
     items = Settler(problem, cols, plan_ctx, constraints, assessment).settle(solution)
     clock.lap("settle")

@@ -257,13 +257,30 @@ def variable_bounds(problem: Problem) -> tuple[FloatArray, FloatArray]:
     return np.zeros(3 * pr.pairs), upper
 
 
+@dataclass(frozen=True, slots=True)
+class LexicographicResult:
+    """x, z, y of the lexicographic MILP/LP and how far HiGHS got.
+
+    status: "optimal" (both phases proven within the gap), "incumbent" (a time limit stopped a
+    phase: the best feasible point found), or "none" (no feasible point before the time limit;
+    x, z, y are all zero, which is always feasible)."""
+
+    x: FloatArray
+    z: FloatArray
+    y: FloatArray
+    status: str
+
+
 def solve_lexicographic(
     problem: Problem, integral: bool, time_limit: float | None = None, gap: float = 1e-7
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Solve with HiGHS: maximise served value, then minimise cost at that value. Returns x, z, y."""
+) -> LexicographicResult:
+    """Solve with HiGHS: maximise served value, then minimise cost at that value.
+
+    Never raises on a time limit: the all-zero plan is always feasible, so the worst outcome is
+    status "none" with nothing served; a phase-2 time limit keeps the phase-1 point."""
     p = problem.pairs
     if p == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
+        return LexicographicResult(np.zeros(0), np.zeros(0), np.zeros(0), "optimal")
     a, ub = constraint_matrix(problem)
     lb_var, ub_var = variable_bounds(problem)
     bounds = Bounds(lb_var, ub_var)
@@ -281,10 +298,13 @@ def solve_lexicographic(
         options=options,
     )
     if first.x is None:
+        if first.status == 1:  # iteration or time limit without a feasible point
+            return LexicographicResult(np.zeros(p), np.zeros(p), np.zeros(p), "none")
         raise PlanningError(f"HiGHS found no feasible plan in phase 1: {first.message}")
+    status = "optimal" if first.status == 0 else "incumbent"
     served = float(value @ first.x[2 * p :])
     if served <= 0:
-        return np.zeros(p), np.zeros(p), np.zeros(p)
+        return LexicographicResult(np.zeros(p), np.zeros(p), np.zeros(p), status)
     tolerance = max(served * 1e-9, 0.5 * float(value.min()) if integral else served * 1e-9)
     a2 = sp.vstack([a, sp.csr_matrix(c1)]).tocsr()
     ub2 = np.concatenate([ub, [-(served - tolerance)]])
@@ -298,8 +318,10 @@ def solve_lexicographic(
         constraints=LinearConstraint(a2, -np.inf, ub2),
         options=options,
     )
+    if second.x is None or second.status != 0:
+        status = "incumbent"
     x = second.x if second.x is not None else first.x
-    return x[:p], x[p : 2 * p], x[2 * p :]
+    return LexicographicResult(x[:p], x[p : 2 * p], x[2 * p :], status)
 
 
 def _per_job(problem: Problem) -> tuple[FloatArray, FloatArray]:

@@ -22,20 +22,29 @@ MILP_MAX_PAIRS = 600
 MILP_TIME_LIMIT = 2.0
 
 
-def solve(problem: Problem, method: str = "auto") -> Solution:
-    """method: "auto", "milp" (pruned MILP) or "lp" (LP relaxation + rounding + repair)."""
+def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_LIMIT) -> Solution:
+    """method: "auto", "milp" (pruned MILP) or "lp" (LP relaxation + rounding + repair).
+
+    A MILP stopped by `time_limit` returns its incumbent, repaired, or the repaired LP when it has
+    none; `Solution.method` says which."""
     if method == "auto":
         method = "milp" if problem.pairs <= MILP_MAX_PAIRS else "lp"
     if method == "milp":
-        x, z, y = solve_lexicographic(problem, integral=True, time_limit=MILP_TIME_LIMIT, gap=1e-6)
-        solution = integral_solution(problem, x, z, y, "pruned-milp")
-        return repair(problem, solution)
+        r = solve_lexicographic(problem, integral=True, time_limit=time_limit, gap=1e-6)
+        if r.status == "none":  # the time limit struck before any integral point: the repaired LP instead
+            return _lp_repair(problem, "pruned-lp+repair (milp time limit, no incumbent)")
+        label = "pruned-milp" if r.status == "optimal" else "pruned-milp (incumbent at time limit)"
+        return repair(problem, integral_solution(problem, r.x, r.z, r.y, label))
     if method == "lp":
-        targets = np.floor(solve_jobs_lp(problem) + 1e-6).astype(np.int64)
-        empty = np.zeros(problem.pairs, dtype=np.int64)
-        solution = repair(problem, Solution(empty, empty.copy(), empty.copy(), "pruned-lp+repair"), targets)
-        return repair(problem, improve(problem, repair(problem, solution)))  # improving can free room
+        return _lp_repair(problem, "pruned-lp+repair")
     raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
+
+
+def _lp_repair(problem: Problem, label: str) -> Solution:
+    targets = np.floor(solve_jobs_lp(problem) + 1e-6).astype(np.int64)
+    empty = np.zeros(problem.pairs, dtype=np.int64)
+    solution = repair(problem, Solution(empty, empty.copy(), empty.copy(), label), targets)
+    return repair(problem, improve(problem, repair(problem, solution)))  # improving can free room
 
 
 def integral_solution(problem: Problem, x: FloatArray, z: FloatArray, y: FloatArray, method: str) -> Solution:
