@@ -19,6 +19,8 @@ named in its table.
     kind = "slurm_backfill"
     client = "commands"
     partition = "scavenger"
+
+Tables of `kind = "slurm_queue"` are workload sources, not backends (`provisioner.sources.configured`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def load_backends(
             problems.append(f"{name}: expected a table [{name}], found a value")
             continue
         kind = table.get("kind")
+        if kind == "slurm_queue":
+            continue  # a workload source: provisioner.sources.configured reads it
         body = {k: v for k, v in table.items() if k != "kind"}
         try:
             builders.append(_builder(name, kind, body, table, broker_id, catalog, site_offerings))
@@ -164,4 +168,6 @@ def _builder(
             partition=slurm.partition,
             account=slurm.account,
         )
-    raise ValueError(f"kind: '{kind}' is not one of aws, gce, openstack, slurm_allocation, slurm_backfill")
+    raise ValueError(
+        f"kind: '{kind}' is not one of aws, gce, openstack, slurm_allocation, slurm_backfill, slurm_queue"
+    )

@@ -44,6 +44,7 @@ from provisioner.reconciler import ReconcileSettings
 from provisioner.requests import load_request_groups
 from provisioner.settings import Settings
 from provisioner.sources.base import WorkloadSource
+from provisioner.sources.configured import slurm_sources
 from provisioner.spend import merge_period_keys, spend_in_period
 from provisioner.store import Store
 
@@ -144,6 +145,19 @@ class PolicyConstraints:
         )
 
 
+def configured_sources(
+    settings: Settings, offerings: Sequence[Offering], policy: policies.Policy
+) -> list[WorkloadSource]:
+    """The workload sources of the backends file (none without one). GPU models are spelled as the
+    catalog and the policy spell them, whatever case Slurm's GRES types use."""
+    if settings.backends_file is None:
+        return []
+    models = {o.gpu_model for o in offerings if o.gpu_model} | {
+        m for e in policy.experiments.values() for m in (e.gpu.models or ())
+    }
+    return list(slurm_sources(settings.backends_file, gpu_models=sorted(models)))
+
+
 def engine_settings(policy: policies.Policy, *, backends_retry: bool = False) -> EngineSettings:
     """The engine's timings from the policy. `backends_retry`: the backends retry throttling and
     timeouts themselves (the real ones do), so the actuator makes one call per attempt instead of
@@ -182,7 +196,7 @@ def build_broker(
     *,
     clock: Clock | None = None,
     backends: dict[str, Backend] | None = None,
-    sources: Sequence[WorkloadSource] = (),
+    sources: Sequence[WorkloadSource] | None = None,
     bus: Bus | None = None,
     demand: DemandFn | None = None,
     simulated_state_dir: Path | None = None,
@@ -190,7 +204,8 @@ def build_broker(
     """Wire a broker: `backends` if given, else those of the backends file in the settings, else simulated
     ones serving the catalog and the policy's site offerings (the embedded default). Simulated units are
     kept in files under `simulated_state_dir` (default: `<state dir>/simulated`), so every process of
-    this broker — `run`, `plan`, Slurm's resume program — and every restart sees the same fleet."""
+    this broker — `run`, `plan`, Slurm's resume program — and every restart sees the same fleet.
+    `sources`: the pending workload; default: the Slurm queues (`kind = "slurm_queue"`) of the backends file."""
     clock = clock or SystemClock()
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
@@ -212,6 +227,8 @@ def build_broker(
                 state_dir=simulated_state_dir or settings.state_dir / "simulated",
             )
         )
+    if sources is None:
+        sources = configured_sources(settings, offerings, policy)
     store = Store(db, clock, settings.broker_id, bus)
     constraints = PolicyConstraints(policy, db, catalog)
     demand_fn = demand or (lambda: load_request_groups(db))

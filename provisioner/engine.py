@@ -34,7 +34,7 @@ from provisioner.domain import (
 from provisioner.fleet import Fleet, Listing
 from provisioner.leader import Leadership
 from provisioner.reconciler import Reconciler, ReconcileReport, ReconcileSettings
-from provisioner.sources.base import WorkloadSource
+from provisioner.sources.base import ReportsSkipped, SkippedJob, WorkloadSource
 from provisioner.store import Store
 
 log = structlog.get_logger(__name__)
@@ -76,6 +76,7 @@ class CycleReport:
     dry_run: bool
     finished_at: datetime | None = None
     pending_jobs: int = 0
+    skipped: list[SkippedJob] = field(default_factory=list)  # waiting, but no capacity would start them
     groups: list[DemandGroup] = field(default_factory=list)
     offerings: list[Offering] = field(default_factory=list)
     constraints: PlanningConstraints | None = None
@@ -136,6 +137,8 @@ class DecisionEngine:
         for source in self.sources:
             try:
                 jobs.extend(await source.pending())
+                if isinstance(source, ReportsSkipped):
+                    report.skipped.extend(source.skipped)
             except Exception as exc:  # one broken source must not stop planning for the others
                 report.errors[f"{source.name}:pending"] = str(exc)
                 log.warning("source.failed", source=source.name, error=str(exc))

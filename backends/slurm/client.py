@@ -150,6 +150,11 @@ class SlurmJob:
     end_time: datetime | None = None
     node_list: str = ""
     priority: int = 0
+    exclusive: bool = False  # --exclusive: whole nodes, whatever `cpus` says
+    gpus_per_node: int | None = None  # --gres per node (`gpus` is the job's total); None: not per node
+    array_job_id: str | None = None  # set on every record of an array job
+    array_tasks: str = ""  # the tasks still pending in this record: '0-9:2,15%4' (Slurm's notation)
+    array_max_tasks: int = 0  # the array's %N throttle (0: none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,13 +86,19 @@ def _reason(value: Any) -> str | None:
     return None if not value or value == "None" else str(value)
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and 0 <= value < _NO_VALUE else 0
+
+
 def job_from_openapi(doc: Mapping[str, Any]) -> SlurmJob:
     """One entry of `jobs` in squeue --json / GET /slurm/v0.0.38/jobs."""
     tres = parse_tres(str(doc.get("tres_req_str") or ""))
     gpus, model = gpus_from_tres(tres)
+    per_node, node_model = gres_gpus(str(doc.get("tres_per_node") or ""))
     gres_count, gres_model = gres_gpus(
         ",".join(str(doc.get(k) or "") for k in ("tres_per_node", "tres_per_job"))
     )
+    array_job = _count(doc.get("array_job_id"))
     mem = memory_mb(tres["mem"]) if "mem" in tres else None
     if mem is None and isinstance(doc.get("memory_per_node"), int):
         mem = int(doc["memory_per_node"])
@@ -110,7 +116,7 @@ def job_from_openapi(doc: Mapping[str, Any]) -> SlurmJob:
         cpus=int(doc.get("cpus") or 1),
         memory_mb=mem,
         gpus=gpus or gres_count,
-        gpu_model=model or gres_model,
+        gpu_model=model or gres_model or node_model,
         features=str(doc.get("features") or ""),
         time_limit_minutes=_minutes(doc.get("time_limit")),
         submit_time=epoch(doc.get("submit_time")),
@@ -118,6 +124,12 @@ def job_from_openapi(doc: Mapping[str, Any]) -> SlurmJob:
         end_time=epoch(doc.get("end_time")),
         node_list=str(doc.get("nodes") or ""),
         priority=int(doc.get("priority") or 0) if int(doc.get("priority") or 0) < _NO_VALUE else 0,
+        # 22.05 spells --exclusive as shared "none" (older: "exclusive"); OVERSUBSCRIBE is "oversubscribe"
+        exclusive=str(doc.get("shared") or "").lower() in {"none", "exclusive"},
+        gpus_per_node=per_node if per_node else None,
+        array_job_id=str(array_job) if array_job else None,
+        array_tasks=str(doc.get("array_task_string") or "") if array_job else "",
+        array_max_tasks=_count(doc.get("array_max_tasks")),
     )
 
 

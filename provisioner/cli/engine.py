@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from provisioner.domain import Plan
+from provisioner.sources.base import SkippedJob
 
 
 def print_plan(console: Console, plan: Plan, *, alternatives: int = 3) -> None:
@@ -57,6 +58,18 @@ def print_plan(console: Console, plan: Plan, *, alternatives: int = 3) -> None:
         console.print(f"[cyan]drain[/cyan] {drain.resource_id}: {drain.reason.value} {drain.detail}")
 
 
+def print_skipped(console: Console, skipped: list[SkippedJob]) -> None:
+    """Waiting jobs that are not demand, grouped by reason: no new capacity would start them."""
+    if not skipped:
+        return
+    table = Table(title=f"{len(skipped)} waiting jobs left out: no new capacity would start them")
+    for column in ("job", "experiment", "partition", "tasks", "cores", "reason"):
+        table.add_column(column, justify="right" if column in {"tasks", "cores"} else "left")
+    for s in sorted(skipped, key=lambda s: (s.reason, s.job_id)):
+        table.add_row(s.job_id, s.experiment, s.partition, str(s.tasks), str(s.cores), s.reason)
+    console.print(table)
+
+
 def register(root: typer.Typer) -> None:
     @root.command("demo")
     def demo_cmd(
@@ -75,16 +88,20 @@ def register(root: typer.Typer) -> None:
         from provisioner.broker import build_broker
         from provisioner.settings import load_settings
 
-        async def once() -> Plan | None:
+        async def once() -> tuple[Plan | None, list[SkippedJob], int]:
             broker = build_broker(load_settings())
             report = await broker.engine.run_cycle(dry_run=True)
             for key, error in report.errors.items():
                 Console(stderr=True).print(f"[red]{key}[/red]: {error}")
-            return report.plan
+            return report.plan, report.skipped, report.pending_jobs
 
-        plan = asyncio.run(once())
+        plan, skipped, pending = asyncio.run(once())
+        console = Console()
+        if pending:
+            console.print(f"{pending} pending jobs from the workload sources")
         if plan is not None:
-            print_plan(Console(), plan, alternatives=alternatives)
+            print_plan(console, plan, alternatives=alternatives)
+        print_skipped(console, skipped)
 
     @root.command("run")
     def run_cmd(

@@ -1,10 +1,23 @@
-"""The interface every workload source implements."""
+"""The interface every workload source implements, and what a source says about jobs that are not demand."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from provisioner.domain import PendingJob
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedJob:
+    """A waiting job that is not demand because no new capacity would start it, and why."""
+
+    job_id: str
+    experiment: str
+    partition: str
+    reason: str  # the batch system's own words (Slurm: JobHeldUser, QOSMaxCpuPerUserLimit...)
+    tasks: int
+    cores: int
 
 
 @runtime_checkable
@@ -16,3 +29,10 @@ class WorkloadSource(Protocol):
     async def pending(self) -> list[PendingJob]:
         """Jobs waiting for capacity now. Grouping into DemandGroups is done by the engine."""
         ...
+
+
+@runtime_checkable
+class ReportsSkipped(Protocol):
+    """A source that also tells which waiting jobs it left out (as of its last `pending()`)."""
+
+    skipped: list[SkippedJob]

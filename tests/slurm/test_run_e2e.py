@@ -1,0 +1,159 @@
+"""`provisioner plan` and `provisioner run` as an operator starts them, against the Slurm test cluster.
+
+Driven only by sbatch/scancel and time; asserted on Slurm's own view (squeue), not on the broker's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.slurm.pilot import parse_job_name
+from tests.slurm.conftest import SLURM_CONF
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def policy(account: str) -> str:
+    return f"""
+version = 1
+
+[experiments.atlas]
+backends = ["hpc"]
+markets = ["allocation"]
+archs = ["x86_64"]
+
+[allocations.e2e]
+backend = "hpc"
+account = "{account}"
+partition = "debug"
+node_hours_granted = 1000
+starts = 2020-01-01T00:00:00Z
+ends = 2099-12-31T00:00:00Z
+pacing = "asap"
+max_walltime_hours = 1
+max_nodes = 2
+
+[allocations.e2e.node]
+name = "testnode"
+cores = 8
+memory_gb = 2
+arch = "x86_64"
+hs23_per_core = 10
+"""
+
+
+def backends() -> str:
+    return f"""
+[hpc]
+kind = "slurm_allocation"
+client = "commands"
+slurm_conf = "{SLURM_CONF}"
+
+[site-queue]
+kind = "slurm_queue"
+client = "commands"
+slurm_conf = "{SLURM_CONF}"
+partitions = ["debug"]
+accounts = ["atlas"]
+experiments = {{ atlas = "atlas" }}
+"""
+
+
+def slurm(*args: str) -> str:
+    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
+    env.pop("SLURM_JWT", None)
+    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=30, env=env).stdout
+
+
+def sbatch(*args: str) -> str:
+    return (
+        slurm("sbatch", "--parsable", "--output=/dev/null", *args, "--wrap", "sleep 300")
+        .strip()
+        .split(";")[0]
+    )
+
+
+def squeue() -> list[tuple[str, str, str, str, str]]:
+    """(job id, name, state, account, comment) of every job Slurm knows."""
+    out = slurm("squeue", "--all", "-h", "-o", "%i|%j|%T|%a|%k")
+    return [tuple(line.split("|")) for line in out.splitlines() if line]  # type: ignore[misc]
+
+
+def provisioner(state: Path, broker_id: str, *args: str, timeout: float = 120) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env |= {
+        "PROVISIONER_STATE_DIR": str(state),
+        "PROVISIONER_BROKER_ID": broker_id,
+        "PROVISIONER_POLICY_FILE": str(state / "policy.toml"),
+        "PROVISIONER_BACKENDS_FILE": str(state / "backends.toml"),
+        "SLURM_CONF": str(SLURM_CONF),
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "200",
+    }
+    env.pop("SLURM_JWT", None)
+    out = subprocess.run(
+        [sys.executable, "-c", "from provisioner.cli import main; main()", *args],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def jobs(slurm_cluster: Path) -> Iterator[list[str]]:
+    ids: list[str] = []
+    yield ids
+    for job_id in ids:
+        subprocess.run(["scancel", job_id], check=False, env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
+
+
+def wait_until(check: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_queued_jobs_become_pilots_and_held_jobs_are_listed_not_planned(
+    tmp_path: Path, tag: str, jobs: list[str]
+) -> None:
+    (tmp_path / "policy.toml").write_text(policy("atlas"))
+    (tmp_path / "backends.toml").write_text(backends())
+    broker_id = f"e2e-{tag}"
+    # the owner takes the whole node, so the atlas jobs really wait for capacity
+    blocker = sbatch(
+        f"--job-name=blk.{tag}", "--partition=owner", "--account=dune", "--exclusive", "-t", "30"
+    )
+    jobs.append(blocker)
+    wait_until(lambda: any(j[0] == blocker and j[2] == "RUNNING" for j in squeue()), "the blocker to run")
+    array = sbatch(f"--job-name=arr.{tag}", "--partition=debug", "--account=atlas", "--array=0-5", "-t", "30")
+    held = sbatch(f"--job-name=held.{tag}", "--partition=debug", "--account=atlas", "--hold", "-t", "30")
+    exclusive = sbatch(
+        f"--job-name=excl.{tag}", "--partition=debug", "--account=atlas", "--exclusive", "-t", "30"
+    )
+    jobs += [array, held, exclusive]
+
+    plan = provisioner(tmp_path, broker_id, "plan")
+    # six array tasks and one whole node: seven entries; the held job is listed with Slurm's reason
+    assert "7 pending jobs from the workload sources" in plan, plan
+    assert held in plan and "JobHeldUser" in plan, plan
+    assert not [j for j in squeue() if parse_job_name(j[1])], "plan must not submit anything"
+
+    out = provisioner(tmp_path, broker_id, "run", "--cycles", "1", "--interval", "1")
+    assert "cycle 1: 7 pending jobs" in out, out
+    pilots = [j for j in squeue() if parse_job_name(j[1]) is not None and broker_id in j[4]]
+    jobs += [p[0] for p in pilots]
+    assert pilots, out
+    assert {p[3] for p in pilots} == {"atlas"}  # charged to the allocation's account
+    # at most the allocation's two nodes, however many jobs wait
+    assert len(pilots) <= 2, pilots
