@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import structlog
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
-from provisioner.api.auth import bearer_guard
+from provisioner.api.auth import AUTH_RESPONSES, Authenticator
 from provisioner.api.context import ApiContext, ApiSettings
 from provisioner.api.errors import install_error_handlers
-from provisioner.api.routes import events, health, offerings, plan, requests, resources
+from provisioner.api.routes import drain, events, health, offerings, plan, requests, resources
+from provisioner.api.tokens import TokenValidator
 from provisioner.broker import Broker
 from provisioner.catalog import Catalog
 from provisioner.metrics import BrokerMetrics
@@ -39,7 +40,7 @@ def create_app(
     database on shutdown.
     """
     api_settings = settings if settings is not None else ApiSettings()
-    guard = Depends(bearer_guard(api_settings.required_token()))
+    auth_config = api_settings.auth_config()  # a broken auth file stops the start, never opens the API
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,6 +48,10 @@ def create_app(
         broker = await built if inspect.isawaitable(built) else built
         metrics = BrokerMetrics(broker.db)
         app.state.context = ApiContext(broker, Catalog(broker.offerings.values()), metrics)
+        validator = TokenValidator(auth_config, broker.clock) if auth_config.issuers else None
+        app.state.auth = Authenticator(auth_config, validator, operator_token=api_settings.required_token())
+        if app.state.auth.open:
+            log.warning("api.open", detail="no authentication configured: every caller has every scope")
         bus = broker.store.bus
         if bus is not None:
             await metrics.attach(bus)
@@ -58,7 +63,7 @@ def create_app(
                     broker.engine.settings, interval_seconds=engine_interval_seconds
                 )
             engine_task = asyncio.create_task(broker.engine.run_forever(stop), name="engine")
-        log.info("api.started", engine=run_engine, auth=api_settings.required_token() is not None)
+        log.info("api.started", engine=run_engine, auth=not app.state.auth.open)
         try:
             yield
         finally:
@@ -69,6 +74,8 @@ def create_app(
             if bus is not None:
                 await bus.close()
             broker.db.dispose()
+            if validator is not None:
+                validator.close()
 
     app = FastAPI(
         title="provisioner",
@@ -77,7 +84,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (requests, offerings, plan, resources, events):
-        app.include_router(module.router, dependencies=[guard])
+    for module in (requests, offerings, plan, resources, drain, events):
+        app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
     return app

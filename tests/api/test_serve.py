@@ -101,3 +101,21 @@ def test_served_engine_provisions_an_admitted_request_and_metrics_count_it(
     output, _ = proc.communicate(timeout=30)
     assert "op-token-123" not in output, "the token must never reach the logs"
     assert "Application shutdown complete" in output
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_authentication(tmp_path: Path) -> None:
+    script = tmp_path / "serve_entry.py"
+    script.write_text(ENTRY)
+    env = {**os.environ, "PROVISIONER_STATE_DIR": str(tmp_path / "state")}
+    for name in ("PROVISIONER_API_TOKEN", "PROVISIONER_API_AUTH_FILE", "PROVISIONER_DATABASE_URL"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, str(script), "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0: no authentication is configured" in done.stderr

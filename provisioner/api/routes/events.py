@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session, col, select
 
+from provisioner.api.auth import Authenticator, Principal, get_auth, operators_only, require
+from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
+from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import EventOut
 from provisioner.model import EventRow
 
@@ -16,15 +19,18 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
 def get_events(
     kind: str | None = Query(None, description="e.g. resource.state, plan.created, request.admitted"),
     subject: str | None = Query(None, description="id of the thing (resource, plan, request, backend)"),
-    limit: int = Query(100, ge=1, le=10_000, description="the most recent this many"),
+    paging: Page = Depends(page),
     context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.RESOURCE_READ)),
+    auth: Authenticator = Depends(get_auth),
 ) -> list[EventOut]:
-    """Events, newest first."""
+    """Events, newest first (operators: events span every experiment)."""
+    operators_only(auth, who, "events")
     query = select(EventRow)
     if kind is not None:
         query = query.where(EventRow.kind == kind)
     if subject is not None:
         query = query.where(EventRow.subject == subject)
     with Session(context.broker.db) as session:
-        rows = session.exec(query.order_by(col(EventRow.id).desc()).limit(limit))
+        rows = session.exec(query.order_by(col(EventRow.id).desc()).offset(paging.offset).limit(paging.limit))
         return [EventOut.of(r) for r in rows]

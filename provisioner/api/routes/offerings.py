@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
 
+from provisioner.api.auth import Principal, require
+from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
+from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import OfferingOut, OfferingsOut
 
 router = APIRouter(prefix="/v1/offerings", tags=["offerings"])
@@ -19,8 +22,9 @@ def get_offerings(
     market: str | None = Query(None, description="on_demand, spot, allocation or backfill"),
     max_price: str | None = Query(None, description="USD per unit-hour, inclusive"),
     provider: str | None = Query(None, description="aws, gce, slurm, backfill..."),
-    limit: int = Query(100, ge=1, le=10_000, description="at most this many, cheapest first"),
+    paging: Page = Depends(page),
     context: ApiContext = Depends(get_context),
+    _who: Principal = Depends(require(Scope.BURST_READ, Scope.BURST_REQUEST, Scope.RESOURCE_READ)),
 ) -> OfferingsOut:
     """Offerings matching every given filter; an impossible filter is a 422 naming it."""
     matched = context.offerings.filter(
@@ -33,4 +37,7 @@ def get_offerings(
         provider=provider,
     )
     matched.sort(key=lambda o: (o.price_per_hour, o.id))
-    return OfferingsOut(matched=len(matched), offerings=[OfferingOut.of(o) for o in matched[:limit]])
+    return OfferingsOut(
+        matched=len(matched),
+        offerings=[OfferingOut.of(o) for o in matched[paging.offset : paging.offset + paging.limit]]
+    )

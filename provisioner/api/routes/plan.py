@@ -7,7 +7,10 @@ import time
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlmodel import Session, col, select
 
+from provisioner.api.auth import Principal, require
+from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
+from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import ErrorOut, PlanOut, StoredPlanOut
 from provisioner.model import DecisionRow, PlanRow
 
@@ -18,6 +21,7 @@ router = APIRouter(prefix="/v1", tags=["plan"])
 async def get_plan(
     alternatives: int = Query(5, ge=0, le=50, description="rejected alternatives to show per demand group"),
     context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.RESOURCE_READ)),
 ) -> PlanOut:
     """A dry run of one engine cycle: per demand group the chosen offering, its cost per HS23-hour
     broken down, the best rejected alternatives with the reason, and the drains. Changes nothing."""
@@ -26,7 +30,7 @@ async def get_plan(
     context.metrics.api_dry_run_seconds.observe(time.perf_counter() - started)
     if report.plan is None:  # run_cycle always plans in a dry run; guard against a future change
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the engine produced no plan")
-    return PlanOut.of(
+    out = PlanOut.of(
         report.plan,
         started_at=report.started_at,
         pending_jobs=report.pending_jobs,
@@ -35,6 +39,11 @@ async def get_plan(
         errors=report.errors,
         alternatives=alternatives,
     )
+    if who.experiments is not None:  # an experiment sees its own demand groups only
+        mine = {e.group_id for e in out.explanations if e.experiment in who.experiments}
+        out.explanations = [e for e in out.explanations if e.group_id in mine]
+        out.items = [i for i in out.items if i.group_id in mine]
+    return out
 
 
 @router.get(
@@ -44,10 +53,12 @@ async def get_plan(
 )
 def get_decisions(
     plan_id: str | None = Query(None, description="one stored plan; default: the most recent ones"),
-    limit: int = Query(10, ge=1, le=500, description="how many recent plans, newest first"),
+    paging: Page = Depends(page),
     context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.RESOURCE_READ)),
 ) -> list[StoredPlanOut]:
-    """Stored plans with one decision per demand group and its explanation."""
+    """Stored plans, newest first, with one decision per demand group and its explanation (an
+    experiment's token sees its own groups' decisions only)."""
     with Session(context.broker.db) as session:
         if plan_id is not None:
             one = session.get(PlanRow, plan_id)
@@ -57,7 +68,10 @@ def get_decisions(
         else:
             plans = list(
                 session.exec(
-                    select(PlanRow).order_by(col(PlanRow.created_at).desc(), col(PlanRow.id)).limit(limit)
+                    select(PlanRow)
+                    .order_by(col(PlanRow.created_at).desc(), col(PlanRow.id))
+                    .offset(paging.offset)
+                    .limit(paging.limit)
                 )
             )
         ids = [p.id for p in plans]
@@ -68,5 +82,6 @@ def get_decisions(
         )
     by_plan: dict[str, list[DecisionRow]] = {i: [] for i in ids}
     for d in decisions:
-        by_plan[d.plan_id].append(d)
+        if who.sees(d.experiment):
+            by_plan[d.plan_id].append(d)
     return [StoredPlanOut.of(p, by_plan[p.id]) for p in plans]

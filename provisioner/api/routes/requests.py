@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, status
+from sqlmodel import Session, col, select
 
 from provisioner.admission import admit_spec
 from provisioner.api.admission import request_resources
+from provisioner.api.auth import Authenticator, Principal, get_auth, require
+from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
+from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import ErrorOut, RequestCreatedOut, RequestOut, ResourceOut
 from provisioner.domain import LIVE_STATES
 from provisioner.model import BurstRequestRow, from_micro, row_time
@@ -17,7 +21,6 @@ from provisioner.requests import (
     RequestStatus,
     cancel,
     cost_of_resources,
-    list_requests,
     view,
 )
 
@@ -47,10 +50,22 @@ def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
     )
 
 
+def _visible(context: ApiContext, auth: Authenticator, who: Principal, request_id: str) -> BurstRequestRow:
+    row = view(context.broker.db, request_id).row
+    auth.confine(who, row.experiment)
+    return row
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RequestCreatedOut)
-def create_request(spec: BurstRequestSpec, context: ApiContext = Depends(get_context)) -> RequestCreatedOut:
+def create_request(
+    spec: BurstRequestSpec,
+    context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.BURST_REQUEST)),
+    auth: Authenticator = Depends(get_auth),
+) -> RequestCreatedOut:
     """Ask for capacity. It is admitted against the policies and the planner's estimate, or rejected
     with the reason; either way it is stored (201) and can be looked up by its id."""
+    auth.confine(who, spec.experiment)
     admitted = admit_spec(context.broker, spec)
     return RequestCreatedOut(
         id=admitted.row.id,
@@ -65,19 +80,42 @@ def create_request(spec: BurstRequestSpec, context: ApiContext = Depends(get_con
 @router.get("", response_model=list[RequestOut])
 def get_requests(
     experiment: str | None = Query(None, description="only this experiment's requests"),
+    paging: Page = Depends(page),
     context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.BURST_READ)),
+    auth: Authenticator = Depends(get_auth),
 ) -> list[RequestOut]:
-    """Requests, newest first, with status and cost so far."""
-    return [_out(context, v.row) for v in list_requests(context.broker.db, experiment=experiment)]
+    """Requests, newest first, with status and cost so far: only the experiments the token acts for."""
+    query = select(BurstRequestRow)
+    if experiment is not None:
+        auth.confine(who, experiment)
+        query = query.where(BurstRequestRow.experiment == experiment)
+    elif who.experiments is not None:
+        query = query.where(col(BurstRequestRow.experiment).in_(sorted(who.experiments)))
+    query = query.order_by(col(BurstRequestRow.created_at).desc(), col(BurstRequestRow.id))
+    with Session(context.broker.db, expire_on_commit=False) as session:
+        rows = list(session.exec(query.offset(paging.offset).limit(paging.limit)))
+    return [_out(context, row) for row in rows]
 
 
 @router.get("/{request_id}", response_model=RequestOut, responses=NOT_FOUND)
-def get_request(request_id: str, context: ApiContext = Depends(get_context)) -> RequestOut:
+def get_request(
+    request_id: str,
+    context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.BURST_READ)),
+    auth: Authenticator = Depends(get_auth),
+) -> RequestOut:
     """One request: status, cost so far and the resources it got."""
-    return _out(context, view(context.broker.db, request_id).row)
+    return _out(context, _visible(context, auth, who, request_id))
 
 
 @router.delete("/{request_id}", response_model=RequestOut, responses=NOT_FOUND)
-def cancel_request(request_id: str, context: ApiContext = Depends(get_context)) -> RequestOut:
+def cancel_request(
+    request_id: str,
+    context: ApiContext = Depends(get_context),
+    who: Principal = Depends(require(Scope.BURST_CANCEL)),
+    auth: Authenticator = Depends(get_auth),
+) -> RequestOut:
     """Cancel: the demand goes away, so the engine drains what the request got. Idempotent."""
+    _visible(context, auth, who, request_id)
     return _out(context, cancel(context.broker.db, request_id))
