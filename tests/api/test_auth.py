@@ -208,3 +208,43 @@ def test_a_typo_in_the_auth_file_stops_the_start(tmp_path: Path) -> None:
     bad.write_text('[[issuers]]\nissuer = "https://iam"\naudiense = "x"\n')
     with pytest.raises(AuthConfigError, match="audiense"):
         load_auth_config(bad)
+
+
+def test_an_operator_drains_and_releases_a_unit_an_experiment_cannot_touch_anothers(
+    tmp_path: Path, issuer: TestIssuer
+) -> None:
+    def static(token: str, scopes: str, group: str) -> StaticToken:
+        return StaticToken(token=token, scopes=scopes.split(), groups=[group])  # type: ignore[arg-type]
+
+    config = issuer.config().model_copy(
+        update={
+            "static_tokens": [
+                static("atlas", ATLAS_ALL, "/atlas"),
+                static("lsst", "resource:drain", "/lsst"),
+                static("watcher", "resource:read", "/facility/operators"),
+                static("operator", OPERATOR, "/facility/operators"),
+            ]
+        }
+    )
+    app = create_app(broker_factory(tmp_path), settings=ApiSettings(token=None, auth=config))
+    for server in serve(app):
+        body = {"experiment": "atlas", "cores": 512, "duration_hours": 4}
+        created = call(server, "atlas", "POST", "/v1/requests", json=body)
+        server.call(server.context.broker.engine.run_cycle())
+        units = call(server, "atlas", "GET", f"/v1/requests/{created.json()['id']}").json()["resources"]
+        assert len(units) >= 2, units
+        first, second = units[0]["id"], units[-1]["id"]
+        server.call(server.context.broker.engine.run_cycle())  # the units boot
+
+        assert call(server, "lsst", "POST", f"/v1/resources/{first}/drain").status_code == 403
+        no_scope = call(server, "watcher", "POST", f"/v1/resources/{first}/drain")
+        assert no_scope.status_code == 403 and "resource:drain" in detail(no_scope)
+
+        drained = call(server, "operator", "POST", f"/v1/resources/{first}/drain")
+        assert drained.status_code == 200, drained.text
+        assert drained.json()["state"] == "draining"
+        released = call(server, "operator", "POST", f"/v1/resources/{second}/release")
+        assert released.json()["state"] == "released"
+        again = call(server, "operator", "POST", f"/v1/resources/{second}/release")
+        assert again.status_code == 409 and "released" in detail(again)
+        assert call(server, "operator", "POST", "/v1/resources/nope/drain").status_code == 404
