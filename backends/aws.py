@@ -55,6 +55,7 @@ from botocore.exceptions import (
     ProfileNotFound,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from backends.aws_config import AwsConfig, AwsRegionConfig, LaunchTemplateRef
@@ -68,6 +69,7 @@ from backends.base import (
     BackendTimeout,
     CapacityUnavailable,
     InvalidRequest,
+    MalformedAnswer,
     ProviderState,
     ProvisionRequest,
     QuotaExceeded,
@@ -269,6 +271,8 @@ def map_client_error(
         exc, ReadTimeoutError | ConnectTimeoutError | EndpointConnectionError | ConnectionClosedError
     ):
         return BackendTimeout(backend, f"{operation}: {type(exc).__name__}", offering_id=offering_id)
+    if isinstance(exc, ResponseParserError):
+        return MalformedAnswer(backend, f"{operation}: unreadable answer", offering_id=offering_id)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
         return AuthFailed(backend, f"{operation}: {type(exc).__name__}", offering_id=offering_id)
     return BackendError(backend, f"{operation}: {type(exc).__name__}", offering_id=offering_id)
@@ -350,7 +354,7 @@ class AwsBackend:
         def attempt() -> T:
             try:
                 return fn()
-            except (ClientError, BotoCoreError) as exc:
+            except (ClientError, BotoCoreError, ResponseParserError) as exc:
                 mapped = map_client_error(
                     self.name, operation, exc, offering_id=offering_id, secrets=self._secrets
                 )
@@ -514,12 +518,14 @@ class AwsBackend:
         response = await self._call(
             "RunInstances", lambda: self.client(region).run_instances(**params), offering_id=offering.id
         )
-        instances = response.get("Instances", [])
+        instances = response.get("Instances", []) if isinstance(response, Mapping) else []
         if not instances:
-            raise BackendError(
+            # The call may have made an instance all the same: the intent is kept and the retry
+            # (same token) finds it by its tag.
+            raise MalformedAnswer(
                 self.name, f"RunInstances: no instance returned for {offering.id}", offering_id=offering.id
             )
-        resource = self._to_resource(region, instances[0])
+        resource = self._read(region, instances[0], "RunInstances", offering.id)
         log.info(
             "aws.provision",
             resource=request.resource_id,
@@ -544,7 +550,18 @@ class AwsBackend:
             return None
         # A live one wins over an old terminated one with the same token.
         found.sort(key=lambda i: i.get("State", {}).get("Name") == "terminated")
-        return self._to_resource(region, found[0])
+        return self._read(region, found[0], "DescribeInstances", offering_id)
+
+    def _read(
+        self, region: str, instance: Any, operation: str, offering_id: str | None = None
+    ) -> BackendResource:
+        """One instance of an answer, or MalformedAnswer when the answer lacks what every instance has."""
+        try:
+            return self._to_resource(region, instance)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise MalformedAnswer(
+                self.name, f"{operation}: unreadable instance ({type(exc).__name__})", offering_id=offering_id
+            ) from None
 
     def _to_resource(self, region: str, instance: Mapping[str, Any]) -> BackendResource:
         tags = _tags_of(instance)
@@ -598,7 +615,9 @@ class AwsBackend:
                 notices[iid] = f"{notices[iid]}; {text}" if iid in notices else text
         out: list[BackendResource] = []
         for instance in flat:
-            resource = self._to_resource(region, instance)
+            # One unreadable instance fails the whole listing: a partial listing would make the
+            # reconciler believe the missing units gone.
+            resource = self._read(region, instance, "DescribeInstances")
             note = notices.get(instance["InstanceId"])
             if note is not None:
                 ending = note.startswith("spot:") or any(c in note for c in ENDING_EVENT_CODES)

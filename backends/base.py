@@ -110,6 +110,15 @@ class InvalidRequest(BackendError):
     """The backend refused the request as malformed (unknown instance type, image...)."""
 
 
+class MalformedAnswer(BackendError):
+    """The provider answered something the backend cannot read (a truncated or changed reply).
+
+    A create answered this way may or may not have made the unit: the intent is kept and retried
+    with the same token (the look-up by token finds the unit if it exists), with back-off, and failed
+    for good after a bounded number of calls.
+    """
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A resource kind: a cloud account, an HPC allocation, a backfill pool, a simulation."""

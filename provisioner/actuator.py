@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -24,6 +25,7 @@ from backends.base import (
     BackendError,
     BackendResource,
     CapacityUnavailable,
+    MalformedAnswer,
     ProviderState,
     ProvisionRequest,
     QuotaExceeded,
@@ -31,7 +33,8 @@ from backends.base import (
 from provisioner.circuit import CircuitBreaker, backend_key, offering_key
 from provisioner.clock import Clock
 from provisioner.domain import DrainOrder, Market, Offering, PlanItem, ResourceState
-from provisioner.model import ResourceRow
+from provisioner.leader import LeadershipLost
+from provisioner.model import ResourceRow, row_time
 from provisioner.store import Store
 
 log = structlog.get_logger(__name__)
@@ -52,6 +55,10 @@ class ActuatorSettings:
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 30.0
     max_intent_attempts: int = 12  # calls per intent over all cycles and restarts before giving up
+    # An intent whose last call failed waits this long (doubling per call made, capped) before the
+    # next try, so one poison intent cannot eat every cycle's time or hammer the provider.
+    intent_backoff_initial_seconds: float = 5.0
+    intent_backoff_max_seconds: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,8 @@ class ActOutcome:
     unplaced: list[Unplaced] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     disabled_backends: set[str] = field(default_factory=set)
+    backing_off: list[str] = field(default_factory=list)  # `requested` rows waiting out their back-off
+    errors: dict[str, str] = field(default_factory=dict)  # resource id -> what went wrong with it
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -204,6 +213,8 @@ class Actuator:
             return type(exc).__name__
         except BackendError as exc:
             await self._error_event(offering, row, exc)
+            if isinstance(exc, MalformedAnswer):
+                return await self._poisoned(row, offering, exc, calls[0])
             if exc.retryable:
                 # The call may or may not have happened: keep the intent, retry it with the same token.
                 self.store.note_attempts(row.id, calls[0], str(exc))
@@ -216,11 +227,59 @@ class Actuator:
             if trip.opened:
                 await self.store.event("circuit.opened", trip.key, {"until": trip.open_until})
             return type(exc).__name__
+        except LeadershipLost:
+            raise
+        except Exception as exc:  # an answer nobody expected: this intent only, never the whole cycle
+            log.error(
+                "resource.provision_unexpected",
+                resource=row.id,
+                offering=offering.id,
+                error_type=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+            await self.store.event(
+                "backend.error",
+                row.id,
+                {
+                    "backend": offering.backend,
+                    "offering_id": offering.id,
+                    "error_type": type(exc).__name__,
+                    "error": str(exc)[:300],
+                },
+            )
+            return await self._poisoned(row, offering, exc, calls[0])
         crash_point("after_call")
         await self._record(row, result, calls[0])
         self.circuit.record_success(backend_key(offering.backend))
         crash_point("after_record")
         return None
+
+    async def _poisoned(self, row: ResourceRow, offering: Offering, exc: Exception, calls: int) -> str:
+        """A call whose outcome is unknown (the unit may exist): keep the intent for a later retry
+        with the same token, count the call, and fail it for good after `max_intent_attempts`."""
+        reason = f"unexpected answer from {offering.backend}: {type(exc).__name__}: {str(exc)[:300]}"
+        attempts = self.store.note_attempts(row.id, max(calls, 1), reason)
+        trip = self.circuit.record_failure(offering_key(offering.id), reason)
+        if trip.opened:
+            await self.store.event("circuit.opened", trip.key, {"until": trip.open_until, "error": reason})
+        if attempts >= self.settings.max_intent_attempts:
+            # Should the provider have made it after all, the reconciler releases the failed row's unit.
+            await self.store.transition(
+                row.id, ResourceState.FAILED, failure_reason=f"gave up after {attempts} calls: {reason}"
+            )
+            return "poison"
+        return "retry"
+
+    def backoff_until(self, row: ResourceRow) -> datetime | None:
+        """When a `requested` row that failed before may be tried again (None: now)."""
+        if row.attempts <= 0:
+            return None  # never called (a crash right after the intent): retry at once
+        st = self.settings
+        delay = min(
+            st.intent_backoff_initial_seconds * 2 ** min(row.attempts - 1, 20), st.intent_backoff_max_seconds
+        )
+        since = row_time(row.updated_at)
+        return None if since is None else since + timedelta(seconds=delay)
 
     def _blocked(self, offering: Offering) -> str | None:
         if offering.backend not in self.backends:
@@ -282,25 +341,61 @@ class Actuator:
         return out
 
     async def resume_requested(self, offerings: Mapping[str, Offering], outcome: ActOutcome) -> None:
-        """Retry `requested` rows (a crash or a retryable error came between intent and record)."""
+        """Retry `requested` rows (a crash or a retryable error came between intent and record).
+
+        Each row on its own: whatever one raises is counted against that row, never the others.
+        """
+        now = self.clock.now()
         for row in self.store.resources(states=[ResourceState.REQUESTED]):
-            offering = offerings.get(row.offering_id)
-            if row.attempts >= self.settings.max_intent_attempts:
-                # Should the provider have made it after all, the reconciler releases the failed row's unit.
-                await self.store.transition(
-                    row.id, ResourceState.FAILED, failure_reason=f"gave up after {row.attempts} calls"
-                )
-                outcome.failed.append(row.id)
-                continue
-            if offering is None or self._blocked(offering) is not None:
-                continue  # try again once the offering is known and its backend usable
-            why = await self._provision_one(self.backends[offering.backend], row, offering)
-            if why is None:
-                outcome.resumed.append(row.id)
-            elif why == "retry":
-                outcome.pending.append(row.id)
-            else:
-                outcome.failed.append(row.id)
+            try:
+                await self._resume_one(row, offerings, outcome, now)
+            except LeadershipLost:
+                raise
+            except Exception as exc:  # a bug or a store hiccup on one row: count it, go on
+                log.error("resource.resume_failed", resource=row.id, error_type=type(exc).__name__)
+                outcome.errors[row.id] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    async def _resume_one(
+        self, row: ResourceRow, offerings: Mapping[str, Offering], outcome: ActOutcome, now: datetime
+    ) -> None:
+        offering = offerings.get(row.offering_id)
+        if row.attempts >= self.settings.max_intent_attempts:
+            # Should the provider have made it after all, the reconciler releases the failed row's unit.
+            last = f": {row.failure_reason}" if row.failure_reason else ""
+            await self.store.transition(
+                row.id, ResourceState.FAILED, failure_reason=f"gave up after {row.attempts} calls{last}"[:500]
+            )
+            outcome.failed.append(row.id)
+            return
+        if (
+            offering is not None
+            and row.attempts > 0
+            and self.circuit.is_open(offering_key(offering.id))
+            and not self.circuit.is_open(backend_key(offering.backend))
+        ):
+            # Its offering is backed off after failures like this one's: let the demand go elsewhere
+            # now. Should the provider have made the unit after all, the reconciler releases it.
+            last = f": {row.failure_reason}" if row.failure_reason else ""
+            await self.store.transition(
+                row.id,
+                ResourceState.FAILED,
+                failure_reason=f"offering backed off after {row.attempts} calls{last}"[:500],
+            )
+            outcome.failed.append(row.id)
+            return
+        if offering is None or self._blocked(offering) is not None:
+            return  # try again once the offering is known and its backend usable
+        until = self.backoff_until(row)
+        if until is not None and until > now:
+            outcome.backing_off.append(row.id)
+            return
+        why = await self._provision_one(self.backends[offering.backend], row, offering)
+        if why is None:
+            outcome.resumed.append(row.id)
+        elif why == "retry":
+            outcome.pending.append(row.id)
+        else:
+            outcome.failed.append(row.id)
 
     # --- draining and releasing ----------------------------------------------------------------
 
@@ -348,6 +443,16 @@ class Actuator:
             except BackendError as exc:
                 log.warning("resource.release_failed", resource=row.id, error=str(exc))
                 return False  # still draining: the next cycle tries again
+            except LeadershipLost:
+                raise
+            except Exception as exc:  # an unreadable answer: still draining, the next cycle tries again
+                log.error(
+                    "resource.release_unexpected",
+                    resource=row.id,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:300],
+                )
+                return False
         elif provider_id and backend is None:
             log.warning("resource.release_no_backend", resource=row.id, backend=row.backend)
             return False

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 
@@ -32,7 +33,7 @@ from provisioner.domain import (
     PlanningConstraints,
 )
 from provisioner.fleet import Fleet, Listing
-from provisioner.leader import Leadership
+from provisioner.leader import Leadership, LeadershipLost
 from provisioner.reconciler import Reconciler, ReconcileReport, ReconcileSettings
 from provisioner.sources.base import ReportsSkipped, SkippedJob, WorkloadSource
 from provisioner.store import Store
@@ -50,6 +51,8 @@ DemandFn = Callable[[], Sequence[DemandGroup]]  # extra demand, e.g. admitted bu
 OfferingsFn = Callable[[], Awaitable[Sequence[Offering]]]  # e.g. the catalog, instead of backend.offerings()
 
 MAX_IMMEDIATE_CYCLES = 3
+
+T = TypeVar("T")
 
 
 def no_constraints(
@@ -164,11 +167,29 @@ class DecisionEngine:
             except BackendError as exc:
                 report.errors[f"{name}:observe"] = str(exc)
                 log.warning("backend.observe_failed", backend=name, error=str(exc))
+            except LeadershipLost:
+                raise
+            except Exception as exc:  # an answer nobody expected: skip this backend this cycle only
+                listings[name] = None
+                report.errors[f"{name}:observe"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.error("backend.observe_unexpected", backend=name, error_type=type(exc).__name__)
+                self.circuit.record_failure(backend_key(name), f"unexpected listing: {type(exc).__name__}")
         if self.offerings_fn is not None:
             # Only offerings of configured backends that are listed (so usable) this cycle.
             usable = {name for name, listing in listings.items() if listing is not None}
             offerings = [o for o in await self.offerings_fn() if o.backend in usable]
         return listings, offerings
+
+    async def _step(self, report: CycleReport, name: str, step: Awaitable[T]) -> T | None:
+        """Run one step of the cycle; a failure is logged and reported and the cycle goes on."""
+        try:
+            return await step
+        except LeadershipLost:
+            raise
+        except Exception as exc:
+            report.errors[f"engine:{name}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.error("cycle.step_failed", step=name, error_type=type(exc).__name__, error=str(exc)[:300])
+            return None
 
     # --- plan ----------------------------------------------------------------------------------
 
@@ -216,24 +237,44 @@ class DecisionEngine:
             if listing is not None:
                 self.fleet.set_listing(listing)
         units = self.fleet.units(self.clock.now())
-        constraints = self._constraints(groups, offerings, units)
-        report.constraints = constraints
-        plan = self.planner(groups, offerings, units, constraints)
-        report.plan = plan
         if dry_run:
+            report.constraints = self._constraints(groups, offerings, units)
+            report.plan = self.planner(groups, offerings, units, report.constraints)
             report.finished_at = self.clock.now()
             return report
+        try:
+            constraints = self._constraints(groups, offerings, units)
+            report.constraints = constraints
+            plan: Plan | None = self.planner(groups, offerings, units, constraints)
+        except LeadershipLost:
+            raise
+        except Exception as exc:  # no plan this cycle; the fleet is still reconciled below
+            report.errors["engine:plan"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.error("cycle.step_failed", step="plan", error_type=type(exc).__name__, error=str(exc)[:300])
+            plan = None
+        report.plan = plan
 
-        self.store.save_groups(groups)
-        report.plan_ids.append(await self.store.save_plan(plan))
         by_id = {o.id: o for o in offerings}
         experiments = {g.id: g.experiment for g in groups}
         request_ids = {g.id: g.request_id for g in groups if g.request_id}
-        await self.actuator.resume_requested(by_id, report.act)
-        await self.actuator.execute(plan.items, by_id, experiments, report.act, request_ids)
-        report.drained = await self.actuator.drain(plan.drains)
-        await self._replan(report, groups, offerings, by_id, experiments, request_ids)
-        report.reconcile = await self.reconciler.reconcile(self.fleet, listings, by_id)
+        # Each step isolated: whatever one backend or one intent answers, reconciliation still runs
+        # (a cancelled request's units are released even while creates keep failing).
+        await self._step(report, "resume", self.actuator.resume_requested(by_id, report.act))
+        if plan is not None and await self._step(report, "save_plan", self._save_plan(report, groups, plan)):
+            await self._step(
+                report, "act", self.actuator.execute(plan.items, by_id, experiments, report.act, request_ids)
+            )
+            report.drained = await self._step(report, "drain", self.actuator.drain(plan.drains)) or []
+            await self._step(
+                report, "replan", self._replan(report, groups, offerings, by_id, experiments, request_ids)
+            )
+        reconciled = await self._step(
+            report, "reconcile", self.reconciler.reconcile(self.fleet, listings, by_id)
+        )
+        if reconciled is not None:
+            report.reconcile = reconciled
+        report.errors.update({f"resource:{rid}": why for rid, why in report.act.errors.items()})
+        report.errors.update({f"reconcile:{k}": why for k, why in report.reconcile.errors.items()})
         report.finished_at = self.clock.now()
         log.info(
             "cycle.done",
@@ -246,6 +287,11 @@ class DecisionEngine:
             released=len(report.reconcile.released),
         )
         return report
+
+    async def _save_plan(self, report: CycleReport, groups: Sequence[DemandGroup], plan: Plan) -> bool:
+        self.store.save_groups(groups)
+        report.plan_ids.append(await self.store.save_plan(plan))
+        return True
 
     async def _replan(
         self,

@@ -17,6 +17,10 @@ from sqlalchemy.exc import DBAPIError
 log = structlog.get_logger(__name__)
 
 
+class LeadershipLost(Exception):
+    """This replica no longer leads: stop acting at once (never caught by per-unit isolation)."""
+
+
 def lock_key(broker_id: str) -> int:
     """A stable signed 64-bit key per broker id (replicas of one broker compete for the same key)."""
     digest = hashlib.sha256(f"provisioner-leader:{broker_id}".encode()).digest()

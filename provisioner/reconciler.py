@@ -22,6 +22,7 @@ from provisioner.actuator import Actuator
 from provisioner.circuit import CircuitBreaker, offering_key
 from provisioner.domain import LIVE_STATES, DrainReason, Market, Offering, ResourceState
 from provisioner.fleet import Fleet, Listing
+from provisioner.leader import LeadershipLost
 from provisioner.model import ResourceRow, row_time
 from provisioner.store import Store
 
@@ -62,6 +63,7 @@ class ReconcileReport:
     orphans_released: list[str] = field(default_factory=list)  # provider ids
     replan_groups: set[str] = field(default_factory=set)
     skipped_backends: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # backend, resource or provider id -> error
 
     @property
     def replan_needed(self) -> bool:
@@ -97,7 +99,13 @@ class Reconciler:
             if listing is None:
                 report.skipped_backends.append(backend)
                 continue
-            await self._reconcile_backend(fleet, listing, offerings, report)
+            try:
+                await self._reconcile_backend(fleet, listing, offerings, report)
+            except LeadershipLost:
+                raise
+            except Exception as exc:  # one backend's surprise must not stop the others' reconciliation
+                report.errors[backend] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.error("reconcile.backend_failed", backend=backend, error_type=type(exc).__name__)
         fleet.refresh(self.store.resources(states=LIVE_STATES))
         return report
 
@@ -127,10 +135,26 @@ class Reconciler:
             if entry is not None:
                 matched.add(entry.provider_id)
                 fleet.missing_since.pop(row.id, None)
-            await self._reconcile_row(fleet, row, entry, report)
+            try:
+                await self._reconcile_row(fleet, row, entry, report)
+            except LeadershipLost:
+                raise
+            except Exception as exc:  # one row's surprise: the next cycle tries it again
+                report.errors[row.id] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.error("reconcile.row_failed", resource=row.id, error_type=type(exc).__name__)
         for entry in listing.resources:
             if entry.provider_id not in matched:
-                await self._untracked(listing.backend, entry, offerings, report)
+                try:
+                    await self._untracked(listing.backend, entry, offerings, report)
+                except LeadershipLost:
+                    raise
+                except Exception as exc:
+                    report.errors[entry.provider_id] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    log.error(
+                        "reconcile.untracked_failed",
+                        provider_id=entry.provider_id,
+                        error_type=type(exc).__name__,
+                    )
 
     async def _reconcile_row(
         self, fleet: Fleet, row: ResourceRow, entry: BackendResource | None, report: ReconcileReport

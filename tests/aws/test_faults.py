@@ -252,3 +252,36 @@ async def test_auth_failure_on_spot_prices_is_raised(
     with pytest.raises(AuthFailed):
         await backend.offerings()
     await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("RunInstances", '<?xml version="1.0"?><RunInstancesResponse><reservationId>r-1</reservationId>'),
+        ("RunInstances", "<<<not xml at all"),
+        (
+            "RunInstances",
+            "<RunInstancesResponse><instancesSet><item><imageId>ami-1</imageId></item>"
+            "</instancesSet></RunInstancesResponse>",
+        ),
+        (
+            "DescribeInstances",
+            "<DescribeInstancesResponse><reservationSet><item><instancesSet><item>"
+            "<instanceState><name>running</name></instanceState></item></instancesSet></item>"
+            "</reservationSet></DescribeInstancesResponse>",
+        ),
+    ],
+)
+async def test_malformed_answers_are_a_typed_malformed_answer_not_a_crash(
+    proxy: FaultProxy, via_proxy: Callable[..., AwsBackend], action: str, body: str
+) -> None:
+    from backends.base import MalformedAnswer
+
+    proxy.faults.append(Fault(action, 200, body=body))
+    backend = via_proxy()
+    with pytest.raises(MalformedAnswer):
+        if action == "RunInstances":
+            await backend.provision(request(offering("m6i.large")))
+        else:
+            await backend.list_resources()
+    await backend.close()
