@@ -157,6 +157,7 @@ def evaluate(
     }
     return PlanningConstraints(
         experiments=experiments,
+        only_named_experiments=True,
         spend_rate_cap_per_hour=policy.facility.spend_rate_cap_per_hour,
         family_quota_cores=dict(policy.facility.quotas),
         egress_routes=policy_routes(policy) + tuple(default_routes),

@@ -61,7 +61,7 @@ def parse_policy(text: str, filename: str) -> Policy:
         raise PolicyError.from_problems(problems) from None
     problems = [
         PolicyProblem(filename, line_of(lines, path), format_key_path(path), problem)
-        for path, problem in _consistency_problems(policy)
+        for path, problem in [*_completeness_problems(policy, lines), *_consistency_problems(policy)]
     ]
     if problems:
         raise PolicyError.from_problems(problems)
@@ -205,6 +205,28 @@ def _unwrap(annotation: Any) -> Any:
             annotation = next(a for a in get_args(annotation) if a is not type(None))
         else:
             return annotation
+
+
+def _completeness_problems(policy: Policy, lines: dict[KeyPath, int]) -> Iterator[tuple[KeyPath, str]]:
+    """A policy fails closed: it must name who gets something, and must not be cut short."""
+    if not policy.experiments:
+        yield (
+            ("experiments",),
+            "no experiment is named: an experiment the policy does not name gets nothing, so this file"
+            " would grant nothing; add at least one [experiments.<name>] table",
+        )
+    if policy.end is None:
+        yield (
+            ("end",),
+            "the file does not end with the [end] table: it may be truncated (a half-finished save),"
+            " so nothing of it is applied; add [end] as the last line once the file is complete",
+        )
+        return
+    end_line = lines.get(("end",))
+    after = sorted((line, path) for path, line in lines.items() if end_line is not None and line > end_line)
+    if after:
+        line, path = after[0]
+        yield ("end",), f"[end] must be the last table; {format_key_path(path)} (line {line}) comes after it"
 
 
 def _consistency_problems(policy: Policy) -> Iterator[tuple[KeyPath, str]]:

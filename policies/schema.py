@@ -190,11 +190,20 @@ class BackfillPool(_Table):
     startup_seconds: Annotated[int, Field(ge=0)] = 300
 
 
+class EndMarker(_Table):
+    """The `[end]` table that closes a policy file: a file cut short (a half-finished save) has none."""
+
+
 class Policy(_Table):
-    """One facility's whole policy file, validated."""
+    """One facility's whole policy file, validated.
+
+    Fails closed: an experiment not in `experiments` gets nothing, a file naming no experiment is
+    refused, and a file without its closing `[end]` table is refused as possibly truncated.
+    """
 
     version: Literal[1] = 1
     facility: Facility = Facility()
     experiments: dict[Name, ExperimentPolicy] = {}
     allocations: dict[Name, AllocationPolicy] = {}
     backfill: dict[Name, BackfillPool] = {}
+    end: EndMarker | None = None  # required; None only so its absence is reported with the other problems

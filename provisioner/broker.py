@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +40,7 @@ from provisioner.grouping import group_jobs
 from provisioner.leader import Leadership
 from provisioner.model import ResourceRow
 from provisioner.planner import plan
+from provisioner.policy_source import PolicySource
 from provisioner.reconciler import ReconcileSettings
 from provisioner.requests import load_request_groups
 from provisioner.settings import Settings
@@ -93,13 +94,19 @@ def simulated_backends(
 
 @dataclass
 class PolicyConstraints:
-    """The engine's constraints step: the policy evaluated against what was spent and is committed."""
+    """The engine's constraints step: the policy in force (re-read when its file changes) evaluated
+    against what was spent and is committed."""
 
-    policy: policies.Policy
+    source: PolicySource
     db: Engine
     catalog: Catalog
     commit_hours: float = 1.0
     _routes: dict[frozenset[str], tuple[EgressRoute, ...]] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> policies.Policy:
+        """The policy in force (as last read; `__call__` re-reads the file)."""
+        return self.source.policy
 
     def spend_so_far(self, now: datetime) -> dict[str, Decimal]:
         periods = {p for e in self.policy.experiments.values() for p in e.budgets.by_period()}
@@ -135,8 +142,9 @@ class PolicyConstraints:
         fleet: Sequence[FleetUnit],
         now: datetime,
     ) -> PlanningConstraints:
+        policy = self.source.current()
         return policies.evaluate(
-            self.policy,
+            policy,
             now=now,
             spend_so_far=self.spend_so_far(now),
             egress_used_gb={},
@@ -182,13 +190,18 @@ class Broker:
     settings: Settings
     db: Engine
     catalog: Catalog
-    policy: policies.Policy
+    policy_source: PolicySource
     clock: Clock
     store: Store
     backends: dict[str, Backend]
     engine: DecisionEngine
     constraints: PolicyConstraints
     offerings: dict[str, Offering]  # catalog and site offerings that a configured backend serves, by id
+
+    @property
+    def policy(self) -> policies.Policy:
+        """The policy in force now (the last good one read from the policy file)."""
+        return self.policy_source.policy
 
 
 def build_broker(
@@ -209,7 +222,8 @@ def build_broker(
     clock = clock or SystemClock()
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
-    policy = policies.load_policy(policy_path(settings))
+    source = PolicySource.load(policy_path(settings))
+    policy = source.policy
     offerings = list(catalog.offerings) + policies.site_offerings(policy, now=clock.now())
     if backends is None and settings.backends_file is not None:
         backends = load_backends(
@@ -230,7 +244,7 @@ def build_broker(
     if sources is None:
         sources = configured_sources(settings, offerings, policy)
     store = Store(db, clock, settings.broker_id, bus)
-    constraints = PolicyConstraints(policy, db, catalog)
+    constraints = PolicyConstraints(source, db, catalog)
     demand_fn = demand or (lambda: load_request_groups(db))
     engine = DecisionEngine(
         store=store,
@@ -246,4 +260,13 @@ def build_broker(
     )
     # Only what a configured backend can serve: admission must not promise a cloud we cannot reach.
     by_id = {o.id: o for o in offerings if o.backend in backends}
-    return Broker(settings, db, catalog, policy, clock, store, backends, engine, constraints, by_id)
+    source.on_change(lambda new: apply_policy_timings(engine, new))
+    return Broker(settings, db, catalog, source, clock, store, backends, engine, constraints, by_id)
+
+
+def apply_policy_timings(engine: DecisionEngine, policy: policies.Policy) -> None:
+    """A reloaded policy's timeouts and circuit breaker settings take effect from the next cycle."""
+    fresh = engine_settings(policy)
+    engine.settings = replace(engine.settings, reconcile=fresh.reconcile, circuit=fresh.circuit)
+    engine.reconciler.settings = fresh.reconcile
+    engine.circuit.settings = fresh.circuit

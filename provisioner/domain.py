@@ -175,6 +175,9 @@ class PlanningConstraints:
     """Everything the policies impose on one planning round, already evaluated to numbers."""
 
     experiments: Mapping[str, ExperimentLimits] = field(default_factory=dict)
+    # True (what a policy file gives): an experiment not in `experiments` gets nothing.
+    # False only for planning without any policy (tests, benchmarks): every experiment unlimited.
+    only_named_experiments: bool = False
     spend_rate_cap_per_hour: Decimal | None = None  # facility-wide
     family_quota_cores: Mapping[str, int] = field(default_factory=dict)  # family -> max cores at once
     egress_routes: tuple[EgressRoute, ...] = ()
@@ -205,6 +208,7 @@ class RejectReason(enum.StrEnum):
     ALLOCATION_EXHAUSTED = "allocation exhausted or expired"
     CAPACITY = "capacity exhausted"
     UNAVAILABLE = "offering unavailable (circuit breaker)"
+    NOT_IN_POLICY = "experiment not named in the policy"
     OVER_MAX_COST = "over the request's maximum cost"
     DEADLINE = "cannot meet deadline"
     MORE_EXPENSIVE = "more expensive"

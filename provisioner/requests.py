@@ -175,9 +175,10 @@ def demand_group_for(
 
 def _policy_refusal(spec: BurstRequestSpec, constraints: PlanningConstraints, now: datetime) -> str | None:
     """Reasons the policies forbid the request outright, before any costing."""
-    if constraints.experiments and spec.experiment not in constraints.experiments:
-        known = ", ".join(sorted(constraints.experiments))
-        return f"experiment '{spec.experiment}' is not in the policy (known: {known})"
+    closed = constraints.only_named_experiments or bool(constraints.experiments)
+    if closed and spec.experiment not in constraints.experiments:
+        known = ", ".join(sorted(constraints.experiments)) or "none"
+        return f"experiment: '{spec.experiment}' is not in the policy, and an experiment it does not name gets nothing (known: {known})"
     limits = constraints.experiments.get(spec.experiment)
     if spec.deadline is not None:
         if spec.deadline <= now:

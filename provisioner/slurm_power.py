@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -150,8 +150,11 @@ class SlurmPower:
         offerings: Iterable[Offering],
         settings: PowerSettings | None = None,
         actuator_settings: ActuatorSettings = RESUME_ACTUATOR,
+        named_experiments: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.store = store
+        # the policy's experiments now; None: no policy (every experiment may resume nodes)
+        self.named_experiments = named_experiments
         self.circuit = circuit
         self.backends = dict(backends)
         self.settings = settings or PowerSettings()
@@ -168,7 +171,14 @@ class SlurmPower:
 
     @classmethod
     def from_broker(cls, broker: Broker, settings: PowerSettings | None = None) -> SlurmPower:
-        return cls(broker.store, broker.engine.circuit, broker.backends, broker.offerings.values(), settings)
+        return cls(
+            broker.store,
+            broker.engine.circuit,
+            broker.backends,
+            broker.offerings.values(),
+            settings,
+            named_experiments=lambda: broker.policy_source.current().experiments.keys(),
+        )
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -197,7 +207,20 @@ class SlurmPower:
     # --- resume ----------------------------------------------------------------------------------
 
     async def place(self, node: SlurmNode, demand: DemandGroup) -> ResumeIntent:
-        """Give the node a resource, unless it has one (requested, provisioning or running) already."""
+        """Give the node a resource, unless it has one (requested, provisioning or running) already.
+
+        Fails closed: an experiment the policy does not name gets no new resource."""
+        if self.named_experiments is not None and demand.experiment not in (named := self.named_experiments()):
+            known = ", ".join(sorted(named)) or "none"
+            log.warning("slurm.resume.experiment_not_in_policy", node=node.name, experiment=demand.experiment)
+            return ResumeIntent(
+                node.name,
+                demand,
+                None,
+                None,
+                Placement.NO_OFFERING,
+                reason=f"experiment '{demand.experiment}' is not in the policy (known: {known})",
+            )
         async with self._locked():
             up = self.resources(node.name, UP_STATES)
             for row in up:

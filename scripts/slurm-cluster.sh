@@ -98,6 +98,10 @@ write_power_wrappers() {
   local py verb
   py=$(python3 -c 'import sys; print(sys.executable)')
   mkdir -p "$BASE/broker"
+  # The test cluster's policy: the example's, also naming "cloud", the partition its nodes are charged
+  # to (the policy fails closed: an experiment it does not name gets no node).
+  awk '/^\[end\]/ && !done { print "[experiments.cloud]\n"; done = 1 } { print }
+       END { if (!done) print "\n[experiments.cloud]" }' "$REPO/examples/policy.toml" >"$BASE/broker/policy.toml"
   for verb in resume suspend; do
     cat >"$BASE/bin/$verb.sh.new" <<EOF
 #!/bin/bash
@@ -107,6 +111,7 @@ unset PROVISIONER_DATABASE_URL PROVISIONER_BACKENDS_FILE PROVISIONER_POLICY_FILE
 export SLURM_CONF=$CONF PATH=/usr/sbin:/usr/bin:/sbin:/bin:\$PATH PYTHONPATH=$REPO
 export PROVISIONER_SLURM_FAKE_CLOUD=$FAKE_CLOUD PROVISIONER_SLURM_DIR=$BASE
 export PROVISIONER_STATE_DIR=$BASE/broker PROVISIONER_LOG_LEVEL=INFO
+export PROVISIONER_POLICY_FILE=$BASE/broker/policy.toml
 echo "\$(date -u '+%FT%TZ') ${verb^^} \$1" >> $BASE/log/power.log
 cd $REPO && exec $py -u -c 'from provisioner.cli import main; main()' slurm $verb "\$1" >> $BASE/log/power.log 2>&1
 EOF

@@ -25,6 +25,7 @@ from provisioner.planner.limits import Limits
 ReasonArray = npt.NDArray[np.uint8]
 
 REASONS: tuple[RejectReason, ...] = (
+    RejectReason.NOT_IN_POLICY,
     RejectReason.UNAVAILABLE,
     RejectReason.BACKEND_NOT_ALLOWED,
     RejectReason.MARKET_NOT_ALLOWED,
@@ -148,6 +149,8 @@ class CompatContext:
         cols = self.cols
         lim = self.constraints.experiments.get(group.experiment) or ExperimentLimits(group.experiment)
         r = _Reasons(len(cols))
+        if self.constraints.only_named_experiments and group.experiment not in self.constraints.experiments:
+            r.mark(RejectReason.NOT_IN_POLICY, np.bool_(True))  # fails closed: no offering at all
         r.mark(RejectReason.UNAVAILABLE, self.plan_ctx.unavailable)
         if lim.allowed_backends is not None:
             r.mark(

@@ -19,7 +19,7 @@ from backends.slurm.burst import (
     node_demand,
 )
 from backends.slurm.client import SlurmNode
-from provisioner.broker import Broker, build_broker
+from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker
 from provisioner.clock import SimulatedClock
 from provisioner.domain import SLURM_NODE_GROUP_PREFIX, Arch, DemandGroup, Market, ResourceState
 from provisioner.settings import Settings
@@ -38,7 +38,10 @@ def clock() -> SimulatedClock:
 
 @pytest.fixture
 def broker(tmp_path: Path, clock: SimulatedClock) -> Broker:
-    settings = Settings(state_dir=tmp_path / "state", broker_id="broker-slurm-test")
+    # the example policy, naming also "cloud": the partition charged for the test's nodes
+    policy = tmp_path / "policy.toml"
+    policy.write_text(EXAMPLE_POLICY.read_text().replace("\n[end]", "\n[experiments.cloud]\n\n[end]"))
+    settings = Settings(state_dir=tmp_path / "state", broker_id="broker-slurm-test", policy_file=policy)
     return build_broker(settings, clock=clock, simulated_state_dir=simulated_state_dir(settings))
 
 
@@ -128,6 +131,16 @@ async def test_a_node_nothing_fits_records_no_resource(broker: Broker, power: Sl
     placed = await power.place(huge, node_demand(huge))
     assert placed.placement is Placement.NO_OFFERING and not placed.up
     assert broker.store.resources() == []
+
+
+async def test_a_node_charged_to_an_experiment_the_policy_does_not_name_gets_nothing(
+    broker: Broker, tmp_path: Path
+) -> None:
+    power = SlurmPower.from_broker(broker, PowerSettings(experiment="nobody"))
+    placed = await power.place(NODE, dataclasses.replace(demand(), experiment="nobody"))
+    assert placed.placement is Placement.NO_OFFERING and not placed.up
+    assert "'nobody' is not in the policy" in placed.reason
+    assert broker.store.resources() == [] and live_units(broker) == []
 
 
 async def test_markets_and_backends_restrict_the_choice(broker: Broker, tmp_path: Path) -> None:

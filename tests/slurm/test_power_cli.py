@@ -11,7 +11,7 @@ import pytest
 
 from backends.simulated import SimulatedCloud
 from backends.slurm.burst import TAG_SLURM_NODE
-from provisioner.broker import build_broker
+from provisioner.broker import EXAMPLE_POLICY, build_broker
 from provisioner.clock import SystemClock
 from provisioner.domain import LIVE_STATES, ResourceState
 from provisioner.settings import Settings
@@ -25,8 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def program(verb: str, nodelist: str, state_dir: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    policy = state_dir / "policy.toml"  # the example's, also naming "cloud": the partition charged
+    if not policy.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        policy.write_text(EXAMPLE_POLICY.read_text().replace("\n[end]", "\n[experiments.cloud]\n\n[end]"))
     env |= {
         "PROVISIONER_STATE_DIR": str(state_dir),
+        "PROVISIONER_POLICY_FILE": str(policy),
         "PROVISIONER_LOG_LEVEL": "INFO",
         "SLURM_CONF": str(SLURM_CONF),
         "PYTHONPATH": str(REPO),
