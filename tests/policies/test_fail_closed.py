@@ -16,7 +16,7 @@ from provisioner.domain import Arch, DemandGroup, Market, Offering, RejectReason
 from provisioner.planner import plan
 from provisioner.requests import BurstRequestSpec, admit
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("policy*.toml"))  # not auth.toml
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
