@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -46,9 +46,11 @@ from provisioner.domain import (
     DemandGroup,
     Market,
     Offering,
+    Plan,
     PlanItem,
     ResourceState,
 )
+from provisioner.fleet import unit_of
 from provisioner.model import ResourceRow, from_micro, row_time
 from provisioner.settings import Settings
 from provisioner.store import Store
@@ -79,6 +81,67 @@ def host_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What admission says about a node's demand: the offering to use, or why none may be used."""
+
+    offering: Offering | None
+    reason: str = ""
+
+
+AdmitNode = Callable[[DemandGroup, Sequence[Offering]], Verdict]
+
+
+def refusal(plan: Plan, group_id: str) -> str:
+    """Why the planner serves none of a group: its unserved reason and the best rejected alternatives."""
+    explanation = next((e for e in plan.explanations if e.group_id == group_id), None)
+    if explanation is None:
+        return "refused by the planner"
+    head = explanation.unserved_reason.value if explanation.unserved_reason else "not served"
+    alternatives = "; ".join(
+        f"{r.offering_id}: {r.reason.value}{f' ({r.detail})' if r.detail else ''}" for r in explanation.rejected[:2]
+    )
+    return f"{head} for {explanation.experiment}" + (f" ({alternatives})" if alternatives else "")
+
+
+def policy_admission(broker: Broker) -> AdmitNode:
+    """Admission as the engine does it: the policy's limits for the node's experiment (budgets, spend
+    caps, allowed backends, markets, architectures, GPU rules, quotas) evaluated against the spend so
+    far and the live fleet, and the planner's choice among the offerings given."""
+
+    def admit(demand: DemandGroup, offerings: Sequence[Offering]) -> Verdict:
+        now = broker.clock.now()
+        fleet = [unit_of(r, now) for r in broker.store.resources(states=LIVE_STATES)]
+        base = broker.constraints([demand], offerings, fleet, now)
+        constraints = dataclasses.replace(
+            base,
+            unavailable_offerings=base.unavailable_offerings
+            | broker.engine.circuit.unavailable_offerings(offerings),
+        )
+        limits = constraints.experiments.get(demand.experiment)
+        if limits is not None:
+            # the experiment's own rules first, so a refusal names what stopped an allowed offering
+            offerings = [
+                o
+                for o in offerings
+                if (limits.allowed_backends is None or o.backend in limits.allowed_backends)
+                and (limits.allowed_markets is None or o.market in limits.allowed_markets)
+                and (limits.allowed_archs is None or o.arch in limits.allowed_archs)
+            ]
+            if not offerings:
+                return Verdict(
+                    None, f"no offering of a backend, market and architecture {demand.experiment} may use"
+                )
+        plan = broker.engine.planner([demand], offerings, fleet, constraints)
+        by_id = {o.id: o for o in offerings}
+        for item in plan.items:
+            if item.group_id == demand.id and item.units > 0 and item.offering_id in by_id:
+                return Verdict(by_id[item.offering_id])
+        return Verdict(None, refusal(plan, demand.id))
+
+    return admit
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +214,9 @@ class SlurmPower:
         settings: PowerSettings | None = None,
         actuator_settings: ActuatorSettings = RESUME_ACTUATOR,
         named_experiments: Callable[[], Collection[str]] | None = None,
+        admit: AdmitNode | None = None,
     ) -> None:
+        """`admit`: the policy's word on each node (default: none, the cheapest fitting offering)."""
         self.store = store
         # the policy's experiments now; None: no policy (every experiment may resume nodes)
         self.named_experiments = named_experiments
@@ -168,9 +233,11 @@ class SlurmPower:
         tagged: dict[str, Backend] = {n: NodeTaggedBackend(b) for n, b in self.backends.items()}
         self.actuator = Actuator(store, circuit, tagged, store.clock, actuator_settings)
         self._lock = asyncio.Lock()
+        self.admit = admit
 
     @classmethod
     def from_broker(cls, broker: Broker, settings: PowerSettings | None = None) -> SlurmPower:
+        """Resume and suspend for this broker, every node admitted by its policy like any other demand."""
         return cls(
             broker.store,
             broker.engine.circuit,
@@ -178,6 +245,7 @@ class SlurmPower:
             broker.offerings.values(),
             settings,
             named_experiments=lambda: broker.policy_source.current().experiments.keys(),
+            admit=policy_admission(broker),
         )
 
     # --- reading ---------------------------------------------------------------------------------
@@ -265,6 +333,19 @@ class SlurmPower:
             return self._intent(node, demand, now, Placement.PENDING, now.failure_reason or "")
         return None
 
+    def _choose(self, demand: DemandGroup, tried: set[str]) -> Offering | str | None:
+        """The offering to try next; a string: the policy's refusal; None: nothing fits."""
+        if self.admit is None:
+            return self._chooser(tried)(demand)
+        left = [o for o in self.candidates if o.id not in tried]
+        if not left:
+            return None
+        verdict = self.admit(demand, left)
+        if verdict.offering is None:
+            fits = self._chooser(tried)(demand)
+            return verdict.reason if fits is not None else None
+        return verdict.offering
+
     def _chooser(self, exclude: set[str]) -> OfferingChooser:
         blocked = self.circuit.unavailable_offerings(self.candidates)
         return cheapest_offering(o for o in self.candidates if o.id not in exclude and o.id not in blocked)
@@ -272,7 +353,12 @@ class SlurmPower:
     async def _create(self, node: SlurmNode, demand: DemandGroup, tried: set[str]) -> ResumeIntent:
         reasons: list[str] = []
         for _ in range(max(1, self.settings.offerings_to_try)):
-            offering = self._chooser(tried)(demand)
+            offering = self._choose(demand, tried)
+            if isinstance(offering, str):
+                if reasons:  # the policy's choices were tried and refused by their backends
+                    break
+                log.warning("slurm.resume.refused", node=node.name, experiment=demand.experiment, reason=offering)
+                return ResumeIntent(node.name, demand, None, None, Placement.REFUSED, reason=offering)
             if offering is None:
                 break
             tried.add(offering.id)

@@ -7,7 +7,8 @@
 #               owner/debug jobs preempt scavenger (backfill) jobs on the same node
 #               cloud: cloud[1-N], State=CLOUD; ResumeProgram/SuspendProgram are wrappers around
 #               `provisioner slurm resume|suspend` (broker state in $BASE/broker: one resource per
-#               resumed node on a simulated cloud); with FAKE_CLOUD=1 resume starts a real slurmd per node
+#               resumed node on a simulated cloud); with FAKE_CLOUD=1 resume starts a real slurmd per node;
+#               $BASE/etc/broker.env (PROVISIONER_* lines), if present, configures their broker
 #   slurmdbd    on the local MariaDB (root, no password, 127.0.0.1:3306): sacct, accounts atlas/lsst/cms/dune
 #   slurmrestd  127.0.0.1:$RESTD_PORT, JWT auth, openapi v0.0.38 (+ dbv0.0.38 with slurmdbd)
 #   jobcomp     filetxt log in $BASE/log/jobcomp.txt (always, with or without slurmdbd)
@@ -112,6 +113,8 @@ export SLURM_CONF=$CONF PATH=/usr/sbin:/usr/bin:/sbin:/bin:\$PATH PYTHONPATH=$RE
 export PROVISIONER_SLURM_FAKE_CLOUD=$FAKE_CLOUD PROVISIONER_SLURM_DIR=$BASE
 export PROVISIONER_STATE_DIR=$BASE/broker PROVISIONER_LOG_LEVEL=INFO
 export PROVISIONER_POLICY_FILE=$BASE/broker/policy.toml
+# the site's broker configuration for the power programs (policy, backends file, state dir), if any
+if [[ -f $BASE/etc/broker.env ]]; then set -a; . $BASE/etc/broker.env; set +a; fi
 echo "\$(date -u '+%FT%TZ') ${verb^^} \$1" >> $BASE/log/power.log
 cd $REPO && exec $py -u -c 'from provisioner.cli import main; main()' slurm $verb "\$1" >> $BASE/log/power.log 2>&1
 EOF

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import structlog
 
-from backends.slurm.client import SlurmClient, SlurmNode
+from backends.slurm.client import JobState, SlurmClient, SlurmJob, SlurmNode
+from backends.slurm.hostlist import expand_hostlist
 from provisioner.domain import SLURM_NODE_GROUP_PREFIX, Arch, DemandGroup, Offering
 
 log = structlog.get_logger(__name__)
@@ -99,6 +100,7 @@ class Placement(enum.StrEnum):
     PENDING = "pending"  # intent recorded, the backend call is retried with the same token
     CHOSEN = "chosen"  # offering chosen, nothing provisioned (choose_only)
     NO_OFFERING = "no_offering"  # no usable offering fits the node's shape
+    REFUSED = "refused"  # the policy refuses it (budget, spend cap, backend/market/arch not allowed)
     FAILED = "failed"  # every offering tried refused, or an error
 
 
@@ -120,6 +122,21 @@ class ResumeIntent:
 
 PlaceNode = Callable[[SlurmNode, DemandGroup], Awaitable[ResumeIntent]]
 ReleaseNode = Callable[[str], Awaitable[object]]
+MarkDown = Callable[[str, str], Awaitable[None]]  # (node, reason): Slurm shows the reason on the node
+ChargeTo = Callable[[str | None, str | None], str]  # (account, partition) of the node's job -> experiment
+NOT_UP = frozenset({Placement.REFUSED, Placement.NO_OFFERING, Placement.FAILED})
+
+
+def node_accounts(jobs: Iterable[SlurmJob]) -> dict[str, tuple[str | None, str]]:
+    """(account, partition) of the job each node was resumed for: jobs being configured on it, or
+    allocated to it already. A node several jobs share is charged to the first job's account."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for job in jobs:
+        if job.state not in (JobState.CONFIGURING, JobState.RUNNING, JobState.PENDING) or not job.node_list:
+            continue
+        for node in expand_hostlist(job.node_list):
+            out.setdefault(node, (job.account, job.partition))
+    return out
 
 
 def choose_only(choose: OfferingChooser) -> PlaceNode:
@@ -140,18 +157,29 @@ async def resume(
     place: PlaceNode,
     *,
     experiment: str | None = None,
+    charge_to: ChargeTo | None = None,
     start_node: NodeAction | None = None,
+    mark_down: MarkDown | None = None,
 ) -> list[ResumeIntent]:
-    """Map the nodes to demand and place each; (fake cloud) start the nodes whose resource is up."""
+    """Map the nodes to demand and place each; (fake cloud) start the nodes whose resource is up.
+
+    Each node is charged to `experiment` if given, else to `charge_to(account, partition)` of the job
+    Slurm resumes it for, else to its partition. A node that gets no resource (refused by the policy,
+    nothing fits, every offering failed) is set DOWN through `mark_down` with the reason, so the
+    operator reads it in `scontrol show node` and Slurm requeues the job instead of waiting."""
     wanted = set(names)
     shapes = {n.name: n for n in await client.nodes() if n.name in wanted}
+    accounts = node_accounts(await client.jobs()) if experiment is None and charge_to is not None else {}
     intents = []
     for name in names:
         node = shapes.get(name)
         if node is None:
             log.warning("slurm.resume.unknown_node", node=name)
             continue
-        demand = node_demand(node, experiment=experiment)
+        charged = experiment
+        if charged is None and charge_to is not None and name in accounts:
+            charged = charge_to(*accounts[name])
+        demand = node_demand(node, experiment=charged)
         try:
             intent = await place(node, demand)
         except Exception as exc:  # one node's failure must not keep the other nodes down
@@ -172,6 +200,11 @@ async def resume(
             reason=intent.reason or None,
         )
         intents.append(intent)
+        if mark_down is not None and intent.placement in NOT_UP:
+            try:
+                await mark_down(name, f"provisioner: {intent.placement}: {intent.reason or 'no resource'}")
+            except Exception as exc:
+                log.error("slurm.resume.mark_down_failed", node=name, error=str(exc))
         if start_node is not None and intent.up:
             try:
                 await start_node(name)

@@ -199,5 +199,12 @@ class CommandsClient:
         out = await self.run(["scontrol", "show", "hostnames", hostlist])
         return out.split()
 
+    async def set_node_down(self, node: str, reason: str) -> None:
+        """Mark a node DOWN with `reason` (shown by `scontrol show node`, `sinfo -R`); Slurm requeues
+        the jobs that waited for it. Slurm keeps reasons short: longer ones are cut."""
+        text = " ".join(reason.split())[:240] or "provisioner"
+        await self.run(["scontrol", "update", f"nodename={node}", "state=DOWN", f"reason={text}"])
+        log.info("slurm.node_down", node=node, reason=text)
+
     async def close(self) -> None:
         return None

@@ -24,7 +24,7 @@ from backends.slurm.hostlist import expand_hostlist
 from backends.slurm.rest import RestClient
 from provisioner.broker import Broker, build_broker
 from provisioner.domain import Market
-from provisioner.settings import load_settings
+from provisioner.settings import Settings, load_settings
 from provisioner.slurm_power import (
     CLOUD_MARKETS,
     PowerSettings,
@@ -32,7 +32,8 @@ from provisioner.slurm_power import (
     host_lock,
     simulated_state_dir,
 )
-from provisioner.sources.slurm import SlurmWorkloadSource
+from provisioner.sources.configured import read_queue_tables
+from provisioner.sources.slurm import ExperimentMap, SlurmWorkloadSource
 
 log = structlog.get_logger(__name__)
 app = typer.Typer(
@@ -75,6 +76,17 @@ def _broker() -> Broker:
         return build_broker(settings, simulated_state_dir=simulated_state_dir(settings))
 
 
+def experiment_map(settings: Settings) -> ExperimentMap:
+    """Slurm account (else partition) -> experiment, from the backends file's `slurm_queue` tables."""
+    by_account: dict[str, str] = {}
+    by_partition: dict[str, str] = {}
+    if settings.backends_file is not None:
+        for table in read_queue_tables(settings.backends_file).values():
+            by_account |= table.experiments
+            by_partition |= table.partition_experiments
+    return ExperimentMap(by_account, by_partition)
+
+
 def _power(
     broker: Broker, account: str | None, markets: list[Market] | None, backends: list[str] | None
 ) -> SlurmPower:
@@ -102,7 +114,10 @@ def resume_command(
     nodelist: Annotated[str, typer.Argument(help="hostlist expression from slurmctld, e.g. cloud[1-2]")],
     account: Annotated[
         str | None,
-        typer.Option(envvar=ACCOUNT_ENV, help="experiment charged (default: the node's partition)"),
+        typer.Option(
+            envvar=ACCOUNT_ENV,
+            help="experiment charged (default: the mapped account of the job the node is resumed for)",
+        ),
     ] = None,
     market: Annotated[
         list[Market] | None,
@@ -121,7 +136,15 @@ def resume_command(
             power = _power(broker, account, market, backend)
             fake = _fake_cloud()
             start: NodeAction | None = fake.start if fake else None
-            await resume(names, client, power.place, experiment=account, start_node=start)
+            await resume(
+                names,
+                client,
+                power.place,
+                experiment=account,
+                charge_to=experiment_map(broker.settings).experiment,
+                start_node=start,
+                mark_down=client.set_node_down,
+            )
         finally:
             await _close(broker)
 

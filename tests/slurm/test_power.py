@@ -15,15 +15,22 @@ from backends.slurm.burst import (
     NODE_GROUP_PREFIX,
     TAG_SLURM_NODE,
     Placement,
-    cheapest_offering,
     node_demand,
+    resume,
 )
-from backends.slurm.client import SlurmNode
+from backends.slurm.client import JobState, SlurmJob, SlurmNode
 from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker
 from provisioner.clock import SimulatedClock
 from provisioner.domain import SLURM_NODE_GROUP_PREFIX, Arch, DemandGroup, Market, ResourceState
 from provisioner.settings import Settings
-from provisioner.slurm_power import CLOUD_MARKETS, PowerSettings, SlurmPower, simulated_state_dir
+from provisioner.slurm_power import (
+    CLOUD_MARKETS,
+    PowerSettings,
+    SlurmPower,
+    policy_admission,
+    simulated_state_dir,
+)
+from provisioner.sources.slurm import ExperimentMap
 
 NODE = SlurmNode(
     name="cloud9", state="idle", flags=frozenset({"CLOUD", "POWERED_DOWN"}), cpus=4, alloc_cpus=0,
@@ -72,6 +79,9 @@ def test_both_sides_agree_on_the_node_group_prefix() -> None:
 async def test_resume_twice_gives_the_node_one_tagged_resource_on_the_cheapest_cloud_offering(
     broker: Broker, power: SlurmPower
 ) -> None:
+    # the planner's choice under the policy, as for any demand: the best $/HS23-hour that fits
+    cloud = [o for o in broker.offerings.values() if o.market in CLOUD_MARKETS]
+    best = policy_admission(broker)(demand(), cloud).offering
     first = await power.place(NODE, demand())
     second = await power.place(NODE, demand())
     assert first.placement is Placement.CREATED and second.placement is Placement.ALREADY_LIVE
@@ -81,9 +91,6 @@ async def test_resume_twice_gives_the_node_one_tagged_resource_on_the_cheapest_c
     row = rows[0]
     assert row.group_id == "slurm-node:cloud9" and row.experiment == "cloud"  # the node's partition
     assert row.state == ResourceState.PROVISIONING and row.busy  # Slurm holds it
-    # the cheapest usable cloud offering that fits 4 cores, ~2 GB, x86
-    cloud = [o for o in broker.offerings.values() if o.market in CLOUD_MARKETS]
-    best = cheapest_offering(cloud)(demand())
     assert best is not None and row.offering_id == best.id
     assert best.cores >= 4 and best.arch is Arch.X86_64
     # one unit at the provider, tagged with the node, our broker and the group
@@ -114,7 +121,7 @@ async def test_a_refused_offering_sends_the_node_to_the_next_cheapest(
     broker: Broker, power: SlurmPower
 ) -> None:
     cloud = [o for o in broker.offerings.values() if o.market in CLOUD_MARKETS]
-    best = cheapest_offering(cloud)(demand())
+    best = policy_admission(broker)(demand(), cloud).offering
     assert best is not None
     sim(broker, best.backend).faults.capacity.add(best.id)
     placed = await power.place(NODE, demand())
@@ -156,7 +163,7 @@ async def test_an_intent_left_by_a_crash_is_retried_with_its_token_not_doubled(
     broker: Broker, power: SlurmPower
 ) -> None:
     cloud = [o for o in broker.offerings.values() if o.market in CLOUD_MARKETS]
-    offering = cheapest_offering(cloud)(demand())
+    offering = policy_admission(broker)(demand(), cloud).offering
     assert offering is not None
     # a resume killed after the provider call, before recording it
     row = await broker.store.record_intent(offering, group_id="slurm-node:cloud9", experiment="cloud")
@@ -227,3 +234,90 @@ async def test_sweep_releases_resources_of_nodes_slurm_powered_down_without_a_su
     assert await power.sweep([dataclasses.replace(NODE, flags=frozenset({"CLOUD"}))]) == []  # up
     assert await power.sweep([NODE]) == [placed.resource_id]
     assert live_units(broker) == [] and await power.sweep([NODE]) == []
+
+
+def _broker_with_policy(tmp_path: Path, clock: SimulatedClock, experiment_toml: str) -> Broker:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("version = 1\n" + experiment_toml + "\n[end]\n")
+    settings = Settings(state_dir=tmp_path / "pstate", broker_id="broker-slurm-policy", policy_file=policy)
+    return build_broker(settings, clock=clock, simulated_state_dir=simulated_state_dir(settings))
+
+
+ZERO_CAPS = """
+[experiments.atl]
+backends = ["aws"]
+markets = ["on_demand"]
+spend_rate_cap_per_hour = "0"
+[experiments.atl.budgets]
+monthly = "0"
+"""
+
+
+async def test_resume_the_policy_refuses_creates_nothing_and_says_why(
+    tmp_path: Path, clock: SimulatedClock
+) -> None:
+    broker = _broker_with_policy(tmp_path, clock, ZERO_CAPS)
+    power = SlurmPower.from_broker(broker)
+    placed = await power.place(NODE, node_demand(NODE, experiment="atl"))
+    assert placed.placement is Placement.REFUSED and not placed.up
+    assert "atl" in placed.reason and ("budget" in placed.reason or "spend" in placed.reason), placed.reason
+    assert broker.store.resources() == []
+    assert live_units(broker) == []
+
+
+async def test_resume_uses_only_the_backends_and_markets_the_experiment_may_use_and_charges_it(
+    tmp_path: Path, clock: SimulatedClock
+) -> None:
+    broker = _broker_with_policy(
+        tmp_path, clock, '[experiments.atl]\nbackends = ["aws"]\nmarkets = ["on_demand"]\n'
+    )
+    placed = await SlurmPower.from_broker(broker).place(NODE, node_demand(NODE, experiment="atl"))
+    assert placed.placement is Placement.CREATED
+    row = broker.store.get(placed.resource_id or "")
+    assert row is not None and row.experiment == "atl"  # not the partition's name
+    offering = broker.offerings[row.offering_id]
+    assert (offering.backend, offering.market) == ("aws", Market.ON_DEMAND)
+
+
+class NodeQueue:
+    """What `resume` asks of Slurm: the node's shape and the job it is resumed for."""
+
+    name = "fake"
+
+    def __init__(self, jobs: list[SlurmJob]) -> None:
+        self._jobs = jobs
+        self.down: list[tuple[str, str]] = []
+
+    async def nodes(self) -> list[SlurmNode]:
+        return [NODE]
+
+    async def jobs(self) -> list[SlurmJob]:
+        return self._jobs
+
+    async def set_node_down(self, node: str, reason: str) -> None:
+        self.down.append((node, reason))
+
+
+async def test_resume_charges_the_mapped_account_of_the_job_and_a_refusal_sets_the_node_down_with_the_reason(
+    tmp_path: Path, clock: SimulatedClock
+) -> None:
+    broker = _broker_with_policy(tmp_path, clock, ZERO_CAPS)
+    power = SlurmPower.from_broker(broker)
+    job = SlurmJob(
+        job_id="7",
+        name="user",
+        state=JobState.CONFIGURING,
+        partition="cloud",
+        account="m4321",
+        node_list="cloud[8-9]",
+    )
+    slurm = NodeQueue([job])
+    [intent] = await resume(
+        ["cloud9"],
+        slurm,  # type: ignore[arg-type]
+        power.place,
+        charge_to=ExperimentMap({"m4321": "atl"}, {}).experiment,
+        mark_down=slurm.set_node_down,
+    )
+    assert intent.demand.experiment == "atl" and intent.placement is Placement.REFUSED
+    assert slurm.down == [("cloud9", f"provisioner: refused: {intent.reason}")]

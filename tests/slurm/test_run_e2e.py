@@ -48,6 +48,8 @@ cores = 8
 memory_gb = 2
 arch = "x86_64"
 hs23_per_core = 10
+
+[end]
 """
 
 
