@@ -13,7 +13,7 @@ changes, price changes (the spot price in force) and month boundaries. Definitio
 - node-hours: billable seconds of allocation pilots (one unit = one node).
 
 Public API (keep it small): `UnitFacts`, `Slice`, `Usage`, `unit_facts`, `load_units`, `slices`,
-`usage`, `usage_by`, `spent_micro`. Readers of the database go through `load_units`; everything
+`usage`, `usage_by`, `spent_micro`, `events_for`. Readers of the database go through `load_units`; everything
 else is pure.
 """
 
@@ -34,10 +34,12 @@ from provisioner.model import EventRow, ResourceRow, row_time
 
 __all__ = [
     "BUSY_EVENT_KINDS",
+    "Event",
     "PriceHistory",
     "Slice",
     "UnitFacts",
     "Usage",
+    "events_for",
     "load_units",
     "slices",
     "spent_micro",
@@ -54,6 +56,7 @@ STATE_EVENT = "resource.state"
 _STOPPED = frozenset({"failed", "lost"})
 _US_PER_HOUR = 3_600_000_000
 QUERY_BATCH = 500
+Event = tuple[str, datetime, Mapping[str, Any]]  # (kind, at, payload) of a resource's event
 
 
 def _round_half_even(numerator: int, denominator: int) -> int:
@@ -279,7 +282,7 @@ def _when(value: datetime) -> datetime:
 
 def unit_facts(
     row: ResourceRow,
-    events: Sequence[tuple[str, datetime, Mapping[str, Any]]] = (),
+    events: Sequence[Event] = (),
     *,
     price_changes: Sequence[tuple[datetime, int]] = (),
 ) -> UnitFacts:
@@ -335,8 +338,9 @@ def unit_facts(
     )
 
 
-def _events(session: Session, ids: Sequence[str]) -> dict[str, list[tuple[str, datetime, Mapping[str, Any]]]]:
-    out: dict[str, list[tuple[str, datetime, Mapping[str, Any]]]] = defaultdict(list)
+def events_for(session: Session, ids: Sequence[str]) -> dict[str, list[Event]]:
+    """The busy/idle and state events of these resources, by resource id, for `unit_facts`."""
+    out: dict[str, list[Event]] = defaultdict(list)
     kinds = (*BUSY_EVENT_KINDS, STATE_EVENT)
     for i in range(0, len(ids), QUERY_BATCH):
         stmt = (
@@ -359,10 +363,12 @@ def load_units(
     request_id: str | None = None,
     resource_ids: Sequence[str] | None = None,
     prices: PriceHistory | None = None,
+    include_unbilled: bool = False,
 ) -> list[UnitFacts]:
     """Billing facts of every unit that may have been charged during [lo, hi) (as known at `as_of`).
 
-    Units billed $0 (never launched, never seen busy) are left out. Ordered by resource id.
+    Units billed $0 so far (never launched, never seen busy) are left out unless `include_unbilled`
+    (budgets count what a live, not yet launched unit commits). Ordered by resource id.
     """
     r = RESOURCES.c
     cond: list[Any] = [r.created_at < min(hi, as_of), or_(r.released_at.is_(None), r.released_at > lo)]
@@ -373,13 +379,13 @@ def load_units(
     if resource_ids is not None:
         cond.append(r.id.in_(list(resource_ids)))
     rows = list(session.execute(select(ResourceRow).where(and_(*cond)).order_by(r.id)).scalars())
-    events = _events(session, [row.id for row in rows])
+    events = events_for(session, [row.id for row in rows])
     out = []
     for row in rows:
         facts = unit_facts(row, events.get(row.id, []))
-        if facts.charged_from is None:
+        if facts.charged_from is None and not include_unbilled:
             continue
-        if prices is not None:
+        if prices is not None and facts.charged_from is not None:
             end = facts.charged_until or as_of
             changes = prices.changes(row, facts.charged_from, end)
             if changes:

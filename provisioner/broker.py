@@ -15,9 +15,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 import policies
+from accounting.billing import load_units
 from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
 from provisioner.actuator import ActuatorSettings
@@ -38,7 +39,6 @@ from provisioner.domain import (
 from provisioner.engine import DecisionEngine, DemandFn, EngineSettings
 from provisioner.grouping import group_jobs
 from provisioner.leader import Leadership
-from provisioner.model import ResourceRow
 from provisioner.planner import plan
 from provisioner.policy_source import PolicySource
 from provisioner.reconciler import ReconcileSettings
@@ -110,20 +110,15 @@ class PolicyConstraints:
 
     def spend_so_far(self, now: datetime) -> dict[str, Decimal]:
         periods = {p for e in self.policy.experiments.values() for p in e.budgets.by_period()}
-        earliest = min((policies.period_bounds(p, now)[0] for p in periods), default=now)
+        bounds = {str(period): policies.period_bounds(period, now) for period in periods}
+        earliest = min((start for start, _ in bounds.values()), default=now)
+        latest = max((end for _, end in bounds.values()), default=now)
         with Session(self.db) as session:
-            rows = list(
-                session.exec(
-                    select(ResourceRow).where(
-                        (col(ResourceRow.released_at).is_(None)) | (col(ResourceRow.released_at) >= earliest)
-                    )
-                )
-            )
+            units = load_units(session, earliest, max(latest, now), as_of=now, include_unbilled=True)
         by_period = {}
-        for period in periods:
-            start, end = policies.period_bounds(period, now)
-            by_period[str(period)] = spend_in_period(
-                rows, period_start=start, period_end=end, now=now, commit_hours=self.commit_hours
+        for period, (start, end) in bounds.items():
+            by_period[period] = spend_in_period(
+                units, period_start=start, period_end=end, now=now, commit_hours=self.commit_hours
             )
         return merge_period_keys(by_period)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,6 +22,7 @@ from rich.table import Table
 from sqlmodel import Session, select
 
 import policies
+from accounting.billing import load_units, slices, usage_by
 from accounting.pipeline import demo_accounting
 from backends.simulated import SimulatedBackend, SimulatedCloud
 from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker, simulated_backends
@@ -30,12 +30,11 @@ from provisioner.catalog import load_catalog
 from provisioner.clock import SimulatedClock
 from provisioner.domain import LIVE_STATES, Arch, Plan
 from provisioner.engine import CycleReport
-from provisioner.model import BurstRequestRow, ResourceRow
+from provisioner.model import MICRO, BurstRequestRow, ResourceRow
 from provisioner.requests import (
     BurstRequestSpec,
     RequestStatus,
     admit,
-    cost_of_resources,
     load_request_groups,
     new_request_id,
     record_admission,
@@ -193,7 +192,6 @@ async def run_demo(
     )
     pending_requests = scenario_requests()
     steps = int(hours * 60 / step_minutes)
-    delivered: Counter[str] = Counter()
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -210,8 +208,7 @@ async def run_demo(
             for req in [r for r in pending_requests if r.at_hours <= elapsed]:
                 pending_requests.remove(req)
                 _submit(console, broker, req)
-            stepped = sim.step()
-            delivered.update(stepped.hs23_hours_by_experiment)
+            sim.step()
             report = await broker.engine.run_cycle()
             _print_cycle(console, broker, report, now)
             _close_finished_requests(broker, sim)
@@ -221,13 +218,12 @@ async def run_demo(
     for src in traces:
         src.stop_releasing()
     for _ in range(8):
-        stepped = sim.step()
-        delivered.update(stepped.hs23_hours_by_experiment)
+        sim.step()
         report = await broker.engine.run_cycle()
         _print_cycle(console, broker, report, clock.now(), quiet_plan=True)
         _close_finished_requests(broker, sim)
         clock.advance(step_minutes * 60)
-    totals = _summary(console, broker, backends, delivered)
+    totals = _summary(console, broker, backends)
     _accounting(console, broker, state / "accounting")
     broker.db.dispose()
     return totals
@@ -318,35 +314,51 @@ def _close_finished_requests(broker: Broker, sim: BatchSimulator) -> None:
         session.commit()
 
 
-def _summary(
-    console: Console, broker: Broker, backends: dict[str, SimulatedBackend], delivered: Counter[str]
-) -> dict[str, Decimal]:
+def _summary(console: Console, broker: Broker, backends: dict[str, SimulatedBackend]) -> dict[str, Decimal]:
+    """Spend and work per experiment and market, from the billing model (the figures the ledger has)."""
     now = broker.clock.now()
     with Session(broker.db) as session:
         resources = list(session.exec(select(ResourceRow)))
         requests = list(session.exec(select(BurstRequestRow)))
-    by_exp: dict[str, list[ResourceRow]] = defaultdict(list)
-    by_market: dict[str, list[ResourceRow]] = defaultdict(list)
-    for r in resources:
-        by_exp[r.experiment or "-"].append(r)
-        by_market[r.market].append(r)
+        units = load_units(session, START, now, as_of=now)
+    pieces = [p for u in units for p in slices(u, START, now, as_of=now)]
+    by_exp = usage_by(pieces, lambda p: p.unit.experiment or "-")
+    by_market = usage_by(pieces, lambda p: p.unit.market)
     console.rule("[bold]cost summary[/bold]")
     table = Table(title=f"{START:%Y-%m-%d %H:%M} → {now:%H:%M} UTC (simulated)")
-    for column in ("experiment", "units", "spend", "HS23-hours delivered", "$ per HS23-hour"):
+    columns = (
+        "experiment",
+        "units",
+        "spend",
+        "idle",
+        "HS23-h held",
+        "HS23-h delivered",
+        "$ per HS23-h delivered",
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column != "experiment" else "left")
     totals: dict[str, Decimal] = {}
-    for exp, rows in sorted(by_exp.items()):
-        spend = cost_of_resources(rows, now)
+    for exp, use in sorted(by_exp.items()):
+        spend = (Decimal(use.amount_micro) / MICRO).quantize(Decimal("0.01"))
         totals[exp] = spend
-        hs23 = delivered.get(exp, 0.0)
-        per = f"${spend / Decimal(str(hs23)):.4f}" if hs23 else "-"
-        table.add_row(exp, str(len(rows)), f"${spend:,.2f}", f"{hs23:,.0f}", per)
+        hs23 = use.hs23_hours_delivered
+        per = f"${Decimal(use.amount_micro) / MICRO / Decimal(repr(hs23)):.4f}" if hs23 else "-"
+        idle = f"${Decimal(use.idle_micro) / MICRO:,.2f}"
+        table.add_row(
+            exp,
+            str(len(use.units)),
+            f"${spend:,.2f}",
+            idle,
+            f"{use.hs23_hours_held:,.0f}",
+            f"{hs23:,.0f}",
+            per,
+        )
     console.print(table)
     markets = Table(title="by market")
     for column in ("market", "units", "spend"):
         markets.add_column(column)
-    for market, rows in sorted(by_market.items()):
-        markets.add_row(market, str(len(rows)), f"${cost_of_resources(rows, now):,.2f}")
+    for market, use in sorted(by_market.items()):
+        markets.add_row(market, str(len(use.units)), f"${Decimal(use.amount_micro) / MICRO:,.2f}")
     console.print(markets)
     live = [r for r in resources if r.state in {"requested", "provisioning", "running", "draining"}]
     console.print(

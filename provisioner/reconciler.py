@@ -176,7 +176,12 @@ class Reconciler:
         if entry is None:
             await self._missing(fleet, row, report)
             return
-        self.store.observe(row, busy=entry.busy)
+        # A launch time is the provider's billing start once the unit is past pending (EC2 fills it in
+        # while pending too); recorded whatever our state, so a unit drained before we saw it run is billed.
+        launched = (
+            entry.launched_at if entry.state not in (ProviderState.PENDING, ProviderState.UNKNOWN) else None
+        )
+        self.store.observe(row, busy=entry.busy, launched_at=launched)
         if entry.state in GONE:
             await self._terminated_by_provider(row, entry, report)
         elif entry.interruption_notice and state != ResourceState.DRAINING:

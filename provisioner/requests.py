@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from accounting.billing import Event, events_for, spent_micro, unit_facts
 from provisioner.domain import (
     LIVE_STATES,
     Arch,
@@ -29,10 +30,10 @@ from provisioner.domain import (
     ResourceState,
 )
 from provisioner.model import (
+    MICRO,
     BurstRequestRow,
     EventRow,
     ResourceRow,
-    from_micro,
     row_time,
     to_micro,
     utcnow,
@@ -320,22 +321,25 @@ class RequestView:
     resources: int
 
 
-def cost_of_resources(resources: Sequence[ResourceRow], now: datetime) -> Decimal:
-    """Money spent so far: each resource's price for the time it was launched (to release or now)."""
-    total = Decimal(0)
-    for res in resources:
-        start = row_time(res.launched_at)
-        if start is None:
-            continue
-        end = row_time(res.released_at) or now
-        seconds = max(0, int((end - start).total_seconds()))
-        total += from_micro(res.price_micro_per_hour) * Decimal(seconds) / Decimal(3600)
-    return total.quantize(Decimal("0.01"))
+def cost_of_resources(
+    resources: Sequence[ResourceRow], now: datetime, events: Mapping[str, Sequence[Event]] | None = None
+) -> Decimal:
+    """Money spent so far, as the billing model bills it (`accounting.billing`): from launch to stop
+    at the price in force; a create that never launched costs nothing. `events`: the resources'
+    events (`billing.events_for`), which tell when a unit was found lost or first held work."""
+    units = [unit_facts(r, (events or {}).get(r.id, ())) for r in resources]
+    micro = spent_micro(units, datetime.min.replace(tzinfo=UTC), now, as_of=now)
+    return (Decimal(micro) / MICRO).quantize(Decimal("0.01"))
 
 
-def _view(row: BurstRequestRow, resources: Sequence[ResourceRow], now: datetime) -> RequestView:
+def _view(
+    row: BurstRequestRow,
+    resources: Sequence[ResourceRow],
+    now: datetime,
+    events: Mapping[str, Sequence[Event]] | None = None,
+) -> RequestView:
     live = sum(1 for r in resources if ResourceState(r.state) in LIVE_STATES)
-    return RequestView(row, cost_of_resources(resources, now), live, len(resources))
+    return RequestView(row, cost_of_resources(resources, now, events), live, len(resources))
 
 
 def view(engine: Engine, request_id: str, *, now: datetime | None = None) -> RequestView:
@@ -344,7 +348,8 @@ def view(engine: Engine, request_id: str, *, now: datetime | None = None) -> Req
         if row is None:
             raise RequestNotFound(request_id)
         resources = list(session.exec(select(ResourceRow).where(ResourceRow.request_id == request_id)))
-    return _view(row, resources, now or utcnow())
+        events = events_for(session, [r.id for r in resources])
+    return _view(row, resources, now or utcnow(), events)
 
 
 def list_requests(engine: Engine, *, experiment: str | None = None) -> list[RequestView]:
@@ -360,8 +365,9 @@ def list_requests(engine: Engine, *, experiment: str | None = None) -> list[Requ
         by_request: dict[str, list[ResourceRow]] = {}
         for res in resources:
             by_request.setdefault(str(res.request_id), []).append(res)
+        events = events_for(session, [r.id for rs in by_request.values() for r in rs])
     now = utcnow()
-    return [_view(row, by_request.get(row.id, []), now) for row in rows]
+    return [_view(row, by_request.get(row.id, []), now, events) for row in rows]
 
 
 def load_request_groups(engine: Engine) -> list[DemandGroup]:

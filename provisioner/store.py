@@ -285,27 +285,38 @@ class Store:
         await self._publish([stored])
         return row
 
-    def observe(self, row: ResourceRow, *, busy: bool | None) -> None:
-        """Record what a listing says about work on the unit: a `resource.busy` event on each change.
+    def observe(self, row: ResourceRow, *, busy: bool | None, launched_at: datetime | None = None) -> None:
+        """Record what a listing says about work on the unit: a `resource.busy` event on each change,
+        and its launch time the first time a listing gives one, whatever the unit's state (a unit
+        drained while the broker still saw it provisioning has run, and is billed from its launch).
 
-        Not a lifecycle transition; the event is stored (the cost ledger splits busy from idle time
-        with it) but not published. `row` is the caller's copy; it is updated too, and the database
-        only written on a change.
+        Not a lifecycle transition; the event is stored (the billing model splits busy from idle
+        time with it) but not published. `row` is the caller's copy; it is updated too, and the
+        database only written on a change.
         """
-        if busy is None or row.busy == busy:
+        launch = launched_at if launched_at is not None and row.launched_at is None else None
+        changed = busy is not None and row.busy != busy
+        if not changed and launch is None:
             return
         now = self.clock.now()
-        row.busy = busy
-        row.idle_since = None if busy else now
+        if changed:
+            row.busy = bool(busy)
+            row.idle_since = None if busy else now
+        if launch is not None:
+            row.launched_at = launch
         with self.session() as s:
             stored = s.get(ResourceRow, row.id)
             if stored is None:
                 return
-            stored.busy = busy
-            stored.idle_since = row.idle_since
+            if changed:
+                stored.busy = row.busy
+                stored.idle_since = row.idle_since
+                self._add_event(s, "resource.busy", row.id, {"busy": row.busy})
+            if launch is not None and stored.launched_at is None:
+                stored.launched_at = launch
+                self._add_event(s, "resource.launched", row.id, {"launched_at": launch.isoformat()})
             stored.updated_at = now
             s.add(stored)
-            self._add_event(s, "resource.busy", row.id, {"busy": busy})
             s.commit()
 
     def note_attempts(self, resource_id: str, calls: int, error: str | None = None) -> int:

@@ -240,3 +240,25 @@ async def test_backend_that_cannot_be_listed_is_not_judged_by_its_silence(
         assert report.reconcile.skipped_backends == ["cloud"] and not report.reconcile.lost
     [row] = live(store)
     assert row.state == ResourceState.PROVISIONING
+
+
+async def test_unit_drained_while_provisioning_gets_its_launch_time_from_the_listing(
+    store: Store, clock: SimulatedClock
+) -> None:
+    o = offering("m1", startup_seconds=300)
+    cloud = SimulatedCloud("cloud", [o], clock, broker_id=BROKER)
+    source = StaticSource(jobs=jobs("atlas", 1))
+    engine = build_engine(store, {"cloud": cloud}, source)
+    await engine.run_cycle()
+    [row] = live(store)
+    assert row.state == ResourceState.PROVISIONING
+    source.jobs.clear()
+    await store.transition(row.id, ResourceState.DRAINING, reason="no demand left")
+    clock.advance(600)  # booted at +300 s while we were draining it, and took a job
+    cloud.set_busy(row.id, True)
+    await engine.run_cycle()
+    stored = store.get(row.id)
+    assert stored is not None and stored.launched_at is not None
+    [unit] = [u for u in cloud.units.values() if u.tags[TAG_RESOURCE] == row.id]
+    assert stored.launched_at.replace(tzinfo=unit.started_at.tzinfo) == unit.started_at  # type: ignore[union-attr]
+    assert [e.subject for e in store.events(kind="resource.launched")] == [row.id]

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, status
 from sqlmodel import Session, col, select
 
+from accounting.billing import events_for
 from provisioner.admission import admit_spec
 from provisioner.api.admission import request_resources
 from provisioner.api.auth import Authenticator, Principal, get_auth, require
@@ -34,6 +35,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
     broker = context.broker
     resources = request_resources(broker, row.id)
+    with Session(broker.db) as session:
+        events = events_for(session, [r.id for r in resources])
     live = {str(s) for s in LIVE_STATES}
     return RequestOut(
         id=row.id,
@@ -42,7 +45,7 @@ def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
         reason=row.reason,
         spec=row.spec,
         max_cost_usd=from_micro(row.max_cost_micro) if row.max_cost_micro is not None else None,
-        cost_so_far_usd=cost_of_resources(resources, broker.clock.now()),
+        cost_so_far_usd=cost_of_resources(resources, broker.clock.now(), events),
         live_resources=sum(1 for r in resources if r.state in live),
         created_at=row_time(row.created_at) or row.created_at,
         updated_at=row_time(row.updated_at) or row.updated_at,
