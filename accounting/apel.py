@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from accounting.benchmark import BENCHMARK_TYPE, checked_hs23, exact_product, normalised_seconds
@@ -366,6 +366,16 @@ class NormalisedSummary:
     jobs: int
 
 
+# ServiceLevel and Benchmark are DECIMAL(10,3) on the APEL server: values that differ only after the
+# third decimal are one key there, so summaries group (and send) the value as the server stores it.
+SERVER_BENCHMARK_STEP = Decimal("0.001")
+
+
+def round_benchmark(value: float) -> float:
+    """A benchmark value as the server stores it (DECIMAL(10,3), MySQL rounds half away from zero)."""
+    return float(Decimal(repr(float(value))).quantize(SERVER_BENCHMARK_STEP, rounding=ROUND_HALF_UP))
+
+
 def _key_sort(key: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple("" if part is None else str(part) for part in key)
 
@@ -375,7 +385,8 @@ def summaries_from_groups(groups: Iterable[JobGroup], year: int, month: int) -> 
     merged: dict[tuple[Any, ...], list[Any]] = {}
     for g in groups:
         vo, group, role = vo_fields(g.experiment, g.fqan)
-        key = (g.site, vo, group, role, g.global_user_name, g.submit_host, g.hs23_per_core, g.nodes, g.cores)
+        level = round_benchmark(g.hs23_per_core)
+        key = (g.site, vo, group, role, g.global_user_name, g.submit_host, level, g.nodes, g.cores)
         acc = merged.get(key)
         if acc is None:
             merged[key] = [g.earliest_end, g.latest_end, g.wall_seconds, g.cpu_seconds, g.jobs]

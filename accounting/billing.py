@@ -305,6 +305,9 @@ def unit_facts(
                 stopped_at = when
             elif target == "running":
                 stopped_at = None
+    idle_since = row_time(row.idle_since)
+    if not busy_changes and not row.busy and idle_since is not None:
+        busy_changes.append((idle_since.astimezone(UTC), False))  # no history: held work until then
     launched = row_time(row.launched_at)
     estimated = False
     if launched is None:
@@ -371,7 +374,11 @@ def load_units(
     (budgets count what a live, not yet launched unit commits). Ordered by resource id.
     """
     r = RESOURCES.c
-    cond: list[Any] = [r.created_at < min(hi, as_of), or_(r.released_at.is_(None), r.released_at > lo)]
+    begun = min(hi, as_of)
+    cond: list[Any] = [
+        or_(r.launched_at < begun, and_(r.launched_at.is_(None), r.created_at < begun)),
+        or_(r.released_at.is_(None), r.released_at > lo),
+    ]
     if experiment is not None:
         cond.append(r.experiment == experiment)
     if request_id is not None:

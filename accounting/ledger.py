@@ -1,28 +1,30 @@
 """Cost ledger: money per resource per hour (compute, idle, egress) from resources and egress samples.
 
 Rows are keyed (resource, hour, kind) and upserted, so rebuilding a period gives the same ledger.
-A resource's paid time is split into `compute` (busy) and `idle` rows, so compute + idle = what was
-paid; `list_price_micro` is the same time at the on-demand list price (spot savings = list − paid).
-Amounts use cumulative rounding: the hourly rows of a resource add up exactly to the price × time.
+Compute and idle rows are the billing model's slices (`accounting.billing`) summed per hour: a
+resource's paid time is split into `compute` (busy) and `idle` rows, so compute + idle = what was
+billed; `list_price_micro` is the same time at the on-demand list price (spot savings = list − paid).
+Amounts use cumulative rounding: the hourly rows of a resource add up exactly to what it was billed.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, or_, select
+from sqlalchemy import ColumnElement, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
+from accounting.billing import PriceHistory, UnitFacts, load_units, slices
 from policies.egress import marginal_egress_cost
 from provisioner.domain import EgressTier, Market, Offering
-from provisioner.model import CostLedgerRow, EventRow, ResourceRow, row_time, to_micro
+from provisioner.model import CostLedgerRow, EventRow, ResourceRow, to_micro
 
 __all__ = [
     "EgressUsage",
@@ -38,8 +40,6 @@ RESOURCES: Table = ResourceRow.__table__  # type: ignore[attr-defined]
 EVENTS: Table = EventRow.__table__  # type: ignore[attr-defined]
 HOUR = timedelta(hours=1)
 UPSERT_BATCH = 500
-# Events that carry busy/idle history (payload {"busy": bool}); without them only `idle_since` is known.
-BUSY_EVENT_KINDS = ("resource.busy", "resource.idle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,97 +92,55 @@ def _micro(rate_micro_per_hour: int, seconds: Decimal) -> int:
     return int((Decimal(rate_micro_per_hour) * seconds / 3600).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-def _overlap(a0: datetime, a1: datetime, b0: datetime, b1: datetime) -> Decimal:
-    lo, hi = max(a0, b0), min(a1, b1)
-    return Decimal((hi - lo).total_seconds()) if hi > lo else Decimal(0)
-
-
-def idle_intervals(
-    row: ResourceRow, events: Sequence[tuple[datetime, bool]], until: datetime
-) -> list[tuple[datetime, datetime]]:
-    """When the resource held no job: from busy/idle events, and from `idle_since` to release."""
-    out: list[tuple[datetime, datetime]] = []
-    idle_from: datetime | None = None
-    for at, busy in sorted(events):
-        if not busy and idle_from is None:
-            idle_from = at
-        elif busy and idle_from is not None:
-            out.append((idle_from, at))
-            idle_from = None
-    since = row_time(row.idle_since)
-    if idle_from is None and since is not None and not row.busy:
-        idle_from = since
-    if idle_from is not None and idle_from < until:
-        out.append((idle_from, until))
-    return out
-
-
-def resource_rows(
-    row: ResourceRow,
+def unit_rows(
+    unit: UnitFacts,
     start: datetime,
     end: datetime,
     *,
     family: str,
     list_micro_per_hour: int,
-    idle: Sequence[tuple[datetime, datetime]],
-    now: datetime,
+    as_of: datetime,
 ) -> list[dict[str, Any]]:
-    """Ledger rows (compute and idle) of one resource for the hours in [start, end)."""
-    launched = row_time(row.launched_at)
-    if launched is None:
+    """Ledger rows of one unit for the hours in [start, end): its billing slices, summed per hour
+    into `compute` (a job running) and `idle` (paid, no job). Amounts are the billing model's, so
+    the hours of a unit sum exactly to what it was billed; `hs23_hours` is delivered (busy) work,
+    `hs23_hours_held` the capacity paid for."""
+    span = unit.span(as_of)
+    if span is None:
         return []
-    stop = row_time(row.released_at) or now
-    lo, hi = max(launched, start), min(stop, end)
+    lo, hi = max(span[0], start), min(span[1], end)
     if hi <= lo:
         return []
-    rate = int(row.price_micro_per_hour)
-    hs23_per_unit = row.cores * row.hs23_per_core
     base = {
-        "resource_id": row.id,
-        "experiment": row.experiment or "unknown",
-        "backend": row.backend,
-        "offering_id": row.offering_id,
+        "resource_id": unit.resource_id,
+        "experiment": unit.experiment or "unknown",
+        "backend": unit.backend,
+        "offering_id": unit.offering_id,
         "offering_family": family,
-        "market": row.market,
+        "market": unit.market,
         "egress_gb": 0.0,
     }
-    out = []
+    per_hour: dict[tuple[datetime, str], dict[str, Any]] = {}
     hour = _hour_floor(lo)
     while hour < hi:
-        h0, h1 = max(hour, lo), min(hour + HOUR, hi)
-        # Cumulative rounding from launch: the sum over hours equals round(rate × total time).
-        before = Decimal((h0 - launched).total_seconds())
-        during = Decimal((h1 - h0).total_seconds())
-        paid = _micro(rate, before + during) - _micro(rate, before)
-        listed = _micro(list_micro_per_hour, before + during) - _micro(list_micro_per_hour, before)
-        idle_s = sum((_overlap(h0, h1, a, b) for a, b in idle), Decimal(0))
-        idle_s = min(idle_s, during)
-        busy_s = during - idle_s
-        idle_paid = int((Decimal(paid) * idle_s / during).to_integral_value()) if during else 0
-        idle_list = int((Decimal(listed) * idle_s / during).to_integral_value()) if during else 0
-        out.append(
-            base
-            | {
-                "hour": hour,
-                "kind": "compute",
-                "amount_micro": paid - idle_paid,
-                "list_price_micro": listed - idle_list,
-                "hs23_hours": float(busy_s) / 3600 * hs23_per_unit,
-            }
-        )
-        if idle_s > 0:
-            out.append(
-                base
-                | {
-                    "hour": hour,
-                    "kind": "idle",
-                    "amount_micro": idle_paid,
-                    "list_price_micro": idle_list,
-                    "hs23_hours": 0.0,
-                }
+        for piece in slices(unit, max(hour, lo), min(hour + HOUR, hi), as_of=as_of):
+            kind = "compute" if piece.busy else "idle"
+            row = per_hour.setdefault(
+                (hour, kind),
+                base | {"hour": hour, "kind": kind, "amount_micro": 0, "list_price_micro": 0,
+                        "hs23_hours": 0.0, "hs23_hours_held": 0.0},
+            )  # fmt: skip
+            # list value: the same time at the on-demand list rate, rounded cumulatively from the start
+            before = Decimal((piece.start - span[0]).total_seconds())
+            during = Decimal((piece.end - piece.start).total_seconds())
+            row["amount_micro"] += piece.amount_micro
+            row["list_price_micro"] += _micro(list_micro_per_hour, before + during) - _micro(
+                list_micro_per_hour, before
             )
+            row["hs23_hours"] += piece.hs23_hours_delivered
+            row["hs23_hours_held"] += piece.hs23_hours_held
         hour += HOUR
-    return out
+    return list(per_hour.values())
 
 
 def egress_rows(
@@ -220,24 +178,10 @@ def egress_rows(
                 "amount_micro": amount,
                 "list_price_micro": amount,
                 "hs23_hours": 0.0,
+                "hs23_hours_held": 0.0,
                 "egress_gb": gb,
             }
         )
-    return out
-
-
-def _busy_events(session: Session, ids: Sequence[str]) -> dict[str, list[tuple[datetime, bool]]]:
-    out: dict[str, list[tuple[datetime, bool]]] = defaultdict(list)
-    if not ids:
-        return out
-    stmt = select(EVENTS.c.subject, EVENTS.c.at, EVENTS.c.kind, EVENTS.c.payload).where(
-        EVENTS.c.kind.in_(BUSY_EVENT_KINDS), EVENTS.c.subject.in_(ids)
-    )
-    for subject, at, kind, payload in session.execute(stmt):
-        busy = bool(payload.get("busy", kind == "resource.busy")) if isinstance(payload, dict) else False
-        when = row_time(at)
-        assert when is not None
-        out[subject].append((when, busy))
     return out
 
 
@@ -252,8 +196,10 @@ def build_ledger(
     egress_tiers: Mapping[str, Sequence[EgressTier]] | None = None,
     egress_used_before_gb: Mapping[str, float] | None = None,
     now: datetime | None = None,
+    prices: PriceHistory | None = None,
 ) -> LedgerBuild:
-    """Write (or rewrite) the ledger rows of every resource that ran during [start, end).
+    """Write (or rewrite) the ledger rows of every unit billed during [start, end), from the billing
+    model (`accounting.billing`): money, busy/idle split and HS23-hours are its figures.
 
     `egress_used_before_gb`: GB already sent from each source location this month before `start`,
     so the marginal tiers continue where they were (tiers restart each calendar month).
@@ -262,28 +208,27 @@ def build_ledger(
     offerings = offerings or {}
     list_prices = list_prices or {}
     r = RESOURCES.c
-    ran = and_(
-        r.launched_at.is_not(None),
-        r.launched_at < end,
-        or_(r.released_at.is_(None), r.released_at > start),
-    )
-    resources = {row.id: row for row in session.execute(select(ResourceRow).where(ran)).scalars()}
+    units = {u.resource_id: u for u in load_units(session, start, end, as_of=now, prices=prices)}
+    unit_ids = list(units)
+    resources: dict[str, ResourceRow] = {}
+    for i in range(0, len(unit_ids), UPSERT_BATCH):
+        chunk = unit_ids[i : i + UPSERT_BATCH]
+        resources.update(
+            (row.id, row) for row in session.execute(select(ResourceRow).where(r.id.in_(chunk))).scalars()
+        )
     families = {
         rid: offering_family(row.offering_id, offerings, row.backend) for rid, row in resources.items()
     }
-    events = _busy_events(session, list(resources))
     values: list[dict[str, Any]] = []
-    for rid, row in resources.items():
-        until = row_time(row.released_at) or now
+    for rid, unit in units.items():
         values.extend(
-            resource_rows(
-                row,
+            unit_rows(
+                unit,
                 start,
                 end,
                 family=families[rid],
-                list_micro_per_hour=list_price_micro_per_hour(row, offerings, list_prices),
-                idle=idle_intervals(row, events.get(rid, []), until),
-                now=now,
+                list_micro_per_hour=list_price_micro_per_hour(resources[rid], offerings, list_prices),
+                as_of=now,
             )
         )
     sample_ids = {s.resource_id for s in egress} - set(resources)
@@ -321,7 +266,7 @@ def _upsert(session: Session, values: list[dict[str, Any]]) -> None:
         updates = {
             c: stmt.excluded[c]
             for c in ("experiment", "backend", "offering_id", "offering_family", "market", "amount_micro",
-                      "list_price_micro", "hs23_hours", "egress_gb")
+                      "list_price_micro", "hs23_hours", "hs23_hours_held", "egress_gb")
         }  # fmt: skip
         session.execute(
             stmt.on_conflict_do_update(index_elements=["resource_id", "hour", "kind"], set_=updates)
@@ -347,15 +292,18 @@ class LedgerTotal:
     key: tuple[str, ...]
     amount: Decimal  # USD paid
     list_amount: Decimal  # USD at on-demand list price
-    hs23_hours: float
+    hs23_hours: float  # delivered (busy)
     egress_gb: float
     amount_micro: int
     list_micro: int
+    # held (billable, busy or idle); readers that predate the column give 0 (not compared)
+    hs23_hours_held: float = field(default=0.0, compare=False)
 
     @classmethod
     def from_row(cls, row: Sequence[Any], keys: int) -> LedgerTotal:
-        """A result row: `keys` grouping columns, then sum(amount), sum(list), sum(HS23-h), sum(GB)."""
-        amount, listed, hs23, gb = row[keys:]
+        """A result row: `keys` grouping columns, then sum(amount), sum(list), sum(HS23-h delivered),
+        sum(GB) and, where the reader has it, sum(HS23-h held)."""
+        amount, listed, hs23, gb, *held = row[keys:]
         return cls(
             tuple(str(v) for v in row[:keys]),
             Decimal(int(amount)) / 1_000_000,
@@ -364,6 +312,7 @@ class LedgerTotal:
             float(gb),
             int(amount),
             int(listed),
+            float(held[0]) if held else 0.0,
         )
 
 
@@ -393,6 +342,7 @@ def ledger_totals(
         func.coalesce(func.sum(LEDGER.c.list_price_micro), 0),
         func.coalesce(func.sum(LEDGER.c.hs23_hours), 0.0),
         func.coalesce(func.sum(LEDGER.c.egress_gb), 0.0),
+        func.coalesce(func.sum(LEDGER.c.hs23_hours_held), 0.0),
     ).where(*cond)
     if cols:
         stmt = stmt.group_by(*cols).order_by(*cols)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlmodel import Session
 
-from accounting.apel import CloudSummary, JobGroup, SyncCount, vo_fields
+from accounting.apel import CloudSummary, JobGroup, SyncCount, round_benchmark, vo_fields
 from accounting.period import Month
 from accounting.usage import USAGE, valid_row_condition
 from provisioner.model import row_time
@@ -107,9 +107,10 @@ def _vm_in_month(month: Month) -> ColumnElement[bool]:
     t = USAGE.c
     return or_(
         and_(t.end_time >= month.start, t.end_time < month.end),
-        and_(
+        and_(  # a running VM's record is filed by the server under its creation: its start, here
             t.end_time.is_(None),
             t.status == "started",
+            t.start_time >= month.start,
             t.start_time < month.end,
         ),
     )
@@ -133,8 +134,9 @@ def vm_condition(month: Month, site: str | None) -> list[ColumnElement[bool]]:
 def cloud_summaries(session: Session, month: Month, *, site: str | None = None) -> list[CloudSummary]:
     t = USAGE.c
     status = func.coalesce(t.status, "completed")
+    # CpuCount is per VM on the server: VMs of different sizes are different summary lines
     keys = (t.site, t.backend, t.experiment, t.fqan, t.global_user_name, status, t.cloud_type,
-            t.cloud_image_id, t.hs23_per_core)  # fmt: skip
+            t.cloud_image_id, t.hs23_per_core, t.cores)  # fmt: skip
     stmt = (
         select(
             *keys,
@@ -142,7 +144,6 @@ def cloud_summaries(session: Session, month: Month, *, site: str | None = None) 
             func.max(t.start_time),
             func.sum(t.wall_seconds),
             func.sum(t.cpu_seconds),
-            func.sum(t.cores),
             func.sum(t.memory_kb),
             func.count(),
         )
@@ -151,11 +152,11 @@ def cloud_summaries(session: Session, month: Month, *, site: str | None = None) 
     )
     merged: dict[tuple[Any, ...], _CloudTotals] = {}
     for row in session.execute(stmt):
-        site_, backend, exp, fqan, dn, st, ctype, image, hs23, first, last, wall, cpu, cores, mem_kb, vms = (
+        site_, backend, exp, fqan, dn, st, ctype, image, hs23, cores, first, last, wall, cpu, mem_kb, vms = (
             row
         )
         vo, group, role = vo_fields(exp, fqan)
-        key = (site_, backend, vo, group, role, dn, st, ctype, image, float(hs23))
+        key = (site_, backend, vo, group, role, dn, st, ctype, image, round_benchmark(hs23), int(cores))
         part = _CloudTotals(
             _aware(first),
             _aware(last),
@@ -168,7 +169,7 @@ def cloud_summaries(session: Session, month: Month, *, site: str | None = None) 
         merged[key] = merged[key].add(part) if key in merged else part
     out = []
     for key in sorted(merged, key=lambda k: tuple("" if p is None else str(p) for p in k)):
-        site_, backend, vo, group, role, dn, st, ctype, image, hs23 = key
+        site_, backend, vo, group, role, dn, st, ctype, image, hs23, _ = key
         acc = merged[key]
         out.append(
             CloudSummary(
@@ -219,7 +220,7 @@ class _CloudTotals:
             max(self.last, other.last),
             self.wall + other.wall,
             self.cpu + other.cpu,
-            self.cores + other.cores,
+            self.cores,  # per VM: one summary line holds VMs of one size
             memory,
             self.vms + other.vms,
         )

@@ -215,7 +215,8 @@ class CostLedgerRow(SQLModel, table=True):
     market: str
     amount_micro: int = Field(sa_column=Column(BigInteger, nullable=False))
     list_price_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
-    hs23_hours: float = 0.0
+    hs23_hours: float = 0.0  # delivered: busy time × the unit's HS23 (0 on idle and egress rows)
+    hs23_hours_held: float = 0.0  # held: billable time × the unit's HS23, busy or not
     egress_gb: float = 0.0
 
 

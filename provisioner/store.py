@@ -314,7 +314,6 @@ class Store:
                 self._add_event(s, "resource.busy", row.id, {"busy": row.busy})
             if launch is not None and stored.launched_at is None:
                 stored.launched_at = launch
-                self._add_event(s, "resource.launched", row.id, {"launched_at": launch.isoformat()})
             stored.updated_at = now
             s.add(stored)
             s.commit()

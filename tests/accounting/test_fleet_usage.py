@@ -109,7 +109,7 @@ def test_each_market_gives_its_kind_of_record_with_wall_shape_and_benchmark(sess
         "bf": "backfill",
     }
     od, spot, pilot, bf = got["od"], got["spot"], got["pilot"], got["bf"]
-    assert od.record_key == f"{SITE}:vm:od" and pilot.record_key == f"{SITE}:pilot:pilot"
+    assert od.record_key == f"{SITE}:vm:od:2026-11" and pilot.record_key == f"{SITE}:pilot:pilot:2026-11"
     assert (od.start_time, od.end_time, od.wall_seconds, od.status) == (
         T0,
         T0 + timedelta(hours=3),
@@ -145,8 +145,40 @@ def test_resources_that_never_launched_or_ran_outside_the_month_give_no_record(s
                  released_at=NOV + timedelta(hours=1)),
     )  # fmt: skip
     assert list(got) == ["across"]
-    # A job is accounted whole in the month it ends: the wall time is not clipped to the month.
-    assert got["across"].wall_seconds == 3 * 3600 and got["across"].start_time == NOV - timedelta(hours=2)
+    # Each month gets its part of a unit that ran across the month end: November holds the last hour.
+    assert got["across"].wall_seconds == 3600 and got["across"].start_time == NOV
+
+
+def test_a_unit_alive_at_month_close_gives_each_month_exactly_its_part(session: Session) -> None:
+    rows = (
+        resource("vm", "aws:us-east-1:m7i.2xlarge:on_demand", launched_at=NOV - timedelta(hours=2),
+                 released_at=NOV + timedelta(hours=1)),
+        resource("pilot", "polaris:prod:a100x4:allocation", launched_at=NOV - timedelta(hours=6),
+                 released_at=None, state="running", walltime_hours=24.0),
+    )  # fmt: skip
+    for row in rows:
+        session.add(row)
+    session.commit()
+    args: dict[str, Any] = {
+        "site": SITE,
+        "submit_host": "broker.example.org",
+        "offerings": OFFERINGS,
+        "now": NOW,
+    }
+    october = {r.resource_id: r for r in usage_from_resources(session, NOV - timedelta(days=31), NOV, **args)}
+    november = {r.resource_id: r for r in usage_from_resources(session, NOV, DEC, **args)}
+    # the VM's October record stays in October on the server: no end time, created at its October start
+    assert (october["vm"].wall_seconds, october["vm"].end_time, october["vm"].status) == (
+        7200,
+        None,
+        "started",
+    )
+    assert october["vm"].record_key != november["vm"].record_key and november["vm"].wall_seconds == 3600
+    # the pilot: 6 h in October (ending inside October), 18 h in November up to its walltime, not to "now"
+    assert october["pilot"].wall_seconds == 6 * 3600 and october["pilot"].end_time < NOV  # type: ignore[operator]
+    assert november["pilot"].wall_seconds == 18 * 3600
+    assert october["pilot"].status == "continued" and november["pilot"].status == "completed"
+    assert import_records(session, [*october.values(), *november.values()], now=NOW).problems == []
 
 
 def test_a_still_running_vm_is_cut_at_now_unless_open_records_are_asked_for(session: Session) -> None:
@@ -249,9 +281,9 @@ def test_estimate_stored_before_slurm_measured_the_pilot_is_dropped(session: Ses
     assert drop_superseded(session, NOV, DEC, site=SITE, now=NOW) == []  # nothing measured yet
     measured = replace(got["pilot"], record_key=f"{SITE}:pilot:4242-1763000000", cpu_seconds=1000)
     import_records(session, [measured], now=NOW)
-    assert drop_superseded(session, NOV, DEC, site=SITE, now=NOW) == [f"{SITE}:pilot:pilot"]
+    assert drop_superseded(session, NOV, DEC, site=SITE, now=NOW) == [f"{SITE}:pilot:pilot:2026-11"]
     keys = set(session.execute(select(UsageRecordRow.record_key)).scalars())  # type: ignore[call-overload]
-    assert keys == {f"{SITE}:vm:vm", f"{SITE}:pilot:4242-1763000000"}
+    assert keys == {f"{SITE}:vm:vm:2026-11", f"{SITE}:pilot:4242-1763000000"}
 
 
 def test_importing_the_fleet_usage_twice_changes_nothing(session: Session) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -220,3 +221,25 @@ def test_rebuild_drops_hours_that_no_longer_apply(session: Session) -> None:
     session.commit()
     build_ledger(session, T0, OCT_END)
     assert [(r.hour.hour, r.kind) for r in ledger_rows(session)] == [(0, "compute"), (1, "compute")]
+
+
+def test_ledger_holds_what_the_billing_model_bills_including_units_drained_while_provisioning(
+    session: Session,
+) -> None:
+    from accounting.billing import load_units, spent_micro
+    from provisioner.model import EventRow
+
+    session.add(resource("ran", released_at=T0 + timedelta(hours=2, minutes=10)))
+    # drained before the broker saw it launch, but a listing saw it holding work from 01:00
+    session.add(resource("drained", launched_at=None, busy=False, released_at=T0 + timedelta(hours=3)))
+    session.add(
+        EventRow(at=T0 + timedelta(hours=1), kind="resource.busy", subject="drained", payload={"busy": True})
+    )
+    session.add(resource("phantom", state="failed", launched_at=None, released_at=None))
+    session.commit()
+    build_ledger(session, T0, OCT_END, now=OCT_END)
+    [total] = ledger_totals(session, T0, OCT_END, [])
+    billed = spent_micro(load_units(session, T0, OCT_END, as_of=OCT_END), T0, OCT_END, as_of=OCT_END)
+    assert total.amount_micro == billed == 866_667 + 800_000
+    assert {r.resource_id for r in ledger_rows(session)} == {"ran", "drained"}
+    assert total.hs23_hours_held == pytest.approx((2 + 1 / 6 + 2) * 100)
