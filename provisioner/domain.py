@@ -352,6 +352,8 @@ class FleetUnit:
     state: ResourceState
     busy: bool  # running at least one job
     idle_hours: float = 0.0
+    # Something reports on the work (heartbeat, batch system, provider metrics); False: never idle-drained.
+    busy_known: bool = True
     walltime_left_hours: float | None = None  # HPC pilots: time before Slurm kills it
     price_per_hour: Decimal = Decimal(0)
 

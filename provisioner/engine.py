@@ -33,6 +33,7 @@ from provisioner.domain import (
     PlanningConstraints,
 )
 from provisioner.fleet import Fleet, Listing
+from provisioner.heartbeats import HEARTBEAT_TOPIC, record_message
 from provisioner.leader import Leadership, LeadershipLost
 from provisioner.reconciler import Reconciler, ReconcileReport, ReconcileSettings
 from provisioner.sources.base import ReportsSkipped, SkippedJob, WorkloadSource
@@ -129,7 +130,7 @@ class DecisionEngine:
         self.circuit = circuit or CircuitBreaker(store.db, self.clock, self.settings.circuit)
         self.actuator = Actuator(store, self.circuit, self.backends, self.clock, self.settings.actuator)
         self.reconciler = Reconciler(store, self.actuator, self.circuit, self.settings.reconcile)
-        self.fleet = Fleet()
+        self.fleet = Fleet(heartbeat_ttl=self.settings.reconcile.heartbeat_ttl)
         self.leadership = leadership
         self.offerings_fn = offerings
 
@@ -341,7 +342,9 @@ class DecisionEngine:
         stop = stop or asyncio.Event()
         wake = asyncio.Event()
         sub: Subscription | None = None
+        beats: Subscription | None = None
         reader: asyncio.Task[None] | None = None
+        beat_reader: asyncio.Task[None] | None = None
         if self.store.bus is not None:
             sub = await self.store.bus.subscribe(DEMAND_TOPIC)
 
@@ -350,6 +353,8 @@ class DecisionEngine:
                     wake.set()
 
             reader = asyncio.create_task(read(sub), name="engine-demand-reader")
+            beats = await self.store.bus.subscribe(HEARTBEAT_TOPIC)
+            beat_reader = asyncio.create_task(self._read_heartbeats(beats), name="engine-heartbeat-reader")
         immediate_in_a_row = 0
         try:
             while not stop.is_set():
@@ -369,14 +374,25 @@ class DecisionEngine:
                 immediate_in_a_row = 0
                 await self._wait(wake, stop)
         finally:
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            for task in (reader, beat_reader):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if sub is not None:
                 await sub.close()
+            if beats is not None:
+                await beats.close()
             if self.leadership is not None:
                 self.leadership.release()
+
+    async def _read_heartbeats(self, beats: Subscription) -> None:
+        """Pilot/worker heartbeats from the bus, recorded by every replica (they are facts, not actions)."""
+        async for message in beats:
+            try:
+                record_message(self.store, message.payload)
+            except Exception as exc:  # a store hiccup must not end the reader
+                log.warning("heartbeat.record_failed", error_type=type(exc).__name__)
 
     async def _wait(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         st = self.settings

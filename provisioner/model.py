@@ -129,6 +129,9 @@ class ResourceRow(SQLModel, table=True):
     state_since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     launched_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     idle_since: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # Last heartbeat from the work on the unit (pilot/worker, on the bus or the API): `busy` is
+    # what it said. A unit with no fresh heartbeat and no busy view from its backend has no signal.
+    heartbeat_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     released_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
 
 

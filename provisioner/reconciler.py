@@ -21,7 +21,7 @@ from backends.base import TAG_BROKER, BackendError, BackendResource, ProviderSta
 from provisioner.actuator import Actuator
 from provisioner.circuit import CircuitBreaker, offering_key
 from provisioner.domain import LIVE_STATES, DrainReason, Market, Offering, ResourceState
-from provisioner.fleet import Fleet, Listing
+from provisioner.fleet import HEARTBEAT_TTL, Fleet, Listing, busy_signal
 from provisioner.leader import LeadershipLost
 from provisioner.model import ResourceRow, row_time
 from provisioner.store import Store
@@ -41,6 +41,7 @@ class ReconcileSettings:
         default_factory=lambda: {str(Market.ALLOCATION): timedelta(hours=48)}
     )
     idle_drain: timedelta = timedelta(minutes=15)
+    heartbeat_ttl: timedelta = HEARTBEAT_TTL  # a pilot/worker heartbeat older than this is no signal
     walltime_slack: timedelta = timedelta(minutes=5)
     history: timedelta = timedelta(days=2)  # failed/lost rows older than this are not rechecked
 
@@ -182,6 +183,7 @@ class Reconciler:
             entry.launched_at if entry.state not in (ProviderState.PENDING, ProviderState.UNKNOWN) else None
         )
         self.store.observe(row, busy=entry.busy, launched_at=launched)
+        signal = busy_signal(row, entry, self.now, self.settings.heartbeat_ttl)
         if entry.state in GONE:
             await self._terminated_by_provider(row, entry, report)
         elif entry.interruption_notice and state != ResourceState.DRAINING:
@@ -189,8 +191,8 @@ class Reconciler:
         elif state == ResourceState.PROVISIONING:
             await self._booting(row, entry, report)
         elif state == ResourceState.RUNNING:
-            await self._idle(row, report)
-        elif state == ResourceState.DRAINING and entry.busy is not True:
+            await self._idle(row, signal, report)
+        elif state == ResourceState.DRAINING and signal is not True:
             await self._release(row, "drained", report)
 
     # --- one rule each -------------------------------------------------------------------------
@@ -266,9 +268,10 @@ class Reconciler:
         report.interrupted.append(row.id)
         self._replan(row, report)
 
-    async def _idle(self, row: ResourceRow, report: ReconcileReport) -> None:
+    async def _idle(self, row: ResourceRow, signal: bool | None, report: ReconcileReport) -> None:
+        """Drain a unit its work reports idle for `idle_drain`; no signal at all is never idleness."""
         idle_since = row_time(row.idle_since)
-        if row.busy or idle_since is None:
+        if signal is not False or idle_since is None:
             return
         if self.now - idle_since >= self.settings.idle_drain:
             await self.store.transition(row.id, ResourceState.DRAINING, reason=str(DrainReason.IDLE))

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from backends.base import BackendResource
 from provisioner.bus import Bus, event_topic
@@ -33,6 +33,9 @@ from provisioner.domain import (
 from provisioner.model import DecisionRow, DemandGroupRow, EventRow, PlanRow, ResourceRow, row_time, to_micro
 
 log = structlog.get_logger(__name__)
+
+# A unit whose work can report on it: booting (the pilot may start before EC2 says running), running, draining.
+HEARTBEAT_STATES = frozenset({ResourceState.PROVISIONING, ResourceState.RUNNING, ResourceState.DRAINING})
 
 # Fixed namespace: the token of a resource id is the same in every process, forever.
 TOKEN_NAMESPACE = uuid.UUID("6f2d3c1e-8a4b-5c7d-9e0f-1a2b3c4d5e6f")
@@ -317,6 +320,52 @@ class Store:
             stored.updated_at = now
             s.add(stored)
             s.commit()
+
+    def find_unit(self, *, resource_id: str | None = None, instance_id: str | None = None) -> ResourceRow | None:
+        """A unit by our resource id, or by the provider's own id (an EC2 instance id, a GCE name...),
+        as a worker on the unit knows it from the instance metadata."""
+        if resource_id:
+            return self.get(resource_id)
+        if not instance_id:
+            return None
+        with self.session() as s:
+            query = select(ResourceRow).where(
+                or_(
+                    col(ResourceRow.provider_id) == instance_id,
+                    col(ResourceRow.provider_id).endswith(f"/{instance_id}"),
+                )
+            )
+            rows = list(s.exec(query.order_by(col(ResourceRow.created_at).desc())).all())
+        live = [r for r in rows if ResourceState(r.state) in HEARTBEAT_STATES]
+        found = live or rows
+        return found[0] if found else None
+
+    def heartbeat(self, resource_id: str, *, busy: bool, running_jobs: int | None = None) -> ResourceRow | None:
+        """The work on a unit says it is busy or idle (a pilot or worker heartbeat); None: not a live unit.
+
+        Stamped with the broker's clock, not the worker's. The busy/idle history (`resource.busy`
+        events) changes only when the answer does; a first "idle" starts the idle time now, not at launch.
+        """
+        now = self.clock.now()
+        with self.session() as s:
+            row = s.exec(select(ResourceRow).where(ResourceRow.id == resource_id).with_for_update()).first()
+            if row is None or ResourceState(row.state) not in HEARTBEAT_STATES:
+                return None
+            first = row.heartbeat_at is None
+            if busy:
+                row.idle_since = None
+            elif row.busy or first or row.idle_since is None:
+                row.idle_since = now
+            if busy != row.busy or first:
+                self._add_event(
+                    s, "resource.busy", row.id, {"busy": busy, "source": "heartbeat", "running_jobs": running_jobs}
+                )
+            row.busy = busy
+            row.heartbeat_at = now
+            row.updated_at = now
+            s.add(row)
+            s.commit()
+            return row
 
     def note_attempts(self, resource_id: str, calls: int, error: str | None = None) -> int:
         """Count backend calls made for this intent; the count bounds retries across cycles and restarts."""

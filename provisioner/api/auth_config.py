@@ -34,6 +34,7 @@ class Scope(StrEnum):
     POLICY_WRITE = "policy:write"
     RESOURCE_READ = "resource:read"
     RESOURCE_DRAIN = "resource:drain"
+    RESOURCE_HEARTBEAT = "resource:heartbeat"  # what a pilot/worker token holds: report busy/idle
     REPORT_READ = "report:read"
 
 

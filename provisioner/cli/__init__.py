@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from provisioner.cli import accounting, db, engine, offerings, policy, request, serve, slurm
+from provisioner.cli import accounting, db, engine, offerings, policy, request, serve, slurm, worker
 from provisioner.logs import configure_logging
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 
-for module in (offerings, policy, request, engine, serve, accounting, db, slurm):
+for module in (offerings, policy, request, engine, serve, accounting, db, slurm, worker):
     module.register(app)
 
 

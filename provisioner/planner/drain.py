@@ -67,6 +67,7 @@ def assess_fleet(
         if (
             unit.state is ResourceState.RUNNING
             and not unit.busy
+            and unit.busy_known  # no signal from the work: never drained as idle on a guess
             and unit.idle_hours >= idle_drain_hours
             and not held_by_slurm
         ):
