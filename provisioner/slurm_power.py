@@ -33,6 +33,7 @@ from backends.slurm.burst import (
     Placement,
     ResumeIntent,
     cheapest_offering,
+    fits,
     node_group_id,
     node_of_group,
 )
@@ -101,7 +102,8 @@ def refusal(plan: Plan, group_id: str) -> str:
         return "refused by the planner"
     head = explanation.unserved_reason.value if explanation.unserved_reason else "not served"
     alternatives = "; ".join(
-        f"{r.offering_id}: {r.reason.value}{f' ({r.detail})' if r.detail else ''}" for r in explanation.rejected[:2]
+        f"{r.offering_id}: {r.reason.value}{f' ({r.detail})' if r.detail else ''}"
+        for r in explanation.rejected[:2]
     )
     return f"{head} for {explanation.experiment}" + (f" ({alternatives})" if alternatives else "")
 
@@ -120,6 +122,8 @@ def policy_admission(broker: Broker) -> AdmitNode:
             unavailable_offerings=base.unavailable_offerings
             | broker.engine.circuit.unavailable_offerings(offerings),
         )
+        # what fits the node, so a refusal names the policy's reason, not a shape that never fitted
+        offerings = [o for o in offerings if fits(o, demand)]
         limits = constraints.experiments.get(demand.experiment)
         if limits is not None:
             # the experiment's own rules first, so a refusal names what stopped an allowed offering
@@ -278,7 +282,9 @@ class SlurmPower:
         """Give the node a resource, unless it has one (requested, provisioning or running) already.
 
         Fails closed: an experiment the policy does not name gets no new resource."""
-        if self.named_experiments is not None and demand.experiment not in (named := self.named_experiments()):
+        if self.named_experiments is not None and demand.experiment not in (
+            named := self.named_experiments()
+        ):
             known = ", ".join(sorted(named)) or "none"
             log.warning("slurm.resume.experiment_not_in_policy", node=node.name, experiment=demand.experiment)
             return ResumeIntent(
@@ -357,7 +363,9 @@ class SlurmPower:
             if isinstance(offering, str):
                 if reasons:  # the policy's choices were tried and refused by their backends
                     break
-                log.warning("slurm.resume.refused", node=node.name, experiment=demand.experiment, reason=offering)
+                log.warning(
+                    "slurm.resume.refused", node=node.name, experiment=demand.experiment, reason=offering
+                )
                 return ResumeIntent(node.name, demand, None, None, Placement.REFUSED, reason=offering)
             if offering is None:
                 break

@@ -78,18 +78,26 @@ def cheapest_offering(offerings: Iterable[Offering]) -> OfferingChooser:
     catalog = list(offerings)
 
     def choose(demand: DemandGroup) -> Offering | None:
-        fits = [
-            o
-            for o in catalog
-            if o.cores >= demand.cores_per_job
-            and o.memory_gb >= demand.memory_gb_per_job
-            and o.arch in demand.archs
-            and o.gpu_count >= demand.gpus_per_job
-            and (demand.gpu_model is None or demand.gpus_per_job == 0 or o.gpu_model == demand.gpu_model)
-        ]
-        return min(fits, key=lambda o: (o.price_per_hour, o.id), default=None)
+        return min(
+            (o for o in catalog if fits(o, demand)), key=lambda o: (o.price_per_hour, o.id), default=None
+        )
 
     return choose
+
+
+def fits(o: Offering, demand: DemandGroup) -> bool:
+    """One unit of the offering holds one job of the demand: cores, memory, architecture, GPUs."""
+    return (
+        o.cores >= demand.cores_per_job
+        and o.memory_gb >= demand.memory_gb_per_job
+        and o.arch in demand.archs
+        and o.gpu_count >= demand.gpus_per_job
+        and (
+            demand.gpu_model is None
+            or demand.gpus_per_job == 0
+            or (o.gpu_model or "").casefold() == demand.gpu_model.casefold()
+        )
+    )
 
 
 class Placement(enum.StrEnum):

@@ -159,3 +159,72 @@ def test_queued_jobs_become_pilots_and_held_jobs_are_listed_not_planned(
     assert {p[3] for p in pilots} == {"atlas"}  # charged to the allocation's account
     # at most the allocation's two nodes, however many jobs wait
     assert len(pilots) <= 2, pilots
+
+
+ZERO_CAPS = """
+version = 1
+
+[experiments.cms]
+backends = ["aws"]
+markets = ["on_demand"]
+spend_rate_cap_per_hour = "0"
+
+[experiments.cms.budgets]
+monthly = "0"
+
+[end]
+"""
+
+
+def cloud_nodes() -> dict[str, tuple[str, str]]:
+    """Node -> (state, reason) of the CLOUD partition, as `sinfo` shows them."""
+    out = slurm("sinfo", "-h", "-N", "-p", "cloud", "-o", "%N|%T|%E")
+    return {n: (state, reason) for n, state, reason in (line.split("|", 2) for line in out.splitlines())}
+
+
+@pytest.fixture
+def power_broker(slurm_cluster: Path, tmp_path: Path) -> Iterator[Path]:
+    """Point the cluster's Resume/SuspendProgram at this test's policy and state (etc/broker.env)."""
+    resume_program = slurm_cluster / "bin" / "resume.sh"
+    if "broker.env" not in resume_program.read_text():
+        pytest.skip(f"{resume_program} predates etc/broker.env: run scripts/slurm-cluster.sh start")
+    env_file = slurm_cluster / "etc" / "broker.env"
+    (tmp_path / "policy.toml").write_text(ZERO_CAPS)
+    env_file.write_text(
+        f"PROVISIONER_STATE_DIR={tmp_path / 'broker'}\nPROVISIONER_POLICY_FILE={tmp_path / 'policy.toml'}\n"
+    )
+    try:
+        yield tmp_path
+    finally:
+        env_file.unlink(missing_ok=True)
+
+
+def test_cloud_node_resume_refused_by_policy_stays_down_with_the_reason(
+    power_broker: Path, tag: str, jobs: list[str]
+) -> None:
+    job = sbatch(f"--job-name=refused.{tag}", "--partition=cloud", "--account=cms", "-t", "5")
+    jobs.append(job)
+    refused: dict[str, str] = {}
+
+    def node_down() -> bool:
+        refused.update({n: r for n, (s, r) in cloud_nodes().items() if r.startswith("provisioner: refused")})
+        return bool(refused)
+
+    try:
+        wait_until(node_down, "a cloud node set down by the refused resume", timeout=90)
+        [(node, reason)] = refused.items()
+        shown = slurm("scontrol", "show", "node", node)
+        assert "DOWN" in shown.split("State=", 1)[1].split()[0], shown
+        assert "Reason=provisioner: refused:" in shown and "cms" in reason, shown
+        assert "budget" in reason or "spend" in reason, reason  # the policy's own words, not a shape
+        # the job waits for capacity again (Slurm requeued it), and nothing runs on the refused node
+        assert [j[2] for j in squeue() if j[0] == job] == ["PENDING"]
+    finally:
+        slurm("scancel", job)  # first: a waiting job would have Slurm resume another node
+        for node in refused:
+            slurm("scontrol", "update", f"nodename={node}", "state=power_down_force")
+            wait_until(
+                lambda n=node: cloud_nodes()[n][0] == "idle~",  # type: ignore[misc]
+                f"{node} powered down again",
+                timeout=60,
+            )
