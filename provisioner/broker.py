@@ -41,6 +41,7 @@ from provisioner.grouping import group_jobs
 from provisioner.leader import Leadership
 from provisioner.planner import plan
 from provisioner.policy_source import PolicySource
+from provisioner.policy_versions import PolicyKeeper
 from provisioner.reconciler import ReconcileSettings
 from provisioner.requests import load_request_groups
 from provisioner.settings import Settings
@@ -102,6 +103,7 @@ class PolicyConstraints:
     catalog: Catalog
     commit_hours: float = 1.0
     _routes: dict[frozenset[str], tuple[EgressRoute, ...]] = field(default_factory=dict)
+    keeper: PolicyKeeper | None = None  # versions: records file changes, picks up other replicas' changes
 
     @property
     def policy(self) -> policies.Policy:
@@ -138,6 +140,8 @@ class PolicyConstraints:
         now: datetime,
     ) -> PlanningConstraints:
         policy = self.source.current()
+        if self.keeper is not None:
+            policy = self.keeper.sync()
         return policies.evaluate(
             policy,
             now=now,
@@ -192,6 +196,7 @@ class Broker:
     engine: DecisionEngine
     constraints: PolicyConstraints
     offerings: dict[str, Offering]  # catalog and site offerings that a configured backend serves, by id
+    policy_keeper: PolicyKeeper | None = None  # the policy's versions; applies API changes
 
     @property
     def policy(self) -> policies.Policy:
@@ -218,6 +223,8 @@ def build_broker(
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
     source = PolicySource.load(policy_path(settings))
+    keeper = PolicyKeeper(db, source, clock)
+    keeper.start()  # the newest change wins: the file if it changed since, else the newest stored version
     policy = source.policy
     offerings = list(catalog.offerings) + policies.site_offerings(policy, now=clock.now())
     if backends is None and settings.backends_file is not None:
@@ -239,7 +246,7 @@ def build_broker(
     if sources is None:
         sources = configured_sources(settings, offerings, policy)
     store = Store(db, clock, settings.broker_id, bus)
-    constraints = PolicyConstraints(source, db, catalog)
+    constraints = PolicyConstraints(source, db, catalog, keeper=keeper)
     demand_fn = demand or (lambda: load_request_groups(db))
     engine = DecisionEngine(
         store=store,
@@ -256,7 +263,7 @@ def build_broker(
     # Only what a configured backend can serve: admission must not promise a cloud we cannot reach.
     by_id = {o.id: o for o in offerings if o.backend in backends}
     source.on_change(lambda new: apply_policy_timings(engine, new))
-    return Broker(settings, db, catalog, source, clock, store, backends, engine, constraints, by_id)
+    return Broker(settings, db, catalog, source, clock, store, backends, engine, constraints, by_id, keeper)
 
 
 def apply_policy_timings(engine: DecisionEngine, policy: policies.Policy) -> None:

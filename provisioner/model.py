@@ -59,11 +59,13 @@ class PolicyRow(SQLModel, table=True):
 
     __tablename__ = "policies"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)  # the policy version
     name: str
     sha256: str = Field(index=True)
     content: str
     applied_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    author: str = ""  # "file:<path>" when read from the policy file at start, else the API caller
+    comment: str = ""
 
 
 class PlanRow(SQLModel, table=True):
@@ -73,6 +75,7 @@ class PlanRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     solver: str
     policy_sha256: str | None = None
+    policy_version: int | None = None  # the PolicyRow in force when the plan was made
     total_cost_micro: int = Field(sa_column=Column(BigInteger, nullable=False))
     spend_rate_micro_per_hour: int = Field(sa_column=Column(BigInteger, nullable=False))
     dry_run: bool = False

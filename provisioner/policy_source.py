@@ -52,6 +52,13 @@ class PolicySource:
         """Call `listener` with every new policy put in force."""
         self.listeners.append(listener)
 
+    def replace(self, policy: Policy) -> None:
+        """Put `policy` in force (applied through the API, or by another replica). The file's digest is
+        kept, so the file takes over again only once its content changes: the newest change wins."""
+        self.policy = policy
+        for listener in self.listeners:
+            listener(policy)
+
     def current(self) -> Policy:
         """The policy in force now, after re-reading the file if its content changed."""
         self.refresh()

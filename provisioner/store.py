@@ -30,7 +30,16 @@ from provisioner.domain import (
     ResourceState,
     check_transition,
 )
-from provisioner.model import DecisionRow, DemandGroupRow, EventRow, PlanRow, ResourceRow, row_time, to_micro
+from provisioner.model import (
+    DecisionRow,
+    DemandGroupRow,
+    EventRow,
+    PlanRow,
+    PolicyRow,
+    ResourceRow,
+    row_time,
+    to_micro,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -432,12 +441,15 @@ class Store:
         plan_id = f"p-{uuid.uuid4().hex}"
         now = plan.created_at or self.clock.now()
         with self.session() as s:
+            # The policy in force is the newest version stored (provisioner.policy_versions).
+            in_force = s.exec(select(PolicyRow).order_by(col(PolicyRow.id).desc()).limit(1)).first()
             s.add(
                 PlanRow(
                     id=plan_id,
                     created_at=now,
                     solver=plan.solver,
-                    policy_sha256=policy_sha256,
+                    policy_sha256=policy_sha256 or (in_force.sha256 if in_force else None),
+                    policy_version=in_force.id if in_force else None,
                     total_cost_micro=to_micro(plan.total_cost),
                     spend_rate_micro_per_hour=to_micro(plan.spend_rate_per_hour),
                     summary=_jsonable(

@@ -14,7 +14,17 @@ from fastapi import FastAPI
 from provisioner.api.auth import AUTH_RESPONSES, Authenticator
 from provisioner.api.context import ApiContext, ApiSettings
 from provisioner.api.errors import install_error_handlers
-from provisioner.api.routes import drain, events, health, heartbeats, offerings, plan, requests, resources
+from provisioner.api.routes import (
+    drain,
+    events,
+    health,
+    heartbeats,
+    offerings,
+    plan,
+    policy,
+    requests,
+    resources,
+)
 from provisioner.api.tokens import TokenValidator
 from provisioner.broker import Broker
 from provisioner.catalog import Catalog
@@ -84,7 +94,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (requests, offerings, plan, resources, drain, heartbeats, events):
+    for module in (requests, offerings, plan, resources, drain, heartbeats, events, policy):
         app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
     return app

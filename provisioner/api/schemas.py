@@ -330,6 +330,7 @@ class StoredPlanOut(BaseModel):
     id: str
     created_at: datetime
     solver: str
+    policy_version: int | None  # the policy version in force when it was made (GET /v1/policy/versions/N)
     total_cost_usd: Decimal
     spend_rate_usd_per_hour: Decimal
     summary: dict[str, Any]
@@ -341,6 +342,7 @@ class StoredPlanOut(BaseModel):
             id=p.id,
             created_at=_when(p.created_at) or p.created_at,
             solver=p.solver,
+            policy_version=p.policy_version,
             total_cost_usd=from_micro(p.total_cost_micro),
             spend_rate_usd_per_hour=from_micro(p.spend_rate_micro_per_hour),
             summary=p.summary,

@@ -197,7 +197,7 @@ def test_loopback_may_be_served_without_authentication(host: str) -> None:
 def test_the_example_auth_file_is_valid() -> None:
     from provisioner.api.auth_config import load_auth_config
 
-    config = load_auth_config(Path(__file__).resolve().parents[2] / "examples" / "auth.toml")
+    config = load_auth_config(Path(__file__).resolve().parents[2] / "docs" / "auth.example.toml")
     assert config.configured() and config.groups["/atlas"].experiment == "atlas"
 
 
