@@ -3,8 +3,8 @@
 Each implements the `Backend` protocol: create is idempotent on the request token, units carry
 the broker's tags, accepted creates go pending → running after a boot (or queue) delay, release
 terminates, and terminated units stay listed for a while. Spot interruptions and owner reclaims
-follow a seeded random process drawn once per unit, so a run is reproducible whatever the order
-of calls. Faults (throttling, timeouts, capacity, quota, auth) can be injected, and the whole
+follow a seeded random process drawn once per unit from the seed and the unit's place in this
+provider's own sequence, so the same seed and the same calls give the same run. Faults (throttling, timeouts, capacity, quota, auth) can be injected, and the whole
 state can live in a JSON file so it survives a killed broker process (crash tests, demos).
 """
 
@@ -286,7 +286,7 @@ class SimulatedBackend:
             boot_at=boot_at,
         )
         self._next_id += 1
-        rng = self._rng(request.idempotency_token)
+        rng = self._rng(unit.provider_id)  # this provider's own sequence, not the caller's random ids
         rate = self._takeback_rate(offering)
         if rate > 0:
             unit.interrupt_at = boot_at + timedelta(hours=rng.expovariate(rate))

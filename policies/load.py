@@ -7,6 +7,7 @@ import re
 import tomllib
 import types
 from collections.abc import Iterator, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -31,17 +32,19 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate the policy file at `path`; raise `PolicyError` naming every problem."""
+def load_policy(path: str | Path, *, today: date | None = None) -> Policy:
+    """Read and validate the policy file at `path`; raise `PolicyError` naming every problem.
+
+    `today`: the day relative dates (`"today+10d"`) count from; the caller reads it from its clock."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(file, None, "", f"cannot read the file: {exc}") from None
-    return parse_policy(text, file)
+    return parse_policy(text, file, today=today)
 
 
-def parse_policy(text: str, filename: str) -> Policy:
+def parse_policy(text: str, filename: str, *, today: date | None = None) -> Policy:
     """Validate policy `text` (TOML); `filename` is only used in error messages."""
     try:
         raw = tomllib.loads(text)
@@ -52,7 +55,7 @@ def parse_policy(text: str, filename: str) -> Policy:
     except Exception:  # a scanner slip must not hide the real problems; they are still named by key
         lines = {}
     try:
-        policy = Policy.model_validate(raw)
+        policy = Policy.model_validate(raw, context={"today": today})
     except ValidationError as exc:
         errors = exc.errors()
         # a list whose item failed also reports "too short"; the item's own error is the useful one

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import itertools
-from datetime import UTC, date, datetime, time
+import re
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
 )
 
@@ -39,8 +41,20 @@ def _upper(value: Any) -> Any:
 GpuModel = Annotated[str, BeforeValidator(_upper), Field(min_length=1)]
 
 
-def _date_to_midnight_utc(value: Any) -> Any:
+RELATIVE_DATE = re.compile(r"^today(?:([+-])(\d{1,5})d)?$")
+RELATIVE_DATE_MEANING = "a TOML date or date-time, or \"today\", \"today+Nd\" or \"today-Nd\""
+
+
+def _date_to_midnight_utc(value: Any, info: ValidationInfo) -> Any:
     # TOML has a plain date type; a date on its own means the start of that day in UTC.
+    if isinstance(value, str) and (match := RELATIVE_DATE.match(value.strip())):
+        # Relative to the day the policy is read (examples and tests that must not expire); the
+        # loader passes that day, so reading the file never looks at the wall clock itself.
+        today = (info.context or {}).get("today")
+        if not isinstance(today, date):
+            raise ValueError("a relative date needs the day the policy is read, and none was given")
+        sign, days = match.groups()
+        value = today + timedelta(days=(-1 if sign == "-" else 1) * int(days or 0))
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime.combine(value, time(0), tzinfo=UTC)
     return value

@@ -47,7 +47,7 @@ def admit_spec(broker: Broker, spec: BurstRequestSpec) -> Admitted:
         unavailable_offerings=base.unavailable_offerings
         | broker.engine.circuit.unavailable_offerings(offerings),
     )
-    request_id = new_request_id()
+    request_id = new_request_id(broker.store.ids)
     admission = admit(
         request_id,
         spec,

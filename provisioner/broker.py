@@ -38,6 +38,7 @@ from provisioner.domain import (
 )
 from provisioner.engine import DecisionEngine, DemandFn, EngineSettings
 from provisioner.grouping import group_jobs
+from provisioner.ids import IdSource
 from provisioner.leader import Leadership
 from provisioner.planner import plan
 from provisioner.policy_source import PolicySource
@@ -213,6 +214,7 @@ def build_broker(
     bus: Bus | None = None,
     demand: DemandFn | None = None,
     simulated_state_dir: Path | None = None,
+    ids: IdSource | None = None,
 ) -> Broker:
     """Wire a broker: `backends` if given, else those of the backends file in the settings, else simulated
     ones serving the catalog and the policy's site offerings (the embedded default). Simulated units are
@@ -222,7 +224,7 @@ def build_broker(
     clock = clock or SystemClock()
     db = open_database(settings.resolved_database_url())
     catalog = load_catalog()
-    source = PolicySource.load(policy_path(settings))
+    source = PolicySource.load(policy_path(settings), today=lambda: clock.now().date())
     keeper = PolicyKeeper(db, source, clock)
     keeper.start()  # the newest change wins: the file if it changed since, else the newest stored version
     policy = source.policy
@@ -245,7 +247,7 @@ def build_broker(
         )
     if sources is None:
         sources = configured_sources(settings, offerings, policy)
-    store = Store(db, clock, settings.broker_id, bus)
+    store = Store(db, clock, settings.broker_id, bus, ids)
     constraints = PolicyConstraints(source, db, catalog, keeper=keeper)
     demand_fn = demand or (lambda: load_request_groups(db))
     engine = DecisionEngine(

@@ -143,7 +143,7 @@ def _group_index(table: JobTable) -> tuple[IntArray, int]:
         _bucket(table.walltime_hours, WALLTIME_EDGES_HOURS),
         table.arch_mask,
         table.gpus,
-        table.gpu_model,
+        np.where(table.gpus > 0, table.gpu_model, -1),  # a model means nothing for a job that asks no GPU
         table.data_location,
         table.preemptible.astype(np.int64),
         table.priority,
@@ -190,6 +190,42 @@ def group_table(table: JobTable) -> list[DemandGroup]:
     ]
 
 
+def _text(value: str) -> str:
+    """A name inside an id: the characters the id uses as separators or markers are percent-encoded."""
+    return "".join(f"%{ord(c):02X}" if c in "%:*+" else c for c in value)
+
+
+def _number(value: float) -> str:
+    """A bucket edge inside an id: integers without a decimal point, anything else exactly (repr round-trips)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def demand_group_id(
+    experiment: str,
+    cores: int,
+    memory_gb: float,
+    walltime_hours: float,
+    archs: frozenset[Arch],
+    gpus: int,
+    gpu_model: str | None,
+    data_location: str | None,
+    preemptible: bool,
+    priority: int,
+) -> str:
+    """The id of the group with this grouping key: a different key always gives a different id.
+
+    Readable (`atlas:8c:16g:12h:x86_64:nodata:pre:p0`) and injective: names are escaped, numbers exact,
+    the GPU part starts with a digit, a data location is marked `in=` so it never reads as `nodata`.
+    """
+    arch_part = "+".join(sorted(a.value for a in archs)) or "noarch"
+    gpu_part = f":{gpus}x{'*' if gpu_model is None else _text(gpu_model)}" if gpus else ""
+    location_part = "nodata" if data_location is None else f"in={_text(data_location)}"
+    return (
+        f"{_text(experiment)}:{cores}c:{_number(memory_gb)}g:{_number(walltime_hours)}h:{arch_part}{gpu_part}"
+        f":{location_part}:{'pre' if preemptible else 'std'}:p{priority}"
+    )
+
+
 def _group(
     table: JobTable, i: int, jobs: int, memory: float, walltime: float, input_gb: float, output_gb: float
 ) -> DemandGroup:
@@ -197,15 +233,13 @@ def _group(
     mask = int(table.arch_mask[i])
     archs = frozenset(a for a, bit in ARCH_BITS.items() if mask & bit)
     gpus = int(table.gpus[i])
-    model = table.gpu_models[int(table.gpu_model[i])] if table.gpu_model[i] >= 0 else None
+    model = table.gpu_models[int(table.gpu_model[i])] if gpus and table.gpu_model[i] >= 0 else None
     location = table.data_locations[int(table.data_location[i])] if table.data_location[i] >= 0 else None
     preemptible = bool(table.preemptible[i])
     priority = int(table.priority[i])
     cores = int(table.cores[i])
-    gpu_part = f":{gpus}x{model or 'gpu'}" if gpus else ""
-    group_id = (
-        f"{experiment}:{cores}c:{memory:g}g:{walltime:g}h:{'+'.join(sorted(a.value for a in archs))}{gpu_part}"
-        f":{location or 'nodata'}:{'pre' if preemptible else 'std'}:p{priority}"
+    group_id = demand_group_id(
+        experiment, cores, memory, walltime, archs, gpus, model, location, preemptible, priority
     )
     return DemandGroup(
         id=group_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import structlog
@@ -37,16 +38,21 @@ class PolicySource:
     listeners: list[PolicyListener] = field(default_factory=list)
     refused: str | None = None  # digest of the last refused content (reported once, not every cycle)
     unreadable: str | None = None  # last read error (reported once)
+    # The day relative dates ("today+10d") count from, read from the broker's clock; a new day
+    # re-reads the file like a change of content, so such dates move on with the days.
+    today: Callable[[], date] | None = None
+    day: date | None = None
 
     @classmethod
-    def load(cls, path: str | Path) -> PolicySource:
+    def load(cls, path: str | Path, *, today: Callable[[], date] | None = None) -> PolicySource:
         """Read the policy at start-up; a bad file raises `PolicyError` (there is no last good one yet)."""
         file = Path(path)
         try:
             data = file.read_bytes()
         except OSError as exc:
             raise PolicyError(str(file), None, "", f"cannot read the file: {exc}") from None
-        return cls(file, _parse(data, str(file)), _digest(data))
+        day = today() if today is not None else None
+        return cls(file, _parse(data, str(file), day), _digest(data), today=today, day=day)
 
     def on_change(self, listener: PolicyListener) -> None:
         """Call `listener` with every new policy put in force."""
@@ -76,10 +82,11 @@ class PolicySource:
             return False
         self.unreadable = None
         digest = _digest(data)
-        if digest in (self.digest, self.refused):
+        day = self.today() if self.today is not None else None
+        if digest in (self.digest, self.refused) and day == self.day:
             return False
         try:
-            policy = _parse(data, str(self.path))
+            policy = _parse(data, str(self.path), day)
         except PolicyError as exc:
             self.refused = digest
             log.error(
@@ -89,7 +96,7 @@ class PolicySource:
                 kept=self.digest[:12],
             )
             return False
-        self.policy, self.digest, self.refused = policy, digest, None
+        self.policy, self.digest, self.refused, self.day = policy, digest, None, day
         log.info(
             "policy.reloaded", file=str(self.path), digest=digest[:12], experiments=sorted(policy.experiments)
         )
@@ -98,9 +105,9 @@ class PolicySource:
         return True
 
 
-def _parse(data: bytes, filename: str) -> Policy:
+def _parse(data: bytes, filename: str, today: date | None) -> Policy:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(filename, None, "", f"cannot read the file: {exc}") from None
-    return parse_policy(text, filename)
+    return parse_policy(text, filename, today=today)

@@ -155,14 +155,20 @@ class PolicyKeeper:
         if sha256(text) != self.source.digest:
             return  # the file changed again since it was read: recorded when it is put in force
         stored = record(
-            self.db, text, name=path.name, author=f"{FILE_AUTHOR}{path}", comment="read from the file",
+            self.db,
+            text,
+            name=path.name,
+            author=f"{FILE_AUTHOR}{path}",
+            comment="read from the file",
             now=self.clock.now(),
         )
         self.version = stored.version
 
     def _put(self, stored: PolicyVersion) -> bool:
         try:
-            policy = policies.parse_policy(stored.content, f"policy v{stored.version}")
+            policy = policies.parse_policy(
+                stored.content, f"policy v{stored.version}", today=self.clock.now().date()
+            )
         except policies.PolicyError as exc:
             log.warning("policy.stored_version_invalid", version=stored.version, error=str(exc))
             return False
@@ -184,9 +190,17 @@ class PolicyKeeper:
         return self.source.policy
 
     def apply(
-        self, text: str, *, author: str, comment: str, base_version: int | None = None, name: str = "policy.toml"
+        self,
+        text: str,
+        *,
+        author: str,
+        comment: str,
+        base_version: int | None = None,
+        name: str = "policy.toml",
     ) -> PolicyVersion:
-        policy = policies.parse_policy(text, name)  # PolicyError names every line and key; nothing applied
+        policy = policies.parse_policy(
+            text, name, today=self.clock.now().date()
+        )  # PolicyError names every line and key; nothing applied
         if _site_shapes(policy) != _site_shapes(self.source.policy):
             raise PolicyChangeRefused(
                 "allocations and backfill pools decide which backends run: change them in the policy file "

@@ -7,7 +7,6 @@ pending work; its status and cost so far are read back from the resources it got
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,8 @@ from provisioner.domain import (
     PlanningConstraints,
     ResourceState,
 )
+from provisioner.ids import IdSource, RandomIds
+from provisioner.ids import request_id as make_request_id
 from provisioner.model import (
     MICRO,
     BurstRequestRow,
@@ -251,8 +252,8 @@ def admit(
     return Admission(True, f"estimated ${cost:,.2f} on {chosen}", cost, group, plan)
 
 
-def new_request_id() -> str:
-    return "req-" + uuid.uuid4().hex[:10]
+def new_request_id(ids: IdSource | None = None) -> str:
+    return make_request_id(ids or RandomIds())
 
 
 def record_admission(

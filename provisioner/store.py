@@ -30,6 +30,9 @@ from provisioner.domain import (
     ResourceState,
     check_transition,
 )
+from provisioner.ids import IdSource, RandomIds
+from provisioner.ids import plan_id as new_plan_id
+from provisioner.ids import resource_id as new_resource_id
 from provisioner.model import (
     DecisionRow,
     DemandGroupRow,
@@ -48,10 +51,6 @@ HEARTBEAT_STATES = frozenset({ResourceState.PROVISIONING, ResourceState.RUNNING,
 
 # Fixed namespace: the token of a resource id is the same in every process, forever.
 TOKEN_NAMESPACE = uuid.UUID("6f2d3c1e-8a4b-5c7d-9e0f-1a2b3c4d5e6f")
-
-
-def new_resource_id() -> str:
-    return f"r-{uuid.uuid4().hex}"
 
 
 def idempotency_token(broker_id: str, resource_id: str) -> str:
@@ -97,11 +96,14 @@ def explanation_json(explanation: GroupExplanation) -> dict[str, Any]:
 class Store:
     """Writes go through here; reads are plain queries returning rows."""
 
-    def __init__(self, db: Engine, clock: Clock, broker_id: str, bus: Bus | None = None) -> None:
+    def __init__(
+        self, db: Engine, clock: Clock, broker_id: str, bus: Bus | None = None, ids: IdSource | None = None
+    ) -> None:
         self.db = db
         self.clock = clock
         self.broker_id = broker_id
         self.bus = bus
+        self.ids: IdSource = ids or RandomIds()
 
     def session(self) -> Session:
         return open_session(self.db)
@@ -149,7 +151,7 @@ class Store:
         resource_id: str | None = None,
     ) -> ResourceRow:
         """Write the `requested` row and commit it: this must happen BEFORE any backend call."""
-        rid = resource_id or new_resource_id()
+        rid = resource_id or new_resource_id(self.ids)
         now = self.clock.now()
         row = ResourceRow(
             id=rid,
@@ -260,7 +262,7 @@ class Store:
     ) -> ResourceRow:
         """Take over an untracked resource that carries our tag: a row walked requested → `state`."""
         now = self.clock.now()
-        rid = listed.resource_id or new_resource_id()
+        rid = listed.resource_id or new_resource_id(self.ids)
         tags = dict(listed.tags)
         row = ResourceRow(
             id=rid,
@@ -438,7 +440,7 @@ class Store:
         self, plan: Plan, *, policy_sha256: str | None = None, summary: Mapping[str, Any] | None = None
     ) -> str:
         """Store the plan and one decision per demand group with its explanation; returns the plan id."""
-        plan_id = f"p-{uuid.uuid4().hex}"
+        plan_id = new_plan_id(self.ids)
         now = plan.created_at or self.clock.now()
         with self.session() as s:
             # The policy in force is the newest version stored (provisioner.policy_versions).

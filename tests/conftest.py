@@ -8,10 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine
 
 from provisioner.db import open_database
 from tests.services import port_open, service_missing
+
+# Hypothesis: deterministic in CI (a red CI means a change broke something), exploring on developer
+# machines (new examples every run, kept in .hypothesis/ so a found bug is replayed until it is fixed).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else "dev")
+)
 
 PG_HOST = os.environ.get("PROVISIONER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PROVISIONER_TEST_PG_PORT", "5432"))

@@ -81,7 +81,7 @@ def _policy_figures(policy_file: Path | None) -> tuple[dict[str, Decimal], dict[
         from policies.site import site_offerings
     except ImportError as exc:  # the policy engine is optional for reports
         raise typer.BadParameter(f"cannot read policy files here: {exc}", param_hint="--budgets") from exc
-    policy = load_policy(policy_file)
+    policy = load_policy(policy_file, today=datetime.now(UTC).date())  # the CLI's clock is the wall clock
     budgets = {
         name: e.budgets.monthly for name, e in policy.experiments.items() if e.budgets.monthly is not None
     }

@@ -74,11 +74,12 @@ def register(root: typer.Typer) -> None:
     @root.command("demo")
     def demo_cmd(
         hours: float = typer.Option(14.0, min=1, max=72, help="simulated hours to run"),
+        seed: int = typer.Option(7, help="seed of the simulation: the same seed gives the same run"),
     ) -> None:
         """Run a realistic scenario on simulated backends and a simulated clock; no set-up needed."""
         from provisioner.demo import main
 
-        main(Console(), hours=hours)
+        main(Console(), hours=hours, seed=seed)
 
     @root.command("plan")
     def plan_cmd(

@@ -25,9 +25,9 @@ from provisioner.domain import Pacing, PlanningConstraints
 FileArg = Annotated[Path, typer.Argument(help="the policy file (TOML)", show_default=False)]
 
 
-def _load_or_exit(file: Path, err: Console) -> Policy:
+def _load_or_exit(file: Path, err: Console, now: datetime) -> Policy:
     try:
-        return load_policy(file)
+        return load_policy(file, today=now.date())
     except PolicyError as exc:
         count = len(exc.problems)
         err.print(f"[bold red]✗ {escape(str(file))}: {count} problem{'s' if count > 1 else ''}[/bold red]")
@@ -197,7 +197,7 @@ def register(root: typer.Typer) -> None:
     @policy_app.command("check")
     def check_cmd(file: FileArg) -> None:
         """Validate FILE; print a summary, or every problem with its line and key (exit code 1)."""
-        policy = _load_or_exit(file, Console(stderr=True))
+        policy = _load_or_exit(file, Console(stderr=True), _parse_now(None))
         _summary(policy, file, Console())
 
     @policy_app.command("show")
@@ -219,7 +219,7 @@ def register(root: typer.Typer) -> None:
         moment = _parse_now(now)
         spent = _parse_amounts(spend or [], "--spend")
         moved = {k: float(v) for k, v in _parse_amounts(egress or [], "--egress").items()}
-        policy = _load_or_exit(file, Console(stderr=True))
+        policy = _load_or_exit(file, Console(stderr=True), moment)
         constraints = evaluate(
             policy, now=moment, spend_so_far=spent, egress_used_gb=moved, offerings_for_pricing=None
         )

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from provisioner.api import create_app
 from provisioner.api.context import ApiContext, ApiSettings
 from provisioner.broker import Broker, build_broker
 from provisioner.bus import InProcessBus
+from provisioner.clock import SimulatedClock
 from provisioner.settings import Settings
 from tests.services import free_port
 
@@ -66,6 +68,10 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+# The API tests' "now": never the wall clock, so they pass on any day they are run.
+API_NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
 def broker_factory(root: Path, *, alter: Callable[[Broker], Broker] | None = None) -> Callable[[], Broker]:
     """A broker on simulated backends, the bundled catalog and the example policy, in `root`."""
 
@@ -73,7 +79,7 @@ def broker_factory(root: Path, *, alter: Callable[[Broker], Broker] | None = Non
         settings = Settings(
             state_dir=root, database_url=f"sqlite:///{root / 'broker.db'}", broker_id="api-test"
         )
-        broker = build_broker(settings, bus=InProcessBus())
+        broker = build_broker(settings, bus=InProcessBus(), clock=SimulatedClock(API_NOW))
         return alter(broker) if alter else broker
 
     return build

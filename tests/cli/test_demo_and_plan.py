@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,11 +20,28 @@ from provisioner.cli import app
 from provisioner.demo import run_demo
 from provisioner.model import BurstRequestRow, ResourceRow
 
+README = Path(__file__).parents[2] / "README.md"
+README_WIDTH = 110  # the README's excerpt is `COLUMNS=110 provisioner demo`
 
-def test_demo_serves_the_admitted_requests_within_budget_and_rejects_the_gpu_grab(tmp_path: Path) -> None:
+
+@dataclass(frozen=True)
+class DemoRun:
+    text: str
+    totals: dict[str, Decimal]
+    state: Path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`provisioner demo` as a user runs it: the default hours and seed, the README's width."""
+    state = tmp_path_factory.mktemp("demo")
     out = io.StringIO()
-    totals = asyncio.run(run_demo(Console(file=out, width=160), hours=10, state_dir=tmp_path))
-    text = out.getvalue()
+    totals = asyncio.run(run_demo(Console(file=out, width=README_WIDTH), state_dir=state))
+    return DemoRun(out.getvalue(), totals, state)
+
+
+def test_demo_serves_the_admitted_requests_within_budget_and_rejects_the_gpu_grab(demo_run: DemoRun) -> None:
+    text, totals, tmp_path = demo_run.text, demo_run.totals, demo_run.state
     assert "rejected: 128 GPUs asked, the policy allows lsst at most 64" in text
     assert "cost summary" in text
     # the demo closes the month: usage imported without problems, APEL messages queued, a finance page
@@ -44,6 +65,46 @@ def test_demo_serves_the_admitted_requests_within_budget_and_rejects_the_gpu_gra
     burst = [r for r in resources if r.request_id == requests["atlasNone"].id]
     assert burst and all(r.market in {"spot", "on_demand"} for r in burst)
     assert {r.state for r in resources} <= {"running", "draining", "released", "provisioning", "requested"}
+
+
+def _readme_section(title: str) -> list[str]:
+    """The lines of the README's demo excerpt between the rule titled `title` and the next rule."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## What the demo shows")
+    block = text[text.index("```", start) + 3 : text.index("```", text.index("```", start) + 3)]
+    lines = block.splitlines()
+    first = next(i for i, line in enumerate(lines) if "─" in line and title in line)
+    rest = lines[first + 1 :]
+    last = next((i for i, line in enumerate(rest) if line.startswith("─")), len(rest))
+    return [line.rstrip() for line in rest[:last]]
+
+
+def test_the_readme_excerpt_shows_what_the_demo_really_prints(demo_run: DemoRun) -> None:
+    printed = {line.rstrip() for line in demo_run.text.splitlines()}
+    summary = _readme_section("cost summary")
+    assert len(summary) >= 8, "the README's excerpt has a cost summary table"
+    missing = [line for line in summary if line not in printed]
+    assert not missing, f"README cost summary lines the demo does not print: {missing}"
+
+
+def _demo_subprocess(cwd: Path, seed: int, hash_seed: str) -> str:
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "COLUMNS": "120", "PYTHONPATH": str(README.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", "demo", "--hours", "3", "--seed", str(seed)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_same_seed_gives_the_same_demo_byte_for_byte_in_another_process(tmp_path: Path) -> None:
+    first = _demo_subprocess(tmp_path / "a", seed=11, hash_seed="1")
+    again = _demo_subprocess(tmp_path / "b", seed=11, hash_seed="2")  # other set/dict orders of str
+    assert "cost summary" in first
+    assert first == again
+    other = _demo_subprocess(tmp_path / "c", seed=12, hash_seed="1")
+    assert other != first, "the seed drives the simulation"
 
 
 @pytest.fixture

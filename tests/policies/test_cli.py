@@ -59,10 +59,26 @@ def test_show_prints_budgets_net_of_spend_and_allocation_values() -> None:
     assert "5,000 GB" in out
 
 
-def test_show_after_an_allocation_ends_marks_it_not_offered() -> None:
-    code, out = run("policy", "show", str(EXAMPLE), "--now", "2026-12-01T00:00:00+00:00")
+def test_show_after_an_allocation_ends_marks_it_not_offered(tmp_path: Path) -> None:
+    # a site's real, absolute dates: polaris's grant ends on 2026-11-30
+    absolute = tmp_path / "policy.toml"
+    absolute.write_text(
+        EXAMPLE.read_text()
+        .replace('starts = "today-175d"', "starts = 2026-06-01")
+        .replace('ends = "today+7d"', "ends = 2026-11-30")
+    )
+    code, out = run("policy", "show", str(absolute), "--now", "2026-12-01T00:00:00+00:00")
     assert code == 0, out
     assert "not offered" in out
+    code, out = run("policy", "show", str(absolute), "--now", "2026-11-29T00:00:00+00:00")
+    assert code == 0 and "not offered" not in out
+
+
+def test_show_counts_relative_dates_from_now_so_the_example_never_expires() -> None:
+    for now in ("2026-12-01T00:00:00+00:00", "2031-07-01T00:00:00+00:00"):
+        code, out = run("policy", "show", str(EXAMPLE), "--now", now)
+        assert code == 0, out
+        assert "not offered" not in out and "polaris:prod:a100x4:allocation" in out
 
 
 def test_show_rejects_a_malformed_spend_option() -> None:

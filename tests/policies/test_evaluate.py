@@ -48,7 +48,7 @@ def cloud(instance: str, price: str, cores: int, hs23_per_core: float, **extra: 
 
 
 def test_budget_left_is_budget_minus_spend_floored_at_zero() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=NOW.date())
     spend = {"atlas": Decimal("12000.50"), "lsst": Decimal("31000")}
     limits = evaluate(
         policy, now=NOW, spend_so_far=spend, egress_used_gb={}, offerings_for_pricing=None
@@ -58,7 +58,7 @@ def test_budget_left_is_budget_minus_spend_floored_at_zero() -> None:
 
 
 def test_the_tightest_of_several_period_budgets_applies() -> None:
-    policy = load_policy(EXAMPLE)  # lsst: 30,000 monthly and 10,000 weekly
+    policy = load_policy(EXAMPLE, today=NOW.date())  # lsst: 30,000 monthly and 10,000 weekly
     spend = {"lsst": Decimal("12000"), "lsst/weekly": Decimal("9500")}
     limits = evaluate(policy, now=NOW, spend_so_far=spend, egress_used_gb={}, offerings_for_pricing=None)
     assert limits.experiments["lsst"].budget_remaining == Decimal("500")
@@ -67,7 +67,7 @@ def test_the_tightest_of_several_period_budgets_applies() -> None:
 
 
 def test_experiment_limits_follow_the_file() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=NOW.date())
     used = {"atlas": 1500.0, "aws:us-east-1": 7000.0}
     constraints = evaluate(policy, now=NOW, spend_so_far={}, egress_used_gb=used, offerings_for_pricing=None)
     atlas, lsst = constraints.experiments["atlas"], constraints.experiments["lsst"]
@@ -83,7 +83,7 @@ def test_experiment_limits_follow_the_file() -> None:
 
 
 def test_policy_routes_come_before_catalog_defaults() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=NOW.date())
     default = EgressRoute("aws:us-east-1", "*", (EgressTier(None, Decimal("0.09")),))
     constraints = evaluate(
         policy,
@@ -100,7 +100,7 @@ def test_policy_routes_come_before_catalog_defaults() -> None:
 
 
 def test_site_offerings_are_zero_priced_and_carry_their_allocation() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=NOW.date())
     offerings = {o.id: o for o in site_offerings(policy)}
     assert set(offerings) == {PERLMUTTER, POLARIS, MAXWELL}
     perlmutter, maxwell = offerings[PERLMUTTER], offerings[MAXWELL]
@@ -114,7 +114,7 @@ def test_site_offerings_are_zero_priced_and_carry_their_allocation() -> None:
 
 
 def test_expired_allocation_is_neither_offered_nor_valued() -> None:
-    policy = load_policy(EXAMPLE)  # polaris ends 2026-11-30
+    policy = load_policy(EXAMPLE, today=NOW.date())  # polaris ends 2026-11-30
     later = datetime(2026, 12, 1, tzinfo=UTC)
     assert POLARIS not in {o.id for o in site_offerings(policy, now=later)}
     constraints = evaluate(policy, now=later, spend_so_far={}, egress_used_gb={}, offerings_for_pricing=None)
@@ -123,7 +123,7 @@ def test_expired_allocation_is_neither_offered_nor_valued() -> None:
 
 
 def test_allocation_ahead_of_pace_is_valued_against_the_cheapest_cloud_and_paced() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=NOW.date())
     # perlmutter at NOW: 89.8% elapsed, target 53,871 node-h; report 58,000 used (6.9% ahead)
     base = {o.id: o for o in site_offerings(policy)}[PERLMUTTER]
     assert base.allocation is not None
@@ -153,7 +153,7 @@ def test_gpu_allocation_reference_is_priced_per_gpu_of_the_same_model() -> None:
         .replace('pacing = "asap"', 'pacing = "even"')
         .replace("node_hours_used = 1640", "node_hours_used = 1990")
     )
-    policy = parse_policy(text, "gpu.toml")
+    policy = parse_policy(text, "gpu.toml", today=NOW.date())
     p4d = cloud("p4d.24xlarge", "32.7726", 96, 10.0, gpu_model="A100", gpu_count=8)
     l4 = cloud("g6.xlarge", "0.8048", 4, 10.0, gpu_model="L4", gpu_count=1)
     constraints = evaluate(
@@ -189,7 +189,7 @@ def test_period_bounds_roll_over_the_year_and_convert_to_utc() -> None:
 
 
 def test_naive_now_is_refused() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=NOW.date())
     with pytest.raises(ValueError, match="timezone-aware"):
         evaluate(
             policy, now=datetime(2026, 11, 23), spend_so_far={}, egress_used_gb={}, offerings_for_pricing=None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from provisioner.policy_source import PolicySource
 from provisioner.settings import Settings
 
 EXAMPLE = EXAMPLE_POLICY.read_text()
+DAY = date(2026, 11, 23)
 
 
 def with_experiment(name: str, text: str = EXAMPLE) -> str:
@@ -73,7 +75,7 @@ def test_a_reloaded_policy_changes_the_idle_drain_the_reconciler_uses(
 
 
 def test_a_bad_file_is_reported_once_not_every_cycle(policy_file: Path) -> None:
-    source = PolicySource.load(policy_file)
+    source = PolicySource.load(policy_file, today=lambda: DAY)
     policy_file.write_text(EXAMPLE.replace("share = 2.0", "share = -1"))
     assert source.refresh() is False and source.refused is not None
     refused = source.refused
@@ -84,5 +86,15 @@ def test_a_bad_file_is_reported_once_not_every_cycle(policy_file: Path) -> None:
 def test_a_bad_file_at_start_up_is_an_error_naming_its_problems(policy_file: Path) -> None:
     policy_file.write_text("[experiments.atlas]\n")
     with pytest.raises(PolicyError) as caught:
-        PolicySource.load(policy_file)
+        PolicySource.load(policy_file, today=lambda: DAY)
     assert "end" in {p.key for p in caught.value.problems}
+
+
+def test_relative_dates_move_on_with_the_clock_of_a_running_broker(policy_file: Path) -> None:
+    days = [DAY]
+    source = PolicySource.load(policy_file, today=lambda: days[-1])
+    first_end = source.current().allocations["polaris-gpu"].ends
+    assert source.refresh() is False  # same file, same day: nothing re-read
+    days.append(DAY + timedelta(days=1))
+    assert source.refresh() is True
+    assert source.current().allocations["polaris-gpu"].ends - first_end == timedelta(days=1)

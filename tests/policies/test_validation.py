@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,7 @@ def test_unreadable_file_is_a_policy_error(tmp_path: Path) -> None:
 
 
 def test_the_shipped_example_is_valid_and_complete() -> None:
-    policy = load_policy(EXAMPLE)
+    policy = load_policy(EXAMPLE, today=date(2026, 11, 23))
     assert isinstance(policy, Policy)
     assert set(policy.experiments) == {"atlas", "lsst"}
     atlas, lsst = policy.experiments["atlas"], policy.experiments["lsst"]
@@ -155,3 +156,29 @@ def test_the_shipped_example_is_valid_and_complete() -> None:
     assert policy.facility.quotas["aws:p5"] == 0
     assert {a.pacing.value for a in policy.allocations.values()} == {"even", "asap"}
     assert "maxwell" in policy.backfill
+
+
+def test_relative_dates_count_from_the_day_the_policy_is_read() -> None:
+    # the shipped example tells the same story on any day: perlmutter a little ahead of pace, polaris ending soon
+    for today in (date(2026, 11, 23), date(2031, 2, 28)):
+        policy = load_policy(EXAMPLE, today=today)
+        perlmutter, polaris = policy.allocations["perlmutter-cpu"], policy.allocations["polaris-gpu"]
+        assert (perlmutter.starts.date(), perlmutter.ends.date()) == (
+            date.fromordinal(today.toordinal() - 83),
+            date.fromordinal(today.toordinal() + 10),
+        )
+        assert polaris.ends.date() == date.fromordinal(today.toordinal() + 7)
+
+
+def test_a_relative_date_without_the_reading_day_is_refused_naming_the_key() -> None:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(EXAMPLE)
+    assert "allocations.perlmutter-cpu.starts" in str(caught.value)
+    assert "needs the day the policy is read" in str(caught.value)
+
+
+def test_a_malformed_relative_date_is_refused_naming_the_key() -> None:
+    text = EXAMPLE.read_text().replace('ends = "today+10d"', 'ends = "today+ten days"')
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.toml", today=date(2026, 11, 23))
+    assert "allocations.perlmutter-cpu.ends" in str(caught.value)
