@@ -72,7 +72,7 @@ def widenings(part: Policy, full: Policy) -> list[str]:
 
 def _refused_or_no_wider(text: str, full: Policy) -> None:
     try:
-        part = parse_policy(text, "prefix.toml")
+        part = parse_policy(text, "prefix.toml", today=NOW.date())
     except PolicyError:
         return
     assert widenings(part, full) == []
@@ -80,14 +80,14 @@ def _refused_or_no_wider(text: str, full: Policy) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_line_prefix_of_a_shipped_example_is_refused_or_grants_nothing_more(example: Path) -> None:
-    full = load_policy(example)
+    full = load_policy(example, today=NOW.date())
     lines = example.read_text().splitlines(keepends=True)
     accepted = 0
     for n in range(len(lines) + 1):
         text = "".join(lines[:n])
         _refused_or_no_wider(text, full)
         try:
-            parse_policy(text, "prefix.toml")
+            parse_policy(text, "prefix.toml", today=NOW.date())
             accepted += 1
         except PolicyError:
             pass
@@ -104,14 +104,16 @@ def test_every_character_prefix_of_a_shipped_example_is_refused_or_grants_nothin
 ) -> None:
     """A save cut mid-line ("node_hours_used = 55000" → "= 5") must not open anything either."""
     text = example.read_text()
-    _refused_or_no_wider(text[: int(len(text) * cut)], load_policy(example))
+    _refused_or_no_wider(text[: int(len(text) * cut)], load_policy(example, today=NOW.date()))
 
 
 def test_the_widening_check_sees_a_budget_lifted_by_a_cut() -> None:
     """The property's own check would catch a prefix that drops lsst's weekly budget."""
-    full = load_policy(EXAMPLES[0])
+    full = load_policy(EXAMPLES[0], today=NOW.date())
     cut = EXAMPLES[0].read_text().replace('weekly = "10000"', "")
-    assert any("lsst.budgets.weekly" in w for w in widenings(parse_policy(cut, "cut.toml"), full))
+    assert any(
+        "lsst.budgets.weekly" in w for w in widenings(parse_policy(cut, "cut.toml", today=NOW.date()), full)
+    )
 
 
 def test_a_policy_naming_no_experiment_is_refused_with_a_clear_error() -> None:
@@ -131,14 +133,14 @@ def test_an_empty_file_is_refused() -> None:
 def test_a_file_without_its_end_table_is_refused_as_possibly_truncated() -> None:
     text = EXAMPLES[0].read_text().replace("\n[end]", "\n")
     with pytest.raises(PolicyError) as caught:
-        parse_policy(text, "cut.toml")
+        parse_policy(text, "cut.toml", today=NOW.date())
     assert caught.value.key == "end" and "truncated" in caught.value.problem
 
 
 def test_a_table_after_end_is_refused() -> None:
     text = EXAMPLES[0].read_text() + "\n[experiments.cms]\nshare = 1\n"
     with pytest.raises(PolicyError) as caught:
-        parse_policy(text, "after.toml")
+        parse_policy(text, "after.toml", today=NOW.date())
     found = {p.key: p for p in caught.value.problems}
     assert "must be the last table" in found["end"].problem and "experiments.cms" in found["end"].problem
 
@@ -153,7 +155,11 @@ def _offering() -> Offering:
 
 def test_the_planner_gives_an_experiment_the_policy_does_not_name_nothing() -> None:
     constraints = evaluate(
-        load_policy(EXAMPLES[0]), now=NOW, spend_so_far={}, egress_used_gb={}, offerings_for_pricing=None
+        load_policy(EXAMPLES[0], today=NOW.date()),
+        now=NOW,
+        spend_so_far={},
+        egress_used_gb={},
+        offerings_for_pricing=None,
     )
     groups = [
         DemandGroup(
@@ -176,7 +182,11 @@ def test_the_planner_gives_an_experiment_the_policy_does_not_name_nothing() -> N
 
 def test_admission_refuses_an_experiment_the_policy_does_not_name() -> None:
     constraints = evaluate(
-        load_policy(EXAMPLES[0]), now=NOW, spend_so_far={}, egress_used_gb={}, offerings_for_pricing=None
+        load_policy(EXAMPLES[0], today=NOW.date()),
+        now=NOW,
+        spend_so_far={},
+        egress_used_gb={},
+        offerings_for_pricing=None,
     )
     spec = BurstRequestSpec(experiment="cms", cores=8, duration_hours=1)
     result = admit(
