@@ -258,7 +258,12 @@ def build_broker(
         planner=plan,
         constraints=constraints,
         demand=demand_fn,
-        settings=engine_settings(policy, backends_retry=settings.backends_file is not None),
+        settings=replace(
+            engine_settings(policy, backends_retry=settings.backends_file is not None),
+            batch_idle_seconds=settings.batch_idle_seconds,
+            batch_max_seconds=max(settings.batch_max_seconds, settings.batch_idle_seconds),
+            wake_topics=tuple(settings.demand_topics),
+        ),
         # Replicas sharing one PostgreSQL: one leads (advisory lock), the others stand by.
         leadership=Leadership(db, settings.broker_id),
     )

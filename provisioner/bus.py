@@ -87,6 +87,11 @@ class Bus(Protocol):
 
     async def subscribe(self, topic_filter: str) -> Subscription: ...
 
+    async def subscribe_external(self, topic_filter: str) -> Subscription:
+        """Messages on an absolute topic that is not the broker's own (MQTT: no `provisioner/<id>/`
+        prefix, any payload: JSON objects as they are, anything else as {"raw": text})."""
+        ...
+
     async def unsubscribe(self, subscription: Subscription) -> None: ...
 
     async def close(self) -> None: ...
@@ -109,6 +114,10 @@ class InProcessBus:
         sub = Subscription(topic_filter, self)
         self._subscriptions.append(sub)
         return sub
+
+    async def subscribe_external(self, topic_filter: str) -> Subscription:
+        """In one process there is no outside: the topic is one more topic of this bus."""
+        return await self.subscribe(topic_filter)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         if subscription in self._subscriptions:

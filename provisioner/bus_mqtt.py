@@ -39,6 +39,7 @@ class MqttBus:
             host, port, username=username, password=password, identifier=None, timeout=10
         )
         self._subscriptions: list[Subscription] = []
+        self._external: list[Subscription] = []  # absolute topic filters (subscribe_external)
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -61,6 +62,8 @@ class MqttBus:
     async def _read(self) -> None:
         async for message in self._client.messages:
             topic = str(message.topic)
+            if self._external:
+                self._offer_external(topic, message.payload)
             if not topic.startswith(self.prefix):
                 continue
             raw = message.payload
@@ -85,7 +88,29 @@ class MqttBus:
         await self._client.subscribe(self.prefix + topic_filter, qos=self.qos)
         return sub
 
+    async def subscribe_external(self, topic_filter: str) -> Subscription:
+        sub = Subscription(topic_filter, self)
+        self._external.append(sub)
+        await self._client.subscribe(topic_filter, qos=self.qos)
+        return sub
+
+    def _offer_external(self, topic: str, raw: Any) -> None:
+        text = raw.decode(errors="replace") if isinstance(raw, bytes | bytearray) else str(raw or "")
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        message = BusMessage(topic, payload if isinstance(payload, dict) else {"raw": text})
+        for sub in list(self._external):
+            sub.offer(message)  # offers only where the absolute filter matches
+
     async def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._external:
+            self._external.remove(subscription)
+            if not any(s.topic_filter == subscription.topic_filter for s in self._external):
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._client.unsubscribe(subscription.topic_filter)
+            return
         if subscription not in self._subscriptions:
             return
         self._subscriptions.remove(subscription)
@@ -95,6 +120,7 @@ class MqttBus:
 
     async def close(self) -> None:
         self._subscriptions.clear()
+        self._external.clear()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):

@@ -38,6 +38,7 @@ from provisioner.leader import Leadership, LeadershipLost
 from provisioner.reconciler import Reconciler, ReconcileReport, ReconcileSettings
 from provisioner.sources.base import ReportsSkipped, SkippedJob, WorkloadSource
 from provisioner.store import Store
+from provisioner.wakeups import start_wakeups
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +67,9 @@ def no_constraints(
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     interval_seconds: float = 60.0  # timer between cycles when nothing happens
-    batch_idle_seconds: float = 1.0  # demand burst: wait until it has been quiet this long...
-    batch_max_seconds: float = 10.0  # ...but never longer than this
+    batch_idle_seconds: float = 0.25  # demand burst: wait until it has been quiet this long...
+    batch_max_seconds: float = 5.0  # ...but never longer than this
+    wake_topics: tuple[str, ...] = ()  # absolute MQTT topics whose messages are new demand
     max_replans: int = 2  # replans within one cycle after capacity/quota/auth failures
     actuator: ActuatorSettings = field(default_factory=ActuatorSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
@@ -132,6 +134,7 @@ class DecisionEngine:
         self.reconciler = Reconciler(store, self.actuator, self.circuit, self.settings.reconcile)
         self.fleet = Fleet(heartbeat_ttl=self.settings.reconcile.heartbeat_ttl)
         self.leadership = leadership
+        self._wake_event = asyncio.Event()  # set by new demand; a wake before run_forever counts too
         self.offerings_fn = offerings
 
     # --- observe -------------------------------------------------------------------------------
@@ -340,7 +343,8 @@ class DecisionEngine:
         Waiting uses real time (asyncio), not the injected clock: a simulation drives `run_cycle`.
         """
         stop = stop or asyncio.Event()
-        wake = asyncio.Event()
+        wake = self._wake_event
+        wakeups = await start_wakeups(self.store.bus, self.settings.wake_topics, self.sources, wake.set)
         sub: Subscription | None = None
         beats: Subscription | None = None
         reader: asyncio.Task[None] | None = None
@@ -374,6 +378,7 @@ class DecisionEngine:
                 immediate_in_a_row = 0
                 await self._wait(wake, stop)
         finally:
+            await wakeups.close()
             for task in (reader, beat_reader):
                 if task is not None:
                     task.cancel()
@@ -385,6 +390,11 @@ class DecisionEngine:
                 await beats.close()
             if self.leadership is not None:
                 self.leadership.release()
+
+    def wake(self) -> None:
+        """New demand (e.g. a poke on the wake socket): start a cycle after the batching window (at
+        once if `run_forever` is not waiting yet). Call it from the engine's event loop."""
+        self._wake_event.set()
 
     async def _read_heartbeats(self, beats: Subscription) -> None:
         """Pilot/worker heartbeats from the bus, recorded by every replica (they are facts, not actions)."""

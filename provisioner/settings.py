@@ -21,6 +21,15 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(default=None, description="mqtt://host:port; none: in-process bus")
     policy_file: Path | None = None
     backends_file: Path | None = Field(default=None, description="TOML file configuring real backends")
+    batch_idle_seconds: float = Field(
+        default=0.25, gt=0, le=60, description="new demand: plan once it has been quiet this long"
+    )
+    batch_max_seconds: float = Field(default=5.0, gt=0, le=600, description="...or after this long at most")
+    demand_topics: list[str] = Field(
+        default_factory=list,
+        description="absolute MQTT topics whose messages are new demand (JSON list), e.g. a storage "
+        "system's file-arrival events",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -108,8 +108,18 @@ def register(root: typer.Typer) -> None:
     def run_cmd(
         interval: float = typer.Option(60.0, min=1, help="seconds between cycles when nothing happens"),
         cycles: int = typer.Option(0, min=0, help="stop after this many cycles (0: run until interrupted)"),
+        batch_idle: float | None = typer.Option(
+            None, min=0.01, help="new demand: plan once it has been quiet this many seconds (default 0.25)"
+        ),
+        batch_max: float | None = typer.Option(
+            None, min=0.01, help="new demand: plan after this many seconds at most (default 5)"
+        ),
     ) -> None:
-        """Run the broker: observe → plan → act → reconcile, on a timer and on new demand."""
+        """Run the broker: observe → plan → act → reconcile, on a timer and on new demand.
+
+        New demand wakes it at once (after the batching window): burst requests (`request create`, the
+        API), new submissions a Slurm queue source sees (its `poll_seconds`), messages on the MQTT
+        topics in PROVISIONER_DEMAND_TOPICS, and pokes on `<state dir>/wake.sock`."""
         from dataclasses import replace
 
         from provisioner.broker import build_broker
@@ -119,11 +129,21 @@ def register(root: typer.Typer) -> None:
 
         async def go() -> None:
             from provisioner.bus import open_bus
+            from provisioner.demand_signal import WakeListener
 
             settings = load_settings()
+            overrides = {"batch_idle_seconds": batch_idle, "batch_max_seconds": batch_max}
+            settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
             bus = await open_bus(settings.mqtt_url, settings.broker_id)
             broker = build_broker(settings, bus=bus)
-            broker.engine.settings = replace(broker.engine.settings, interval_seconds=interval)
+            broker.engine.settings = replace(
+                broker.engine.settings,
+                interval_seconds=interval,
+                batch_idle_seconds=settings.batch_idle_seconds,
+                batch_max_seconds=max(settings.batch_max_seconds, settings.batch_idle_seconds),
+            )
+            listener = WakeListener(settings.state_dir, broker.engine.wake)
+            await listener.open()
             if cycles:
                 for n in range(cycles):
                     report = await broker.engine.run_cycle()
@@ -136,6 +156,7 @@ def register(root: typer.Typer) -> None:
                     await asyncio.sleep(interval if n + 1 < cycles else 0)
             else:
                 await broker.engine.run_forever()
+            await listener.close()
             await bus.close()
 
         asyncio.run(go())

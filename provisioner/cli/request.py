@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,6 +32,24 @@ def _parse_hours(value: str) -> float:
         return float(text)
     except ValueError:
         raise typer.BadParameter(f"'{value}' is not a duration (e.g. 72h, 3d, 90m)") from None
+
+
+async def _announce(settings: Any, request_id: str, experiment: str) -> None:
+    """Wake a running broker: on MQTT when configured, and on this host's wake socket."""
+    from provisioner.bus import open_bus
+    from provisioner.demand_signal import announce
+
+    bus = None
+    if settings.mqtt_url:
+        try:
+            bus = await open_bus(settings.mqtt_url, settings.broker_id)
+        except Exception as exc:  # the request is stored: the broker's timer will plan it
+            Console(stderr=True).print(f"[yellow]could not reach MQTT to announce the request[/yellow]: {exc}")
+    try:
+        await announce(bus, settings.state_dir, {"request_id": request_id, "experiment": experiment})
+    finally:
+        if bus is not None:
+            await bus.close()
 
 
 def register(root: typer.Typer) -> None:
@@ -87,8 +106,11 @@ def register(root: typer.Typer) -> None:
             raise typer.Exit(2) from None
         from provisioner.admission import admit_spec
 
-        admitted = admit_spec(_broker(), spec)
+        broker = _broker()
+        admitted = admit_spec(broker, spec)
         admission, request_id = admitted.admission, admitted.row.id
+        if admission.accepted:
+            asyncio.run(_announce(broker.settings, request_id, spec.experiment))
         console = Console()
         if admission.accepted:
             console.print(f"[green]{request_id} admitted[/green]: {admission.reason}")

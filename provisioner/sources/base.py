@@ -36,3 +36,15 @@ class ReportsSkipped(Protocol):
     """A source that also tells which waiting jobs it left out (as of its last `pending()`)."""
 
     skipped: list[SkippedJob]
+
+
+@runtime_checkable
+class NoticesSubmissions(Protocol):
+    """A source that can tell cheaply, between cycles, that new jobs were submitted."""
+
+    name: str
+    poll_seconds: float  # how often to ask (0: never)
+
+    async def new_submissions(self) -> bool:
+        """Whether jobs that could use capacity appeared since the last call (the first call: False)."""
+        ...

@@ -104,6 +104,7 @@ def slurm_sources(path: Path, *, gpu_models: Collection[str] = ()) -> list[Slurm
             default_walltime_hours=cfg.default_walltime_hours,
             experiments=cfg.experiment_map(),
             gpu_models=gpu_models,
+            poll_seconds=cfg.poll_seconds,
             name=name,
         )
         for name, cfg in read_queue_tables(path).items()

@@ -134,9 +134,12 @@ class SlurmWorkloadSource:
         experiment_of: Callable[[str | None], str] | None = None,
         experiments: ExperimentMap | None = None,
         gpu_models: Collection[str] = (),
+        poll_seconds: float = 0.0,
         name: str = "slurm",
     ) -> None:
         self.name = name
+        self.poll_seconds = poll_seconds  # between cycles, look for new submissions this often (0: never)
+        self._seen: set[str] | None = None
         self._client = client
         self._partitions = frozenset(partitions) if partitions else None
         self._accounts = frozenset(accounts) if accounts else None
@@ -228,6 +231,12 @@ class SlurmWorkloadSource:
         if job.array_max_tasks and job.array_job_id is not None:
             tasks = min(tasks, max(0, job.array_max_tasks - started.get(job.array_job_id, 0)))
         return tasks
+
+    async def new_submissions(self) -> bool:
+        """Whether a job that capacity could start was submitted since the last call (one squeue)."""
+        waiting = {j.job_id for j in await self._client.jobs() if self._selected(j) and not self._blocked(j)}
+        seen, self._seen = self._seen, waiting
+        return seen is not None and bool(waiting - seen)
 
     async def pending(self) -> list[PendingJob]:
         jobs = await self._client.jobs()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Query, status
 from sqlmodel import Session, col, select
 
@@ -15,6 +16,7 @@ from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import ErrorOut, RequestCreatedOut, RequestOut, ResourceOut
+from provisioner.demand_signal import announce
 from provisioner.domain import LIVE_STATES
 from provisioner.model import BurstRequestRow, from_micro, row_time
 from provisioner.requests import (
@@ -70,6 +72,15 @@ def create_request(
     with the reason; either way it is stored (201) and can be looked up by its id."""
     auth.confine(who, spec.experiment)
     admitted = admit_spec(context.broker, spec)
+    if admitted.admission.accepted:
+        # a sync route runs in a worker thread: the bus lives on the event loop
+        broker = context.broker
+        anyio.from_thread.run(
+            announce,
+            broker.store.bus,
+            broker.settings.state_dir,
+            {"request_id": admitted.row.id, "experiment": spec.experiment},
+        )
     return RequestCreatedOut(
         id=admitted.row.id,
         experiment=spec.experiment,
