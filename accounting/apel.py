@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import functools
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -545,9 +546,14 @@ def sync_messages(counts: Sequence[SyncCount]) -> list[str]:
 # ---- cloud records ---------------------------------------------------------------------------
 
 
+_MONTH_SUFFIX = re.compile(r":\d{4}-\d{2}$")
+
+
 def vm_uuid(record: UsageRecord) -> str:
-    """Stable VM identifier: the record key (site and resource), so re-sending overwrites."""
-    return record.record_key
+    """Stable VM identifier: the record key without its month (the broker keeps one record per VM
+    and month; the server keys cloud records by VMUUID and month), so re-sending a month overwrites
+    that month's record and only it."""
+    return _MONTH_SUFFIX.sub("", record.record_key)
 
 
 def cloud_values(record: UsageRecord) -> dict[str, Value]:
