@@ -37,35 +37,66 @@ def _dollars(value: float, _pos: object = None) -> str:
 
 
 def spend_by_experiment(report: CostReport, path: Path) -> Path:
-    """Horizontal bars: spend and month-end forecast per experiment against its budget."""
+    """Horizontal bars: each experiment's spend and forecast as a share of its budget, labelled in dollars.
+
+    One axis, "% of monthly budget", so a $30 spend against a $50k budget is as readable as a $45k
+    one: the label gives the amounts and the share, and a spend too small to see still gets a mark.
+    """
     lines = report.by_experiment or []
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.6 * len(lines) + 1.4)))
     names = [line.name for line in lines][::-1]
-    spend = [float(line.spend) for line in lines][::-1]
-    budget = [float(line.budget) if line.budget is not None else None for line in lines][::-1]
-    forecast = [float(line.forecast) if line.forecast is not None else None for line in lines][::-1]
-    y = range(len(names))
-    ax.barh(y, [b or 0 for b in budget], height=0.7, color=BUDGET, alpha=0.35, label="budget")
-    colours = [OVER if b is not None and s > b else SPEND for s, b in zip(spend, budget, strict=True)]
-    ax.barh(y, spend, height=0.4, color=colours, label="spend")
-    for i, f in enumerate(forecast):
-        if f is not None:
+    y = list(range(len(names)))
+    shares: list[float] = []
+    seen: set[str] = set()
+
+    def once(label: str) -> str | None:
+        if label in seen:
+            return None
+        seen.add(label)
+        return label
+
+    for i, line in enumerate(lines[::-1]):
+        budget = float(line.budget) if line.budget else None
+        spend = float(line.spend)
+        if budget is None:
+            ax.text(0, i, f"  {_dollars(spend)} (no budget)", va="center", fontsize=8)
+            shares.append(0.0)
+            continue
+        share = 100 * spend / budget
+        shares.append(share)
+        colour = OVER if share > 100 else SPEND
+        ax.barh(
+            i,
+            share,
+            height=0.45,
+            color=colour,
+            label=once("spend"),
+        )
+        if line.forecast is not None:
+            f = 100 * float(line.forecast) / budget
+            shares.append(f)
             ax.plot(
                 [f, f],
                 [i - 0.3, i + 0.3],
                 color=FORECAST,
                 linewidth=2.5,
-                label="forecast" if i == 0 else None,
+                label=once("forecast"),
             )
-    for i, (s, b) in enumerate(zip(spend, budget, strict=True)):
-        text = _dollars(s) + (f" of {_dollars(b)}" if b else " (no budget)")
-        ax.text(s, i, "  " + text, va="center", fontsize=8)
-    ax.set_yticks(list(y), names)
-    ax.xaxis.set_major_formatter(FuncFormatter(_dollars))
-    top = max([*spend, *[b or 0 for b in budget], *[f or 0 for f in forecast], 1.0])
-    ax.set_xlim(0, top * 1.35)
-    ax.set_title(f"Spend by experiment vs budget, {report.month}")
-    ax.legend(loc="lower right", fontsize=8)
+        text = f"{_cents(spend)} of {_dollars(budget)} ({_share(share)})"
+        ax.text(max(share, float(line.forecast or 0) * 100 / budget), i, "  " + text, va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    largest = max([*shares, 0.0])
+    if largest >= 40:
+        ax.axvline(100, color=OVER, linestyle=":", linewidth=1, label="budget")
+        ax.set_xlabel("% of monthly budget")
+        ax.set_xlim(0, max(largest, 100.0) * 1.45)
+    else:  # small fractions: zoom in so the bars can be read; the budget (100 %) is off the scale
+        ax.set_xlabel("% of monthly budget (zoomed: the budget, 100 %, is off the scale)")
+        ax.set_xlim(0, max(largest, 0.01) * 1.8)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: _share_tick(v)))
+    ax.set_title(f"Spend by experiment vs budget, {report.month} (as of {report.as_of:%Y-%m-%d %H:%M} UTC)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -73,58 +104,110 @@ def spend_by_experiment(report: CostReport, path: Path) -> Path:
     return path
 
 
+def _cents(value: float) -> str:
+    return f"${value:,.2f}" if abs(value) < 1_000 else _dollars(value)
+
+
+def _share_tick(percent: float) -> str:
+    return f"{percent:.2g}%" if 0 < percent < 10 else f"{percent:.0f}%"
+
+
+def _share(percent: float) -> str:
+    return f"{percent:.2g}%" if 0 < percent < 1 else f"{percent:.0f}%"
+
+
+def _day_axis(ax: Any, report: CostReport) -> None:
+    ax.set_xlim(mdates.date2num(report.month.start), mdates.date2num(report.month.end))
+    ax.xaxis.set_major_locator(mdates.DayLocator(bymonthday=[1, 8, 15, 22, 29]))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d"))
+
+
 def daily_burn(report: CostReport, path: Path) -> Path:
-    """Daily spend (bars), cumulative spend (line) and the linear forecast to month end (dashed)."""
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    """Two panels, one quantity and one axis each: cumulative spend with the forecast and the budget
+    (top), and spend per day (bottom); the as-of time is marked on both."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.6), sharex=True, height_ratios=[3, 2])
     days = [d for d, _ in report.daily]
-    values = [float(v) for _, v in report.daily]
-    # Bars centred on noon of their day; the cumulative line steps at each day's end.
-    ax.bar(
-        [mdates.date2num(d) + 0.5 for d in days],
-        values,
-        color=SPEND,
-        alpha=0.6,
-        label="daily spend",
-        width=0.8,
-    )
-    ax.set_ylabel("daily spend")
-    ax.yaxis.set_major_formatter(FuncFormatter(_dollars))
-    ax2 = ax.twinx()
-    cumulative: list[float] = []
+    # Cumulative spend at each day's end (days without spend included), the last point at as-of.
+    per_day = dict(report.daily)
+    xs = [mdates.date2num(report.month.start)]
+    cumulative = [0.0]
     running = Decimal(0)
-    for _, v in report.daily:
-        running += v
+    day = report.month.start
+    while day < report.as_of:
+        running += per_day.get(day.date(), Decimal(0))
+        xs.append(mdates.date2num(min(day + timedelta(days=1), report.as_of)))
         cumulative.append(float(running))
-    if days:
-        ax2.plot(
-            [mdates.date2num(d + timedelta(days=1)) for d in days],
-            cumulative,
-            color="#2c3e50",
-            label="cumulative",
-        )
+        day += timedelta(days=1)
+    top.plot(xs, cumulative, color=SPEND, label="spend to date")
     f = report.forecast
-    if f is not None and f.daily_rate > 0:
-        start = f.as_of
-        ax2.plot(
-            [mdates.date2num(start), mdates.date2num(report.month.end)],
+    if f is not None and f.month_end > f.spend_to_date:
+        top.plot(
+            [mdates.date2num(f.as_of), mdates.date2num(report.month.end)],
             [float(f.spend_to_date), float(f.month_end)],
             linestyle="--",
             color=FORECAST,
             label=f"forecast {_dollars(float(f.month_end))}",
         )
     budget = report.total.budget
-    if budget is not None:
-        ax2.axhline(float(budget), color=OVER, linestyle=":", label=f"budget {_dollars(float(budget))}")
-    ax2.set_ylabel("cumulative")
-    ax2.yaxis.set_major_formatter(FuncFormatter(_dollars))
-    ax2.set_ylim(bottom=0)
-    ax.set_xlim(mdates.date2num(report.month.start), mdates.date2num(report.month.end))
-    ax.xaxis.set_major_locator(mdates.DayLocator(bymonthday=[1, 8, 15, 22, 29]))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d"))
-    ax.set_title(f"Daily burn and month-end forecast, {report.month}")
-    handles = ax.get_legend_handles_labels()
-    handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper left", fontsize=8)
+    data_top = max([*cumulative, float(f.month_end) if f is not None else 0.0, 1.0])
+    if budget is not None and float(budget) <= 3 * data_top:
+        top.axhline(float(budget), color=OVER, linestyle=":", label=f"budget {_dollars(float(budget))}")
+        data_top = max(data_top, float(budget))
+    elif budget is not None:  # far above the spend: drawing it would flatten the spend to nothing
+        used = 100 * (cumulative[-1] if cumulative else 0.0) / float(budget)
+        top.plot(
+            [],
+            [],
+            color=OVER,
+            linestyle=":",
+            label=f"budget {_dollars(float(budget))} ({_share(used)} used, off scale)",
+        )
+    top.set_ylabel("cumulative spend (USD)")
+    top.yaxis.set_major_formatter(FuncFormatter(_dollars))
+    top.set_ylim(0, data_top * 1.15)
+    top.grid(axis="y", alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar([mdates.date2num(d) + 0.5 for d in days], [float(v) for _, v in report.daily], color=SPEND,
+               alpha=0.7, width=0.8)  # fmt: skip
+    bottom.set_ylabel("spend per day (USD)")
+    bottom.yaxis.set_major_formatter(FuncFormatter(_dollars))
+    bottom.grid(axis="y", alpha=0.3)
+    for ax in (top, bottom):
+        ax.axvline(mdates.date2num(report.as_of), color="#555", linewidth=0.8)
+    top.text(mdates.date2num(report.as_of), 0, " as of", fontsize=7, color="#555", va="bottom")
+    _day_axis(bottom, report)
+    top.set_title(
+        f"Daily burn and month-end forecast, {report.month} (as of {report.as_of:%Y-%m-%d %H:%M} UTC)"
+    )
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def value_over_time(report: CostReport, path: Path) -> Path:
+    """Two panels, one quantity and one axis each: USD per HS23-hour delivered per day (top) and
+    what spot saved against the on-demand list price per day (bottom)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 4.8), sharex=True)
+    days = report.days
+    points = [(d.day, float(d.cost_per_hs23_hour)) for d in days if d.cost_per_hs23_hour is not None]
+    if points:
+        top.plot([mdates.date2num(d) + 0.5 for d, _ in points], [v for _, v in points], marker="o",
+                 markersize=3, color=SPEND)  # fmt: skip
+    top.set_ylabel("USD per HS23-h delivered")
+    top.yaxis.set_major_formatter(
+        FuncFormatter(lambda v, _p: f"${v:.2g}" if 0 < abs(v) < 0.1 else f"${v:.2f}")
+    )
+    top.set_ylim(bottom=0)
+    top.grid(axis="y", alpha=0.3)
+    bottom.bar([mdates.date2num(d.day) + 0.5 for d in days], [float(d.spot_savings) for d in days],
+               color=MARKET_COLOURS["spot"], width=0.8)  # fmt: skip
+    bottom.set_ylabel("spot savings per day (USD)")
+    bottom.yaxis.set_major_formatter(FuncFormatter(_dollars))
+    bottom.grid(axis="y", alpha=0.3)
+    _day_axis(bottom, report)
+    top.set_title(f"Cost of delivered work and spot savings, {report.month}")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -164,5 +247,6 @@ def render_all(report: CostReport, out_dir: Path) -> dict[str, Path]:
         return {
             "experiment": spend_by_experiment(report, out_dir / f"{stem}_by_experiment.png"),
             "burn": daily_burn(report, out_dir / f"{stem}_daily_burn.png"),
+            "value": value_over_time(report, out_dir / f"{stem}_value_over_time.png"),
             "backend": spend_by_backend_market(report, out_dir / f"{stem}_by_backend_market.png"),
         }

@@ -7,7 +7,16 @@ from html import escape
 from pathlib import Path
 
 from accounting.charts import render_all
-from accounting.reports import CostReport, SpendLine, _money, _pct, headline
+from accounting.reports import (
+    ALLOCATION_COLUMNS,
+    CostReport,
+    SpendLine,
+    _money,
+    _pct,
+    allocation_row,
+    headline,
+    report_title,
+)
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px 32px; color: #222; }
@@ -36,8 +45,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], over: Sequence[
 
 def _spend_rows(lines: Sequence[SpendLine]) -> list[list[str]]:
     return [
-        [line.name, _money(line.spend), _money(line.list_value), f"{line.hs23_hours:,.0f}"] for line in lines
-    ]
+        [line.name, _money(line.spend), _money(line.list_value), f"{line.hs23_hours:,.0f}",
+         f"{line.hs23_hours_held:,.0f}"]
+        for line in lines
+    ]  # fmt: skip
 
 
 def write_html(report: CostReport, out_dir: Path) -> Path:
@@ -51,37 +62,34 @@ def write_html(report: CostReport, out_dir: Path) -> Path:
         cph = line.cost_per_hs23_hour
         exp_rows.append(
             [
-                line.name, _money(line.spend), _money(line.budget), _pct(line.budget_used), _money(line.forecast),
-                f"{line.hs23_hours:,.0f}", "—" if cph is None else f"${cph:.5f}",
+                line.name, _money(line.spend), _money(line.budget), _pct(line.budget_used, small=True),
+                _money(line.forecast), f"{line.hs23_hours:,.0f}", "—" if cph is None else f"${cph:.5f}",
             ]
         )  # fmt: skip
         over.append(line.budget is not None and (line.forecast or line.spend) > line.budget)
-    alloc_rows = [
-        [
-            a.name,
-            f"{a.node_hours_used:,.1f}",
-            "—" if a.node_hours_granted is None else f"{a.node_hours_granted:,.0f}",
-            _pct(a.used_fraction),
-        ]
-        for a in report.allocations
-    ]
-    spend_header = ("name", "spend", "list value", "HS23-hours")
-    title = f"Cost report {report.month}" + (f" — {report.experiment}" if report.experiment else "")
+    alloc_rows = [allocation_row(a) for a in report.allocations]
+    spend_header = ("name", "spend", "list value", "HS23-h delivered", "HS23-h held")
+    title = report_title(report)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f"<p class='note'>From the cost ledger, as of {escape(report.as_of.strftime('%Y-%m-%d %H:%M UTC'))}. "
-        "Amounts in USD; list value is the same time at the on-demand list price.</p>",
+        "<p class='note'>From the cost ledger (the billing model's figures). Amounts in USD; list value is "
+        "the same time at the on-demand list price. HS23-hours delivered: time a job was running; held: "
+        "time paid for.</p>",
         _table(("figure", "value"), [list(f) for f in figures]),
         "<h2>Spend by experiment against budget</h2>",
         "<p class='note'>Red: spend or month-end forecast above the budget.</p>",
         _table(
-            ("experiment", "spend", "budget", "used", "forecast", "HS23-hours", "$/HS23-hour"), exp_rows, over
+            ("experiment", "spend", "budget", "used", "forecast", "HS23-h delivered", "$/HS23-h delivered"),
+            exp_rows,
+            over,
         ),
         f"<img src='{charts['experiment'].name}' alt='spend by experiment vs budget'>",
         "<h2>Daily burn and forecast</h2>",
         f"<img src='{charts['burn'].name}' alt='daily burn with forecast'>",
+        "<h2>Cost of delivered work and spot savings over time</h2>",
+        f"<img src='{charts['value'].name}' alt='USD per HS23-hour delivered and spot savings per day'>",
         "<h2>Spend by backend and market</h2>",
         f"<img src='{charts['backend'].name}' alt='spend by backend and market'>",
         "<div class='grid'>",
@@ -94,7 +102,9 @@ def write_html(report: CostReport, out_dir: Path) -> Path:
     if alloc_rows:
         parts += [
             "<h2>HPC allocations (node-hours)</h2>",
-            _table(("allocation", "used", "granted", "used %"), alloc_rows),
+            "<p class='note'>This month: run inside the month. Since the allocation began: settled (run so far), "
+            "in flight (running pilots' remaining walltime), committed (queued pilots' walltime), left.</p>",
+            _table(ALLOCATION_COLUMNS, alloc_rows),
         ]
     parts.append("</body></html>")
     path = out_dir / f"cost_{report.month}.html"

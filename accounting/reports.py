@@ -6,19 +6,20 @@ import csv
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table as RichTable
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table
 from sqlmodel import Session
 
+from accounting.billing import load_units, slices, usage
 from accounting.ledger import ledger_totals
 from accounting.period import Month
 from provisioner.domain import Market, Offering
-from provisioner.model import ResourceRow, row_time
+from provisioner.model import ResourceRow
 
 RESOURCES: Table = ResourceRow.__table__  # type: ignore[attr-defined]
 CENT = Decimal("0.01")
@@ -35,10 +36,11 @@ class SpendLine:
     name: str
     spend: Decimal
     list_value: Decimal
-    hs23_hours: float
+    hs23_hours: float  # delivered: busy time × HS23 (the work)
     egress_gb: float = 0.0
     budget: Decimal | None = None
     forecast: Decimal | None = None
+    hs23_hours_held: float = 0.0  # held: billable time × HS23 (the capacity paid for)
 
     @property
     def remaining(self) -> Decimal | None:
@@ -52,21 +54,62 @@ class SpendLine:
 
     @property
     def cost_per_hs23_hour(self) -> Decimal | None:
+        """USD per HS23-hour DELIVERED (busy), not per hour held."""
         return None if self.hs23_hours <= 0 else self.spend / Decimal(repr(self.hs23_hours))
 
 
 @dataclass(frozen=True, slots=True)
+class DayFigures:
+    """One day's spend, spot paid and at list price, and HS23-hours delivered."""
+
+    day: date
+    spend: Decimal = Decimal(0)
+    spot_paid: Decimal = Decimal(0)
+    spot_list: Decimal = Decimal(0)
+    hs23_hours_delivered: float = 0.0
+
+    @property
+    def spot_savings(self) -> Decimal:
+        return self.spot_list - self.spot_paid
+
+    @property
+    def cost_per_hs23_hour(self) -> Decimal | None:
+        return (
+            None if self.hs23_hours_delivered <= 0 else self.spend / Decimal(repr(self.hs23_hours_delivered))
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class AllocationLine:
+    """An allocation's node-hours (one unit = one node), from the billing model.
+
+    `node_hours_used`: run inside the report's month up to as-of. Since the allocation started:
+    `settled` (run so far, finished pilots and the elapsed part of running ones), `in_flight`
+    (running pilots' remaining walltime), `committed` (queued pilots' walltime); `left` = granted −
+    all three.
+    """
+
     offering_id: str
     name: str
     node_hours_used: float
     node_hours_granted: float | None
+    settled: float = 0.0
+    in_flight: float = 0.0
+    committed: float = 0.0
+
+    @property
+    def booked(self) -> float:
+        return self.settled + self.in_flight + self.committed
+
+    @property
+    def left(self) -> float | None:
+        return None if self.node_hours_granted is None else max(0.0, self.node_hours_granted - self.booked)
 
     @property
     def used_fraction(self) -> float | None:
         if not self.node_hours_granted:
             return None
-        return self.node_hours_used / self.node_hours_granted
+        return self.settled / self.node_hours_granted
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +143,8 @@ class CostReport:
     spot_list: Decimal = Decimal(0)
     allocations: list[AllocationLine] = field(default_factory=list)
     forecast: Forecast | None = None
+    days: list[DayFigures] = field(default_factory=list)
+    committed: Decimal = Decimal(0)  # what running units will still cost this month (committed burn)
 
     @property
     def egress_share(self) -> float | None:
@@ -121,12 +166,24 @@ def _lines(
     by: str,
     experiment: str | None,
     budgets: Mapping[str, Decimal] | None = None,
+    *,
+    end: datetime,
 ) -> list[SpendLine]:
     out = []
-    for t in ledger_totals(session, month.start, month.end, [by], experiment=experiment):
+    for t in ledger_totals(session, month.start, end, [by], experiment=experiment):
         name = t.key[0]
         budget = None if budgets is None else budgets.get(name)
-        out.append(SpendLine(name, t.amount, t.list_amount, t.hs23_hours, t.egress_gb, budget))
+        out.append(
+            SpendLine(
+                name,
+                t.amount,
+                t.list_amount,
+                t.hs23_hours,
+                t.egress_gb,
+                budget,
+                hs23_hours_held=t.hs23_hours_held,
+            )
+        )
     if budgets is not None:  # experiments with a budget and no spend still belong in the report
         seen = {line.name for line in out}
         for name, budget in budgets.items():
@@ -136,15 +193,25 @@ def _lines(
 
 
 def linear_forecast(
-    daily: Mapping[date, Decimal], month: Month, as_of: datetime, window_days: int = DEFAULT_BURN_DAYS
+    daily: Mapping[date, Decimal],
+    month: Month,
+    as_of: datetime,
+    window_days: int = DEFAULT_BURN_DAYS,
+    committed: Decimal = Decimal(0),
 ) -> Forecast:
-    """Spend so far + (mean daily spend over the last `window_days` full days) × days left in the month.
+    """Spend so far + the rest of the month: the larger of the recent trend (mean daily spend over
+    the last `window_days` full days × days left) and what running units are already committed to
+    (`committed_burn`). A fleet that just grew burns more than its past days show; a trend that
+    includes units since drained would otherwise be all the forecast knows.
 
     Before one full day has passed, the rate is the spend so far divided by the time elapsed.
     After the month has ended, the forecast is the actual spend.
     """
     as_of = min(as_of, month.end)
-    spent = sum((v for d, v in daily.items() if month.start.date() <= d < month.end.date()), Decimal(0))
+    spent = sum(
+        (v for d, v in daily.items() if month.start.date() <= d < month.end.date() and d <= as_of.date()),
+        Decimal(0),
+    )
     if as_of >= month.end:
         return Forecast("month closed: actual spend", 0, Decimal(0), spent, spent, as_of)
     today = as_of.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -162,7 +229,19 @@ def linear_forecast(
         method = (
             f"linear: spend so far / {float(elapsed):.2f} days elapsed × {float(days_left):.1f} days left"
         )
-    return Forecast(method, window, rate, spent, spent + rate * days_left, as_of)
+    trend = rate * days_left
+    if committed > trend:
+        method = (
+            f"committed: units running now, to their walltime or the month end (above the trend, {method})"
+        )
+        return Forecast(method, window, rate, spent, spent + committed, as_of)
+    return Forecast(method, window, rate, spent, spent + trend, as_of)
+
+
+def _allocation_start(offering: Offering | None, month: Month) -> datetime:
+    if offering is not None and offering.allocation is not None:
+        return min(offering.allocation.starts, month.start)
+    return month.start
 
 
 def allocation_usage(
@@ -172,38 +251,75 @@ def allocation_usage(
     experiment: str | None = None,
     granted: Mapping[str, float] | None = None,
     offerings: Mapping[str, Offering] | None = None,
-    as_of: datetime | None = None,
+    as_of: datetime,
 ) -> list[AllocationLine]:
-    """Node-hours run on allocation offerings this month (one unit = one node) against the grant."""
-    r = RESOURCES.c
-    cond = [
-        r.market == str(Market.ALLOCATION),
-        r.launched_at.is_not(None),
-        r.launched_at < month.end,
-        or_(r.released_at.is_(None), r.released_at > month.start),
-    ]
-    if experiment is not None:
-        cond.append(r.experiment == experiment)
-    as_of = as_of or datetime.now(UTC)
-    used: dict[str, float] = defaultdict(float)
-    for row in session.execute(select(ResourceRow).where(and_(*cond))).scalars():
-        launched = row_time(row.launched_at)
-        assert launched is not None
-        stop = min(row_time(row.released_at) or as_of, month.end)
-        lo = max(launched, month.start)
-        if stop > lo:
-            used[row.offering_id] += (stop - lo).total_seconds() / 3600
-    granted = dict(granted or {})
+    """Node-hours of allocation offerings as of `as_of` (billing model), against the grant."""
     offerings = offerings or {}
+    starts = [_allocation_start(o, month) for o in offerings.values() if o.market == Market.ALLOCATION]
+    lo = min([month.start, *starts])
+    units = [
+        u
+        for u in load_units(session, lo, month.end, as_of=as_of, experiment=experiment, include_unbilled=True)
+        if u.market == Market.ALLOCATION
+    ]
+    used: dict[str, float] = defaultdict(float)
+    settled: dict[str, float] = defaultdict(float)
+    in_flight: dict[str, float] = defaultdict(float)
+    committed: dict[str, float] = defaultdict(float)
+    live = {"requested", "provisioning", "running", "draining"}
+    for u in units:
+        known = offerings.get(u.offering_id)
+        ends = known.allocation.ends if known is not None and known.allocation is not None else None
+        used[u.offering_id] += usage(slices(u, month.start, min(month.end, as_of), as_of=as_of)).node_hours
+        settled[u.offering_id] += usage(
+            slices(u, _allocation_start(known, month), as_of, as_of=as_of)
+        ).node_hours
+        span = u.span(as_of)
+        limit = u.walltime_hours or 0.0
+        if span is not None and span[1] >= as_of and u.state in live:  # running at as-of
+            stop = span[0] + timedelta(hours=limit)
+            stop = min(stop, ends) if ends is not None else stop
+            in_flight[u.offering_id] += max(0.0, (stop - as_of).total_seconds() / 3600)
+        elif u.charged_from is None and u.state in live:  # queued
+            hours = limit if ends is None else min(limit, max(0.0, (ends - as_of).total_seconds() / 3600))
+            committed[u.offering_id] += hours
+    granted = dict(granted or {})
     for oid, off in offerings.items():
         if off.allocation is not None and off.market == Market.ALLOCATION:
             granted.setdefault(oid, off.allocation.node_hours_granted)
     out = []
-    for oid in sorted(set(used) | set(granted)):
+    for oid in sorted(set(used) | set(granted) | set(committed)):
         known = offerings.get(oid)
         name = known.allocation.name if known is not None and known.allocation is not None else oid
-        out.append(AllocationLine(oid, name, used.get(oid, 0.0), granted.get(oid)))
+        out.append(
+            AllocationLine(
+                oid, name, used.get(oid, 0.0), granted.get(oid),
+                settled.get(oid, 0.0), in_flight.get(oid, 0.0), committed.get(oid, 0.0),
+            )
+        )  # fmt: skip
     return out
+
+
+def committed_burn(
+    session: Session, month: Month, *, as_of: datetime, experiment: str | None = None
+) -> dict[str, Decimal]:
+    """Experiment → what units running at `as_of` will still cost before the month ends, at the
+    price in force: pilots (any unit with a walltime) to their walltime, VMs to the month end
+    unless something drains them (the running fleet's burn)."""
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    if as_of >= month.end:
+        return {}
+    for u in load_units(session, month.start, month.end, as_of=as_of, experiment=experiment):
+        span = u.span(as_of)
+        if span is None or span[1] < as_of or (u.charged_until is not None and u.charged_until <= as_of):
+            continue
+        stop = month.end
+        if u.walltime_hours is not None:
+            stop = min(stop, span[0] + timedelta(hours=u.walltime_hours))
+        if stop > as_of:
+            hours = Decimal(repr((stop - as_of).total_seconds() / 3600))
+            out[u.experiment or "unknown"] += Decimal(u.price_at(as_of)) / 1_000_000 * hours
+    return dict(out)
 
 
 def cost_report(
@@ -214,13 +330,15 @@ def cost_report(
     budgets: Mapping[str, Decimal] | None = None,
     allocations_granted: Mapping[str, float] | None = None,
     offerings: Mapping[str, Offering] | None = None,
-    now: datetime | None = None,
+    now: datetime,
     burn_days: int = DEFAULT_BURN_DAYS,
 ) -> CostReport:
-    """Everything finance asks about one month, aggregated in SQL from the cost ledger."""
-    now = now or datetime.now(UTC)
+    """Everything finance asks about one month as of `now` (the as-of time; never the wall clock):
+    money from the cost ledger's hours before it, allocations and committed burn from the billing
+    model as known then."""
     budgets = dict(budgets or {})
-    start, end = month.start, month.end
+    as_of = min(now, month.end)
+    start, end = month.start, max(month.start, as_of if as_of < month.end else month.end)
     totals = ledger_totals(session, start, end, [], experiment=experiment)
     t = totals[0] if totals else None
     total_budget = (
@@ -235,11 +353,12 @@ def cost_report(
         t.hs23_hours if t else 0.0,
         t.egress_gb if t else 0.0,
         total_budget,
+        hs23_hours_held=t.hs23_hours_held if t else 0.0,
     )
-    report = CostReport(month, experiment, min(now, end), total)
-    report.by_backend = _lines(session, month, "backend", experiment)
-    report.by_family = _lines(session, month, "offering_family", experiment)
-    report.by_market = _lines(session, month, "market", experiment)
+    report = CostReport(month, experiment, as_of, total)
+    report.by_backend = _lines(session, month, "backend", experiment, end=end)
+    report.by_family = _lines(session, month, "offering_family", experiment, end=end)
+    report.by_market = _lines(session, month, "market", experiment, end=end)
     for kt in ledger_totals(session, start, end, ["kind"], experiment=experiment):
         if kt.key[0] == "egress":
             report.egress_spend = kt.amount
@@ -254,7 +373,9 @@ def cost_report(
     for _ in range(HISTORY_MONTHS - 1):
         first = first.previous()
     report.by_month = [
-        SpendLine(m.key[0], m.amount, m.list_amount, m.hs23_hours, m.egress_gb)
+        SpendLine(
+            m.key[0], m.amount, m.list_amount, m.hs23_hours, m.egress_gb, hs23_hours_held=m.hs23_hours_held
+        )
         for m in ledger_totals(session, first.start, end, ["month"], experiment=experiment)
     ]
     daily: dict[date, Decimal] = {}
@@ -264,7 +385,22 @@ def cost_report(
         daily[day] = daily.get(day, Decimal(0)) + d.amount
         per_exp_daily[d.key[0]][day] = d.amount
     report.daily = sorted(daily.items())
-    report.forecast = linear_forecast(daily, month, now, burn_days)
+    days: dict[date, DayFigures] = {}
+    for d in ledger_totals(session, start, end, ["day", "market"], experiment=experiment):
+        day = date.fromisoformat(d.key[0])
+        acc = days.get(day) or DayFigures(day)
+        spot = d.key[1] == Market.SPOT
+        days[day] = DayFigures(
+            day,
+            acc.spend + d.amount,
+            acc.spot_paid + (d.amount if spot else Decimal(0)),
+            acc.spot_list + (d.list_amount if spot else Decimal(0)),
+            acc.hs23_hours_delivered + d.hs23_hours,
+        )
+    report.days = [days[d] for d in sorted(days)]
+    committed = committed_burn(session, month, as_of=as_of, experiment=experiment)
+    report.committed = sum(committed.values(), Decimal(0))
+    report.forecast = linear_forecast(daily, month, as_of, burn_days, report.committed)
     report.by_experiment = [
         SpendLine(
             line.name,
@@ -273,12 +409,19 @@ def cost_report(
             line.hs23_hours,
             line.egress_gb,
             line.budget,
-            linear_forecast(per_exp_daily.get(line.name, {}), month, now, burn_days).month_end,
+            linear_forecast(
+                per_exp_daily.get(line.name, {}),
+                month,
+                as_of,
+                burn_days,
+                committed.get(line.name, Decimal(0)),
+            ).month_end,
+            hs23_hours_held=line.hs23_hours_held,
         )
-        for line in _lines(session, month, "experiment", experiment, budgets)
+        for line in _lines(session, month, "experiment", experiment, budgets, end=end)
     ]
     report.allocations = allocation_usage(
-        session, month, experiment=experiment, granted=allocations_granted, offerings=offerings, as_of=now
+        session, month, experiment=experiment, granted=allocations_granted, offerings=offerings, as_of=as_of
     )
     return report
 
@@ -290,8 +433,19 @@ def _money(value: Decimal | None) -> str:
     return "—" if value is None else f"${usd(value):,}"
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
+def _pct(value: float | None, *, small: bool = False) -> str:
+    """A percentage; with `small`, fractions under 1 % keep two significant digits (0.012 %)."""
+    if value is None:
+        return "—"
+    if small and 0 < abs(value) < 0.01:
+        return f"{value * 100:.2g}%"
+    return f"{value * 100:.1f}%"
+
+
+def report_title(report: CostReport) -> str:
+    """The report's title: month, scope and the as-of time every figure is computed at."""
+    scope = f" — {report.experiment}" if report.experiment else ""
+    return f"Cost report {report.month}{scope}, as of {report.as_of:%Y-%m-%d %H:%M} UTC"
 
 
 def headline(report: CostReport) -> list[tuple[str, str]]:
@@ -301,38 +455,63 @@ def headline(report: CostReport) -> list[tuple[str, str]]:
     return [
         ("Month", str(report.month)),
         ("Experiment", report.experiment or "all"),
+        ("As of", report.as_of.strftime("%Y-%m-%d %H:%M UTC")),
         ("Spend", _money(report.total.spend)),
         ("Budget", _money(report.total.budget)),
+        ("Budget used", _pct(report.total.budget_used, small=True)),
+        ("Committed by running units to month end", _money(report.committed)),
         ("Forecast month-end spend", _money(f.month_end if f else None)),
         ("Forecast method", f.method if f else "—"),
-        ("HS23-hours delivered", f"{report.total.hs23_hours:,.0f}"),
-        ("Cost per HS23-hour", "—" if cph is None else f"${cph:.5f}"),
+        ("HS23-hours delivered (a job running)", f"{report.total.hs23_hours:,.0f}"),
+        ("HS23-hours held (paid for)", f"{report.total.hs23_hours_held:,.0f}"),
+        ("Cost per HS23-hour delivered", "—" if cph is None else f"${cph:.5f}"),
         ("Egress spend", _money(report.egress_spend)),
         ("Egress share of spend", _pct(report.egress_share)),
         ("Idle spend (paid, no job running)", _money(report.idle_spend)),
         ("Spot paid", _money(report.spot_paid)),
         ("Spot at on-demand list price", _money(report.spot_list)),
         ("Spot savings (list − paid)", _money(report.spot_savings)),
-        ("As of", report.as_of.strftime("%Y-%m-%d %H:%M UTC")),
     ]
+
+
+ALLOCATION_COLUMNS = (
+    "allocation",
+    "this month",
+    "settled",
+    "in flight",
+    "committed",
+    "left",
+    "granted",
+    "settled %",
+)
+
+
+def allocation_row(a: AllocationLine) -> list[str]:
+    """One allocation as text: node-hours this month; since it started settled, in flight, committed, left."""
+    granted = "—" if a.node_hours_granted is None else f"{a.node_hours_granted:,.0f}"
+    left = "—" if a.left is None else f"{a.left:,.1f}"
+    return [a.name, f"{a.node_hours_used:,.1f}", f"{a.settled:,.1f}", f"{a.in_flight:,.1f}",
+            f"{a.committed:,.1f}", left, granted, _pct(a.used_fraction, small=True)]  # fmt: skip
 
 
 def print_report(report: CostReport, console: Console | None = None) -> None:
     console = console or Console()
-    head = RichTable(title=f"Cost report {report.month}", show_header=False)
+    head = RichTable(title=report_title(report), show_header=False)
     head.add_column("figure")
     head.add_column("value", justify="right")
     for label, value in headline(report):
         head.add_row(label, value)
     console.print(head)
     exp = RichTable(title="Spend by experiment against budget")
-    for col in ("experiment", "spend", "budget", "used", "forecast", "HS23-h", "$/HS23-h"):
+    for col in ("experiment", "spend", "budget", "used", "forecast", "HS23-h delivered", "HS23-h held",
+                "$/HS23-h delivered"):  # fmt: skip
         exp.add_column(col, justify="left" if col == "experiment" else "right")
     for line in report.by_experiment:
         cph = line.cost_per_hs23_hour
         exp.add_row(
-            line.name, _money(line.spend), _money(line.budget), _pct(line.budget_used), _money(line.forecast),
-            f"{line.hs23_hours:,.0f}", "—" if cph is None else f"{cph:.5f}",
+            line.name, _money(line.spend), _money(line.budget), _pct(line.budget_used, small=True),
+            _money(line.forecast), f"{line.hs23_hours:,.0f}", f"{line.hs23_hours_held:,.0f}",
+            "—" if cph is None else f"{cph:.5f}",
         )  # fmt: skip
     console.print(exp)
     for title, lines in (
@@ -349,11 +528,10 @@ def print_report(report: CostReport, console: Console | None = None) -> None:
         console.print(table)
     if report.allocations:
         alloc = RichTable(title="HPC allocations (node-hours)")
-        for col in ("allocation", "used", "granted", "used %"):
+        for col in ALLOCATION_COLUMNS:
             alloc.add_column(col, justify="left" if col == "allocation" else "right")
         for a in report.allocations:
-            granted = "—" if a.node_hours_granted is None else f"{a.node_hours_granted:,.0f}"
-            alloc.add_row(a.name, f"{a.node_hours_used:,.1f}", granted, _pct(a.used_fraction))
+            alloc.add_row(*allocation_row(a))
         console.print(alloc)
 
 
@@ -380,7 +558,7 @@ def write_csv(report: CostReport, out_dir: Path) -> list[Path]:
     files = [_csv(out_dir / f"{stem}_summary.csv", ("figure", "value"), headline(report))]
     header = (
         "experiment", "spend_usd", "budget_usd", "remaining_usd", "budget_used", "forecast_usd",
-        "list_value_usd", "hs23_hours", "usd_per_hs23_hour", "egress_gb",
+        "list_value_usd", "hs23_hours", "usd_per_hs23_hour", "egress_gb", "hs23_hours_held",
     )  # fmt: skip
     rows = []
     for line in report.by_experiment:
@@ -398,6 +576,7 @@ def write_csv(report: CostReport, out_dir: Path) -> list[Path]:
                 round(line.hs23_hours, 3),
                 "" if cph is None else round(cph, 6),
                 round(line.egress_gb, 3),
+                round(line.hs23_hours_held, 3),
             )
         )
     files.append(_csv(out_dir / f"{stem}_by_experiment.csv", header, rows))
@@ -426,16 +605,53 @@ def write_csv(report: CostReport, out_dir: Path) -> list[Path]:
     files.append(
         _csv(
             out_dir / f"{stem}_daily.csv",
-            ("day", "spend_usd"),
-            [(d.isoformat(), usd(v)) for d, v in report.daily],
+            (
+                "day",
+                "spend_usd",
+                "spot_paid_usd",
+                "spot_list_usd",
+                "spot_savings_usd",
+                "hs23_hours_delivered",
+                "usd_per_hs23_hour_delivered",
+            ),
+            [
+                (
+                    d.day.isoformat(),
+                    usd(d.spend),
+                    usd(d.spot_paid),
+                    usd(d.spot_list),
+                    usd(d.spot_savings),
+                    round(d.hs23_hours_delivered, 3),
+                    "" if d.cost_per_hs23_hour is None else round(d.cost_per_hs23_hour, 6),
+                )
+                for d in report.days
+            ],
         )
     )
     files.append(
         _csv(
             out_dir / f"{stem}_allocations.csv",
-            ("offering_id", "allocation", "node_hours_used", "node_hours_granted"),
+            (
+                "offering_id",
+                "allocation",
+                "node_hours_this_month",
+                "node_hours_settled",
+                "node_hours_in_flight",
+                "node_hours_committed",
+                "node_hours_left",
+                "node_hours_granted",
+            ),
             [
-                (a.offering_id, a.name, round(a.node_hours_used, 3), _opt(a.node_hours_granted))
+                (
+                    a.offering_id,
+                    a.name,
+                    round(a.node_hours_used, 3),
+                    round(a.settled, 3),
+                    round(a.in_flight, 3),
+                    round(a.committed, 3),
+                    "" if a.left is None else round(a.left, 3),
+                    _opt(a.node_hours_granted),
+                )
                 for a in report.allocations
             ],
         )

@@ -20,6 +20,7 @@ from accounting.period import BadMonth, Month
 from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, build_messages, publish_month
 from accounting.reports import cost_report, print_report, write_csv
 from accounting.usage import import_records, stored_problems
+from provisioner.clock import SystemClock
 from provisioner.db import open_database
 from provisioner.domain import Offering, UsageRecord
 from provisioner.settings import load_settings
@@ -39,6 +40,16 @@ def _month(text: str) -> Month:
         return Month.parse(text)
     except BadMonth as exc:
         raise typer.BadParameter(str(exc), param_hint="--month") from exc
+
+
+def _as_of(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint="--as-of") from None
+    if parsed.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} has no timezone (give UTC, e.g. ...Z)", param_hint="--as-of")
+    return parsed.astimezone(UTC)
 
 
 def _session() -> Session:
@@ -237,13 +248,30 @@ def register(root: typer.Typer) -> None:
             None, exists=True, dir_okay=False, help="policy file with budgets"
         ),
         burn_days: int = typer.Option(7, min=1, help="forecast: mean daily spend of the last N full days"),
+        as_of: str | None = typer.Option(
+            None,
+            "--as-of",
+            help="report as of this UTC time (ISO 8601, e.g. 2026-11-30T12:00Z); default: now, or the "
+            "month's end for a past month",
+        ),
     ) -> None:
-        """Spend by experiment, backend, offering family and month against budget, with a forecast."""
+        """Spend by experiment, backend, offering family and month against budget, with a forecast.
+
+        Every figure is computed as of one time, printed in the title: spend, allocations' node-hours
+        (settled, in flight, committed, left) and the forecast with the burn running units commit.
+        """
         m = _month(month)
+        when = _as_of(as_of) if as_of is not None else SystemClock().now()
         monthly, offerings = _policy_figures(budgets)
         with _session() as session:
             result = cost_report(
-                session, m, experiment=experiment, budgets=monthly, offerings=offerings, burn_days=burn_days
+                session,
+                m,
+                experiment=experiment,
+                budgets=monthly,
+                offerings=offerings,
+                burn_days=burn_days,
+                now=when,
             )
         if fmt is ReportFormat.TABLE:
             print_report(result, console)

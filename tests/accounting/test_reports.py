@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from accounting.ledger import EgressUsage, build_ledger
 from accounting.period import Month
 from accounting.report_html import write_html
-from accounting.reports import cost_report, linear_forecast, write_csv
+from accounting.reports import cost_report, linear_forecast, report_title, write_csv
 from provisioner.domain import EgressTier
 from tests.accounting.test_ledger import resource
 
@@ -145,3 +145,41 @@ def test_cli_imports_publishes_and_reports(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "r" / "cost_2026-10.html").exists()
     result = runner.invoke(app, ["report", "cost", "--month", "2026-13"])
     assert result.exit_code != 0
+
+
+def test_report_as_of_counts_running_units_to_as_of_and_forecasts_their_committed_burn(
+    session: Session,
+) -> None:
+    day = timedelta(days=1)
+    live = {"state": "running", "released_at": None}
+    session.add(resource("vm", price_micro_per_hour=1_000_000, launched_at=D + 13 * day, **live))
+    session.add(
+        resource("pilot", backend="maxwell", offering_id=ALLOC, market="allocation", price_micro_per_hour=0,
+                 launched_at=D + 13 * day + timedelta(hours=12), walltime_hours=24.0, **live)
+    )  # fmt: skip
+    session.add(
+        resource("queued", backend="maxwell", offering_id=ALLOC, market="allocation", price_micro_per_hour=0,
+                 state="provisioning", launched_at=None, released_at=None, walltime_hours=10.0)
+    )  # fmt: skip
+    session.commit()
+    build_ledger(session, D, OCT.end, now=NOW)
+    report = cost_report(session, OCT, allocations_granted={ALLOC: 1000.0}, now=NOW)
+    assert report.as_of == NOW and "as of 2026-10-15 00:00 UTC" in report_title(report)
+    assert report.total.spend == 24
+    # the VM keeps burning $24 a day to the month end: 17 days = $408, above the 7-day trend ($58.29)
+    assert report.committed == 408
+    assert report.forecast is not None and report.forecast.month_end == 24 + 408
+    assert report.forecast.method.startswith("committed")
+    [alloc] = report.allocations
+    assert (alloc.settled, alloc.in_flight, alloc.committed) == (12.0, 12.0, 10.0)
+    assert alloc.left == 1000.0 - 34.0
+    # a later as-of sees more settled time and less in flight, never the wall clock's
+    later = cost_report(session, OCT, allocations_granted={ALLOC: 1000.0}, now=NOW + timedelta(hours=6))
+    assert (later.allocations[0].settled, later.allocations[0].in_flight) == (18.0, 6.0)
+
+
+def test_a_small_budget_fraction_stays_readable() -> None:
+    from accounting.reports import _pct
+
+    assert _pct(0.00012, small=True) == "0.012%"
+    assert _pct(0.25, small=True) == "25.0%"
