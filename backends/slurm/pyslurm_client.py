@@ -1,18 +1,21 @@
 """`SlurmClient` over pyslurm, for sites where pyslurm is installed and built for the site's Slurm.
 
+Written against pyslurm's documented API for Slurm 25.11 (pyslurm 25.11.x; the same object API
+exists since 23.x): `pyslurm.Jobs.load()` / `pyslurm.Job(id).cancel()`, `pyslurm.Nodes.load()`,
+`pyslurm.JobSubmitDescription(...).submit()`, `pyslurm.db.Jobs.load(pyslurm.db.JobFilter(...))`.
 pyslurm is version-locked to the Slurm it compiles against (PyPI carries 25.11 only); on Debian 12
-(Slurm 22.05) it cannot be installed, so this client has never run against a cluster here.
-`PyslurmClient.open()` refuses to start unless pyslurm imports and its major.minor matches `sinfo
---version`, and the contract tests run it wherever that holds. Written for the pyslurm 23+ API
-(`pyslurm.Jobs.load`, `pyslurm.Nodes.load`, `pyslurm.JobSubmitDescription`, `pyslurm.db.Jobs`).
+(Slurm 22.05) it cannot be installed, so the tests run this client against a stub module that
+follows that API (`tests/slurm/pyslurm_stub.py`). `PyslurmClient.open()` refuses to start unless
+pyslurm imports and its Slurm major.minor matches `sinfo --version` (pyslurm "24.5.1" is Slurm 24.05).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import subprocess
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -29,30 +32,43 @@ from backends.slurm.client import (
 )
 from backends.slurm.openapi import epoch, gres_gpus
 
+# `Job.resource_sharing` is slurm_job_share_string(): "NO" for --exclusive ("none"/"exclusive" elsewhere)
+_EXCLUSIVE = frozenset({"NO", "NONE", "EXCLUSIVE"})
+
 
 class PyslurmUnavailable(RuntimeError):
     """pyslurm does not import here, or was built for another Slurm release."""
 
 
+def major_minor(version: str) -> tuple[int, int] | None:
+    """(24, 5) from Slurm's '24.05.4', 'slurm 24.05.4' or pyslurm's '24.5.1' (PEP 440 drops the zero)."""
+    match = re.search(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def site_slurm_version() -> str:
-    """'22.05' from `sinfo --version` ('slurm-wlm 22.05.8')."""
-    out = subprocess.run(["sinfo", "--version"], capture_output=True, text=True, check=False).stdout
-    parts = out.split()[-1].split(".") if out.split() else []
-    return ".".join(parts[:2])
-
-
-def load_pyslurm() -> ModuleType:
-    """Import pyslurm and check it was built for this site's Slurm; raise PyslurmUnavailable if not."""
-    site = site_slurm_version()
+    """The site's Slurm release as `sinfo --version` prints it ('slurm-wlm 22.05.8' → '22.05.8')."""
     try:
-        module = importlib.import_module("pyslurm")
+        out = subprocess.run(["sinfo", "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return ""
+    return out.split()[-1] if out.split() else ""
+
+
+def load_pyslurm(*, site_version: str | None = None, name: str = "pyslurm") -> ModuleType:
+    """Import pyslurm and check it was built for this site's Slurm; raise PyslurmUnavailable if not."""
+    site = site_slurm_version() if site_version is None else site_version
+    try:
+        module = importlib.import_module(name)
     except ImportError as err:
         raise PyslurmUnavailable(
-            f"pyslurm not importable ({err}); PyPI's pyslurm is built for Slurm 25.11, site has {site}"
+            f"pyslurm not importable ({err}); PyPI's pyslurm is built for Slurm 25.11, site has {site or '?'}"
         ) from None
-    built = ".".join(str(getattr(module, "__version__", "")).split(".")[:2])
-    if built and site and built != site:
-        raise PyslurmUnavailable(f"pyslurm built for Slurm {built}, site has {site}")
+    built = str(getattr(module, "__version__", ""))
+    if major_minor(built) is None or major_minor(site) is None:
+        raise PyslurmUnavailable(f"cannot compare pyslurm {built!r} with the site's Slurm {site!r}")
+    if major_minor(built) != major_minor(site):
+        raise PyslurmUnavailable(f"pyslurm {built} is built for another Slurm release than the site's {site}")
     return module
 
 
@@ -62,16 +78,38 @@ def _dt(value: Any) -> datetime | None:
     return epoch(value)
 
 
-def _gpus(gres: Any) -> tuple[int, str | None]:
-    """pyslurm gres dicts ({'gpu:a100': 2} or {'gpu': 2}) or strings."""
-    if isinstance(gres, dict):
-        count, model = 0, None
-        for key, value in gres.items():
-            if str(key).split(":")[0] == "gpu":
-                count += int(value)
-                model = str(key).split(":", 1)[1] if ":" in str(key) else model
-        return count, model
-    return gres_gpus(str(gres or ""))
+def _gpu_dict(value: Any) -> tuple[int, str | None]:
+    """GPUs from pyslurm's maps: `gpus` ({'gpu:a100': GPU(count, type)}) or a GRES dict
+    ({'gpu:a100': 2}, {'gpu': {'count': 2, 'indexes': '0-1'}}); a string is parsed as GRES."""
+    if not isinstance(value, Mapping):
+        return gres_gpus(str(value or ""))
+    count, model = 0, None
+    for key, item in value.items():
+        name, _, typ = str(key).partition(":")
+        if name != "gpu":
+            continue
+        if isinstance(item, Mapping):
+            n = int(item.get("count") or 0)
+        elif isinstance(item, int):
+            n = item
+        else:  # a pyslurm.db.GPU
+            n = int(getattr(item, "count", 0) or 0)
+            typ = typ or str(getattr(item, "type", "") or "")
+        count += n
+        model = typ or model
+    return count, model
+
+
+def _words(value: Any, sep: str = ",") -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in value.split(sep) if v]
+    return [str(v) for v in value]
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) else 0
 
 
 class PyslurmClient:
@@ -93,7 +131,10 @@ class PyslurmClient:
             raise BackendError(BACKEND, f"pyslurm: {err}") from None
 
     def _job(self, j: Any) -> SlurmJob:
-        gpus, model = _gpus(getattr(j, "gres_per_node", None))
+        gpus, model = _gpu_dict(getattr(j, "gpus", None))
+        per_node, node_model = _gpu_dict(getattr(j, "gres_per_node", None))
+        array_id = _int(getattr(j, "array_id", None))
+        limit = getattr(j, "time_limit", None)
         return SlurmJob(
             job_id=str(j.id),
             name=str(j.name or ""),
@@ -107,15 +148,20 @@ class PyslurmClient:
             nodes=int(j.num_nodes or 1),
             cpus=int(j.cpus or 1),
             memory_mb=getattr(j, "memory", None),
-            gpus=gpus,
-            gpu_model=model,
-            features=",".join(getattr(j, "required_features", None) or ()),
-            time_limit_minutes=j.time_limit,
+            gpus=gpus or per_node,
+            gpu_model=model or node_model,
+            features=",".join(_words(getattr(j, "constraints", None))),
+            time_limit_minutes=int(limit) if isinstance(limit, int) else None,
             submit_time=_dt(j.submit_time),
             start_time=_dt(j.start_time),
             end_time=_dt(j.end_time),
             node_list=str(j.allocated_nodes or ""),
-            priority=int(j.priority or 0),
+            priority=_int(j.priority),
+            exclusive=str(getattr(j, "resource_sharing", "") or "").upper() in _EXCLUSIVE,
+            gpus_per_node=per_node or None,
+            array_job_id=str(array_id) if array_id else None,
+            array_tasks=str(getattr(j, "array_tasks_waiting", None) or "") if array_id else "",
+            array_max_tasks=_int(getattr(j, "array_tasks_parallel", None)),
         )
 
     async def submit(self, spec: JobSpec) -> str:
@@ -123,7 +169,7 @@ class PyslurmClient:
             "name": spec.name,
             "script": spec.script,
             "partitions": spec.partition,
-            "time_limit": spec.time_limit_minutes,
+            "time_limit": str(spec.time_limit_minutes),  # sbatch's -t: minutes
             "standard_output": spec.output,
             "working_directory": spec.workdir,
             "is_requeueable": spec.requeue,
@@ -141,9 +187,9 @@ class PyslurmClient:
         if spec.gpus:
             desc["gres_per_node"] = f"gpu:{spec.gpus}"
         if spec.features:
-            desc["required_features"] = spec.features
+            desc["constraints"] = spec.features
         if spec.hold:
-            desc["priority"] = 0  # pyslurm holds a job by submitting it with priority 0
+            desc["priority"] = 0  # pyslurm documents priority 0 as sbatch's --hold
         description = self._m.JobSubmitDescription(**{k: v for k, v in desc.items() if v is not None})
         return str(await self._call(description.submit))
 
@@ -169,19 +215,21 @@ class PyslurmClient:
         loaded = await self._call(self._m.Nodes.load)
         out = []
         for n in loaded.values():
-            gpus, model = _gpus(getattr(n, "configured_gres", None))
+            # `Node.state` is the complete state: "IDLE+CLOUD+POWERED_DOWN"
+            base, *flags = str(n.state or "UNKNOWN").split("+")
+            gpus, model = _gpu_dict(getattr(n, "configured_gres", None))
             out.append(
                 SlurmNode(
                     name=str(n.name),
-                    state=str(n.state).lower(),
-                    flags=frozenset(str(f).upper() for f in _iter(getattr(n, "state_flags", None))),
-                    cpus=int(n.total_cpus or 0),
-                    alloc_cpus=int(n.allocated_cpus or 0),
-                    memory_mb=int(n.real_memory or 0),
+                    state=base.lower(),
+                    flags=frozenset(f.upper() for f in flags if f),
+                    cpus=_int(n.total_cpus),
+                    alloc_cpus=_int(n.allocated_cpus),
+                    memory_mb=_int(n.real_memory),
                     gpus=gpus,
                     gpu_model=model,
-                    features=frozenset(_iter(n.active_features)),
-                    partitions=tuple(_iter(n.partitions)),
+                    features=frozenset(_words(n.active_features)),
+                    partitions=tuple(_words(n.partitions)),
                     arch=n.architecture,
                 )
             )
@@ -198,42 +246,38 @@ class PyslurmClient:
             loaded = await asyncio.to_thread(db.Jobs.load, flt)
         except self._m.RPCError as err:
             raise AccountingUnavailable(BACKEND, f"pyslurm db: {err}") from None
-        out = []
-        for j in loaded.values():
-            gpus, model = _gpus(getattr(j, "gres_per_node", None))
-            out.append(
-                AccountingRecord(
-                    job_id=str(j.id),
-                    name=str(j.name or ""),
-                    state=JobState.parse(str(j.state)),
-                    partition=str(j.partition or ""),
-                    account=j.account,
-                    user=getattr(j, "user_name", None),
-                    submit_time=_dt(j.submit_time),
-                    start_time=_dt(j.start_time),
-                    end_time=_dt(j.end_time),
-                    elapsed_seconds=int(j.elapsed_time or 0),
-                    cpu_seconds=int(j.total_cpu_time or 0),
-                    nodes=int(j.num_nodes or 1),
-                    cpus=int(j.cpus or 1),
-                    memory_mb=getattr(j, "memory", None),
-                    gpus=gpus,
-                    gpu_model=model,
-                    qos=j.qos,
-                    comment=str(getattr(j, "comment", "") or ""),
-                    node_list=str(j.nodelist or ""),
-                    cluster=j.cluster,
-                )
-            )
-        return out
+        return [_record(j) for j in loaded.values()]
 
     async def close(self) -> None:
         return None
 
 
-def _iter(value: Any) -> Iterable[str]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return [v for v in value.split(",") if v]
-    return [str(v) for v in value]
+def _record(j: Any) -> AccountingRecord:
+    """One `pyslurm.db.Job`; CPU time and peak RSS from its `stats` (`pyslurm.db.JobStatistics`)."""
+    gpus, model = _gpu_dict(getattr(j, "gpus", None))
+    stats = getattr(j, "stats", None)
+    cpu = getattr(stats, "total_cpu_time", None)
+    rss = getattr(stats, "max_resident_memory", None)  # bytes
+    return AccountingRecord(
+        job_id=str(j.id),
+        name=str(j.name or ""),
+        state=JobState.parse(str(j.state)),
+        partition=str(j.partition or ""),
+        account=j.account,
+        user=getattr(j, "user_name", None),
+        submit_time=_dt(j.submit_time),
+        start_time=_dt(j.start_time),
+        end_time=_dt(j.end_time),
+        elapsed_seconds=_int(j.elapsed_time),
+        cpu_seconds=int(cpu) if isinstance(cpu, int | float) else None,
+        nodes=int(j.num_nodes or 1),
+        cpus=int(j.cpus or 1),
+        memory_mb=getattr(j, "memory", None),
+        max_rss_kb=int(rss) // 1024 if isinstance(rss, int | float) and rss > 0 else None,
+        gpus=gpus,
+        gpu_model=model,
+        qos=j.qos,
+        comment=str(getattr(j, "comment", "") or ""),
+        node_list=str(j.nodelist or ""),
+        cluster=j.cluster,
+    )
