@@ -33,6 +33,7 @@ import asyncio
 import functools
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -75,6 +76,7 @@ from backends.base import (
     QuotaExceeded,
     Throttled,
 )
+from backends.quota import QuotaScope, quoted_limit
 from provisioner.domain import Market, Offering
 
 log = structlog.get_logger(__name__)
@@ -175,6 +177,7 @@ WATCHED_EVENT_CODES = (*sorted(ENDING_EVENT_CODES), "system-reboot", "instance-r
 
 SPOT_PRODUCTS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")
 _SPOT_TYPES_PER_CALL = 100
+QUOTA_REFRESH_S = 900.0  # account quotas are re-read this often
 
 # Service Quotas codes for running vCPUs (AWS docs, "On-Demand Instance quotas" / "Spot Instance quotas").
 QUOTA_CODE_NAMES: Mapping[str, str] = {
@@ -304,6 +307,8 @@ class AwsBackend:
         self._session: boto3.Session | None = None
         self._clients: dict[tuple[str, str], Any] = {}
         self._secrets: tuple[str, ...] = ()
+        self._quotas: dict[str, int] = {}
+        self._quotas_read_at: float | None = None
         self.api_calls: Counter[str] = Counter()  # API requests sent, by operation (each retry counts)
 
     # ---- clients and calls -------------------------------------------------------------------
@@ -515,9 +520,17 @@ class AwsBackend:
             log.info("aws.provision.found", resource=request.resource_id, provider_id=existing.provider_id)
             return existing
         # Clients are made inside the worker thread: the first one loads models and credentials.
-        response = await self._call(
-            "RunInstances", lambda: self.client(region).run_instances(**params), offering_id=offering.id
-        )
+        try:
+            response = await self._call(
+                "RunInstances", lambda: self.client(region).run_instances(**params), offering_id=offering.id
+            )
+        except QuotaExceeded as exc:
+            raise QuotaExceeded(
+                self.name,
+                str(exc).removeprefix(f"{self.name}: "),
+                offering_id=offering.id,
+                scope=self.quota_scope(str(exc), offering),
+            ) from None
         instances = response.get("Instances", []) if isinstance(response, Mapping) else []
         if not instances:
             # The call may have made an instance all the same: the intent is kept and the retry
@@ -724,12 +737,21 @@ class AwsBackend:
     # ---- offerings and quotas ----------------------------------------------------------------
 
     async def offerings(self) -> list[Offering]:
-        """The catalog's offerings for our regions, spot prices replaced by the current spot price."""
+        """The catalog's offerings for our regions, spot prices replaced by the current spot price.
+
+        Offerings the account's vCPU quotas rule out (a quota smaller than one instance, e.g. a spot
+        quota of 0) are left out: no plan should count on them.
+        """
         regions = sorted({o.region for o in self._catalog})
         prices = await asyncio.gather(*(self._spot_prices(r) for r in regions))
         by_region = dict(zip(regions, prices, strict=True))
+        quotas = await self._account_quotas()
         out: list[Offering] = []
         for o in self._catalog:
+            code = quota_code_for(o.instance_type, o.market)
+            allowed = quotas.get(f"{o.region}:{code}") if code else None
+            if allowed is not None and allowed < o.cores:
+                continue
             if o.market is Market.SPOT:
                 price = self._pick_price(by_region.get(o.region, {}), o)
                 if price is not None:
@@ -782,6 +804,41 @@ class AwsBackend:
                 if key not in latest or when > latest[key][0]:
                     latest[key] = (when, price)
         return {k: v[1] for k, v in latest.items()}
+
+    def quota_scope(self, error: str, offering: Offering) -> QuotaScope:
+        """What an EC2 quota error covers, from its code and message and the vCPU quota buckets.
+
+        `VcpuLimitExceeded`/`InstanceLimitExceeded`: the vCPU bucket of the instance type (Standard,
+        G/VT, P...) in this market and region; `MaxSpotInstanceCountExceeded` and
+        `MaxSpotFleetRequestCountExceeded`: every spot request in the region.
+        """
+        code = next((c for c in sorted(QUOTA_CODES) if c in error), "unknown")
+        limit = quoted_limit(error.split(code, 1)[-1])
+        region, market = offering.region, offering.market
+        if code in ("MaxSpotInstanceCountExceeded", "MaxSpotFleetRequestCountExceeded"):
+            return QuotaScope(self.name, code, region=region, market=Market.SPOT, limit=limit)
+        if code in ("VcpuLimitExceeded", "InstanceLimitExceeded"):
+            bucket = quota_code_for(offering.instance_type, market)
+            if bucket is not None:
+                types = frozenset(
+                    o.instance_type
+                    for o in self._catalog
+                    if o.region == region and quota_code_for(o.instance_type, market) == bucket
+                ) | {offering.instance_type}
+                return QuotaScope(
+                    self.name, bucket, region=region, market=market, instance_types=types, limit=limit
+                )
+        return QuotaScope(
+            self.name, code, region=region, market=market, families=frozenset({offering.family}), limit=limit
+        )
+
+    async def _account_quotas(self) -> dict[str, int]:
+        """`quota_vcpus`, read at most once per `quota_refresh_s` (quotas change rarely; the API is slow)."""
+        now = time.monotonic()
+        if self._quotas_read_at is None or now - self._quotas_read_at >= QUOTA_REFRESH_S:
+            self._quotas = await self.quota_vcpus()
+            self._quotas_read_at = now
+        return self._quotas
 
     async def quota_vcpus(self) -> dict[str, int]:
         """vCPUs allowed by Service Quotas, keyed "<region>:<quota code>"; regions that cannot tell: left out.

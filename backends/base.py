@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from backends.quota import QuotaScope
 from provisioner.domain import Offering
 
 # Tag/label keys written on every resource. GCE labels allow only [a-z0-9_-], so keep them plain.
@@ -99,7 +100,21 @@ class CapacityUnavailable(BackendError):
 
 
 class QuotaExceeded(BackendError):
-    """An account quota stops this create: try another offering or family."""
+    """An account quota stops this create: try another offering or family.
+
+    `scope` says what else the quota covers (region, market, family...), where the backend can tell.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        message: str,
+        *,
+        offering_id: str | None = None,
+        scope: QuotaScope | None = None,
+    ) -> None:
+        super().__init__(backend, message, offering_id=offering_id)
+        self.scope = scope
 
 
 class AuthFailed(BackendError):

@@ -52,6 +52,7 @@ from backends.base import (
     Throttled,
 )
 from backends.gce_config import GceConfig
+from backends.quota import gce_scope
 from provisioner.domain import Arch, Market, Offering
 
 log = structlog.get_logger(__name__)
@@ -337,6 +338,22 @@ class GceBackend:
     # -- Backend protocol --------------------------------------------------------------------
 
     async def provision(self, request: ProvisionRequest) -> BackendResource:
+        try:
+            return await self._provision(request)
+        except QuotaExceeded as exc:
+            # GCE names the quota and region ("Quota 'N2_CPUS' exceeded. Limit: 24.0 in region ..."):
+            # say what else it covers, so the engine blocks all of it at once.
+            if exc.scope is not None:
+                raise
+            offering = request.offering
+            raise QuotaExceeded(
+                self.name,
+                str(exc).removeprefix(f"{self.name}: "),
+                offering_id=offering.id,
+                scope=gce_scope(self.name, str(exc), offering),
+            ) from None
+
+    async def _provision(self, request: ProvisionRequest) -> BackendResource:
         offering = request.offering
         zone = self._zone_for(offering)
         instance = self.build_instance(request, zone)

@@ -30,6 +30,7 @@ from backends.base import (
     ProvisionRequest,
     QuotaExceeded,
 )
+from backends.quota import offering_scope
 from provisioner.circuit import CircuitBreaker, backend_key, offering_key
 from provisioner.clock import Clock
 from provisioner.domain import DrainOrder, Market, Offering, PlanItem, ResourceState
@@ -123,6 +124,7 @@ class Actuator:
         self.backends = backends
         self.clock = clock
         self.settings = settings or ActuatorSettings()
+        self.known_offerings: Mapping[str, Offering] = {}  # this cycle's offerings, by id (quota scopes)
 
     # --- provisioning --------------------------------------------------------------------------
 
@@ -195,7 +197,12 @@ class Actuator:
         calls = [0]
         try:
             result = await self._call(backend, row, offering, calls)
-        except (CapacityUnavailable, QuotaExceeded) as exc:
+        except QuotaExceeded as exc:
+            await self._error_event(offering, row, exc)
+            await self.store.transition(row.id, ResourceState.FAILED, failure_reason=str(exc), calls=calls[0])
+            await self._block_quota(offering, exc)
+            return type(exc).__name__
+        except CapacityUnavailable as exc:
             await self._error_event(offering, row, exc)
             await self.store.transition(row.id, ResourceState.FAILED, failure_reason=str(exc), calls=calls[0])
             trip = self.circuit.record_failure(
@@ -254,6 +261,31 @@ class Actuator:
         crash_point("after_record")
         return None
 
+    async def _block_quota(self, offering: Offering, exc: QuotaExceeded) -> None:
+        """Block every offering the quota covers (not just this one), with a doubling cool-off, so the
+        replan of this very cycle picks an offering outside the quota."""
+        scope = exc.scope or offering_scope(offering.backend, offering)
+        covered = {offering.id} | {o.id for o in self.known_offerings.values() if scope.covers(o)}
+        trip = self.circuit.block_scope(scope.key, str(exc), [offering_key(oid) for oid in covered])
+        log.warning(
+            "quota.blocked",
+            scope=scope.describe(),
+            offerings=len(covered),
+            until=trip.open_until,
+            failures=trip.failures,
+        )
+        await self.store.event(
+            "quota.blocked",
+            scope.key,
+            {
+                "scope": scope.describe(),
+                "offerings": len(covered),
+                "until": trip.open_until,
+                "repeats": trip.failures,
+                "error": str(exc)[:300],
+            },
+        )
+
     async def _poisoned(self, row: ResourceRow, offering: Offering, exc: Exception, calls: int) -> str:
         """A call whose outcome is unknown (the unit may exist): keep the intent for a later retry
         with the same token, count the call, and fail it for good after `max_intent_attempts`."""
@@ -300,6 +332,7 @@ class Actuator:
     ) -> ActOutcome:
         """Start the units of each plan item; `experiments` and `request_ids` are keyed by group id."""
         out = outcome or ActOutcome()
+        self.known_offerings = offerings
         for item in items:
             offering = offerings.get(item.offering_id)
             if offering is None:
@@ -346,6 +379,7 @@ class Actuator:
         Each row on its own: whatever one raises is counted against that row, never the others.
         """
         now = self.clock.now()
+        self.known_offerings = offerings
         for row in self.store.resources(states=[ResourceState.REQUESTED]):
             try:
                 await self._resume_one(row, offerings, outcome, now)

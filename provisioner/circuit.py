@@ -97,6 +97,34 @@ class CircuitBreaker:
                 log.warning("circuit.opened", key=key, until=open_until, failures=row.consecutive_failures)
             return Trip(key, opened, open_until, row.consecutive_failures)
 
+    def block_scope(self, key: str, error: str, covered: Iterable[str]) -> Trip:
+        """A quota error: open the quota's own key with a cool-off doubling at each repeat, and every
+        covered key (the offerings the quota limits) until then, without counting failures against them."""
+        now = self.clock.now()
+        st = self.settings
+        with open_session(self.db) as s:
+            row = self._row(s, key)
+            was_open = self._open(row, now)
+            row.consecutive_failures += 1
+            factor = 2 ** min(row.consecutive_failures - 1, 20)
+            until = now + min(st.unavailable_cooloff * factor, st.max_cooloff)
+            row.open_until = until
+            row.last_error = error[:500]
+            row.updated_at = now
+            s.add(row)
+            for k in sorted(set(covered)):
+                r = self._row(s, k)
+                current = row_time(r.open_until)
+                if current is None or current < until:
+                    r.open_until = until
+                r.last_error = error[:500]
+                r.updated_at = now
+                s.add(r)
+            s.commit()
+            if not was_open:
+                log.warning("circuit.quota_blocked", key=key, until=until, failures=row.consecutive_failures)
+            return Trip(key, not was_open, until, row.consecutive_failures)
+
     def record_success(self, key: str) -> None:
         now = self.clock.now()
         with open_session(self.db) as s:

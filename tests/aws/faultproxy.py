@@ -21,6 +21,7 @@ class Fault:
     times: int = 1_000_000  # how many matching requests to answer before forwarding again
     delay_s: float = 0.0  # sleep before answering (time-outs)
     content_type: str = "text/xml"
+    when: str | None = None  # only requests whose body contains this text (e.g. "MarketType=spot")
 
 
 def ec2_error(code: str, message: str) -> str:
@@ -54,7 +55,15 @@ class FaultProxy:
                 if not action:
                     action = urllib.parse.parse_qs(body.decode()).get("Action", [""])[0]
                 proxy.seen.append(action)
-                fault = next((f for f in proxy.faults if f.action == action and f.times > 0), None)
+                text = urllib.parse.unquote_plus(body.decode(errors="replace"))
+                fault = next(
+                    (
+                        f
+                        for f in proxy.faults
+                        if f.action == action and f.times > 0 and (f.when is None or f.when in text)
+                    ),
+                    None,
+                )
                 if fault is not None:
                     fault.times -= 1
                     if fault.delay_s:
