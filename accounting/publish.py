@@ -33,11 +33,15 @@ class Kind(enum.StrEnum):
     JOBS = "jobs"  # APEL-individual-job-message: v0.3
     CLOUD = "cloud"  # APEL-cloud-message: v0.4
     CLOUD_SUMMARY = "cloud_summary"  # APEL-cloud-summary-message: v0.4
-    ACCELERATOR = "accelerator"  # APEL-accelerator-message v0.1 (JSON)
+    # EXPERIMENTAL: APEL-accelerator-message v0.1 (JSON), a proposal; released APEL servers (2.5.0)
+    # refuse its header, so it is sent only when asked for (`--kind accelerator`).
+    ACCELERATOR = "accelerator"
 
 
 # A site sends either plain or normalised summaries, not both (they would count the month twice).
-DEFAULT_KINDS = (Kind.SUMMARY, Kind.SYNC, Kind.CLOUD, Kind.ACCELERATOR)
+# The accelerator record is experimental and not sent by default (see Kind.ACCELERATOR).
+DEFAULT_KINDS = (Kind.SUMMARY, Kind.SYNC, Kind.CLOUD)
+EXPERIMENTAL_KINDS = frozenset({Kind.ACCELERATOR})
 
 
 class FutureMonth(ValueError):
@@ -81,21 +85,25 @@ def build_messages(
         cloud = summaries.cloud_summaries(session, month, site=site)
         return len(cloud), apel.cloud_summary_messages(cloud)
     t = USAGE.c
+    jobs_of_month = (
+        t.kind.in_(summaries.JOB_KINDS),
+        t.end_time >= month.start,
+        t.end_time < month.end,
+        valid_row_condition(),
+        *([t.site == site] if site else []),
+    )
     if kind is Kind.JOBS:
-        stmt = select(UsageRecordRow).where(
-            t.kind.in_(summaries.JOB_KINDS),
-            t.end_time >= month.start,
-            t.end_time < month.end,
-            valid_row_condition(),
-            *([t.site == site] if site else []),
-        )
+        stmt = select(UsageRecordRow).where(*jobs_of_month)
         jobs = [row_to_record(r) for r in session.execute(stmt.order_by(t.record_key)).scalars()]
         return len(jobs), apel.job_messages(jobs)
     stmt = select(UsageRecordRow).where(*summaries.vm_condition(month, site)).order_by(t.record_key)
     vms = [row_to_record(r) for r in session.execute(stmt).scalars()]
     if kind is Kind.CLOUD:
         return len(vms), apel.cloud_messages(vms)
-    with_gpus = [v for v in vms if v.gpu_count > 0 and v.gpu_model]
+    # GPUs held by VMs (cloud records) and by HPC pilots and other jobs (job records) of the month.
+    gpu_jobs = select(UsageRecordRow).where(*jobs_of_month, t.gpu_count > 0, t.gpu_model.is_not(None))
+    jobs = [row_to_record(r) for r in session.execute(gpu_jobs.order_by(t.record_key)).scalars()]
+    with_gpus = [v for v in vms if v.gpu_count > 0 and v.gpu_model] + jobs
     return len(with_gpus), apel.accelerator_messages(with_gpus, month.year, month.month)
 
 

@@ -352,7 +352,7 @@ def _summary(console: Console, broker: Broker, backends: dict[str, SimulatedBack
         spend = (Decimal(use.amount_micro) / MICRO).quantize(Decimal("0.01"))
         totals[exp] = spend
         hs23 = use.hs23_hours_delivered
-        per = f"${Decimal(use.amount_micro) / MICRO / Decimal(repr(hs23)):.5f}" if hs23 else "-"
+        per = f"${Decimal(use.amount_micro) / MICRO / Decimal(repr(hs23)):.4f}" if hs23 else "-"
         idle = f"${Decimal(use.idle_micro) / MICRO:,.2f}"
         table.add_row(
             exp,

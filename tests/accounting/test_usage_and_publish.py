@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from accounting.period import Month
-from accounting.publish import FutureMonth, Kind, publish_month
+from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, publish_month
 from accounting.summaries import job_groups
 from accounting.usage import USAGE, import_records, validate_record
 from provisioner.model import PublishedSummaryRow, UsageRecordRow
@@ -94,7 +94,8 @@ def test_publish_writes_dirq_messages_ssm_can_read(session: Session, tmp_path: P
     import_records(
         session, [job(n) for n in range(1500)] + [vm(1, gpu_count=1, gpu_model="NVIDIA A10G"), vm(2)], now=NOW
     )
-    report = publish_month(session, OCTOBER, tmp_path / "outgoing", now=NOW)
+    kinds = (*DEFAULT_KINDS, Kind.ACCELERATOR)  # the experimental accelerator record only when asked for
+    report = publish_month(session, OCTOBER, tmp_path / "outgoing", now=NOW, kinds=kinds)
     by_kind = {r.kind: r for r in report.results}
     assert by_kind[Kind.SUMMARY].records == 1 and by_kind[Kind.SYNC].records == 1
     assert by_kind[Kind.CLOUD].records == 2 and by_kind[Kind.ACCELERATOR].records == 1
@@ -172,3 +173,43 @@ def test_outgoing_queue_reads_back_what_was_added(tmp_path: Path) -> None:
     # the dirq layout: one hex-named directory holding the message file
     [directory] = [p for p in (tmp_path / "q").iterdir() if p.is_dir()]
     assert len(directory.name) == 8 and any(directory.iterdir())
+
+
+def test_gpu_usage_of_hpc_pilots_goes_out_as_accelerator_records_linked_to_the_job(
+    session: Session, tmp_path: Path
+) -> None:
+    import json
+
+    pilot = job(
+        7, record_key="UKI-TEST:pilot:77", kind="pilot", gpu_count=4, gpu_model="A100", local_job_id="77"
+    )
+    import_records(session, [pilot, job(8)], now=NOW)
+    report = publish_month(session, OCTOBER, tmp_path / "q", now=NOW, kinds=(Kind.ACCELERATOR,))
+    assert [r.records for r in report.results] == [1]
+    [message] = [m for m in queued(tmp_path / "q") if m.startswith("{")]
+    [record] = json.loads(message)["UsageRecords"]
+    assert (record["AssociatedRecordType"], record["AssociatedRecord"], record["Count"]) == ("job", "77", 4.0)
+    assert record["AvailableDuration"] == 7200 and record["Model"] == "A100"
+
+
+def test_publishing_a_month_again_after_later_usage_changes_only_that_month(
+    session: Session, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from accounting.period import Month
+
+    october = [job(1), vm(2), vm(1, record_key="UKI-TEST:vm:i-0001:2026-10", end_time=None, status="started")]
+    assert import_records(session, october, now=NOW).problems == []
+    first = publish_month(session, OCTOBER, tmp_path / "q", now=NOW)
+    assert {r.kind: r.records for r in first.results}[Kind.CLOUD] == 2
+    # November's usage arrives, including the November part of a VM that ran across the month end
+    later = [vm(1, record_key="UKI-TEST:vm:i-0001:2026-11", start_time=OCTOBER.end,
+                end_time=OCTOBER.end + timedelta(hours=5), wall_seconds=5 * 3600, cpu_seconds=3600),
+             job(3, end_time=OCTOBER.end + timedelta(days=2))]  # fmt: skip
+    assert import_records(session, later, now=NOW + timedelta(days=40)).problems == []
+    again = publish_month(session, OCTOBER, tmp_path / "q", now=NOW + timedelta(days=40))
+    assert [r.changed for r in again.results] == [False] * len(again.results)
+    assert [r.sha256 for r in again.results] == [r.sha256 for r in first.results]
+    november = publish_month(session, Month(2026, 11), tmp_path / "q", now=NOW + timedelta(days=40))
+    assert {r.kind: r.records for r in november.results}[Kind.CLOUD] == 1
