@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -110,6 +110,10 @@ def pilot_walltime(planned_hours: float, offering: Offering) -> float | None:
     return wanted
 
 
+def _always_leading() -> None:
+    """The guard of a broker with no replicas: it always leads."""
+
+
 class Actuator:
     def __init__(
         self,
@@ -125,6 +129,8 @@ class Actuator:
         self.clock = clock
         self.settings = settings or ActuatorSettings()
         self.known_offerings: Mapping[str, Offering] = {}  # this cycle's offerings, by id (quota scopes)
+        # Called before every provider call: raises LeadershipLost once this replica no longer leads.
+        self.guard: Callable[[], None] = _always_leading
 
     # --- provisioning --------------------------------------------------------------------------
 
@@ -154,6 +160,7 @@ class Actuator:
         request = self._request(row, offering)
         async for attempt in retrying:
             with attempt:
+                self.guard()
                 calls[0] += 1
                 return await backend.provision(request)
         raise AssertionError("unreachable: tenacity reraises the last error")
@@ -470,6 +477,7 @@ class Actuator:
                 )
                 async for attempt in retrying:
                     with attempt:
+                        self.guard()
                         await backend.release(provider_id)
             except AuthFailed as exc:
                 await self.disable_backend(row.backend, exc)

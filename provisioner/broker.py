@@ -39,7 +39,7 @@ from provisioner.domain import (
 from provisioner.engine import DecisionEngine, DemandFn, EngineSettings
 from provisioner.grouping import group_jobs
 from provisioner.ids import IdSource
-from provisioner.leader import Leadership
+from provisioner.leader import Leadership, LeaseSettings
 from provisioner.planner import plan
 from provisioner.policy_source import PolicySource
 from provisioner.policy_versions import PolicyKeeper
@@ -265,7 +265,13 @@ def build_broker(
             wake_topics=tuple(settings.demand_topics),
         ),
         # Replicas sharing one PostgreSQL: one leads (advisory lock), the others stand by.
-        leadership=Leadership(db, settings.broker_id),
+        leadership=Leadership(
+            db,
+            settings.broker_id,
+            LeaseSettings(
+                ttl_seconds=settings.leader_lease_seconds, standby_poll_seconds=settings.standby_poll_seconds
+            ),
+        ),
     )
     # Only what a configured backend can serve: admission must not promise a cloud we cannot reach.
     by_id = {o.id: o for o in offerings if o.backend in backends}

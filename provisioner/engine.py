@@ -134,6 +134,10 @@ class DecisionEngine:
         self.reconciler = Reconciler(store, self.actuator, self.circuit, self.settings.reconcile)
         self.fleet = Fleet(heartbeat_ttl=self.settings.reconcile.heartbeat_ttl)
         self.leadership = leadership
+        if leadership is not None:
+            # The lease is checked before every provider call and every acting write is fenced.
+            self.actuator.guard = leadership.check
+            store.fence = leadership.fence
         self._wake_event = asyncio.Event()  # set by new demand; a wake before run_forever counts too
         self.offerings_fn = offerings
 
@@ -360,14 +364,22 @@ class DecisionEngine:
             beats = await self.store.bus.subscribe(HEARTBEAT_TOPIC)
             beat_reader = asyncio.create_task(self._read_heartbeats(beats), name="engine-heartbeat-reader")
         immediate_in_a_row = 0
+        renewer: asyncio.Task[None] | None = None
+        if self.leadership is not None:
+            renewer = asyncio.create_task(self._renew_lease(self.leadership, stop), name="engine-lease")
         try:
             while not stop.is_set():
                 if self.leadership is not None and not self.leadership.ensure():
-                    await self._wait(wake, stop)  # stand by: only the leader acts
+                    # Stand by: only the leader acts; try again soon, so a take-over takes seconds.
+                    poll = self.leadership.settings.standby_poll_seconds
+                    await self._wait(wake, stop, timeout=min(poll, self.settings.interval_seconds))
                     continue
                 try:
                     report = await self.run_cycle()
                     immediate = report.replan_needed
+                except LeadershipLost as exc:
+                    log.warning("leader.deposed", error=str(exc)[:200])
+                    immediate = False
                 except Exception:  # a bug in one cycle must not stop the broker: log it, wait, go on
                     log.exception("cycle.failed")
                     immediate = False
@@ -379,7 +391,7 @@ class DecisionEngine:
                 await self._wait(wake, stop)
         finally:
             await wakeups.close()
-            for task in (reader, beat_reader):
+            for task in (reader, beat_reader, renewer):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -404,11 +416,25 @@ class DecisionEngine:
             except Exception as exc:  # a store hiccup must not end the reader
                 log.warning("heartbeat.record_failed", error_type=type(exc).__name__)
 
-    async def _wait(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    @staticmethod
+    async def _renew_lease(leadership: Leadership, stop: asyncio.Event) -> None:
+        """Keep the lease fresh while a long cycle waits on providers (a third of its time to live)."""
+        period = max(leadership.settings.ttl_seconds / 3, 0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            if leadership.is_leader:
+                leadership.ensure()
+
+    async def _wait(self, wake: asyncio.Event, stop: asyncio.Event, *, timeout: float | None = None) -> None:
         st = self.settings
         waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
         try:
-            await asyncio.wait(waiters, timeout=st.interval_seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters,
+                timeout=st.interval_seconds if timeout is None else timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for t in waiters:
                 t.cancel()

@@ -162,6 +162,18 @@ class OfferingHealthRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+class LeaderLeaseRow(SQLModel, table=True):
+    """Who leads a broker's replicas: the epoch (fencing token, +1 per take-over) and the lease."""
+
+    __tablename__ = "leader_lease"
+
+    broker_id: str = Field(primary_key=True)
+    epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
+    holder_pid: int | None = None  # the PostgreSQL backend pid holding the advisory lock
+    renewed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 class UsageRecordRow(SQLModel, table=True):
     """Usage of one resource (VM, pilot, backfill job) or one job on it, ready for accounting."""
 

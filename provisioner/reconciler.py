@@ -337,6 +337,7 @@ class Reconciler:
         impl = self.actuator.backends.get(backend)
         if impl is None:
             return
+        self.actuator.guard()
         try:
             await impl.release(entry.provider_id)
         except BackendError as exc:

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
         default=0.25, gt=0, le=60, description="new demand: plan once it has been quiet this long"
     )
     batch_max_seconds: float = Field(default=5.0, gt=0, le=600, description="...or after this long at most")
+    leader_lease_seconds: float = Field(
+        default=15.0, gt=0.5, le=600, description="replicas: a leader silent this long is deposed"
+    )
+    standby_poll_seconds: float = Field(
+        default=2.0, gt=0.05, le=600, description="replicas: how often a stand-by tries to take over"
+    )
     demand_topics: list[str] = Field(
         default_factory=list,
         description="absolute MQTT topics whose messages are new demand (JSON list), e.g. a storage "

@@ -8,7 +8,7 @@ after the commit is the event published on the bus.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -104,6 +104,13 @@ class Store:
         self.broker_id = broker_id
         self.bus = bus
         self.ids: IdSource = ids or RandomIds()
+        # Set by the engine while it leads on a shared database (`Leadership.fence`).
+        self.fence: Callable[[Session], None] | None = None
+
+    def _fence(self, s: Session) -> None:
+        """Writes that act for the leader carry its fencing token: refused (Fenced) once it is deposed."""
+        if self.fence is not None:
+            self.fence(s)
 
     def session(self) -> Session:
         return open_session(self.db)
@@ -173,6 +180,7 @@ class Store:
             state_since=now,
         )
         with self.session() as s:
+            self._fence(s)
             s.add(row)
             ev = self._add_event(
                 s,
@@ -209,6 +217,7 @@ class Store:
         """
         now = self.clock.now()
         with self.session() as s:
+            self._fence(s)
             row = s.exec(select(ResourceRow).where(ResourceRow.id == resource_id).with_for_update()).first()
             if row is None:
                 raise KeyError(f"resource {resource_id}: no such row, cannot move it to {target}")
@@ -287,6 +296,7 @@ class Store:
         check_transition(rid, ResourceState.REQUESTED, state)
         row.state = str(state)
         with self.session() as s:
+            self._fence(s)
             s.add(row)
             ev = self._add_event(
                 s,
@@ -381,6 +391,7 @@ class Store:
     def note_attempts(self, resource_id: str, calls: int, error: str | None = None) -> int:
         """Count backend calls made for this intent; the count bounds retries across cycles and restarts."""
         with self.session() as s:
+            self._fence(s)
             row = s.get(ResourceRow, resource_id)
             if row is None:
                 raise KeyError(f"resource {resource_id}: no such row")
@@ -443,6 +454,7 @@ class Store:
         plan_id = new_plan_id(self.ids)
         now = plan.created_at or self.clock.now()
         with self.session() as s:
+            self._fence(s)
             # The policy in force is the newest version stored (provisioner.policy_versions).
             in_force = s.exec(select(PolicyRow).order_by(col(PolicyRow.id).desc()).limit(1)).first()
             s.add(
