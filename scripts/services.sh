@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start (or check) the services the tests talk to: PostgreSQL, MariaDB, Mosquitto, and the Slurm test cluster.
+# Start (or check) the services the tests talk to: PostgreSQL, MariaDB, Mosquitto, and the Slurm test cluster
+# (and Chromium for the console's browser tests).
 # Idempotent: a service already running is left alone. Installs Debian packages that are missing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -8,6 +9,8 @@ need_pkgs=()
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+# The web console's browser tests drive Debian's Chromium (never a browser downloaded by Playwright).
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "services: installing ${need_pkgs[*]}"
   apt-get update -qq

@@ -11,6 +11,7 @@ from dataclasses import replace
 import structlog
 from fastapi import FastAPI
 
+from provisioner import console
 from provisioner.api.auth import AUTH_RESPONSES, Authenticator
 from provisioner.api.context import ApiContext, ApiSettings
 from provisioner.api.errors import install_error_handlers
@@ -27,12 +28,26 @@ from provisioner.api.routes import (
 )
 from provisioner.api.tokens import TokenValidator
 from provisioner.broker import Broker
+from provisioner.budget_alerts import BudgetAlerter
 from provisioner.catalog import Catalog
 from provisioner.metrics import BrokerMetrics
 
 log = structlog.get_logger(__name__)
 
 BrokerFactory = Callable[[], Broker | Awaitable[Broker]]
+
+
+async def watch_budgets(context: ApiContext, stop: asyncio.Event, every_seconds: float) -> None:
+    """Check the month-end forecasts against the budgets now and every `every_seconds` until `stop`."""
+    assert context.budgets is not None
+    while not stop.is_set():
+        broker = context.broker
+        try:
+            await context.budgets.check(broker.policy, broker.offerings, broker.clock.now())
+        except Exception as exc:  # a failed check must not stop the API; the next one tries again
+            log.warning("budgets.check_failed", error=type(exc).__name__, detail=str(exc)[:200])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_seconds)
 
 
 def create_app(
@@ -57,7 +72,9 @@ def create_app(
         built = broker_factory()
         broker = await built if inspect.isawaitable(built) else built
         metrics = BrokerMetrics(broker.db)
-        app.state.context = ApiContext(broker, Catalog(broker.offerings.values()), metrics)
+        budgets = BudgetAlerter(broker.store, metrics.registry, api_settings.budget_alert_threshold)
+        context = ApiContext(broker, Catalog(broker.offerings.values()), metrics, budgets)
+        app.state.context = context
         validator = TokenValidator(auth_config, broker.clock) if auth_config.issuers else None
         app.state.auth = Authenticator(auth_config, validator, operator_token=api_settings.required_token())
         if app.state.auth.open:
@@ -73,6 +90,11 @@ def create_app(
                     broker.engine.settings, interval_seconds=engine_interval_seconds
                 )
             engine_task = asyncio.create_task(broker.engine.run_forever(stop), name="engine")
+        budget_task: asyncio.Task[None] | None = None
+        if api_settings.budget_check_seconds > 0:
+            budget_task = asyncio.create_task(
+                watch_budgets(context, stop, api_settings.budget_check_seconds), name="budgets"
+            )
         log.info("api.started", engine=run_engine, auth=not app.state.auth.open)
         try:
             yield
@@ -80,6 +102,8 @@ def create_app(
             stop.set()
             if engine_task is not None:
                 await engine_task
+            if budget_task is not None:
+                await budget_task
             await metrics.detach()
             if bus is not None:
                 await bus.close()
@@ -97,4 +121,5 @@ def create_app(
     for module in (requests, offerings, plan, resources, drain, heartbeats, events, policy):
         app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
+    console.install(app)
     return app

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from fastapi import Request
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from provisioner.api.auth_config import AuthConfig, load_auth_config
 from provisioner.broker import Broker
+from provisioner.budget_alerts import BudgetAlerter
 from provisioner.catalog import Catalog
 from provisioner.metrics import BrokerMetrics
 
@@ -25,6 +27,10 @@ class ApiSettings(BaseSettings):
     token: SecretStr | None = None
     auth_file: Path | None = None
     auth: AuthConfig | None = None  # given directly (tests); else read from auth_file
+    budget_check_seconds: float = Field(300, ge=0, description="how often forecasts are checked; 0: never")
+    budget_alert_threshold: Decimal = Field(
+        Decimal("1.0"), gt=0, description="alert when the month-end forecast passes this share of the budget"
+    )
 
     def required_token(self) -> str | None:
         value = self.token.get_secret_value() if self.token is not None else ""
@@ -49,6 +55,7 @@ class ApiContext:
     broker: Broker
     offerings: Catalog  # the bundled catalog plus the policy's site offerings (HPC, backfill)
     metrics: BrokerMetrics
+    budgets: BudgetAlerter | None = None  # month-end forecasts against budgets, and their alerts
 
 
 def get_context(request: Request) -> ApiContext:

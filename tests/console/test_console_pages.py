@@ -1,0 +1,60 @@
+"""The console's pages over HTTP: each shows the seeded data, to the right people only."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import httpx
+
+from tests.api.conftest import LiveServer
+from tests.console.conftest import TOKENS
+
+
+@contextlib.contextmanager
+def browser(server: LiveServer, who: str | None) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60, follow_redirects=False) as client:
+        if who is not None:
+            response = client.post("/console/login", data={"token": TOKENS[who][0]})
+            assert response.status_code == 303, response.text
+        yield client
+
+
+def test_without_a_token_every_page_sends_the_browser_to_the_login_form(console: LiveServer) -> None:
+    with browser(console, None) as anonymous:
+        for page in ("/console", "/console/operator", "/console/finance", "/console/experiment"):
+            response = anonymous.get(page)
+            assert response.status_code == 303 and response.headers["location"].startswith("/console/login")
+        wrong = anonymous.post("/console/login", data={"token": "nope"})
+        assert wrong.status_code == 401 and "not one this service knows" in wrong.text
+
+
+def test_the_operator_page_shows_fleet_decisions_breakers_and_allocations(console: LiveServer) -> None:
+    with browser(console, "operator") as op:
+        page = op.get("/console/operator")
+        assert page.status_code == 200
+        html = page.text
+        assert 'id="fleet-chart"' in html and "<svg" in html
+        assert "running" in html and "atlas" in html and "lsst" in html
+        assert "gce: ZONE_RESOURCE_POOL_EXHAUSTED" in html  # the tripped breaker
+        assert "perlmutter-cpu" in html and "burn line" in html
+        assert "v2" in html, "decisions name the policy version they were made under"
+        assert "Budget alert" in html and "atlas: month-end forecast" in html
+
+
+def test_an_experiment_sees_only_its_own_requests_and_units(console: LiveServer) -> None:
+    with browser(console, "atlas") as atlas:
+        page = atlas.get("/console/experiment").text
+        assert "atlas" in page and "lsst" not in page.split('id="requests"')[1]
+        ops = atlas.get("/console/operator").text
+        assert "lsst" not in ops.split('id="units"')[1].split("</table>")[0]
+        assert atlas.get("/console/finance").status_code == 403
+
+
+def test_finance_sees_spend_budget_forecast_and_the_alert(console: LiveServer) -> None:
+    with browser(console, "finance") as finance:
+        html = finance.get("/console/finance").text
+        assert 'id="budget-chart"' in html
+        row = html.split('data-experiment="atlas"')[1].split("</tr>")[0]
+        assert "$400.00" in row and "forecast over 100% of budget" in row
+        assert finance.get("/console/operator").status_code == 403
