@@ -42,6 +42,7 @@ class PolicySource:
     # re-reads the file like a change of content, so such dates move on with the days.
     today: Callable[[], date] | None = None
     day: date | None = None
+    override: str | None = None  # text put in force over the unchanged file (`replace`)
 
     @classmethod
     def load(cls, path: str | Path, *, today: Callable[[], date] | None = None) -> PolicySource:
@@ -58,10 +59,12 @@ class PolicySource:
         """Call `listener` with every new policy put in force."""
         self.listeners.append(listener)
 
-    def replace(self, policy: Policy) -> None:
-        """Put `policy` in force (applied through the API, or by another replica). The file's digest is
-        kept, so the file takes over again only once its content changes: the newest change wins."""
+    def replace(self, policy: Policy, text: str | None = None) -> None:
+        """Put `policy` (read from `text`) in force: applied through the API, or by another replica. The
+        file's digest is kept, so the file takes over again only once its content changes: the newest
+        change wins. A new day re-reads `text`, not the file, so relative dates move on in it too."""
         self.policy = policy
+        self.override = text
         for listener in self.listeners:
             listener(policy)
 
@@ -85,6 +88,8 @@ class PolicySource:
         day = self.today() if self.today is not None else None
         if digest in (self.digest, self.refused) and day == self.day:
             return False
+        if digest == self.digest and self.override is not None:
+            data = self.override.encode()  # only the day changed: keep the policy put in force over the file
         try:
             policy = _parse(data, str(self.path), day)
         except PolicyError as exc:
@@ -96,6 +101,8 @@ class PolicySource:
                 kept=self.digest[:12],
             )
             return False
+        if digest != self.digest:
+            self.override = None  # the file changed: it is the newest change now
         self.policy, self.digest, self.refused, self.day = policy, digest, None, day
         log.info(
             "policy.reloaded", file=str(self.path), digest=digest[:12], experiments=sorted(policy.experiments)

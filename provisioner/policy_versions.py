@@ -172,7 +172,7 @@ class PolicyKeeper:
         except policies.PolicyError as exc:
             log.warning("policy.stored_version_invalid", version=stored.version, error=str(exc))
             return False
-        self.source.replace(policy)
+        self.source.replace(policy, stored.content)
         self.version = stored.version
         return True
 
@@ -211,7 +211,7 @@ class PolicyKeeper:
             if base_version is not None and current != base_version:
                 raise StaleBaseVersion(f"the policy in force is version {current}, not {base_version}")
             stored = record(self.db, text, name=name, author=author, comment=comment, now=self.clock.now())
-            self.source.replace(policy)
+            self.source.replace(policy, text)
             self.version = stored.version
         log.info("policy.applied", version=stored.version, author=author)
         return stored

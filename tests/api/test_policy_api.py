@@ -133,3 +133,20 @@ def test_a_replica_picks_up_a_version_another_applied(tmp_path: Path) -> None:
     assert two.policy_keeper.version == one.policy_keeper.version
     one.db.dispose()
     two.db.dispose()
+
+
+def test_an_api_change_survives_the_daily_reread_of_an_unchanged_file(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from provisioner.clock import SimulatedClock
+
+    clock = SimulatedClock(datetime(2026, 3, 14, 9, tzinfo=UTC))
+    settings = Settings(state_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}")
+    broker = build_broker(settings, clock=clock, bus=InProcessBus())
+    assert broker.policy_keeper is not None
+    broker.policy_keeper.apply(CHEAPER, author="alice", comment="")
+    clock.advance(2 * 86400)  # relative dates move on: the source re-reads the policy in force
+    broker.constraints.source.current()
+    broker.policy_keeper.sync()
+    assert str(broker.policy.experiments["atlas"].budgets.monthly) == "40000"
+    broker.db.dispose()
