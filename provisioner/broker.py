@@ -23,6 +23,7 @@ from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
 from provisioner.actuator import ActuatorSettings
 from provisioner.backend_config import load_backends
+from provisioner.bursts.repository import settle_requests
 from provisioner.bus import Bus
 from provisioner.catalog import Catalog, load_catalog
 from provisioner.circuit import CircuitSettings
@@ -44,7 +45,6 @@ from provisioner.planner import plan
 from provisioner.policy_source import PolicySource
 from provisioner.policy_versions import PolicyKeeper
 from provisioner.reconciler import ReconcileSettings
-from provisioner.requests import load_request_groups
 from provisioner.settings import Settings
 from provisioner.sources.base import WorkloadSource
 from provisioner.sources.configured import slurm_sources
@@ -249,7 +249,9 @@ def build_broker(
         sources = configured_sources(settings, offerings, policy)
     store = Store(db, clock, settings.broker_id, bus, ids)
     constraints = PolicyConstraints(source, db, catalog, keeper=keeper)
-    demand_fn = demand or (lambda: load_request_groups(db))
+    # Open burst requests: those whose rule says so end (delivered, duration, deadline, max cost),
+    # the rest ask only for what they have not got yet.
+    demand_fn = demand or (lambda: settle_requests(db, clock.now()).groups)
     engine = DecisionEngine(
         store=store,
         backends=backends,

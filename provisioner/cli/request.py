@@ -129,7 +129,7 @@ def register(root: typer.Typer) -> None:
             table.add_row(
                 v.row.id,
                 v.row.experiment,
-                v.row.status,
+                f"{v.row.status} ({v.row.ended_by})" if v.row.ended_by else v.row.status,
                 f"{v.live_resources}/{v.resources}",
                 f"${v.cost_so_far:,.2f}",
                 v.row.reason,
@@ -146,7 +146,8 @@ def register(root: typer.Typer) -> None:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
         console = Console()
-        console.print(f"[bold]{v.row.id}[/bold] {v.row.experiment} · {v.row.status} · {v.row.reason}")
+        status = f"{v.row.status} ({v.row.ended_by})" if v.row.ended_by else v.row.status
+        console.print(f"[bold]{v.row.id}[/bold] {v.row.experiment} · {status} · {v.row.reason}")
         console.print(f"cost so far ${v.cost_so_far:,.2f} · units live {v.live_resources} of {v.resources}")
         for key, value in v.row.spec.items():
             if value not in (None, 0, 0.0, False):

@@ -44,6 +44,7 @@ def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
         id=row.id,
         experiment=row.experiment,
         status=row.status,
+        ended_by=row.ended_by,
         reason=row.reason,
         spec=row.spec,
         max_cost_usd=from_micro(row.max_cost_micro) if row.max_cost_micro is not None else None,

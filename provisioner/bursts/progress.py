@@ -1,0 +1,101 @@
+"""How far a burst request has got: money spent (and committed) and HS23-hours delivered, from the
+billing model's view of the units that served it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlmodel import Session, col, or_, select
+
+from accounting.billing import slices, unit_facts, usage
+from provisioner.domain import LIVE_STATES, ResourceState
+from provisioner.model import EventRow, ResourceRow, row_time
+from provisioner.requests import cost_of_resources
+from provisioner.spend import spend_in_period
+
+# What a live cloud unit still costs before the engine notices the end and drains it (a cycle and a
+# release); a unit with a walltime (a pilot) is committed to its walltime instead.
+COMMIT_HOURS = 0.25
+_STATE_EVENTS = ("resource.state", "resource.busy", "resource.idle")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestProgress:
+    first_launch: datetime | None  # when its first unit started running
+    cost_so_far: Decimal  # money spent until now
+    cost_committed: Decimal  # spent plus what its live units still cost before they can stop
+    hs23_hours_delivered: float  # busy time × cores × HS23 per core
+    hs23_hours_held: float  # billable time × cores × HS23 per core
+    live_units: int
+    units: int
+
+
+NOTHING = RequestProgress(None, Decimal(0), Decimal(0), 0.0, 0.0, 0, 0)
+
+
+def request_resources(session: Session, request_id: str) -> list[ResourceRow]:
+    """Resources started for a request: tagged with its id, or serving its demand group."""
+    query = select(ResourceRow).where(
+        or_(col(ResourceRow.request_id) == request_id, col(ResourceRow.group_id) == f"request:{request_id}")
+    )
+    return list(session.exec(query.order_by(col(ResourceRow.created_at), col(ResourceRow.id))))
+
+
+def progress_of(
+    resources: Sequence[ResourceRow],
+    events: Sequence[EventRow],
+    *,
+    since: datetime,
+    now: datetime,
+) -> RequestProgress:
+    """Progress from the request's resources and their events (state and busy changes)."""
+    if not resources:
+        return NOTHING
+    by_unit: dict[str, list[tuple[str, datetime, dict[str, object]]]] = {}
+    for e in events:
+        by_unit.setdefault(e.subject, []).append((e.kind, e.at, e.payload))
+    totals = usage(
+        piece
+        for r in resources
+        for piece in slices(
+            unit_facts(r, by_unit.get(r.id, [])), since, now + timedelta(seconds=1), as_of=now
+        )
+    )
+    spent = cost_of_resources(resources, now)
+    committed_by_experiment = spend_in_period(
+        resources,
+        period_start=since,
+        period_end=now + timedelta(days=3660),
+        now=now,
+        commit_hours=COMMIT_HOURS,
+    )
+    committed = max(spent, sum(committed_by_experiment.values(), Decimal(0)))
+    launches = [t for r in resources if (t := row_time(r.launched_at)) is not None]
+    return RequestProgress(
+        first_launch=min(launches) if launches else None,
+        cost_so_far=spent,
+        cost_committed=committed,
+        hs23_hours_delivered=totals.hs23_hours_delivered,
+        hs23_hours_held=totals.hs23_hours_held,
+        live_units=sum(1 for r in resources if ResourceState(r.state) in LIVE_STATES),
+        units=len(resources),
+    )
+
+
+def load_progress(session: Session, request_id: str, *, since: datetime, now: datetime) -> RequestProgress:
+    resources = request_resources(session, request_id)
+    if not resources:
+        return NOTHING
+    events = list(
+        session.exec(
+            select(EventRow)
+            .where(
+                col(EventRow.kind).in_(_STATE_EVENTS), col(EventRow.subject).in_([r.id for r in resources])
+            )
+            .order_by(col(EventRow.at), col(EventRow.id))
+        )
+    )
+    return progress_of(resources, events, since=since, now=now)
