@@ -12,9 +12,9 @@ from sqlmodel import Session, col, or_, select
 
 from accounting.billing import slices, unit_facts, usage
 from provisioner.domain import LIVE_STATES, ResourceState
-from provisioner.model import EventRow, ResourceRow, row_time
+from provisioner.model import MICRO, EventRow, ResourceRow, row_time
 from provisioner.requests import cost_of_resources
-from provisioner.spend import spend_in_period
+from provisioner.spend import committed_micro
 
 # What a live cloud unit still costs before the engine notices the end and drains it (a cycle and a
 # release); a unit with a walltime (a pilot) is committed to its walltime instead.
@@ -57,22 +57,14 @@ def progress_of(
     by_unit: dict[str, list[tuple[str, datetime, dict[str, object]]]] = {}
     for e in events:
         by_unit.setdefault(e.subject, []).append((e.kind, e.at, e.payload))
-    totals = usage(
-        piece
-        for r in resources
-        for piece in slices(
-            unit_facts(r, by_unit.get(r.id, [])), since, now + timedelta(seconds=1), as_of=now
-        )
+    units = [unit_facts(r, by_unit.get(r.id, [])) for r in resources]
+    totals = usage(piece for u in units for piece in slices(u, since, now + timedelta(seconds=1), as_of=now))
+    spent = cost_of_resources(resources, now, by_unit)
+    ahead = sum(
+        committed_micro(u, now=now, until=now + timedelta(days=3660), commit_hours=COMMIT_HOURS)
+        for u in units
     )
-    spent = cost_of_resources(resources, now)
-    committed_by_experiment = spend_in_period(
-        resources,
-        period_start=since,
-        period_end=now + timedelta(days=3660),
-        now=now,
-        commit_hours=COMMIT_HOURS,
-    )
-    committed = max(spent, sum(committed_by_experiment.values(), Decimal(0)))
+    committed = spent + Decimal(ahead) / MICRO
     launches = [t for r in resources if (t := row_time(r.launched_at)) is not None]
     return RequestProgress(
         first_launch=min(launches) if launches else None,
