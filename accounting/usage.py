@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from accounting.benchmark import benchmark_problem
+from accounting.duplicates import conflicts
 from provisioner.domain import UsageRecord
 from provisioner.model import UsageRecordRow, row_time
 
@@ -145,17 +146,26 @@ def import_records(
     """Validate and upsert by `record_key`; importing the same usage twice changes nothing.
 
     Records with problems are not stored (so they can never reach a message) and are returned in
-    `problems`, each naming the record, its resource and the field at fault.
+    `problems`, each naming the record, its resource and the field at fault. A record whose key
+    holds a finished record with other figures is refused too, the problem naming both sources
+    (`accounting.duplicates.conflicts`).
     """
     result = ImportResult()
-    good: dict[str, dict[str, Any]] = {}
+    valid: dict[str, UsageRecord] = {}
     for record in records:
         problems = validate_record(record, known_vos=known_vos, now=now)
         if problems:
             result.problems.extend(problems)
             continue
-        good[record.record_key] = record_to_values(record)  # last one wins within a batch
-    rows = list(good.values())
+        valid[record.record_key] = record  # last one wins within a batch
+    keys = list(valid)
+    stored = {r.record_key: r for i in range(0, len(keys), UPSERT_BATCH)
+              for r in load_records(session, keys[i : i + UPSERT_BATCH])}  # fmt: skip
+    writable, clashes = conflicts(stored, valid.values())
+    for clash in clashes:  # a finished record is never overwritten with other figures: both reported
+        key = clash.second_key
+        result.problems.append(UsageProblem(key, valid[key].resource_id, "record_key", str(clash)))
+    rows = [record_to_values(r) for r in writable]
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     table = USAGE

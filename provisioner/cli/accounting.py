@@ -164,6 +164,8 @@ def register(root: typer.Typer) -> None:
         console.print(table)
         for problem in result.problems:
             err.print(f"[yellow]left out[/yellow] {problem}")
+        for duplicate in result.duplicates:
+            err.print(f"[red]duplicate[/red] {duplicate}")
 
     @acct.command("show")
     def show_cmd(
@@ -221,6 +223,8 @@ def register(root: typer.Typer) -> None:
             console.print(f"[dim]replaced by Slurm's measured record[/dim] {key}")
         for problem in result.left_out:
             err.print(f"[yellow]left out of APEL[/yellow] {problem}")
+        for duplicate in result.publish.duplicates:
+            err.print(f"[red]duplicate[/red] {duplicate}")
         totals = Table(title=f"Ledger {m} by experiment")
         for col in ("experiment", "spend", "list value", "HS23-h"):
             totals.add_column(col, justify="left" if col == "experiment" else "right")

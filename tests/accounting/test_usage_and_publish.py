@@ -55,12 +55,16 @@ def test_import_is_idempotent_and_keeps_bad_records_out(any_session: Session) ->
     assert again.imported == 20
     count = any_session.execute(select(func.count()).select_from(UsageRecordRow)).scalar_one()
     assert count == 20
-    # an updated record replaces the stored one, keyed by record_key
+    # a record of a unit still running is updated in place, keyed by record_key
+    import_records(any_session, [job(0, status="running")], now=NOW)
     import_records(any_session, [job(0, wall_seconds=3600, cpu_seconds=100)], now=NOW)
     row = any_session.execute(
         select(UsageRecordRow).where(USAGE.c.record_key == "UKI-TEST:job:0")
     ).scalar_one()
     assert row.wall_seconds == 3600
+    # a finished one is not overwritten with other figures (tests/accounting/test_duplicates.py)
+    refused = import_records(any_session, [job(0, wall_seconds=1800, cpu_seconds=100)], now=NOW)
+    assert [p.field for p in refused.problems] == ["record_key"]
 
 
 def test_sql_groups_give_full_month_totals(any_session: Session) -> None:

@@ -1,0 +1,65 @@
+"""Duplicates are found and reported with both sources, never silently counted twice or overwritten."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from sqlmodel import Session
+
+from accounting.duplicates import CONFLICT, SAME_JOB, conflicts, same_job_other_key
+from accounting.period import Month
+from accounting.publish import publish_month
+from accounting.usage import import_records, load_records
+from tests.accounting.conftest import OCT, job, vm
+
+NOW = OCT + timedelta(days=40)
+
+
+def test_the_same_job_under_another_key_is_reported_with_both_sources() -> None:
+    first = job(1, infrastructure="APEL-ce01-slurm")
+    again = replace(first, record_key="UKI-TEST:job:sacct-1001", infrastructure="slurm", submit_host="ce02")
+    other = job(2)  # another job id: not a duplicate
+    [dup] = same_job_other_key([first, again, other])
+    assert dup.problem == SAME_JOB and {dup.first_key, dup.second_key} == {first.record_key, again.record_key}
+    assert "from slurm via ce02" in str(dup) and "from APEL-ce01-slurm via ce01.example.org" in str(dup)
+
+
+def test_monthly_parts_of_one_unit_are_not_duplicates() -> None:
+    october = vm(1, record_key="UKI-TEST:vm:i-0001:2026-10", end_time=None, status="started")
+    november = vm(1, record_key="UKI-TEST:vm:i-0001:2026-11", start_time=OCT + timedelta(days=31),
+                  end_time=OCT + timedelta(days=31, hours=2), wall_seconds=7200)  # fmt: skip
+    october = replace(october, start_time=OCT + timedelta(days=30), end_time=OCT + timedelta(days=31))
+    assert same_job_other_key([october, november]) == []
+
+
+def test_a_conflicting_record_under_a_finished_key_is_refused_and_both_reported(session: Session) -> None:
+    assert import_records(session, [job(1)], now=NOW).problems == []
+    changed = replace(job(1), wall_seconds=3600, cpu_seconds=3000, infrastructure="other-ce")
+    result = import_records(session, [changed, job(2)], now=NOW)
+    [problem] = result.problems
+    assert problem.record_key == "UKI-TEST:job:1" and CONFLICT in problem.problem
+    assert "differs in wall_seconds, cpu_seconds" in problem.problem and "from other-ce" in problem.problem
+    [kept] = load_records(session, ["UKI-TEST:job:1"])
+    assert kept.wall_seconds == 7200  # the first stays
+    assert result.imported == 1
+    assert import_records(session, [job(1)], now=NOW).problems == []  # the same record again: fine
+
+
+def test_a_running_record_may_be_updated_as_the_unit_runs() -> None:
+    running = vm(3, end_time=None, status="started")
+    later = replace(running, end_time=running.start_time + timedelta(hours=12), wall_seconds=43200,
+                    status="completed")  # fmt: skip
+    ok, bad = conflicts({running.record_key: running}, [later])
+    assert ok == [later] and bad == []
+
+
+def test_publish_reports_the_same_job_stored_twice(session: Session, tmp_path: Path) -> None:
+    first = job(5)
+    again = replace(first, record_key="UKI-TEST:job:other-5", submit_host="ce02")
+    import_records(session, [first, again], now=NOW)
+    report = publish_month(session, Month(2026, 10), tmp_path / "q", now=NOW)
+    assert [(d.first_key, d.second_key) for d in report.duplicates] == [
+        ("UKI-TEST:job:5", "UKI-TEST:job:other-5")
+    ]
