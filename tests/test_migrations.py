@@ -23,3 +23,18 @@ def test_migrations_create_every_table_and_match_models(database_url: str) -> No
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         engine.dispose()
+
+
+def test_migrations_form_one_line_with_unique_revision_ids() -> None:
+    """Two helpers landing a revision each on the same parent would leave two heads (or two "0005"s)."""
+    import re
+
+    from alembic.script import ScriptDirectory
+
+    from provisioner.db import MIGRATIONS, alembic_config
+
+    files = sorted((MIGRATIONS / "versions").glob("*.py"))
+    ids = [re.search(r'^revision: str = "([^"]+)"', f.read_text(), re.M) for f in files]
+    revisions = [m.group(1) for m in ids if m]
+    assert len(revisions) == len(set(revisions)) == len(files), revisions
+    assert len(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()) == 1
