@@ -78,6 +78,7 @@ from backends.base import (
 )
 from backends.quota import QuotaScope, quoted_limit
 from provisioner.domain import Market, Offering
+from provisioner.logs import register_secret
 
 log = structlog.get_logger(__name__)
 
@@ -307,6 +308,7 @@ class AwsBackend:
         self._session: boto3.Session | None = None
         self._clients: dict[tuple[str, str], Any] = {}
         self._secrets: tuple[str, ...] = ()
+        register_secret(config.user_data)  # pilot tokens live in user data
         self._quotas: dict[str, int] = {}
         self._quotas_read_at: float | None = None
         self.api_calls: Counter[str] = Counter()  # API requests sent, by operation (each retry counts)
@@ -323,6 +325,8 @@ class AwsBackend:
             frozen = creds.get_frozen_credentials()
             # Kept only to scrub provider text; never logged or stored.
             self._secrets = tuple(s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s)
+            for secret in self._secrets:
+                register_secret(secret)  # botocore logs the key id at DEBUG; no log line may carry it
         return session
 
     def client(self, region: str, service: str = "ec2") -> Any:

@@ -54,6 +54,7 @@ from backends.base import (
 from backends.gce_config import GceConfig
 from backends.quota import gce_scope
 from provisioner.domain import Arch, Market, Offering
+from provisioner.logs import register_secret
 
 log = structlog.get_logger(__name__)
 
@@ -240,6 +241,7 @@ class GceBackend:
         catalog: Sequence[Offering] = (),
         credentials: Credentials | None = None,
     ) -> None:
+        register_secret(config.startup_script)  # pilot tokens live in the startup script
         self.config = config
         self.name = config.name
         self.broker_id = broker_id

@@ -55,6 +55,7 @@ from backends.base import (
 )
 from backends.openstack_config import FlavorPricing, OpenStackConfig
 from provisioner.domain import Arch, Market, Offering
+from provisioner.logs import register_secret
 
 log = structlog.get_logger(__name__)
 
@@ -142,6 +143,8 @@ class OpenStackBackend:
     """Backend over one OpenStack project via libcloud."""
 
     def __init__(self, config: OpenStackConfig, broker_id: str) -> None:
+        register_secret(config.password.get_secret_value())
+        register_secret(config.user_data)
         self.config = config
         self.name = config.name
         self.broker_id = broker_id
