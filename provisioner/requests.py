@@ -57,27 +57,30 @@ class RequestStatus:
     OPEN = frozenset({ADMITTED, RUNNING})
 
 
+MAX_HOURS = 24 * 366 * 10  # bounds that keep every date and sum the admission computes representable
+
+
 class BurstRequestSpec(BaseModel):
     """What an experiment asks for. Exactly one of cores/gpus, and one of duration_hours/hs23_hours."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     experiment: str = Field(min_length=1)
-    cores: int | None = Field(default=None, gt=0)
-    gpus: int | None = Field(default=None, gt=0)
+    cores: int | None = Field(default=None, gt=0, le=10_000_000)
+    gpus: int | None = Field(default=None, gt=0, le=1_000_000)
     gpu_model: str | None = None
     archs: tuple[Arch, ...] = (Arch.X86_64,)
-    duration_hours: Positive | None = None
-    hs23_hours: Positive | None = None
+    duration_hours: Positive | None = Field(default=None, le=MAX_HOURS)
+    hs23_hours: Positive | None = Field(default=None, le=1e12)
     deadline: datetime | None = None
     data_location: str | None = None
-    input_gb: float = Field(default=0.0, ge=0)
-    output_gb: float = Field(default=0.0, ge=0)
-    max_cost_usd: Decimal | None = Field(default=None, gt=0)
-    cores_per_job: int = Field(default=8, gt=0)
-    cores_per_gpu: int = Field(default=8, gt=0)
-    memory_gb_per_core: float = Field(default=2.0, gt=0)
-    job_hours: Positive = 12.0  # slot length when only hs23_hours is given
+    input_gb: float = Field(default=0.0, ge=0, le=1e9)
+    output_gb: float = Field(default=0.0, ge=0, le=1e9)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0, le=Decimal("1e12"))
+    cores_per_job: int = Field(default=8, gt=0, le=100_000)
+    cores_per_gpu: int = Field(default=8, gt=0, le=100_000)
+    memory_gb_per_core: float = Field(default=2.0, gt=0, le=100_000)
+    job_hours: Positive = Field(default=12.0, le=MAX_HOURS)  # slot length when only hs23_hours is given
     preemptible: bool = False
 
     @field_validator("archs")

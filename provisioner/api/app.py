@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from provisioner import console
 from provisioner.api.auth import AUTH_RESPONSES, Authenticator
+from provisioner.api.body_limit import MAX_BODY_BYTES, BodyLimit
 from provisioner.api.context import ApiContext, ApiSettings
 from provisioner.api.errors import install_error_handlers
 from provisioner.api.routes import (
@@ -118,6 +119,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for module in (requests, offerings, plan, resources, drain, heartbeats, events, policy):
         app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)

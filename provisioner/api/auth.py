@@ -23,10 +23,12 @@ bearer = HTTPBearer(
     description="a JWT from a configured issuer (WLCG profile: `scope`, `wlcg.groups`); static tokens in development",
 )
 
-# Documented on every guarded route, so clients (and schemathesis) know these answers.
+# Documented on every /v1 route, so clients (and schemathesis) know these answers.
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body could not be read (not JSON, or cut short)"},
     401: {"model": ErrorOut, "description": "no bearer token, or one this service does not trust (and why)"},
     403: {"model": ErrorOut, "description": "the token lacks the scope, or the experiment's group, named"},
+    413: {"model": ErrorOut, "description": "the request body is over the API's limit (1 MiB)"},
 }
 
 

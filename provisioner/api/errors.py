@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from provisioner.catalog import InvalidFilter
 from provisioner.requests import RequestNotFound
@@ -54,7 +57,43 @@ async def _request_not_found(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": str(exc)})
 
 
+def _leaf_routes(routes: Sequence[Any]) -> Iterator[Any]:
+    for route in routes:
+        nested = getattr(route, "original_router", None) or (route if isinstance(route, APIRouter) else None)
+        if nested is not None:
+            yield from _leaf_routes(nested.routes)
+        else:
+            yield route
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (the router's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    probe = {**request.scope, "method": "__none__"}
+    for route in _leaf_routes(request.app.router.routes):
+        match, _ = route.matches(probe)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors as usual, except that a 405 lists every method the path serves in Allow."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = allowed_methods(request)
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"detail": f"method {request.method} not allowed here; allowed: {', '.join(allowed)}"},
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return await http_exception_handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(InvalidFilter, _invalid_filter)
     app.add_exception_handler(RequestNotFound, _request_not_found)

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -22,7 +21,7 @@ from provisioner.admission import admit_spec
 from provisioner.api.auth import Authenticator, Principal, get_auth
 from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
-from provisioner.api.errors import validation_message
+from provisioner.api.errors import http_error, validation_message
 from provisioner.budget_alerts import BudgetStatus
 from provisioner.console import charts, views
 from provisioner.domain import DrainOrder, DrainReason, ResourceState
@@ -268,7 +267,7 @@ async def _to_login(_request: Request, exc: Exception) -> Response:
 async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if not request.url.path.startswith("/console"):
-        return await http_exception_handler(request, exc)
+        return await http_error(request, exc)
     return templates.TemplateResponse(
         request,
         "denied.html",

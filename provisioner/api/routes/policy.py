@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -21,6 +21,7 @@ from provisioner.policy_versions import PolicyChangeRefused, PolicyVersion, Stal
 router = APIRouter(prefix="/v1/policy", tags=["policy"])
 
 MAX_POLICY_CHARS = 256 * 1024
+MAX_VERSION = 2**31 - 1  # versions are database integers
 
 
 class PolicyVersionOut(BaseModel):
@@ -51,7 +52,7 @@ class PolicyIn(BaseModel):
     content: str = Field(min_length=1, max_length=MAX_POLICY_CHARS, description="the whole policy, TOML")
     comment: str = Field("", max_length=1000, description="why: kept with the version")
     base_version: int | None = Field(
-        None, ge=1, description="the version this edit started from; 409 if another was applied since"
+        None, ge=1, le=MAX_VERSION, description="the version this edit started from; 409 if another was applied since"
     )
 
 
@@ -62,8 +63,11 @@ class PolicyProblemOut(BaseModel):
 
 
 class PolicyInvalidOut(BaseModel):
+    """Either the policy's problems (line, key), or the request's own (`detail`, as every 422 of the API)."""
+
     message: str
-    problems: list[PolicyProblemOut]
+    problems: list[PolicyProblemOut] = []
+    detail: list[Any] = []
 
 
 class PolicyDiffOut(BaseModel):
@@ -139,7 +143,7 @@ def get_versions(
 
 @router.get("/versions/{version}", response_model=PolicyOut, responses=NOT_FOUND)
 def get_version(
-    version: int,
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)],
     context: ApiContext = Depends(get_context),
     _who: Principal = Depends(require(Scope.POLICY_READ)),
 ) -> PolicyOut:
@@ -149,8 +153,10 @@ def get_version(
 
 @router.get("/diff", response_model=PolicyDiffOut, responses=NOT_FOUND)
 def get_diff(
-    from_version: int = Query(..., alias="from", ge=1, description="the older version"),
-    to_version: int | None = Query(None, alias="to", ge=1, description="default: the version in force"),
+    from_version: int = Query(..., alias="from", ge=1, le=MAX_VERSION, description="the older version"),
+    to_version: int | None = Query(
+        None, alias="to", ge=1, le=MAX_VERSION, description="default: the version in force"
+    ),
     context: ApiContext = Depends(get_context),
     _who: Principal = Depends(require(Scope.POLICY_READ)),
 ) -> PolicyDiffOut:
