@@ -22,6 +22,7 @@ from accounting.ledger import EgressUsage, LedgerBuild, LedgerTotal, build_ledge
 from accounting.period import Month
 from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, PublishReport, publish_month
 from accounting.reports import CostReport, cost_report, write_csv
+from accounting.spot_prices import StoredSpotPrices
 from accounting.usage import UsageProblem, import_records
 from policies import Policy, site_offerings
 from provisioner.domain import EgressTier, Offering
@@ -101,6 +102,7 @@ def close_month(
         egress_tiers=egress_tiers,
         egress_used_before_gb=egress_used_before_gb,
         now=now,
+        prices=StoredSpotPrices(session),
     )
     published = publish_month(session, month, queue_path, site=site, kinds=kinds, now=now)
     report = cost_report(

@@ -74,6 +74,7 @@ from backends.base import (
     ProviderState,
     ProvisionRequest,
     QuotaExceeded,
+    SpotPrice,
     Throttled,
 )
 from backends.quota import QuotaScope, quoted_limit
@@ -594,6 +595,7 @@ class AwsBackend:
             launched_at=_utc(instance.get("LaunchTime")),
             tags=tags,
             detail=detail,
+            zone=str(instance.get("Placement", {}).get("AvailabilityZone") or "") or None,
         )
 
     # ---- list --------------------------------------------------------------------------------
@@ -808,6 +810,39 @@ class AwsBackend:
                 if key not in latest or when > latest[key][0]:
                     latest[key] = (when, price)
         return {k: v[1] for k, v in latest.items()}
+
+    async def spot_price_history(
+        self, region: str, instance_types: Sequence[str], start: datetime, end: datetime
+    ) -> list[SpotPrice]:
+        """Every spot price change of these types in [start, end), with the price in force at `start`
+        (EC2 returns the last change before the window too): what billing needs to charge each
+        interval at the price in force in the zone used."""
+        out: list[SpotPrice] = []
+        types = sorted(set(instance_types))
+        for first in range(0, len(types), _SPOT_TYPES_PER_CALL):
+            history = await self._call(
+                "DescribeSpotPriceHistory",
+                self._paginate(
+                    region,
+                    "describe_spot_price_history",
+                    "SpotPriceHistory",
+                    InstanceTypes=types[first : first + _SPOT_TYPES_PER_CALL],
+                    ProductDescriptions=list(SPOT_PRODUCTS),
+                    StartTime=start,
+                    EndTime=end,
+                    PaginationConfig={"PageSize": self.config.page_size},
+                ),
+            )
+            for row in history:
+                when = _utc(row.get("Timestamp"))
+                try:
+                    price = Decimal(str(row["SpotPrice"]))
+                except (KeyError, InvalidOperation):
+                    continue
+                if when is None or not row.get("AvailabilityZone") or not row.get("InstanceType"):
+                    continue
+                out.append(SpotPrice(str(row["InstanceType"]), str(row["AvailabilityZone"]), when, price))
+        return sorted(out, key=lambda p: (p.instance_type, p.zone, p.at))
 
     def quota_scope(self, error: str, offering: Offering) -> QuotaScope:
         """What an EC2 quota error covers, from its code and message and the vCPU quota buckets.

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from backends.quota import QuotaScope
@@ -74,6 +75,17 @@ class BackendResource:
     busy: bool | None = None  # running work, where the backend can tell
     interruption_notice: bool = False  # spot: the provider will take it back soon
     detail: str = ""  # e.g. Slurm pending reason
+    zone: str | None = None  # availability zone it runs in, where the provider says (spot prices are zonal)
+
+
+@dataclass(frozen=True, slots=True)
+class SpotPrice:
+    """The spot price of one instance type in one zone from `at` on (a point of the price history)."""
+
+    instance_type: str
+    zone: str
+    at: datetime
+    price_per_hour: Decimal
 
 
 class BackendError(Exception):

@@ -236,6 +236,7 @@ class SimulatedBackend:
                 u.notice_at is not None and now >= u.notice_at and u.state != ProviderState.TERMINATED
             ),
             detail=u.terminated_by or "",
+            zone=self._offerings[u.offering_id].zone if u.offering_id in self._offerings else None,
         )
 
     def _find(self, key: str) -> SimUnit:

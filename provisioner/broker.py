@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 import policies
 from accounting.billing import load_units
+from accounting.spot_prices import StoredSpotPrices
 from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
 from provisioner.actuator import ActuatorSettings
@@ -117,7 +118,14 @@ class PolicyConstraints:
         earliest = min((start for start, _ in bounds.values()), default=now)
         latest = max((end for _, end in bounds.values()), default=now)
         with Session(self.db) as session:
-            units = load_units(session, earliest, max(latest, now), as_of=now, include_unbilled=True)
+            units = load_units(
+                session,
+                earliest,
+                max(latest, now),
+                as_of=now,
+                include_unbilled=True,
+                prices=StoredSpotPrices(session),
+            )
         by_period = {}
         for period, (start, end) in bounds.items():
             by_period[period] = spend_in_period(

@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 import policies
 from accounting.billing import load_units, slices, usage_by
 from accounting.pipeline import demo_accounting
+from accounting.spot_prices import StoredSpotPrices
 from backends.simulated import SimulatedBackend, SimulatedCloud
 from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker, simulated_backends
 from provisioner.catalog import load_catalog
@@ -330,7 +331,7 @@ def _summary(console: Console, broker: Broker, backends: dict[str, SimulatedBack
     with Session(broker.db) as session:
         resources = list(session.exec(select(ResourceRow)))
         requests = list(session.exec(select(BurstRequestRow)))
-        units = load_units(session, START, now, as_of=now)
+        units = load_units(session, START, now, as_of=now, prices=StoredSpotPrices(session))
     pieces = [p for u in units for p in slices(u, START, now, as_of=now)]
     by_exp = usage_by(pieces, lambda p: p.unit.experiment or "-")
     by_market = usage_by(pieces, lambda p: p.unit.market)

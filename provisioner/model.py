@@ -133,6 +133,7 @@ class ResourceRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     state_since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     launched_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    zone: str | None = None  # availability zone the provider put it in (spot prices differ by zone)
     idle_since: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     # Last heartbeat from the work on the unit (pilot/worker, on the bus or the API): `busy` is
     # what it said. A unit with no fresh heartbeat and no busy view from its backend has no signal.
@@ -238,6 +239,23 @@ class CostLedgerRow(SQLModel, table=True):
     hs23_hours: float = 0.0  # delivered: busy time × the unit's HS23 (0 on idle and egress rows)
     hs23_hours_held: float = 0.0  # held: billable time × the unit's HS23, busy or not
     egress_gb: float = 0.0
+
+
+class SpotPriceRow(SQLModel, table=True):
+    """A provider's spot price from one moment on, in one zone (EC2 spot price history)."""
+
+    __tablename__ = "spot_prices"
+    __table_args__ = (
+        UniqueConstraint("backend", "zone", "instance_type", "at", name="uq_spot_price_point"),
+        Index("ix_spot_prices_lookup", "backend", "instance_type", "zone", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    backend: str
+    zone: str
+    instance_type: str
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    price_micro_per_hour: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class PublishedSummaryRow(SQLModel, table=True):

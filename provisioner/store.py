@@ -175,6 +175,7 @@ class Store:
             gpus=offering.gpu_count,
             hs23_per_core=offering.hs23_per_core,
             walltime_hours=walltime_hours,
+            zone=offering.zone,
             created_at=now,
             updated_at=now,
             state_since=now,
@@ -292,6 +293,7 @@ class Store:
             updated_at=now,
             state_since=now,
             launched_at=listed.launched_at,
+            zone=listed.zone,
         )
         check_transition(rid, ResourceState.REQUESTED, state)
         row.state = str(state)
@@ -309,7 +311,14 @@ class Store:
         await self._publish([stored])
         return row
 
-    def observe(self, row: ResourceRow, *, busy: bool | None, launched_at: datetime | None = None) -> None:
+    def observe(
+        self,
+        row: ResourceRow,
+        *,
+        busy: bool | None,
+        launched_at: datetime | None = None,
+        zone: str | None = None,
+    ) -> None:
         """Record what a listing says about work on the unit: a `resource.busy` event on each change,
         and its launch time the first time a listing gives one, whatever the unit's state (a unit
         drained while the broker still saw it provisioning has run, and is billed from its launch).
@@ -319,8 +328,9 @@ class Store:
         database only written on a change.
         """
         launch = launched_at if launched_at is not None and row.launched_at is None else None
+        placed = zone if zone and row.zone != zone else None  # the zone the provider chose
         changed = busy is not None and row.busy != busy
-        if not changed and launch is None:
+        if not changed and launch is None and placed is None:
             return
         now = self.clock.now()
         if changed:
@@ -328,6 +338,8 @@ class Store:
             row.idle_since = None if busy else now
         if launch is not None:
             row.launched_at = launch
+        if placed is not None:
+            row.zone = placed
         with self.session() as s:
             stored = s.get(ResourceRow, row.id)
             if stored is None:
@@ -338,6 +350,8 @@ class Store:
                 self._add_event(s, "resource.busy", row.id, {"busy": row.busy})
             if launch is not None and stored.launched_at is None:
                 stored.launched_at = launch
+            if placed is not None:
+                stored.zone = placed
             stored.updated_at = now
             s.add(stored)
             s.commit()

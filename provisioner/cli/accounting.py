@@ -19,6 +19,7 @@ from accounting.ledger import build_ledger
 from accounting.period import BadMonth, Month
 from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, build_messages, publish_month
 from accounting.reports import cost_report, print_report, write_csv
+from accounting.spot_prices import StoredSpotPrices, collect_spot_prices
 from accounting.usage import import_records, stored_problems
 from provisioner.clock import SystemClock
 from provisioner.db import open_database
@@ -136,8 +137,32 @@ def register(root: typer.Typer) -> None:
         """(Re)build the cost ledger of a month from the resources table."""
         m = _month(month)
         with _session() as session:
-            built = build_ledger(session, m.start, m.end, offerings=_catalog_offerings())
+            built = build_ledger(
+                session, m.start, m.end, offerings=_catalog_offerings(), prices=StoredSpotPrices(session)
+            )
         console.print(f"ledger {m}: {built.rows} rows for {built.resources} resources")
+
+    @acct.command("spot-prices")
+    def spot_prices_cmd(month: str = typer.Option(..., help="YYYY-MM (UTC)")) -> None:
+        """Fetch the spot price history of what the fleet ran in a month (EC2), so the ledger bills each
+        interval at the price in force in the zone used. Run it before `accounting ledger`/`collect`."""
+        import asyncio
+
+        from provisioner.broker import build_broker
+
+        m = _month(month)
+        settings = load_settings()
+        broker = build_broker(settings)
+        try:
+            with Session(broker.db, expire_on_commit=False) as session:
+                for name, backend in sorted(broker.backends.items()):
+                    fetch = getattr(backend, "spot_price_history", None)
+                    if fetch is None:
+                        continue
+                    stored = asyncio.run(collect_spot_prices(session, name, fetch, m.start, m.end))
+                    console.print(f"{name}: {stored} spot price points for {m}")
+        finally:
+            broker.db.dispose()
 
     @acct.command("publish")
     def publish_cmd(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -140,7 +140,8 @@ def test_collect_command_closes_the_month_from_settings(
     source = fleet.db.url.database
     assert source is not None
     db = tmp_path / "copy.db"
-    shutil.copy(source, db)
+    with sqlite3.connect(source) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # the live database may hold recent writes in its WAL, which a file copy misses
     monkeypatch.setenv("PROVISIONER_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("PROVISIONER_DATABASE_URL", f"sqlite:///{db}")
     monkeypatch.setenv("PROVISIONER_BROKER_ID", "acct-cli")

@@ -120,6 +120,7 @@ async def test_spot_offering_launches_a_spot_instance_in_its_zone(backend: AwsBa
     listed = await backend.list_resources()
     assert listed[0].interruption_notice is False
     assert "spot" in listed[0].detail
+    assert listed[0].zone == "us-east-1b"  # the zone billing prices its spot time in
 
 
 async def test_same_token_twice_yields_one_instance(backend: AwsBackend) -> None:
@@ -240,6 +241,15 @@ async def test_offerings_take_the_live_spot_price(backend: AwsBackend) -> None:
     assert offers["aws:us-east-1:m7g.large:spot"].price_per_hour == live
     assert offers["aws:us-east-1:m6i.large:on_demand"].price_per_hour == Decimal("0.096")
     assert calls["DescribeSpotPriceHistory"] == 1  # all spot types of the region in one query
+
+
+async def test_spot_price_history_gives_zonal_points_for_billing(backend: AwsBackend) -> None:
+    from datetime import UTC, datetime
+
+    start, end = datetime(2020, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)  # all moto has
+    points = await backend.spot_price_history(REGION, ["m6i.large"], start, end)
+    assert points and {p.instance_type for p in points} == {"m6i.large"}
+    assert all(p.zone.startswith(REGION) and p.price_per_hour == Decimal("0.00001") for p in points)
 
 
 async def test_unknown_profile_is_an_auth_failure(moto: str, make_config: Callable[..., AwsConfig]) -> None:
