@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from provisioner.api import create_app
 from provisioner.api.auth_config import AuthConfig, StaticToken
@@ -248,3 +252,56 @@ def test_an_operator_drains_and_releases_a_unit_an_experiment_cannot_touch_anoth
         again = call(server, "operator", "POST", f"/v1/resources/{second}/release")
         assert again.status_code == 409 and "released" in detail(again)
         assert call(server, "operator", "POST", "/v1/resources/nope/drain").status_code == 404
+
+
+def test_a_token_signed_with_a_shared_secret_made_of_the_public_key_is_refused(
+    server: LiveServer, issuer: TestIssuer
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    public_pem = issuer.keys[issuer.published[0]].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    claims = {"iss": issuer.url, "sub": "mallory", "aud": AUDIENCE, "exp": int(NOW.timestamp()) + 3600,
+              "scope": OPERATOR, "wlcg.groups": ["/facility/operators"]}
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    # PyJWT refuses to make this token, so it is made by hand: HMAC keyed with the issuer's public key.
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": issuer.published[0]}).encode())
+    body = b64(json.dumps(claims).encode())
+    signature = hmac.new(public_pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    forged = f"{header}.{body}.{b64(signature)}"
+    response = call(server, forged, "GET", "/v1/requests")
+    assert response.status_code == 401 and "'HS256' is not accepted" in detail(response)
+
+
+def test_an_issuer_whose_keys_cannot_be_read_lets_nobody_in(tmp_path: Path, issuer: TestIssuer) -> None:
+    from provisioner.api.auth_config import IssuerConfig
+    from tests.services import free_port
+
+    config = AuthConfig(issuers=[IssuerConfig(issuer=issuer.url, audience=AUDIENCE, jwks_uri=f"http://127.0.0.1:{free_port()}/jwks")])
+    app = create_app(broker_factory(tmp_path, alter=at_now), settings=ApiSettings(token=None, auth=config, budget_check_seconds=0))
+    for s in serve(app):
+        token = issuer.mint(scopes=OPERATOR, kid=issuer.published[0])
+        response = call(s, token, "GET", "/v1/requests")
+        assert response.status_code == 401 and "cannot read the signing keys" in detail(response)
+
+
+@given(
+    groups=st.lists(st.sampled_from(["/atlas", "/lsst", "/ops", "/unknown", "/atlas/production"]), max_size=4),
+    experiment=st.sampled_from(["atlas", "lsst", "cms"]),
+)
+def test_a_token_sees_an_experiment_exactly_when_one_of_its_groups_grants_it(groups: list[str], experiment: str) -> None:
+    from provisioner.api.auth import Authenticator
+    from provisioner.api.auth_config import GroupGrant
+
+    mapping = {
+        "/atlas": GroupGrant(experiment="atlas"),
+        "/lsst": GroupGrant(experiment="lsst"),
+        "/ops": GroupGrant(all_experiments=True),
+    }
+    auth = Authenticator(AuthConfig(groups=mapping), None)
+    granted = auth.experiments_of(groups)
+    expected = "/ops" in groups or any(mapping[g].experiment == experiment for g in groups if g in mapping)
+    assert (granted is None or experiment in granted) == expected
