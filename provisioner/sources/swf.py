@@ -7,6 +7,7 @@ standard fields are read. A line with fewer than 18 fields is an error.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,10 @@ def _opt(value: str) -> int | None:
 
 
 def read_swf(path: Path, *, limit: int | None = None) -> Iterator[SwfJob]:
-    """Yield jobs with a known run time and processor count; header lines (`;`) are skipped."""
-    with path.open() as handle:
+    """Yield jobs with a known run time and processor count; header lines (`;`) are skipped.
+
+    A path ending in `.gz` is read through gzip (the archive publishes traces compressed)."""
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as handle:
         count = 0
         for lineno, raw in enumerate(handle, start=1):
             line = raw.strip()

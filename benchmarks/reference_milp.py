@@ -1,0 +1,472 @@
+"""An exact planning MILP written independently of the planner, solved with HiGHS (highspy), to measure the planner's gap.
+
+It reads the rules from `benchmarks/reference_rules.py` (its own compatibility, economics, egress
+and limits; nothing of `provisioner/planner/`) and solves, over every compatible offering:
+
+  x, z, y per (group, offering) pair: units started, unit-waves paid, jobs run (integers);
+  y ≤ k·z, z ≤ W·x, Σ_o y ≤ jobs of the group;
+  capacity, family quota (cores), facility and experiment spend rate (USD/h), experiment GPUs,
+  egress GB caps, allocation node-hours (wave hours × z + start-up × x), experiment budgets;
+  egress exactly: per source, the GB leaving it (all groups and directions together) split into
+  the marginal tier segments after this period's use, filled in order (binaries), priced per tier.
+
+Budget rows count a transfer at the highest marginal rate its source can reach in this round, so
+they never under-estimate money (exact whenever one rate covers the reachable volume).
+
+Lexicographic: first the most served value (share × 2^(priority/10) × HS23-hours per job), then
+the least cost (money + allocation value, egress exact) at that value.
+
+The catalog is reduced per group by a dominance rule that cannot exclude an optimum: offering q
+replaces p for any number of jobs n ≤ the group's demand when, with k and K = k·W capped at the
+demand, k_q ≥ k_p, K_q ≥ K_p, and price, money per unit-wave and per start, allocation value and
+GPUs per unit are no larger, q touches no limit row p does not (its quota family is unlimited or
+p's with no more cores; its egress flows are the same as p's or none) and q has unbounded capacity
+and no allocation (units and waves are then ceil(n/k) and ceil(n/K), both no larger, and every row
+and the objective are sums of non-negative multiples of them, so swapping p's jobs onto q never
+breaks a limit nor raises the cost; ties go to the earlier offering).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+
+from benchmarks.reference_rules import (
+    INF,
+    Bools,
+    Catalog,
+    Economics,
+    Floats,
+    Ints,
+    compatible,
+    crossing_gb_per_job,
+    economics,
+    egress_per_job,
+    job_value,
+    source_table,
+    tier_segments,
+)
+from provisioner.domain import DemandGroup, PlanningConstraints
+
+CHUNK = 64
+SEED = 1024
+BLOCK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    group_id: str
+    offering_id: str
+    units: int
+    unit_waves: int
+    jobs: int
+
+
+@dataclass(slots=True)
+class ReferenceResult:
+    value: float  # served value
+    value_bound: float  # HiGHS's upper bound on the served value
+    cost: float  # money + allocation value, egress exact
+    status: str  # "optimal" or what stopped HiGHS
+    assignments: list[Assignment]
+    pairs: int
+    pairs_before_pruning: int
+    seconds: float
+    egress_budget_exact: bool  # one marginal rate covers every source's reachable volume
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pairs:
+    group: list[Ints] = field(default_factory=list)
+    econ: list[Economics] = field(default_factory=list)
+
+
+def _dominance_keep(
+    econ: Economics, demand: int, cat: Catalog, quota_family: Sequence[int], egress_class: Sequence[int]
+) -> Bools:
+    """Which of the group's compatible offerings survive the exact dominance rule (module docstring)."""
+    idx = econ.idx
+    n = len(idx)
+    fixed = np.isfinite(cat.capacity[idx]) | cat.is_allocation[idx]
+    keep = fixed.copy()
+    free = np.flatnonzero(~fixed)
+    if len(free) == 0:
+        return keep
+    k = np.minimum(econ.k[free], demand).astype(np.float64)
+    big_k = np.minimum(econ.k[free] * econ.waves[free], demand).astype(np.float64)
+    dims = np.column_stack(
+        [
+            cat.price[idx[free]],
+            econ.money_wave[free],
+            econ.money_start[free],
+            econ.value_wave[free],
+            econ.value_start[free],
+            cat.gpus[idx[free]].astype(np.float64),
+            -k,
+            -big_k,
+        ]
+    )
+    dims = dims[:, np.any(dims != dims[:1], axis=0) | np.any(dims != 0, axis=0)]  # drop all-zero columns
+    qf = np.asarray(quota_family, dtype=np.int64)[free]
+    ec = np.asarray(egress_class, dtype=np.int64)[free]
+    cores = cat.cores[idx[free]].astype(np.float64)
+    order = np.lexsort(tuple(dims[:, j] for j in reversed(range(dims.shape[1]))))
+    d, q, e, c = dims[order], qf[order], ec[order], cores[order]
+
+    def may(dq: Floats, qq: Ints, eq: Ints, cq: Floats, dp: Floats, qp: Ints, ep: Ints, cp: Floats) -> Bools:
+        """[i, j]: offering i may replace offering j (all dimensions no worse, no extra limit row)."""
+        le = np.ones((len(dq), len(dp)), dtype=bool)
+        for col in range(dq.shape[1]):
+            le &= dq[:, col, None] <= dp[None, :, col]
+        rows = ((qq[:, None] < 0) | ((qq[:, None] == qp[None, :]) & (cq[:, None] <= cp[None, :]))) & (
+            (eq[:, None] == 0) | (eq[:, None] == ep[None, :])
+        )
+        return le & rows
+
+    frontier: list[int] = []  # positions in the sorted order
+
+    def sweep(positions: Ints) -> None:
+        """Add the undominated of `positions` (in sorted order, all after the frontier's) to the frontier."""
+        for start in range(0, len(positions), CHUNK):
+            chunk = positions[start : start + CHUNK]
+            dominated = np.zeros(len(chunk), dtype=bool)
+            if frontier:
+                f = np.asarray(frontier)
+                dominated |= may(d[f], q[f], e[f], c[f], d[chunk], q[chunk], e[chunk], c[chunk]).any(axis=0)
+            inner = may(d[chunk], q[chunk], e[chunk], c[chunk], d[chunk], q[chunk], e[chunk], c[chunk])
+            dominated |= np.triu(inner, k=1).any(axis=0)  # only earlier offerings dominate later ones
+            frontier.extend(chunk[~dominated].tolist())
+
+    everything = np.arange(len(order))
+    sweep(everything[:SEED])
+    rest = everything[SEED:]
+    if len(rest):  # most offerings fall to the seed frontier in a few large vectorised comparisons
+        f = np.asarray(frontier)
+        alive = np.ones(len(rest), dtype=bool)
+        for start in range(0, len(rest), BLOCK):
+            part = rest[start : start + BLOCK]
+            alive[start : start + BLOCK] = ~may(
+                d[f], q[f], e[f], c[f], d[part], q[part], e[part], c[part]
+            ).any(axis=0)
+        sweep(rest[alive])
+    survivors = [order[np.asarray(frontier, dtype=np.int64)]]
+    keep[free[np.concatenate(survivors)]] = True
+    assert len(keep) == n
+    return keep
+
+
+class _Model:
+    """Columns and ≤/≥ rows for highspy."""
+
+    def __init__(self) -> None:
+        self.lb: list[float] = []
+        self.ub: list[float] = []
+        self.integer: list[bool] = []
+        self.r_lo: list[float] = []
+        self.r_hi: list[float] = []
+        self.r_idx: list[list[int]] = []
+        self.r_val: list[list[float]] = []
+
+    def cols(
+        self, count: int, lb: float | Sequence[float], ub: float | Sequence[float], integer: bool
+    ) -> int:
+        first = len(self.lb)
+        self.lb.extend([lb] * count if isinstance(lb, (int, float)) else list(lb))
+        self.ub.extend([ub] * count if isinstance(ub, (int, float)) else list(ub))
+        self.integer.extend([integer] * count)
+        return first
+
+    def row(self, idx: Sequence[int], val: Sequence[float], lo: float = -INF, hi: float = INF) -> None:
+        if len(idx):
+            self.r_idx.append(list(idx))
+            self.r_val.append(list(val))
+            self.r_lo.append(lo)
+            self.r_hi.append(hi)
+
+    def highs(self, cost: Floats, maximise: bool, time_limit: float, gap: float) -> highspy.Highs:
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("time_limit", float(time_limit))
+        h.setOptionValue("mip_rel_gap", gap)
+        h.setOptionValue("threads", 1)
+        n = len(self.lb)
+        inf = highspy.kHighsInf
+        lb = np.array(self.lb)
+        ub = np.array([inf if v == INF else v for v in self.ub])
+        h.addVars(n, lb, ub)
+        integer = np.flatnonzero(np.array(self.integer))
+        if len(integer):
+            h.changeColsIntegrality(
+                len(integer), integer.astype(np.int32), np.full(len(integer), highspy.HighsVarType.kInteger)
+            )
+        lens = [len(r) for r in self.r_idx]
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
+        h.addRows(
+            len(lens),
+            np.array([-inf if v == -INF else v for v in self.r_lo]),
+            np.array([inf if v == INF else v for v in self.r_hi]),
+            int(sum(lens)),
+            starts,
+            np.concatenate([np.asarray(r, dtype=np.int32) for r in self.r_idx]),
+            np.concatenate([np.asarray(r, dtype=np.float64) for r in self.r_val]),
+        )
+        h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
+        h.changeObjectiveSense(highspy.ObjSense.kMaximize if maximise else highspy.ObjSense.kMinimize)
+        return h
+
+
+def solve_reference(
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[object],
+    constraints: PlanningConstraints,
+    *,
+    catalog: Catalog | None = None,
+    time_limit: float = 300.0,
+    gap: float = 1e-7,
+    prune: bool = True,
+) -> ReferenceResult:
+    """The exact lexicographic optimum of the instance (no running fleet), with the dominance reduction
+    unless `prune` is false (every compatible offering becomes a column: for tests on small catalogs)."""
+    t0 = time.perf_counter()
+    if any(g.max_cost_per_hs23_hour is not None for g in groups):
+        raise NotImplementedError("group cost caps are not modelled by the reference")
+    cat = catalog or Catalog(offerings, constraints)  # type: ignore[arg-type]
+    quota = constraints.family_quota_cores
+    family_code = {f: i for i, f in enumerate(sorted(quota))}
+    quota_family = np.array([family_code.get(f, -1) for f in cat.family], dtype=np.int64)
+    live = [(g, g.jobs) for g in groups if g.jobs > 0]
+
+    # reachable volume per billed source (every job of every group anywhere), for segments and budgets
+    reach: dict[str, float] = defaultdict(float)
+    destinations: dict[str, set[str]] = defaultdict(set)
+    locations = sorted(set(cat.location.tolist()))
+    for g, jobs in live:
+        s = g.data_location
+        if s is None:
+            continue
+        away = [loc for loc in locations if loc != s]
+        if g.input_gb_per_job > 0 and any(cat.tiers(s, loc) for loc in away):
+            reach[s] += jobs * g.input_gb_per_job
+            destinations[s].update(loc for loc in away if cat.tiers(s, loc))
+        if g.output_gb_per_job > 0:
+            for loc in away:
+                if cat.tiers(loc, s):
+                    reach[loc] += jobs * g.output_gb_per_job
+                    destinations[loc].add(s)
+    segments: dict[str, list[tuple[float, float]]] = {}
+    for src, gb in reach.items():
+        table = source_table(cat, src, sorted(destinations[src]))
+        segments[src] = tier_segments(table, constraints.egress_used_gb.get(src, 0.0), gb * (1 + 1e-9))
+    top_rate = {src: max(r for _, r in segs) for src, segs in segments.items()}
+    budget_exact = all(len({r for _, r in segs}) == 1 for segs in segments.values())
+    flat = {src: segs[0][1] for src, segs in segments.items() if len({r for _, r in segs}) == 1}
+    location_key: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+    # pairs, reduced by dominance
+    pairs = _Pairs()
+    before = 0
+    for gi, (g, jobs) in enumerate(live):
+        idx = np.flatnonzero(compatible(g, cat, constraints)).astype(np.int64)
+        before += len(idx)
+        econ = economics(g, idx, cat, constraints)
+        classes: dict[tuple[object, ...], int] = {(): 0}
+        ec = []
+        for loc in cat.location[idx].tolist():
+            key = location_key.get((g.data_location, g.input_gb_per_job, g.output_gb_per_job, loc))
+            if key is None:
+                flows = tuple(
+                    (src, gbj, ("rate", flat[src]) if src in flat else ("source", src))
+                    for src, gbj in egress_per_job(g, loc, cat)
+                )
+                gb = crossing_gb_per_job(g, loc)
+                # a source billed at one rate over all it can reach costs the same wherever the GB come
+                # from: offerings there are interchangeable for egress; otherwise the source is its own class
+                key = () if not flows and gb == 0 else (tuple((f[2], f[1]) for f in flows), gb)
+                location_key[(g.data_location, g.input_gb_per_job, g.output_gb_per_job, loc)] = key
+            ec.append(classes.setdefault(key, len(classes)))
+        keep = (
+            _dominance_keep(econ, jobs, cat, quota_family[idx].tolist(), ec)
+            if prune
+            else np.ones(len(idx), dtype=bool)
+        )
+        sel = np.flatnonzero(keep)
+        pairs.group.append(np.full(len(sel), gi, dtype=np.int64))
+        pairs.econ.append(
+            Economics(*(getattr(econ, f)[sel] for f in Economics.__dataclass_fields__))  # type: ignore[arg-type]
+        )
+    pg = np.concatenate(pairs.group) if pairs.group else np.zeros(0, dtype=np.int64)
+    t_pruned = time.perf_counter()
+
+    def cat_field(name: str) -> np.ndarray:
+        return np.concatenate([getattr(e, name) for e in pairs.econ]) if pairs.econ else np.zeros(0)
+
+    po = cat_field("idx").astype(np.int64)
+    k, w = cat_field("k").astype(np.int64), cat_field("waves").astype(np.int64)
+    wave_h = cat_field("wave_hours")
+    m_wave, m_start = cat_field("money_wave"), cat_field("money_start")
+    v_wave, v_start = cat_field("value_wave"), cat_field("value_start")
+    p = len(po)
+
+    m = _Model()
+    demand = np.array([jobs for _, jobs in live], dtype=np.float64)
+    d_pair = demand[pg] if p else np.zeros(0)
+    x0 = m.cols(p, 0.0, np.ceil(d_pair / np.maximum(k * w, 1)).tolist(), True)
+    z0 = m.cols(p, 0.0, np.ceil(d_pair / np.maximum(k, 1)).tolist(), True)
+    y0 = m.cols(p, 0.0, d_pair.tolist(), True)
+    # egress segment columns
+    seg_cols: dict[str, list[tuple[int, float, float]]] = {}
+    for src, segs in segments.items():
+        cols = []
+        for width, rate in segs:
+            cols.append((m.cols(1, 0.0, width, False), width, rate))
+        seg_cols[src] = cols
+    # linking jobs, waves, units
+    for j in range(p):
+        m.row([y0 + j, z0 + j], [1.0, -float(k[j])], hi=0.0)
+        m.row([z0 + j, x0 + j], [1.0, -float(w[j])], hi=0.0)
+    by_group: dict[int, list[int]] = defaultdict(list)
+    for j, gi in enumerate(pg.tolist()):
+        by_group[gi].append(j)
+    for gi, js in by_group.items():
+        m.row([y0 + j for j in js], [1.0] * len(js), hi=float(demand[gi]))
+    # limits
+    exp_of = [live[gi][0].experiment for gi in pg.tolist()]
+    price, cores, gpus = cat.price[po], cat.cores[po].astype(float), cat.gpus[po].astype(float)
+    cap_rows: dict[int, list[int]] = defaultdict(list)
+    fam_rows: dict[str, list[int]] = defaultdict(list)
+    exp_rows: dict[str, list[int]] = defaultdict(list)
+    for j in range(p):
+        o = int(po[j])
+        if math.isfinite(cat.capacity[o]) or cat.is_allocation[o]:
+            cap_rows[o].append(j)
+        if cat.family[o] in quota:
+            fam_rows[str(cat.family[o])].append(j)
+        exp_rows[exp_of[j]].append(j)
+    for o, js in cap_rows.items():
+        if math.isfinite(cat.capacity[o]):
+            m.row([x0 + j for j in js], [1.0] * len(js), hi=float(cat.capacity[o]))
+        if math.isfinite(cat.node_hours[o]):
+            m.row(
+                [z0 + j for j in js] + [x0 + j for j in js],
+                [float(wave_h[j]) for j in js] + [float(cat.startup[o]) for _ in js],
+                hi=float(cat.node_hours[o]),
+            )
+    for fam, js in fam_rows.items():
+        m.row([x0 + j for j in js], [float(cores[j]) for j in js], hi=float(quota[fam]))
+    if constraints.spend_rate_cap_per_hour is not None:
+        m.row([x0 + j for j in range(p)], price.tolist(), hi=float(constraints.spend_rate_cap_per_hour))
+    pair_flows = [
+        egress_per_job(live[gi][0], str(cat.location[po[j]]), cat) for j, gi in enumerate(pg.tolist())
+    ]
+    for name, lim in constraints.experiments.items():
+        js = exp_rows.get(name, [])
+        if not js:
+            continue
+        if lim.spend_rate_cap_per_hour is not None:
+            m.row([x0 + j for j in js], [float(price[j]) for j in js], hi=float(lim.spend_rate_cap_per_hour))
+        if lim.max_gpus is not None:
+            m.row([x0 + j for j in js], [float(gpus[j]) for j in js], hi=float(lim.max_gpus))
+        if lim.egress_cap_gb is not None:
+            gb = [crossing_gb_per_job(live[pg[j]][0], str(cat.location[po[j]])) for j in js]
+            m.row([y0 + j for j in js], gb, hi=lim.egress_cap_gb)
+        if lim.budget_remaining is not None:
+            egress_usd = [sum(gbj * top_rate[src] for src, gbj in pair_flows[j]) for j in js]
+            m.row(
+                [z0 + j for j in js] + [x0 + j for j in js] + [y0 + j for j in js],
+                [float(m_wave[j]) for j in js] + [float(m_start[j]) for j in js] + egress_usd,
+                hi=float(lim.budget_remaining),
+            )
+    # egress volumes per source, tiers filled in order
+    flows_by_src: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for j, flows in enumerate(pair_flows):
+        for src, gbj in flows:
+            flows_by_src[src].append((j, gbj))
+    for src, cols in seg_cols.items():
+        fl = flows_by_src.get(src, [])
+        m.row(
+            [c for c, _, _ in cols] + [y0 + j for j, _ in fl],
+            [1.0] * len(cols) + [-g for _, g in fl],
+            lo=0.0,
+            hi=0.0,
+        )
+        for (c1, w1, _), (c2, w2, _) in itertools.pairwise(cols):
+            if not math.isfinite(w1):
+                break
+            delta = m.cols(1, 0.0, 1.0, True)
+            m.row([c1, delta], [1.0, -w1], lo=0.0)  # the next tier opens only once this one is full
+            m.row([c2, delta], [1.0, -min(w2, 1e12)], hi=0.0)
+
+    n = len(m.lb)
+    if p == 0:
+        return ReferenceResult(
+            0.0, 0.0, 0.0, "optimal", [], 0, before, time.perf_counter() - t0, budget_exact
+        )
+    values = np.array([job_value(g, constraints) for g, _ in live])
+    c1 = np.zeros(n)
+    c1[y0 : y0 + p] = values[pg]
+    t_model = time.perf_counter()
+    h = m.highs(c1, True, time_limit, gap)
+    h.run()
+    status1 = h.modelStatusToString(h.getModelStatus())
+    info = h.getInfo()
+    sol = np.array(h.getSolution().col_value)
+    if len(sol) != n:
+        raise RuntimeError(f"reference: no solution in phase 1 ({status1})")
+    served = float(c1 @ sol)
+    bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else served
+    c2 = np.zeros(n)
+    c2[x0 : x0 + p] = m_start + v_start
+    c2[z0 : z0 + p] = m_wave + v_wave
+    for cols in seg_cols.values():
+        for c, _, rate in cols:
+            c2[c] = rate
+    # phase 2: at least the served value (less a sliver for float noise), least cost
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), c2)
+    h.changeObjectiveSense(highspy.ObjSense.kMinimize)
+    h.addRow(
+        served * (1 - 1e-9) - 1e-9, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg]
+    )
+    h.setSolution(_solution(sol))
+    h.run()
+    status2 = h.modelStatusToString(h.getModelStatus())
+    sol2 = np.array(h.getSolution().col_value)
+    if len(sol2) == n and float(values[pg] @ sol2[y0 : y0 + p]) >= served * (1 - 1e-6):
+        sol = sol2
+    x = np.rint(sol[x0 : x0 + p]).astype(np.int64)
+    z = np.rint(sol[z0 : z0 + p]).astype(np.int64)
+    y = np.rint(sol[y0 : y0 + p]).astype(np.int64)
+    assignments = [
+        Assignment(live[int(pg[j])][0].id, cat.offerings[int(po[j])].id, int(x[j]), int(z[j]), int(y[j]))
+        for j in range(p)
+        if y[j] > 0 or x[j] > 0
+    ]
+    status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
+    return ReferenceResult(
+        value=float(values[pg] @ y),
+        value_bound=bound,
+        cost=float(c2 @ sol),
+        status=status,
+        assignments=assignments,
+        pairs=p,
+        pairs_before_pruning=before,
+        seconds=time.perf_counter() - t0,
+        egress_budget_exact=budget_exact,
+        notes=[
+            f"pruning {t_pruned - t0:.1f} s, model {t_model - t_pruned:.1f} s, solve {time.perf_counter() - t_model:.1f} s"
+        ],
+    )
+
+
+def _solution(values: Floats) -> highspy.HighsSolution:
+    s = highspy.HighsSolution()
+    s.col_value = list(values)
+    s.value_valid = True
+    return s
