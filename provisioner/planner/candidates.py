@@ -58,6 +58,80 @@ def _spread_families(costs: GroupCosts, family: IntArray, top_k: int, per_family
     return np.flatnonzero(rank < per_family)[:top_k]
 
 
+HOME_K = 4  # egress-free offerings kept per group whose data sits where offerings are
+
+
+def packed_total(costs: GroupCosts, demand: int) -> FloatArray:
+    """Cost per HS23-hour of running `demand` jobs in whole unit-waves and whole units on each offering.
+
+    Never below `costs.total` (full packing): a small group on a big unit pays for the empty slots."""
+    k = np.maximum(costs.jobs_per_unit, 1).astype(np.float64)
+    waves = np.maximum(costs.waves, 1).astype(np.float64)
+    d = float(max(demand, 1))
+    wave_share = np.ceil(d / k) * k / d
+    unit_share = np.ceil(d / (k * waves)) * k * waves / d
+    per_wave = costs.compute + costs.interruption + costs.allocation_value
+    with np.errstate(invalid="ignore"):
+        out = per_wave * wave_share + costs.startup * unit_share + costs.egress
+    return np.where(np.isfinite(costs.total), out, np.inf)
+
+
+def _bound(priced: GroupCosts, more_left: bool) -> float:
+    """The least full-packing cost of anything not priced yet (inf when everything was priced)."""
+    if not more_left:
+        return float("inf")
+    finite = priced.total[np.isfinite(priced.total)]
+    return float(finite.max()) if len(finite) else float("-inf")
+
+
+def _select(
+    usable: GroupCosts, demand: int, cols: OfferingColumns, top_k: int, per_family: int, bound: float
+) -> tuple[GroupCosts, bool]:
+    """The shortlist by packed cost at the group's size, and whether it is exact (nothing unpriced beats it)."""
+    packed = packed_total(usable, demand)
+    ranked = usable.take(np.argsort(packed, kind="stable"))
+    packed = np.sort(packed, kind="stable")
+    keep = _spread_families(ranked, cols.family, top_k, per_family)
+    exact = len(keep) == top_k and bool(packed[keep[-1]] <= bound)
+    return ranked.take(keep), exact or bound == float("inf")
+
+
+def _home(
+    group: DemandGroup,
+    demand: int,
+    static: ReasonArray,
+    base: _Base,
+    egress: GroupEgress,
+    jpu: IntArray,
+    cols: OfferingColumns,
+    ctx: PlanContext,
+    compat: CompatContext,
+    locations: dict[str, IntArray],
+    per_family: int,
+) -> GroupCosts | None:
+    """The cheapest egress-free offerings (where the group's data sits): what an egress cap leaves usable."""
+    if egress.none or group.data_location is None:
+        return None
+    here = locations.get(group.data_location)
+    if here is None:
+        return None
+    here = here[static[here] == 0]
+    if len(here) == 0:
+        return None
+    idx = _cheapest(base.total, here, 8 * HOME_K)
+    costs = group_costs(group, idx, jpu, egress, cols, ctx)
+    costs = costs.take(compat.priced_reasons(group, costs) == 0)
+    chosen, _ = _select(costs, demand, cols, HOME_K, per_family, float("inf"))
+    return chosen
+
+
+def _merge(shortlist: GroupCosts, extra: GroupCosts, demand: int) -> GroupCosts:
+    """Both shortlists, each offering once, cheapest at the group's size first."""
+    new = ~np.isin(extra.offering, shortlist.offering)
+    both = GroupCosts.concat([shortlist, extra.take(new)])
+    return both.take(np.argsort(packed_total(both, demand), kind="stable"))
+
+
 @dataclass(frozen=True, slots=True)
 class _Base:
     total: FloatArray  # cost per HS23-hour without egress, every offering
@@ -123,6 +197,9 @@ def build_candidates(
     out: list[GroupCandidates] = []
     spent = {"compatibility": 0.0, "costing": 0.0}
     bases = _BaseCosts(cols, plan_ctx)
+    order = np.argsort(cols.location, kind="stable")
+    cuts = np.flatnonzero(np.diff(cols.location[order])) + 1
+    locations = {cols.locations[int(cols.location[part[0]])]: part for part in np.split(order, cuts) if len(part)}
     for group, jobs in zip(groups, demand, strict=True):
         t0 = time.perf_counter()
         jpu, static = compat.static_reasons(group)
@@ -153,23 +230,28 @@ def build_candidates(
         status = static[first]
         reason = np.where(status == 0, compat.priced_reasons(group, priced), status)
         usable = priced.take(reason == 0)
-        shortlist = (
-            usable if top_k is None else usable.take(_spread_families(usable, cols.family, top_k, per_family))
-        )
         compatible = int(np.count_nonzero(status == 0))
-        if top_k is not None and len(shortlist.offering) < top_k and len(first) < n:
-            # not enough in the window: walk every compatible offering, cheapest first, in growing batches
-            every_ok = np.flatnonzero(static == 0)
-            compatible = len(every_ok)
-            batch = 4 * WINDOW
-            while True:
-                idx = _cheapest(_full_total(base, egress, cols), every_ok, batch)
-                more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
-                more = more.take(compat.priced_reasons(group, more) == 0)
-                shortlist = more.take(_spread_families(more, cols.family, top_k, per_family))
-                if len(idx) >= len(every_ok) or len(shortlist.offering) == top_k:
-                    break  # exact: whatever is not priced costs at least as much as the last one priced
-                batch *= 4
+        if top_k is None:
+            shortlist = usable
+        else:
+            shortlist, exact = _select(usable, jobs, cols, top_k, per_family, _bound(priced, len(first) < n))
+            if not exact:
+                # walk every compatible offering, cheapest at full packing first, in growing batches, until
+                # nothing left unpriced can beat the shortlist at the group's size (full packing is a lower bound)
+                every_ok = np.flatnonzero(static == 0)
+                compatible = len(every_ok)
+                batch = 4 * WINDOW
+                while not exact:
+                    idx = _cheapest(_full_total(base, egress, cols), every_ok, batch)
+                    more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
+                    bound = _bound(more, len(idx) < len(every_ok))
+                    more = more.take(compat.priced_reasons(group, more) == 0)
+                    shortlist, exact = _select(more, jobs, cols, top_k, per_family, bound)
+                    exact = exact or len(idx) >= len(every_ok)
+                    batch *= 4
+            home = _home(group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, locations, per_family)
+            if home is not None:
+                shortlist = _merge(shortlist, home, jobs)
         shown = np.flatnonzero((reason != 0) & np.isfinite(priced.total))[:explain_k]
         rejected, rejected_reason = priced.take(shown), reason[shown]
         if len(shown) < 5:  # hardly anything fits: also show the cheapest offerings lacking cores or memory
