@@ -24,7 +24,14 @@ import numpy as np
 from provisioner.domain import DemandGroup
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
-from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, base_total, group_costs
+from provisioner.planner.cost import (
+    GroupCosts,
+    GroupEgress,
+    PlanContext,
+    base_total,
+    group_costs,
+    interruption_factor,
+)
 
 TOP_K = 12
 PER_FAMILY = 3
@@ -59,6 +66,7 @@ def _spread_families(costs: GroupCosts, family: IntArray, top_k: int, per_family
 
 
 HOME_K = 4  # egress-free offerings kept per group whose data sits where offerings are
+LIGHT_K = 3  # offerings kept per group for the least spend rate, when a spend-rate cap applies
 
 
 def packed_total(costs: GroupCosts, demand: int) -> FloatArray:
@@ -123,6 +131,38 @@ def _home(
     costs = costs.take(compat.priced_reasons(group, costs) == 0)
     chosen, _ = _select(costs, demand, cols, HOME_K, per_family, float("inf"))
     return chosen
+
+
+def _light(
+    group: DemandGroup,
+    demand: int,
+    static: ReasonArray,
+    base: _Base,
+    egress: GroupEgress,
+    jpu: IntArray,
+    cols: OfferingColumns,
+    ctx: PlanContext,
+    compat: CompatContext,
+    per_family: int,
+) -> GroupCosts | None:
+    """Among the cheapest offerings for the job shape, those that serve the whole group for the least
+    USD per hour: what a binding spend-rate cap leaves room for."""
+    pool = base.prefix[static[base.prefix] == 0]
+    if len(pool) == 0:
+        return None
+    k = np.maximum(jpu[pool], 1).astype(np.float64)
+    run = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[pool]
+    wave = run * interruption_factor(cols.interruption[pool], run)
+    waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / np.maximum(wave, 1e-12)))
+    rate = cols.price[pool] * np.ceil(max(demand, 1) / (k * waves))
+    order = np.lexsort((base.total[pool], rate))[: 8 * LIGHT_K]
+    costs = group_costs(group, pool[order], jpu, egress, cols, ctx)
+    costs = costs.take(compat.priced_reasons(group, costs) == 0)
+    if len(costs) == 0:
+        return None
+    units = np.ceil(max(demand, 1) / (np.maximum(costs.jobs_per_unit, 1) * np.maximum(costs.waves, 1)))
+    by_rate = costs.take(np.lexsort((packed_total(costs, demand), cols.price[costs.offering] * units)))
+    return by_rate.take(_spread_families(by_rate, cols.family, LIGHT_K, per_family))
 
 
 def _merge(shortlist: GroupCosts, extra: GroupCosts, demand: int) -> GroupCosts:
@@ -199,7 +239,14 @@ def build_candidates(
     bases = _BaseCosts(cols, plan_ctx)
     order = np.argsort(cols.location, kind="stable")
     cuts = np.flatnonzero(np.diff(cols.location[order])) + 1
-    locations = {cols.locations[int(cols.location[part[0]])]: part for part in np.split(order, cuts) if len(part)}
+    lim = compat.limits
+
+    def rate_capped(experiment: str) -> bool:
+        return bool(np.isfinite(lim.facility_spend) or np.isfinite(lim.exp_spend[lim.exp_index[experiment]]))
+
+    locations = {
+        cols.locations[int(cols.location[part[0]])]: part for part in np.split(order, cuts) if len(part)
+    }
     for group, jobs in zip(groups, demand, strict=True):
         t0 = time.perf_counter()
         jpu, static = compat.static_reasons(group)
@@ -249,9 +296,15 @@ def build_candidates(
                     shortlist, exact = _select(more, jobs, cols, top_k, per_family, bound)
                     exact = exact or len(idx) >= len(every_ok)
                     batch *= 4
-            home = _home(group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, locations, per_family)
+            home = _home(
+                group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, locations, per_family
+            )
             if home is not None:
                 shortlist = _merge(shortlist, home, jobs)
+            if rate_capped(group.experiment):
+                light = _light(group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, per_family)
+                if light is not None:
+                    shortlist = _merge(shortlist, light, jobs)
         shown = np.flatnonzero((reason != 0) & np.isfinite(priced.total))[:explain_k]
         rejected, rejected_reason = priced.take(shown), reason[shown]
         if len(shown) < 5:  # hardly anything fits: also show the cheapest offerings lacking cores or memory
