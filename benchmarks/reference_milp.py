@@ -56,6 +56,7 @@ from benchmarks.reference_rules import (
 from provisioner.domain import DemandGroup, PlanningConstraints
 
 CHUNK = 64
+UNIT_EPSILON = 1e-7  # USD per unit started, so free units are never started idle
 SEED = 1024
 BLOCK = 4096
 
@@ -423,7 +424,7 @@ def solve_reference(
     served = float(c1 @ sol)
     bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else served
     c2 = np.zeros(n)
-    c2[x0 : x0 + p] = m_start + v_start
+    c2[x0 : x0 + p] = m_start + v_start + UNIT_EPSILON  # no unit started for nothing
     c2[z0 : z0 + p] = m_wave + v_wave
     for cols in seg_cols.values():
         for c, _, rate in cols:
@@ -434,7 +435,6 @@ def solve_reference(
     h.addRow(
         served * (1 - 1e-9) - 1e-9, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg]
     )
-    h.setSolution(_solution(sol))
     h.run()
     status2 = h.modelStatusToString(h.getModelStatus())
     sol2 = np.array(h.getSolution().col_value)
@@ -463,10 +463,3 @@ def solve_reference(
             f"pruning {t_pruned - t0:.1f} s, model {t_model - t_pruned:.1f} s, solve {time.perf_counter() - t_model:.1f} s"
         ],
     )
-
-
-def _solution(values: Floats) -> highspy.HighsSolution:
-    s = highspy.HighsSolution()
-    s.col_value = list(values)
-    s.value_valid = True
-    return s

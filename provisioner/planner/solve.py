@@ -33,11 +33,22 @@ def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_
         r = solve_lexicographic(problem, integral=True, time_limit=time_limit, gap=1e-6)
         if r.status == "none":  # the time limit struck before any integral point: the repaired LP instead
             return _lp_repair(problem, "pruned-lp+repair (milp time limit, no incumbent)")
-        label = "pruned-milp" if r.status == "optimal" else "pruned-milp (incumbent at time limit)"
-        return repair(problem, integral_solution(problem, r.x, r.z, r.y, label))
+        if r.status == "optimal":
+            return repair(problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp"))
+        # stopped with an incumbent: keep it or the repaired LP, whichever serves more, then costs less
+        incumbent = repair(
+            problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp (incumbent at time limit)")
+        )
+        fallback = _lp_repair(problem, "pruned-lp+repair (milp time limit, better than its incumbent)")
+        return max((incumbent, fallback), key=lambda sol: _rank(problem, sol))
     if method == "lp":
         return _lp_repair(problem, "pruned-lp+repair")
     raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
+
+
+def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:
+    served = solution.served_value(problem)
+    return (round(served, 9), -solution.objective(problem))
 
 
 def _lp_repair(problem: Problem, label: str) -> Solution:
