@@ -6,8 +6,9 @@ plus start-up per unit; egress is priced exactly per source on marginal tiers ov
 volume leaving that source (shared by all groups and directions), and split between experiments in
 proportion to their GB (so the split sums to the exact total). It then adds up every limit:
 demand per group, capacity, family quotas, facility and experiment spend rate, GPUs, egress GB
-caps, budgets (checker money) and allocation node-hours; and compares each item's stated cost with
-the checker's money (an item stating less than it needs is counted as under-priced).
+caps, budgets (checker money) and allocation node-hours; and compares the stated costs with the
+checker's money (an item stating less than its compute, or a plan stating less than compute plus
+exact egress in all, is counted as under-priced).
 
 The plan's objective here is money + allocation value with exact egress; its service is the served
 value of `reference_rules.job_value`.
@@ -142,14 +143,19 @@ def check_plan(
         money_of[exp] += gb * rate_of_src[src]
     out.money += out.egress_usd
     out.cost += out.egress_usd
-    for u, money, flows in stated:
+    # stated money: each item at least its compute, and the plan at least compute plus exact egress (how
+    # egress is split between items depends on their order on the tiers, so only the total is checked)
+    stated_total = 0.0
+    for u, money, _ in stated:
         if u.stated_cost is None:
             continue
-        need = money + sum(gb * u.jobs * rate_of_src[src] for src, gb in flows)
-        if u.stated_cost < need * (1 - 1e-6) - 1e-6:
+        stated_total += u.stated_cost
+        if u.stated_cost < money * (1 - 1e-6) - 1e-6:
             out.under_priced.append(
-                f"{u.group_id} on {u.offering_id}: states ${u.stated_cost:.4f}, needs ${need:.4f}"
+                f"{u.group_id} on {u.offering_id}: states ${u.stated_cost:.4f}, its compute alone is ${money:.4f}"
             )
+    if any(u.stated_cost is not None for u, _, _ in stated) and stated_total < out.money * (1 - 1e-6) - 1e-6:
+        out.under_priced.append(f"the plan states ${stated_total:.4f} in all, it needs ${out.money:.4f}")
     # limits
     for gid, n in jobs_of.items():
         if n > by_id[gid].jobs:

@@ -39,10 +39,10 @@ from provisioner.domain import Plan
 from provisioner.planner import OfferingColumns, plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SMALL, LARGE = 150, 1000
+SMALL, LARGE = 150, 300
 METHODS = ("auto", "milp", "lp")
 TOLERANCE = 0.01
-REFERENCE_TIME_LIMIT = 300.0
+REFERENCE_TIME_LIMIT = 120.0
 
 
 def usages(p: Plan) -> list[Usage]:
