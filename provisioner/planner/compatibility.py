@@ -235,7 +235,7 @@ class CompatContext:
         if np.isfinite(lim.exp_budget[k]):
             r.mark(
                 RejectReason.OVER_BUDGET,
-                cols.price[idx] * need + costs.egress_usd_per_job > lim.exp_budget[k],
+                cols.price[idx] * need + costs.egress_budget_usd_per_job > lim.exp_budget[k],
             )
         if np.isfinite(lim.exp_egress[k]):
             r.mark(RejectReason.EGRESS_CAP, costs.egress_gb_per_job > lim.exp_egress[k])

@@ -24,6 +24,9 @@ group on an offering (all of it vectorised over the catalog):
   internet egress tiers for data leaving a cloud region, else free. For ranking and solving, each
   (group, offering) pair uses the average marginal rate of moving the group's whole volume; the
   plan's items are then re-priced exactly in Decimal, with volumes accumulated across groups.
+  Budget rows count egress at the highest marginal rate the source can still meet this period
+  (`egress_budget_usd_per_job`): other groups leaving the same source move where a group starts on
+  the tiers, so its own average rate could under-estimate the money.
 
 Money (what budgets and spend-rate caps count) is compute + interruption + start-up + egress; the
 objective adds the allocation value. The per-unit quantities the solver needs are in `GroupCosts`.
@@ -132,6 +135,21 @@ class EgressPricer:
     def _canonical_tiers(self, source: str, destination: str) -> tuple[EgressTier, ...] | None:
         tiers = self.tiers(source, destination)
         return self._canonical.setdefault(tiers, tiers) if tiers else None
+
+    def top_rate(self, tiers: tuple[EgressTier, ...] | None, source: str) -> float:
+        """The highest marginal USD per GB any further transfer out of `source` can meet this period.
+
+        Budget rows price egress at this rate: other groups leaving the same source move the starting
+        point along the tiers, so the group's own average rate could under-estimate its money."""
+        if not tiers:
+            return 0.0
+        used = self.used_gb.get(source, 0.0)
+        top = 0.0
+        for k, tier in enumerate(tiers):
+            upper = float("inf") if tier.up_to_gb is None or k == len(tiers) - 1 else tier.up_to_gb
+            if upper > used:
+                top = max(top, float(tier.usd_per_gb))
+        return top
 
     def rate(self, tiers: tuple[EgressTier, ...] | None, source: str, gb: float) -> float:
         """Average USD per GB of moving `gb` out of `source` on `tiers`, after this period's use."""
@@ -249,6 +267,7 @@ FIELDS = (
     "total",
     "egress_usd_per_job",
     "egress_gb_per_job",
+    "egress_budget_usd_per_job",
 )
 
 
@@ -329,6 +348,11 @@ class GroupCosts:
     def egress_gb_per_job(self) -> FloatArray:
         return self.data[12]
 
+    @property
+    def egress_budget_usd_per_job(self) -> FloatArray:
+        """Egress USD per job as budget rows count it: at the highest rate the source can still meet."""
+        return self.data[13]
+
 
 class GroupEgress:
     """Egress USD and GB per job of one group to each offering location (code into `cols.locations`)."""
@@ -340,6 +364,7 @@ class GroupEgress:
         n = len(cols.locations)
         self.usd = np.zeros(n)
         self.gb = np.zeros(n)
+        self.budget_usd = np.zeros(n)
         if self.none or source is None:
             return
         routes = ctx.egress.routes_from(source, cols.locations)
@@ -355,10 +380,15 @@ class GroupEgress:
             + group.output_gb_per_job * out_rate[routes.out_set]
         )
         self.gb = np.where(routes.away, group.input_gb_per_job + group.output_gb_per_job, 0.0)
+        in_top = np.array([ctx.egress.top_rate(t, source) for t in routes.in_tiers])
+        out_top = np.array([ctx.egress.top_rate(t, loc) for t, loc in routes.out_tiers])
+        self.budget_usd = (
+            group.input_gb_per_job * in_top[routes.in_set] + group.output_gb_per_job * out_top[routes.out_set]
+        )
 
-    def per_job(self, location: IntArray) -> tuple[FloatArray, FloatArray]:
-        """(USD, GB crossing locations) per job for offerings at these location codes."""
-        return self.usd[location], self.gb[location]
+    def per_job(self, location: IntArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(USD, GB crossing locations, USD for budget rows) per job for offerings at these location codes."""
+        return self.usd[location], self.gb[location], self.budget_usd[location]
 
     def usd_by_location(self) -> FloatArray:
         return self.usd
@@ -392,9 +422,9 @@ def group_costs(
         allocation_value = value * run_hours / work_per_wave
         startup = paid * cols.startup_hours[idx] / (waves * work_per_wave)
     if egress_of is None:
-        egress_usd, egress_gb = np.zeros(len(idx)), np.zeros(len(idx))
+        egress_usd, egress_gb, egress_budget = np.zeros(len(idx)), np.zeros(len(idx)), np.zeros(len(idx))
     else:
-        egress_usd, egress_gb = egress_of.per_job(cols.location[idx])
+        egress_usd, egress_gb, egress_budget = egress_of.per_job(cols.location[idx])
     egress = egress_usd / work_per_job if work_per_job > 0 else np.zeros(len(idx))
     total = np.where(fits, compute + interruption + allocation_value + startup + egress, np.inf)
     rows = (
@@ -410,4 +440,4 @@ def group_costs(
         egress,
         total,
     )
-    return GroupCosts(np.vstack((*rows, egress_usd, egress_gb)).astype(np.float64, copy=False))
+    return GroupCosts(np.vstack((*rows, egress_usd, egress_gb, egress_budget)).astype(np.float64, copy=False))

@@ -50,6 +50,7 @@ class Problem:
     objective_wave: FloatArray
     objective_start: FloatArray
     egress_usd_job: FloatArray
+    egress_budget_job: FloatArray  # egress USD per job as budget rows count it (never under the truth)
     egress_gb_job: FloatArray
     node_hours_wave: FloatArray  # 0 unless an allocation
     node_hours_start: FloatArray
@@ -140,6 +141,7 @@ def build_problem(
         objective_wave=objective_rate * wave_hours,
         objective_start=objective_rate * startup,
         egress_usd_job=cat("egress_usd_per_job"),
+        egress_budget_job=cat("egress_budget_usd_per_job"),
         egress_gb_job=cat("egress_gb_per_job"),
         node_hours_wave=np.where(is_alloc, wave_hours, 0.0),
         node_hours_start=np.where(is_alloc, startup, 0.0),
@@ -235,7 +237,7 @@ def constraint_matrix(problem: Problem) -> tuple[sp.csr_matrix, FloatArray]:
     rows.block(np.zeros(p, dtype=np.int64), _shrink(facility), [(X, pr.price)])
     rows.block(exp, _shrink(lim.exp_spend), [(X, pr.price)])
     rows.block(
-        exp, _shrink(lim.exp_budget), [(Z, pr.money_wave), (X, pr.money_start), (Y, pr.egress_usd_job)]
+        exp, _shrink(lim.exp_budget), [(Z, pr.money_wave), (X, pr.money_start), (Y, pr.egress_budget_job)]
     )
     rows.block(exp, _shrink(lim.exp_egress), [(Y, pr.egress_gb_job)])
     rows.block(exp, lim.exp_gpus, [(X, pr.gpus)])
@@ -351,7 +353,7 @@ def job_rows(problem: Problem) -> tuple[sp.csr_matrix, FloatArray]:
         np.zeros(p, dtype=np.int64), _shrink(np.array([lim.facility_spend])), [(0, pr.price * per_unit)]
     )
     rows.block(exp, _shrink(lim.exp_spend), [(0, pr.price * per_unit)])
-    money = pr.money_wave * per_wave + pr.money_start * per_unit + pr.egress_usd_job
+    money = pr.money_wave * per_wave + pr.money_start * per_unit + pr.egress_budget_job
     rows.block(exp, _shrink(lim.exp_budget), [(0, money)])
     rows.block(exp, _shrink(lim.exp_egress), [(0, pr.egress_gb_job)])
     rows.block(exp, lim.exp_gpus, [(0, pr.gpus * per_unit)])

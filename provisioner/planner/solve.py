@@ -94,7 +94,9 @@ class _Residual:
         np.subtract.at(self.quota, pr.family, pr.cores * x)
         self.facility -= float(np.sum(pr.price * x))
         np.subtract.at(self.spend, self.exp, pr.price * x)
-        np.subtract.at(self.budget, self.exp, pr.money_wave * z + pr.money_start * x + pr.egress_usd_job * y)
+        np.subtract.at(
+            self.budget, self.exp, pr.money_wave * z + pr.money_start * x + pr.egress_budget_job * y
+        )
         np.subtract.at(self.egress, self.exp, pr.egress_gb_job * y)
         np.subtract.at(self.gpus, self.exp, pr.gpus * x)
         np.subtract.at(self.node_hours, pr.pair_offering, pr.node_hours_wave * z + pr.node_hours_start * x)
@@ -115,6 +117,7 @@ class _Residual:
         self.p_cores, self.p_price, self.p_gpus = pr.cores.tolist(), pr.price.tolist(), pr.gpus.tolist()
         self.p_money_wave, self.p_money_start = pr.money_wave.tolist(), pr.money_start.tolist()
         self.p_egress_usd, self.p_egress_gb = pr.egress_usd_job.tolist(), pr.egress_gb_job.tolist()
+        self.p_egress_budget = pr.egress_budget_job.tolist()
         self.p_nh_wave, self.p_nh_start = pr.node_hours_wave.tolist(), pr.node_hours_start.tolist()
         self.p_obj_wave, self.p_obj_start = pr.objective_wave.tolist(), pr.objective_start.tolist()
         self.p_max_cost = pr.max_cost_job.tolist()
@@ -134,7 +137,7 @@ class _Residual:
             and price * dx <= self.facility + tol
             and price * dx <= self.l_spend[e] + tol
             and self.p_gpus[p] * dx <= self.l_gpus[e] + tol
-            and self.p_money_wave[p] * dz + self.p_money_start[p] * dx + self.p_egress_usd[p] * dy
+            and self.p_money_wave[p] * dz + self.p_money_start[p] * dx + self.p_egress_budget[p] * dy
             <= self.l_budget[e] + tol
             and self.p_egress_gb[p] * dy <= self.l_egress[e] + tol
             and self.p_nh_wave[p] * dz + self.p_nh_start[p] * dx <= self.l_node_hours[o] + tol
@@ -157,7 +160,9 @@ class _Residual:
         self.facility -= price * dx
         self.l_spend[e] -= price * dx
         self.l_gpus[e] -= self.p_gpus[p] * dx
-        self.l_budget[e] -= self.p_money_wave[p] * dz + self.p_money_start[p] * dx + self.p_egress_usd[p] * dy
+        self.l_budget[e] -= (
+            self.p_money_wave[p] * dz + self.p_money_start[p] * dx + self.p_egress_budget[p] * dy
+        )
         self.l_egress[e] -= self.p_egress_gb[p] * dy
         self.l_node_hours[o] -= self.p_nh_wave[p] * dz + self.p_nh_start[p] * dx
         self.l_units[p] += dx

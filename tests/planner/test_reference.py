@@ -48,7 +48,9 @@ def test_reference_dominance_pruning_never_changes_the_optimum(seed: int) -> Non
     inst = _instance(seed)
     cat = Catalog(inst.offerings, inst.constraints)
     pruned = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
-    every = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30, prune=False)
+    every = solve_reference(
+        inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30, prune=False
+    )
     assert pruned.status == every.status == "optimal"
     assert abs(pruned.value - every.value) <= 1e-6 * max(1.0, every.value)
     assert abs(pruned.cost - every.cost) <= 1e-6 * max(1.0, every.cost)
