@@ -52,10 +52,21 @@ def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:
 
 
 def _lp_repair(problem: Problem, label: str) -> Solution:
-    targets = np.floor(solve_jobs_lp(problem) + 1e-6).astype(np.int64)
+    """The LP relaxation's jobs as targets, rounded down and (separately) up, each repaired and improved;
+    the better plan wins. Rounding up keeps a small, valuable group whose LP share is fractional
+    (rounding down would drop it while cheaper groups take its room); rounding down avoids starting
+    a unit for a sliver of a job."""
+    lp = solve_jobs_lp(problem)
     empty = np.zeros(problem.pairs, dtype=np.int64)
-    solution = repair(problem, Solution(empty, empty.copy(), empty.copy(), label), targets)
-    return repair(problem, improve(problem, repair(problem, solution)))  # improving can free room
+    best: Solution | None = None
+    for targets in (np.floor(lp + 1e-6), np.ceil(lp - 1e-6)):
+        start = Solution(empty, empty.copy(), empty.copy(), label)
+        solution = repair(problem, start, targets.astype(np.int64))
+        solution = repair(problem, improve(problem, repair(problem, solution)))  # improving can free room
+        if best is None or _rank(problem, solution) > _rank(problem, best):
+            best = solution
+    assert best is not None
+    return best
 
 
 def integral_solution(problem: Problem, x: FloatArray, z: FloatArray, y: FloatArray, method: str) -> Solution:
