@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -25,6 +25,7 @@ from provisioner.domain import (
     FleetUnit,
     Offering,
     Plan,
+    PlanItem,
     PlanningConstraints,
     ResourceState,
 )
@@ -44,8 +45,24 @@ PlanFunction = Callable[
     [Sequence[DemandGroup], Sequence[Offering], Sequence[FleetUnit], PlanningConstraints], Plan
 ]
 
-Positive = Annotated[float, Field(gt=0)]
 CONCURRENCY_SLACK = timedelta(hours=1)  # boot and queue time a duration request may wait for its slots
+
+# Bounds on every number and text of a request: what no real request exceeds, so nothing downstream
+# (planner, money, storage) ever sees an infinity, an overflow or a megabyte name.
+MIN_HOURS = 1 / 60  # a minute
+MAX_HOURS = 24 * 366  # a year
+MAX_SLOTS = 1_000_000  # job slots one request may ask for
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def _at_least_a_minute(hours: float) -> float:
+    if hours < MIN_HOURS:
+        raise ValueError(f"must be at least a minute ({MIN_HOURS:.4f} h), got {hours:g}")
+    return hours
+
+
+Hours = Annotated[float, Field(le=MAX_HOURS, allow_inf_nan=False), AfterValidator(_at_least_a_minute)]
+Gigabytes = Annotated[float, Field(ge=0, le=1e8, allow_inf_nan=False)]
 
 
 class RequestStatus:
@@ -57,31 +74,35 @@ class RequestStatus:
     OPEN = frozenset({ADMITTED, RUNNING})
 
 
-MAX_HOURS = 24 * 366 * 10  # bounds that keep every date and sum the admission computes representable
-
-
 class BurstRequestSpec(BaseModel):
-    """What an experiment asks for. Exactly one of cores/gpus, and one of duration_hours/hs23_hours."""
+    """What an experiment asks for. Exactly one of cores/gpus, and one of duration_hours/hs23_hours.
+
+    `duration_hours` with `keep_shape`: hold exactly these cores (or GPUs) for that long, or refuse.
+    Without `keep_shape` the same HS23-hours may run on fewer, faster cores, and admission says how.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    experiment: str = Field(min_length=1)
+    experiment: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
     cores: int | None = Field(default=None, gt=0, le=10_000_000)
     gpus: int | None = Field(default=None, gt=0, le=1_000_000)
-    gpu_model: str | None = None
-    archs: tuple[Arch, ...] = (Arch.X86_64,)
-    duration_hours: Positive | None = Field(default=None, le=MAX_HOURS)
-    hs23_hours: Positive | None = Field(default=None, le=1e12)
+    gpu_model: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+    archs: tuple[Arch, ...] = Field(default=(Arch.X86_64,), max_length=len(Arch))
+    duration_hours: Hours | None = None
+    hs23_hours: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)] | None = None
     deadline: datetime | None = None
-    data_location: str | None = None
-    input_gb: float = Field(default=0.0, ge=0, le=1e9)
-    output_gb: float = Field(default=0.0, ge=0, le=1e9)
-    max_cost_usd: Decimal | None = Field(default=None, gt=0, le=Decimal("1e12"))
-    cores_per_job: int = Field(default=8, gt=0, le=100_000)
-    cores_per_gpu: int = Field(default=8, gt=0, le=100_000)
-    memory_gb_per_core: float = Field(default=2.0, gt=0, le=100_000)
-    job_hours: Positive = Field(default=12.0, le=MAX_HOURS)  # slot length when only hs23_hours is given
+    data_location: str | None = Field(default=None, max_length=128)
+    input_gb: Gigabytes = 0.0
+    output_gb: Gigabytes = 0.0
+    max_cost_usd: Decimal | None = Field(
+        default=None, gt=0, le=Decimal(10) ** 9, allow_inf_nan=False, decimal_places=6
+    )
+    cores_per_job: int = Field(default=8, gt=0, le=4096)
+    cores_per_gpu: int = Field(default=8, gt=0, le=1024)
+    memory_gb_per_core: float = Field(default=2.0, gt=0, le=4096, allow_inf_nan=False)
+    job_hours: Hours = 12.0  # slot length when only hs23_hours is given
     preemptible: bool = False
+    keep_shape: bool = False  # duration requests: exactly these cores for exactly this long, or refuse
 
     @field_validator("archs")
     @classmethod
@@ -116,6 +137,19 @@ class BurstRequestSpec(BaseModel):
             raise ValueError(
                 f"cores ({self.cores}) must be a multiple of cores_per_job ({self.cores_per_job})"
             )
+        if self.keep_shape and self.duration_hours is None:
+            raise ValueError("keep_shape needs duration_hours (an HS23-hours request has no shape to keep)")
+        if self.hs23_hours is not None:
+            per_slot = (
+                (self.cores_per_job if self.gpus is None else self.cores_per_gpu) * self.job_hours * 10.0
+            )
+            if self.hs23_hours / per_slot > MAX_SLOTS:
+                raise ValueError(
+                    f"hs23_hours: {self.hs23_hours:g} HS23-hours is more than {MAX_SLOTS:,} job slots of"
+                    f" {per_slot:g}; ask for less, or raise job_hours or cores_per_job"
+                )
+        if self.cores is not None and self.cores // self.cores_per_job > MAX_SLOTS:
+            raise ValueError(f"cores: more than {MAX_SLOTS:,} job slots; raise cores_per_job")
         return self
 
 
@@ -251,8 +285,45 @@ def admit(
             group,
             plan,
         )
-    chosen = ", ".join(sorted({item.offering_id for item in plan.items if item.group_id == group.id}))
-    return Admission(True, f"estimated ${cost:,.2f} on {chosen}", cost, group, plan)
+    items = [item for item in plan.items if item.group_id == group.id]
+    keeps, note = _shape(spec, group, items, {o.id: o for o in offerings})
+    if not keeps:
+        return Admission(False, note, cost, group, plan)
+    chosen = ", ".join(sorted({item.offering_id for item in items}))
+    return Admission(
+        True, f"estimated ${cost:,.2f} on {chosen}" + (f"; {note}" if note else ""), cost, group, plan
+    )
+
+
+def _shape(
+    spec: BurstRequestSpec, group: DemandGroup, items: Sequence[PlanItem], offerings: Mapping[str, Offering]
+) -> tuple[bool, str]:
+    """Does the plan hold what a duration request asked (its cores at once, for its duration)? If not,
+    say what it gives instead; refuse only when the request keeps its shape."""
+    if spec.duration_hours is None or not items:
+        return True, ""
+    per_job = group.gpus_per_job or group.cores_per_job
+    slots, hours = 0, 0.0
+    for item in items:
+        o = offerings.get(item.offering_id)
+        if o is None:
+            per_unit = max(1, item.jobs // max(1, item.units))
+        elif group.gpus_per_job:
+            per_unit = max(1, o.gpu_count // group.gpus_per_job)
+        else:
+            per_unit = max(1, o.cores // group.cores_per_job)
+        slots += min(item.jobs, item.units * per_unit)
+        hours = max(hours, item.hours)
+    if slots >= group.jobs and abs(hours - spec.duration_hours) <= 0.01 * spec.duration_hours:
+        return True, ""
+    unit = "GPUs" if spec.gpus is not None else "cores"
+    note = (
+        f"planned as {slots * per_job:,} {unit} for {hours:.1f} h, not {group.jobs * per_job:,} {unit} for"
+        f" {spec.duration_hours:g} h (the same {group.hs23_hours:,.0f} HS23-hours on cores of another speed)"
+    )
+    if spec.keep_shape:
+        return False, f"keep_shape: {note}; ask without keep_shape, or in hs23_hours, to accept that"
+    return True, f"{note}; set keep_shape to refuse a reshaped plan"
 
 
 def new_request_id(ids: IdSource | None = None) -> str:

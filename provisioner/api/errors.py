@@ -26,9 +26,25 @@ def validation_message(errors: Sequence[Any]) -> str:
     return "; ".join(f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
 
 
+MAX_ECHO = 200  # characters of a rejected input echoed back: a megabyte name is not sent back whole
+
+
+def _clip(value: Any, depth: int = 0) -> Any:
+    """The rejected input, cut to a readable size (strings, and containers a few levels deep)."""
+    if isinstance(value, str) and len(value) > MAX_ECHO:
+        return f"{value[:MAX_ECHO]}… ({len(value):,} characters)"
+    if depth > 3:
+        return "…"
+    if isinstance(value, dict):
+        return {_clip(k, depth + 1): _clip(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        return [_clip(v, depth + 1) for v in list(value)[:50]]
+    return value
+
+
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    errors = [{**e, "input": _clip(e["input"])} if "input" in e else e for e in exc.errors()]
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         content={"message": validation_message(errors), "detail": jsonable_encoder(errors)},

@@ -80,6 +80,9 @@ def register(root: typer.Typer) -> None:
         max_cost: Decimal | None = typer.Option(None, help="reject if the estimate is above this (USD)"),
         cores_per_job: int = typer.Option(8, help="cores per job slot"),
         preemptible: bool = typer.Option(False, help="the work tolerates preemption (backfill, spot)"),
+        keep_shape: bool = typer.Option(
+            False, help="with --duration: exactly these cores for exactly this long, or refuse"
+        ),
     ) -> None:
         """Ask for capacity; it is admitted against the policies or rejected with the reason."""
         try:
@@ -98,6 +101,7 @@ def register(root: typer.Typer) -> None:
                 max_cost_usd=max_cost,
                 cores_per_job=cores_per_job,
                 preemptible=preemptible,
+                keep_shape=keep_shape,
             )
         except ValidationError as exc:
             for e in exc.errors():

@@ -29,13 +29,13 @@ def test_run_ends_a_request_at_its_deadline_or_duration_and_launches_nothing_mor
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "state"
-    deadline = (datetime.now(UTC) + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%S")
-    created = cli(state, "request", "create", "--experiment", "atlas", "--cores", "8", "--duration", "0.25m",
+    deadline = (datetime.now(UTC) + timedelta(seconds=70)).strftime("%Y-%m-%dT%H:%M:%S")
+    created = cli(state, "request", "create", "--experiment", "atlas", "--cores", "8", "--duration", "1m",
                   "--deadline", deadline)  # fmt: skip
     assert created.returncode == 0, created.stdout + created.stderr
     request_id = created.stdout.split()[0]
 
-    ran = cli(state, "run", "--interval", "1", "--cycles", "30")  # about a minute: past the deadline
+    ran = cli(state, "run", "--interval", "1", "--cycles", "45")  # past the deadline
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
 
     db = open_database(f"sqlite:///{state / 'provisioner.db'}")
