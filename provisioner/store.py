@@ -356,7 +356,9 @@ class Store:
             s.add(stored)
             s.commit()
 
-    def find_unit(self, *, resource_id: str | None = None, instance_id: str | None = None) -> ResourceRow | None:
+    def find_unit(
+        self, *, resource_id: str | None = None, instance_id: str | None = None
+    ) -> ResourceRow | None:
         """A unit by our resource id, or by the provider's own id (an EC2 instance id, a GCE name...),
         as a worker on the unit knows it from the instance metadata."""
         if resource_id:
@@ -375,7 +377,9 @@ class Store:
         found = live or rows
         return found[0] if found else None
 
-    def heartbeat(self, resource_id: str, *, busy: bool, running_jobs: int | None = None) -> ResourceRow | None:
+    def heartbeat(
+        self, resource_id: str, *, busy: bool, running_jobs: int | None = None
+    ) -> ResourceRow | None:
         """The work on a unit says it is busy or idle (a pilot or worker heartbeat); None: not a live unit.
 
         Stamped with the broker's clock, not the worker's. The busy/idle history (`resource.busy`
@@ -393,7 +397,10 @@ class Store:
                 row.idle_since = now
             if busy != row.busy or first:
                 self._add_event(
-                    s, "resource.busy", row.id, {"busy": busy, "source": "heartbeat", "running_jobs": running_jobs}
+                    s,
+                    "resource.busy",
+                    row.id,
+                    {"busy": busy, "source": "heartbeat", "running_jobs": running_jobs},
                 )
             row.busy = busy
             row.heartbeat_at = now
@@ -444,21 +451,32 @@ class Store:
     # --- demand, plans and decisions ----------------------------------------------------------
 
     def save_groups(self, groups: Sequence[DemandGroup]) -> None:
+        """Insert or update each group's row: one query for the rows that exist (not one per group),
+        so a cycle with hundreds of groups still reaches its first provisioning call quickly."""
         now = self.clock.now()
+        latest = {g.id: g for g in groups}  # a group listed twice: the last one wins
         with self.session() as s:
-            for g in groups:
-                spec = _jsonable(asdict(g))
-                s.merge(
-                    DemandGroupRow(
-                        id=g.id,
-                        experiment=g.experiment,
-                        source=g.source,
-                        jobs=g.jobs,
-                        spec=spec,
-                        request_id=g.request_id,
-                        observed_at=now,
-                    )
-                )
+            ids = list(latest)
+            existing: dict[str, DemandGroupRow] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                query = select(DemandGroupRow).where(col(DemandGroupRow.id).in_(chunk))
+                existing.update((row.id, row) for row in s.exec(query))
+            for g in latest.values():
+                values = {
+                    "experiment": g.experiment,
+                    "source": g.source,
+                    "jobs": g.jobs,
+                    "spec": _jsonable(asdict(g)),
+                    "request_id": g.request_id,
+                    "observed_at": now,
+                }
+                row = existing.get(g.id)
+                if row is None:
+                    s.add(DemandGroupRow(id=g.id, **values))
+                    continue
+                for key, value in values.items():
+                    setattr(row, key, value)
             s.commit()
 
     async def save_plan(

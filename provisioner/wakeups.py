@@ -41,8 +41,11 @@ async def _read(sub: Subscription, wake: Callable[[], None]) -> None:
 
 
 async def _poll(source: NoticesSubmissions, name: str, every: float, wake: Callable[[], None]) -> None:
+    first = True
     while True:
-        await asyncio.sleep(every)
+        if not first:
+            await asyncio.sleep(every)
+        first = False
         try:
             if await source.new_submissions():
                 log.info("demand.submitted", source=name)

@@ -232,14 +232,19 @@ class SlurmWorkloadSource:
             tasks = min(tasks, max(0, job.array_max_tasks - started.get(job.array_job_id, 0)))
         return tasks
 
+    def _waiting(self, jobs: Collection[SlurmJob]) -> set[str]:
+        return {j.job_id for j in jobs if self._selected(j) and not self._blocked(j)}
+
     async def new_submissions(self) -> bool:
-        """Whether a job that capacity could start was submitted since the last call (one squeue)."""
-        waiting = {j.job_id for j in await self._client.jobs() if self._selected(j) and not self._blocked(j)}
+        """Whether a job that capacity could start appeared since the last look, this call's or the
+        last cycle's (one squeue). The very first look only notes what is there."""
+        waiting = self._waiting(await self._client.jobs())
         seen, self._seen = self._seen, waiting
         return seen is not None and bool(waiting - seen)
 
     async def pending(self) -> list[PendingJob]:
         jobs = await self._client.jobs()
+        self._seen = self._waiting(jobs)  # the cycle has seen these: they are not news
         selected = [j for j in jobs if self._selected(j)]
         started = Counter(j.array_job_id for j in jobs if j.array_job_id is not None and j.state in _STARTED)
         shapes: dict[str, NodeShape] = {}

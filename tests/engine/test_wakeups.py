@@ -101,6 +101,9 @@ async def test_slurm_source_notices_new_waiting_jobs_but_not_held_ones_or_the_fi
     assert not await source.new_submissions()
     queue._jobs.append(SlurmJob("4", "user-4", JobState.RUNNING, "debug"))
     assert not await source.new_submissions()
+    queue._jobs.append(pending("5"))
+    await source.pending()  # a cycle saw it: not news any more
+    assert not await source.new_submissions()
 
 
 async def test_a_poke_on_the_wake_socket_starts_a_cycle(

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from backends.slurm.pilot import parse_job_name
+from provisioner.broker import build_broker
+from provisioner.settings import Settings
 from tests.slurm.conftest import SLURM_CONF
 
 pytestmark = pytest.mark.slurm
@@ -228,3 +230,42 @@ def test_cloud_node_resume_refused_by_policy_stays_down_with_the_reason(
                 f"{node} powered down again",
                 timeout=60,
             )
+
+
+def test_a_submission_wakes_a_running_broker_long_before_its_timer(
+    tmp_path: Path, tag: str, jobs: list[str]
+) -> None:
+    (tmp_path / "policy.toml").write_text(policy("atlas"))
+    (tmp_path / "backends.toml").write_text(backends() + "poll_seconds = 1\n")
+    broker_id = f"e2e-wake-{tag}"
+    blocker = sbatch(
+        f"--job-name=blk.{tag}", "--partition=owner", "--account=dune", "--exclusive", "-t", "30"
+    )
+    jobs.append(blocker)
+    wait_until(lambda: any(j[0] == blocker and j[2] == "RUNNING" for j in squeue()), "the blocker to run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")} | {
+        "PROVISIONER_STATE_DIR": str(tmp_path),
+        "PROVISIONER_BROKER_ID": broker_id,
+        "PROVISIONER_POLICY_FILE": str(tmp_path / "policy.toml"),
+        "PROVISIONER_BACKENDS_FILE": str(tmp_path / "backends.toml"),
+        "SLURM_CONF": str(SLURM_CONF),
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("SLURM_JWT", None)
+    run = subprocess.Popen(
+        [sys.executable, "-c", "from provisioner.cli import main; main()", "run", "--interval", "3600"],
+        env=env | {"PROVISIONER_LOG_LEVEL": "INFO"}, cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "run.log").open("w"),
+    )  # fmt: skip
+    try:
+        settings = Settings(state_dir=tmp_path, broker_id=broker_id)
+        store = build_broker(settings).store
+        wait_until(lambda: bool(store.events(kind="cycle.finished")), "the first (empty) cycle", timeout=90)
+        assert not [j for j in squeue() if broker_id in j[4]]
+        jobs.append(sbatch(f"--job-name=new.{tag}", "--partition=debug", "--account=atlas", "-t", "30"))
+        wait_until(lambda: any(broker_id in j[4] for j in squeue()), "a pilot for the new job", timeout=60)
+    finally:
+        run.terminate()
+        run.wait(timeout=30)
+        jobs += [j[0] for j in squeue() if broker_id in j[4]]
+        print((tmp_path / "run.log").read_text()[-6000:])
