@@ -9,6 +9,7 @@ Prometheus gauges carry the figures so an alert rule (docs/alerts/budget.rules.y
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from accounting.period import Month
 from accounting.pipeline import monthly_budgets
 from accounting.reports import CostReport, cost_report, usd
 from policies import Policy, site_offerings
+from provisioner.broker import Broker
 from provisioner.domain import Offering
 from provisioner.store import Store
 
@@ -180,3 +182,14 @@ class BudgetAlerter:
                 await self.store.event(BACK_UNDER, name, payload)
         self.last = current
         return crossed
+
+
+async def watch_budgets(alerter: BudgetAlerter, broker: Broker, stop: asyncio.Event, every_seconds: float) -> None:
+    """Check the month-end forecasts against the budgets now and every `every_seconds` until `stop`."""
+    while not stop.is_set():
+        try:
+            await alerter.check(broker.policy, broker.offerings, broker.clock.now())
+        except Exception as exc:  # a failed check must not stop the broker; the next one tries again
+            log.warning("budgets.check_failed", error=type(exc).__name__, detail=str(exc)[:200])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_seconds)

@@ -29,26 +29,13 @@ from provisioner.api.routes import (
 )
 from provisioner.api.tokens import TokenValidator
 from provisioner.broker import Broker
-from provisioner.budget_alerts import BudgetAlerter
+from provisioner.budget_alerts import BudgetAlerter, watch_budgets
 from provisioner.catalog import Catalog
 from provisioner.metrics import BrokerMetrics
 
 log = structlog.get_logger(__name__)
 
 BrokerFactory = Callable[[], Broker | Awaitable[Broker]]
-
-
-async def watch_budgets(context: ApiContext, stop: asyncio.Event, every_seconds: float) -> None:
-    """Check the month-end forecasts against the budgets now and every `every_seconds` until `stop`."""
-    assert context.budgets is not None
-    while not stop.is_set():
-        broker = context.broker
-        try:
-            await context.budgets.check(broker.policy, broker.offerings, broker.clock.now())
-        except Exception as exc:  # a failed check must not stop the API; the next one tries again
-            log.warning("budgets.check_failed", error=type(exc).__name__, detail=str(exc)[:200])
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every_seconds)
 
 
 def create_app(
@@ -94,7 +81,7 @@ def create_app(
         budget_task: asyncio.Task[None] | None = None
         if api_settings.budget_check_seconds > 0:
             budget_task = asyncio.create_task(
-                watch_budgets(context, stop, api_settings.budget_check_seconds), name="budgets"
+                watch_budgets(budgets, broker, stop, api_settings.budget_check_seconds), name="budgets"
             )
         log.info("api.started", engine=run_engine, auth=not app.state.auth.open)
         try:

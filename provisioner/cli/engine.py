@@ -155,7 +155,20 @@ def register(root: typer.Typer) -> None:
                     )
                     await asyncio.sleep(interval if n + 1 < cycles else 0)
             else:
-                await broker.engine.run_forever()
+                # Month-end forecasts against budgets: `budget.forecast_exceeded` events on the bus.
+                from prometheus_client import CollectorRegistry
+
+                from provisioner.budget_alerts import BudgetAlerter, watch_budgets
+
+                stop = asyncio.Event()
+                watcher = asyncio.create_task(
+                    watch_budgets(BudgetAlerter(broker.store, CollectorRegistry()), broker, stop, 300)
+                )
+                try:
+                    await broker.engine.run_forever()
+                finally:
+                    stop.set()
+                    await watcher
             await listener.close()
             await bus.close()
 
