@@ -41,8 +41,30 @@ class SwfJob:
     partition: int | None
 
 
-def _opt(value: str) -> int | None:
-    number = int(float(value))
+_NAMES = {0: "job number", 1: "submit time", 2: "wait time", 3: "run time", 4: "allocated processors",
+          7: "requested processors", 8: "requested time", 9: "requested memory", 10: "status",
+          11: "user id", 12: "group id", 14: "queue", 15: "partition"}  # fmt: skip
+_MAX = 10**15  # far beyond any trace (3e7 years in seconds): a bigger number is a broken line
+
+
+class _BadField(ValueError):
+    pass
+
+
+def _int(fields: list[str], index: int) -> int:
+    """Field `index` as an integer (SWF writes some as "12.0"); a non-finite or absurd value is an error."""
+    text = fields[index]
+    try:
+        number = float(text)
+    except ValueError:
+        raise _BadField(f"{_NAMES[index]} (field {index + 1}): {text!r} is not a number") from None
+    if number != number or abs(number) > _MAX:  # NaN, inf or beyond any real trace
+        raise _BadField(f"{_NAMES[index]} (field {index + 1}): {text!r} is not a finite number of the trace")
+    return int(number)
+
+
+def _opt(fields: list[str], index: int) -> int | None:
+    number = _int(fields, index)
     return None if number < 0 else number
 
 
@@ -60,24 +82,24 @@ def read_swf(path: Path, *, limit: int | None = None) -> Iterator[SwfJob]:
             if len(fields) < SWF_FIELDS:
                 raise SwfError(path, lineno, f"expected at least {SWF_FIELDS} fields, found {len(fields)}")
             try:
-                run_s = int(float(fields[3]))
-                procs = int(fields[4]) if int(fields[4]) > 0 else int(fields[7])
+                run_s = _int(fields, 3)
+                procs = _int(fields, 4) if _int(fields, 4) > 0 else _int(fields, 7)
                 job = SwfJob(
-                    job_number=int(fields[0]),
-                    submit_s=int(fields[1]),
-                    wait_s=_opt(fields[2]),
+                    job_number=_int(fields, 0),
+                    submit_s=_int(fields, 1),
+                    wait_s=_opt(fields, 2),
                     run_s=run_s,
                     processors=procs,
-                    requested_time_s=_opt(fields[8]),
-                    requested_memory_kb_per_proc=_opt(fields[9]),
-                    status=int(fields[10]),
-                    user_id=_opt(fields[11]),
-                    group_id=_opt(fields[12]),
-                    queue=_opt(fields[14]),
-                    partition=_opt(fields[15]),
+                    requested_time_s=_opt(fields, 8),
+                    requested_memory_kb_per_proc=_opt(fields, 9),
+                    status=_int(fields, 10),
+                    user_id=_opt(fields, 11),
+                    group_id=_opt(fields, 12),
+                    queue=_opt(fields, 14),
+                    partition=_opt(fields, 15),
                 )
-            except ValueError as exc:
-                raise SwfError(path, lineno, f"not a number: {exc}") from None
+            except _BadField as exc:
+                raise SwfError(path, lineno, str(exc)) from None
             if job.run_s <= 0 or job.processors <= 0:
                 continue  # cancelled before start, or unknown size: no work to provision for
             yield job

@@ -34,3 +34,20 @@ def test_the_bundled_hpc2n_trace_reads_every_job_with_work() -> None:
     trace = Path(__file__).resolve().parents[2] / "data" / "traces" / "alea_hpc2n_subset.swf"
     jobs = list(read_swf(trace))
     assert len(jobs) > 3000 and all(j.run_s > 0 and j.processors > 0 for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("run_time", "field"),
+    [("inf", "run time"), ("-inf", "run time"), ("nan", "run time"), ("1e400", "run time"), ("1e30", "run time"),
+     ("x", "run time")],
+)  # fmt: skip
+def test_a_non_finite_or_absurd_run_time_is_an_swf_error_naming_the_line_and_field(
+    tmp_path: Path, run_time: str, field: str
+) -> None:
+    good = "1 0 5 3600 4 -1 -1 4 7200 -1 1 3 1 -1 1 1 -1 -1"
+    bad = good.replace(" 3600 ", f" {run_time} ", 1)
+    path = tmp_path / "t.swf"
+    path.write_text(f"; header\n{good}\n{bad}\n")
+    with pytest.raises(SwfError) as caught:
+        list(read_swf(path))
+    assert caught.value.line == 3 and field in caught.value.problem and run_time in caught.value.problem
