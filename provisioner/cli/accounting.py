@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import enum
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,7 +18,8 @@ from accounting.period import BadMonth, Month
 from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, build_messages, publish_month
 from accounting.reports import cost_report, print_report, write_csv
 from accounting.spot_prices import StoredSpotPrices, collect_spot_prices
-from accounting.usage import import_records, stored_problems
+from accounting.usage import UsageProblem, import_records, stored_problems
+from accounting.usage_file import parse_usage_text
 from provisioner.clock import SystemClock
 from provisioner.db import open_database
 from provisioner.domain import Offering, UsageRecord
@@ -58,30 +57,14 @@ def _session() -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def _time(value: Any, field: str, line: int) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    parsed = datetime.fromisoformat(str(value))
-    if parsed.tzinfo is None:
-        raise typer.BadParameter(f"record {line}: {field} {value!r} has no timezone (give UTC, e.g. ...Z)")
-    return parsed.astimezone(UTC)
-
-
-def read_usage_file(path: Path) -> Iterator[UsageRecord]:
-    """UsageRecord fields as JSON lines or one JSON array; times ISO 8601 with offset, or epoch seconds."""
-    text = path.read_text()
-    items: list[Any] = json.loads(text) if text.lstrip().startswith("[") else [
-        json.loads(line) for line in text.splitlines() if line.strip()
-    ]  # fmt: skip
-    for number, item in enumerate(items, 1):
-        try:
-            item["start_time"] = _time(item.get("start_time"), "start_time", number)
-            item["end_time"] = _time(item.get("end_time"), "end_time", number)
-            yield UsageRecord(**item)
-        except TypeError as exc:
-            raise typer.BadParameter(f"record {number}: {exc}", param_hint="FILE") from exc
+def read_usage_file(path: Path) -> tuple[list[UsageRecord], list[UsageProblem]]:
+    """UsageRecord fields as JSON lines or one JSON array; times ISO 8601 with offset, or epoch seconds.
+    A bad record is a problem naming it and its field; the others are still read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
+    return parse_usage_text(text)
 
 
 def _policy_figures(policy_file: Path | None) -> tuple[dict[str, Decimal], dict[str, Offering]]:
@@ -122,11 +105,11 @@ def register(root: typer.Typer) -> None:
         known_vo: list[str] = typer.Option(None, "--known-vo", help="accepted VOs (repeat); default: any"),
     ) -> None:
         """Validate usage records and store them (idempotent: keyed by record_key)."""
+        records, unreadable = read_usage_file(file)
         with _session() as session:
-            result = import_records(
-                session, read_usage_file(file), known_vos=set(known_vo) if known_vo else None
-            )
+            result = import_records(session, records, known_vos=set(known_vo) if known_vo else None)
         console.print(f"imported {result.imported} usage records")
+        result.problems[:0] = unreadable
         for problem in result.problems:
             err.print(f"[yellow]not imported[/yellow] {problem}")
         if result.problems:
