@@ -283,7 +283,8 @@ def job_values(record: UsageRecord) -> dict[str, Value]:
         "VOGroup": group,
         "VORole": role,
         "WallDuration": record.wall_seconds,
-        "CpuDuration": record.cpu_seconds,
+        # Mandatory in job records: an unknown CPU time goes as 0 (never an estimate); see README.
+        "CpuDuration": record.cpu_seconds or 0,
         "Processors": record.cores,
         "NodeCount": record.nodes,
         "StartTime": record.start_time,
@@ -574,7 +575,7 @@ def cloud_values(record: UsageRecord) -> dict[str, Value]:
         "StartTime": record.start_time,
         "EndTime": record.end_time,
         "WallDuration": record.wall_seconds,
-        "CpuDuration": record.cpu_seconds,
+        "CpuDuration": record.cpu_seconds,  # optional here: left out when unknown
         "CpuCount": record.cores,
         "Memory": None if record.memory_kb is None else record.memory_kb // 1024,  # MB
         "BenchmarkType": BENCHMARK_TYPE,

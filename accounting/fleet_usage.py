@@ -152,8 +152,8 @@ def usage_from_resources(
     """One record per unit and month it was billed in during [start, end), keyed by `record_key`.
 
     Each record describes its month's part of the unit's billable time (billing model): wall time
-    is that part; `cpu_seconds` is an ESTIMATE — busy seconds of the part × cores (the broker does
-    not see the CPU time the jobs really used). A part that goes on into the next month ends at the
+    is that part; `cpu_seconds` is None — unknown: the broker does not see the CPU time the jobs
+    used (Slurm's sacct TotalCPU replaces a pilot's record when it has one). A part that goes on into the next month ends at the
     month's last second: a pilot's record there has status "continued"; a VM's has no end time and
     status "started", so the APEL server files it under that month (it keys cloud records by VM and
     month). The part of a live unit in the month of `now` is cut at `now` with status "running";
@@ -187,7 +187,6 @@ def usage_from_resources(
                         pieces[-1].end,
                         status if last else CONTINUED,
                         live and last,
-                        busy=usage(pieces).busy_seconds,
                         site=site,
                         submit_host=submit_host,
                         offering=offerings.get(row.offering_id),
@@ -208,7 +207,6 @@ def _record(
     status: str,
     live: bool,
     *,
-    busy: float,
     site: str,
     submit_host: str,
     offering: Offering | None,
@@ -246,7 +244,7 @@ def _record(
         start_time=part_start,
         end_time=end_time,
         wall_seconds=wall,
-        cpu_seconds=int(min(busy, float(wall)) * cores),
+        cpu_seconds=None,  # the broker does not see the CPU time the jobs used: unknown, not estimated
         cores=cores,
         nodes=1,
         memory_kb=int(offering.memory_gb * 1024 * 1024) if offering else None,

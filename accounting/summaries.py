@@ -47,7 +47,7 @@ def job_groups(
         select(
             *keys,
             func.sum(t.wall_seconds),
-            func.sum(t.cpu_seconds),
+            func.coalesce(func.sum(t.cpu_seconds), 0),  # unknown CPU time adds nothing
             func.count(),
             func.min(t.end_time),
             func.max(t.end_time),
@@ -121,7 +121,7 @@ def vm_condition(month: Month, site: str | None) -> list[ColumnElement[bool]]:
     t = USAGE.c
     valid_vm = and_(
         t.wall_seconds >= 0,
-        t.cpu_seconds >= 0,
+        or_(t.cpu_seconds.is_(None), t.cpu_seconds >= 0),
         t.cores >= 1,
         t.hs23_per_core.is_not(None),
         t.hs23_per_core >= 3.0,
@@ -143,7 +143,7 @@ def cloud_summaries(session: Session, month: Month, *, site: str | None = None) 
             func.min(t.start_time),
             func.max(t.start_time),
             func.sum(t.wall_seconds),
-            func.sum(t.cpu_seconds),
+            func.coalesce(func.sum(t.cpu_seconds), 0),
             func.sum(t.memory_kb),
             func.count(),
         )

@@ -93,13 +93,13 @@ def validate_record(
             bad("end_time", f"end {record.end_time.isoformat()} is in the future")
     if record.wall_seconds < 0:
         bad("wall_seconds", f"negative wall time {record.wall_seconds}")
-    if record.cpu_seconds < 0:
+    if record.cpu_seconds is not None and record.cpu_seconds < 0:
         bad("cpu_seconds", f"negative CPU time {record.cpu_seconds}")
     if record.cores < 1:
         bad("cores", f"cores must be ≥ 1, got {record.cores}")
     if record.nodes < 1:
         bad("nodes", f"nodes must be ≥ 1, got {record.nodes}")
-    if record.cores >= 1 and record.wall_seconds >= 0:
+    if record.cpu_seconds is not None and record.cores >= 1 and record.wall_seconds >= 0:
         limit = record.wall_seconds * record.cores * CPU_OVER_WALL_FACTOR + CPU_OVER_WALL_SLACK_S
         if record.cpu_seconds > limit:
             bad(
@@ -186,13 +186,13 @@ def valid_row_condition() -> ColumnElement[bool]:
     return and_(
         t.end_time.is_not(None),
         t.wall_seconds >= 0,
-        t.cpu_seconds >= 0,
+        or_(t.cpu_seconds.is_(None), t.cpu_seconds >= 0),
         t.cores >= 1,
         t.nodes >= 1,
         t.hs23_per_core.is_not(None),
         t.hs23_per_core >= 3.0,
         t.hs23_per_core <= 80.0,
-        t.cpu_seconds <= t.wall_seconds * t.cores * 1.1 + 60,
+        or_(t.cpu_seconds.is_(None), t.cpu_seconds <= t.wall_seconds * t.cores * 1.1 + 60),
         t.end_time >= t.start_time,
     )
 

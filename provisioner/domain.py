@@ -397,7 +397,7 @@ class UsageRecord:
     start_time: datetime
     end_time: datetime | None
     wall_seconds: int
-    cpu_seconds: int
+    cpu_seconds: int | None  # None: unknown (no measurement from sacct TotalCPU or the VM's counters)
     cores: int
     nodes: int = 1
     memory_kb: int | None = None

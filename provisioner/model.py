@@ -204,7 +204,7 @@ class UsageRecordRow(SQLModel, table=True):
     start_time: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     end_time: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     wall_seconds: int = 0
-    cpu_seconds: int = 0
+    cpu_seconds: int | None = None  # None: not measured (the broker's own records of its fleet)
     cores: int = 1
     nodes: int = 1
     memory_kb: int | None = None

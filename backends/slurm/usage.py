@@ -116,7 +116,7 @@ def to_usage(
                 start_time=r.start_time,
                 end_time=r.end_time,
                 wall_seconds=r.elapsed_seconds,
-                cpu_seconds=r.cpu_seconds or 0,
+                cpu_seconds=r.cpu_seconds,  # sacct TotalCPU; None (unknown) from the jobcomp log
                 cores=r.cpus,
                 nodes=r.nodes,
                 memory_kb=r.max_rss_kb,

@@ -190,7 +190,7 @@ def test_a_still_running_vm_is_cut_at_now_unless_open_records_are_asked_for(sess
     cut = collect(session, *rows)
     assert (cut["vm"].end_time, cut["vm"].status) == (NOW, "running")
     assert cut["vm"].wall_seconds == int((NOW - T0).total_seconds())
-    assert cut["vm"].cpu_seconds == cut["vm"].wall_seconds * 8  # busy throughout, no change recorded
+    assert cut["vm"].cpu_seconds is None  # unknown: the broker does not see the jobs' CPU time
     opened = collect(session, open_records=True)
     assert (opened["vm"].end_time, opened["vm"].status) == (None, "started")
     assert opened["vm"].wall_seconds == cut["vm"].wall_seconds
@@ -200,7 +200,11 @@ def test_a_still_running_vm_is_cut_at_now_unless_open_records_are_asked_for(sess
     assert result.problems == [] and result.imported == 2
 
 
-def test_busy_spells_from_events_give_the_cpu_estimate(any_session: Session) -> None:
+def test_cpu_time_is_unknown_not_estimated_and_apel_says_so(any_session: Session) -> None:
+    """The broker sees busy spells, not CPU time: records carry no CPU time (never busy × cores);
+    the cloud record leaves CpuDuration out, a job record sends 0 (the field is mandatory)."""
+    from accounting.apel import cloud_values, job_values
+
     session = any_session
     rid = "vm"
     got = collect(
@@ -213,10 +217,11 @@ def test_busy_spells_from_events_give_the_cpu_estimate(any_session: Session) -> 
         resource("never-busy", "aws:us-east-1:m7i.2xlarge:on_demand"),
         resource("adopted-busy", "aws:us-east-1:m7i.2xlarge:on_demand", busy=True),
     )
-    # 10:20 → 12:00 and 12:30 → 13:00 busy: 130 minutes on 8 cores.
-    assert got[rid].cpu_seconds == 130 * 60 * 8
-    assert got["never-busy"].cpu_seconds == 0
-    assert got["adopted-busy"].cpu_seconds == 3 * 3600 * 8
+    assert {r.cpu_seconds for r in got.values()} == {None}
+    assert cloud_values(got[rid])["CpuDuration"] is None
+    pilot = replace(got[rid], kind="pilot", local_job_id="42")
+    assert job_values(pilot)["CpuDuration"] == 0
+    assert import_records(session, got.values(), now=NOW).problems == []
 
 
 def test_failed_unit_not_yet_released_ends_when_it_failed(session: Session) -> None:

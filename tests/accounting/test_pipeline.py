@@ -81,9 +81,7 @@ def test_close_month_accounts_the_fleet_and_a_second_run_publishes_identical_con
     kinds = Counter(u.kind for u in usage)
     assert set(kinds) == {"vm", "pilot", "backfill"}
     assert {u.resource_id for u in usage} == {r.id for r in launched}
-    assert any(u.cpu_seconds > 0 for u in usage) and all(
-        u.cpu_seconds <= u.wall_seconds * u.cores for u in usage
-    )
+    assert all(u.cpu_seconds is None for u in usage)  # the fleet's CPU time is unknown, not estimated
     live_vms = [u for u in usage if u.kind == "vm" and u.end_time is None]
     assert all(u.status == "started" for u in live_vms)
 
