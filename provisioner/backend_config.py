@@ -25,8 +25,10 @@ Tables of `kind = "slurm_queue"` are workload sources, not backends (`provisione
 
 from __future__ import annotations
 
+import difflib
+import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +104,10 @@ def load_backends(
         if kind == "slurm_queue":
             continue  # a workload source: provisioner.sources.configured reads it
         body = {k: v for k, v in table.items() if k != "kind"}
+        checked = table_problems(name, kind, table, catalog)
+        if checked:
+            problems.extend(checked)
+            continue
         try:
             builders.append(_builder(name, kind, body, table, broker_id, catalog, site_offerings))
         except ValidationError as exc:
@@ -111,6 +117,74 @@ def load_backends(
     if problems:
         raise BackendConfigError(path, problems)
     return {name: build() for name, build in builders}
+
+
+MAX_TIMEOUT_S = 24 * 3600.0  # a timeout longer than a day is a typo, and would hang a cycle
+
+
+def _numbers(value: Any, path: str) -> Iterator[tuple[str, float]]:
+    if isinstance(value, float):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _numbers(inner, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            yield from _numbers(inner, f"{path}[{i}]")
+
+
+def _regions_of(kind: object, table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, region) pairs a cloud table names: AWS regions, GCE zones' regions."""
+    if kind == "aws" and isinstance(table.get("regions"), list):
+        return [
+            (f"regions[{i}].region", r["region"])
+            for i, r in enumerate(table["regions"])
+            if isinstance(r, dict) and isinstance(r.get("region"), str)
+        ]
+    if kind == "gce" and isinstance(table.get("zones"), list):
+        return [
+            (f"zones[{i}]", z.rsplit("-", 1)[0])
+            for i, z in enumerate(table["zones"])
+            if isinstance(z, str) and "-" in z
+        ]
+    return []
+
+
+def table_problems(
+    name: str, kind: object, table: Mapping[str, Any], catalog: Sequence[Offering]
+) -> list[str]:
+    """What the backend's own model cannot see: infinite or absurd numbers (TOML has `inf` and `nan`),
+    a credentials file that is not there, a region the catalog does not know (a typo)."""
+    out: list[str] = []
+    for key, number in _numbers(table, ""):
+        if not math.isfinite(number):
+            out.append(f"[{name}] {key}: {number} is not a finite number")
+        elif "timeout" in key and not 0 < number <= MAX_TIMEOUT_S:
+            out.append(f"[{name}] {key}: {number:g} s is not a timeout between 0 and {MAX_TIMEOUT_S:g} s")
+    creds = table.get("credentials_file")
+    if isinstance(creds, str) and not Path(creds).expanduser().is_file():
+        out.append(f"[{name}] credentials_file: {creds} does not exist or is not a file")
+    provider = kind if kind in ("aws", "gce") else None
+    known = sorted({o.region for o in catalog if o.provider == provider}) if provider else []
+    for key, region in _regions_of(kind, table) if known else []:
+        if region not in known:
+            close = difflib.get_close_matches(region, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            out.append(f"[{name}] {key}: '{region}' is not a {provider} region the catalog knows{hint}")
+    return out
+
+
+def configured_regions(backend: Backend) -> frozenset[str] | None:
+    """The regions a cloud backend was configured for (None: not a regional cloud, or not known)."""
+    config = getattr(backend, "config", None)
+    regions = getattr(config, "regions", None)
+    if isinstance(regions, list | tuple) and regions and hasattr(regions[0], "region"):
+        return frozenset(r.region for r in regions)
+    zones = getattr(config, "zones", None)
+    if isinstance(zones, list | tuple) and zones:
+        return frozenset(str(z).rsplit("-", 1)[0] for z in zones)
+    region = getattr(config, "region", None)
+    return frozenset({region}) if isinstance(region, str) else None
 
 
 def _builder(

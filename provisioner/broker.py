@@ -23,7 +23,7 @@ from accounting.spot_prices import StoredSpotPrices
 from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
 from provisioner.actuator import ActuatorSettings
-from provisioner.backend_config import load_backends
+from provisioner.backend_config import configured_regions, load_backends
 from provisioner.bursts.repository import settle_requests
 from provisioner.bus import Bus
 from provisioner.catalog import Catalog, load_catalog
@@ -284,7 +284,13 @@ def build_broker(
         ),
     )
     # Only what a configured backend can serve: admission must not promise a cloud we cannot reach.
-    by_id = {o.id: o for o in offerings if o.backend in backends}
+    # ...and of a cloud, only the regions its backend is configured for.
+    regions = {name: configured_regions(b) for name, b in backends.items()}
+    by_id = {
+        o.id: o
+        for o in offerings
+        if o.backend in backends and ((served := regions[o.backend]) is None or o.region in served)
+    }
     source.on_change(lambda new: apply_policy_timings(engine, new))
     return Broker(settings, db, catalog, source, clock, store, backends, engine, constraints, by_id, keeper)
 
