@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -24,6 +25,7 @@ from provisioner.api.context import ApiContext, get_context
 from provisioner.api.errors import http_error, validation_message
 from provisioner.budget_alerts import BudgetStatus
 from provisioner.console import charts, views
+from provisioner.demand_signal import announce
 from provisioner.domain import DrainOrder, DrainReason, ResourceState
 from provisioner.requests import BurstRequestSpec, RequestNotFound, cancel, view
 
@@ -213,7 +215,15 @@ def create_request(
         spec = BurstRequestSpec.model_validate(fields)
     except ValidationError as exc:
         return _back("experiment", error=validation_message(exc.errors()))
-    admitted = admit_spec(context.broker, spec)
+    broker = context.broker
+    admitted = admit_spec(broker, spec)
+    if admitted.admission.accepted:  # new demand wakes the engine, as POST /v1/requests does
+        anyio.from_thread.run(
+            announce,
+            broker.store.bus,
+            broker.settings.state_dir,
+            {"request_id": admitted.row.id, "experiment": spec.experiment},
+        )
     verdict = "admitted" if admitted.admission.accepted else "rejected"
     return _back("experiment", message=f"request {admitted.row.id} {verdict}: {admitted.admission.reason}")
 

@@ -58,3 +58,21 @@ def test_finance_sees_spend_budget_forecast_and_the_alert(console: LiveServer) -
         row = html.split('data-experiment="atlas"')[1].split("</tr>")[0]
         assert "$400.00" in row and "forecast over 100% of budget" in row
         assert finance.get("/console/operator").status_code == 403
+
+
+def test_a_request_made_in_the_console_wakes_the_engine_and_others_cannot_ask_for_atlas(console: LiveServer) -> None:
+    from urllib.parse import unquote
+
+    from provisioner.demand_signal import DEMAND_TOPIC
+
+    bus = console.context.broker.store.bus
+    assert bus is not None
+    subscription = console.call(bus.subscribe(DEMAND_TOPIC))
+    with browser(console, "atlas") as atlas:
+        form = {"experiment": "atlas", "cores": "64", "gpus": "0", "duration_hours": "2"}
+        made = atlas.post("/console/requests", data=form)
+        assert made.status_code == 303 and "admitted" in unquote(made.headers["location"])
+        refused = atlas.post("/console/requests", data={**form, "experiment": "lsst"})
+        assert refused.status_code == 403 and "needs group &#39;/lsst&#39;" in refused.text
+    message = console.call(subscription.get(timeout=10))
+    assert message.payload["experiment"] == "atlas"
