@@ -180,6 +180,7 @@ WATCHED_EVENT_CODES = (*sorted(ENDING_EVENT_CODES), "system-reboot", "instance-r
 SPOT_PRODUCTS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")
 _SPOT_TYPES_PER_CALL = 100
 QUOTA_REFRESH_S = 900.0  # account quotas are re-read this often
+SPOT_PRICE_REFRESH_S = 60.0  # spot prices are re-read this often
 
 # Service Quotas codes for running vCPUs (AWS docs, "On-Demand Instance quotas" / "Spot Instance quotas").
 QUOTA_CODE_NAMES: Mapping[str, str] = {
@@ -311,6 +312,8 @@ class AwsBackend:
         self._secrets: tuple[str, ...] = ()
         register_secret(config.user_data)  # pilot tokens live in user data
         self._quotas: dict[str, int] = {}
+        self._spot_cache: dict[str, dict[tuple[str, str], Decimal]] = {}
+        self._spot_read_at: float | None = None
         self._quotas_read_at: float | None = None
         self.api_calls: Counter[str] = Counter()  # API requests sent, by operation (each retry counts)
 
@@ -748,9 +751,14 @@ class AwsBackend:
         Offerings the account's vCPU quotas rule out (a quota smaller than one instance, e.g. a spot
         quota of 0) are left out: no plan should count on them.
         """
-        regions = sorted({o.region for o in self._catalog})
-        prices = await asyncio.gather(*(self._spot_prices(r) for r in regions))
-        by_region = dict(zip(regions, prices, strict=True))
+        by_region = await self._spot_prices_cached()
+        # Region-wide offerings take the dearest zone's price: one pass, not one scan per offering.
+        dearest: dict[tuple[str, str], Decimal] = {}
+        for region, zonal in by_region.items():
+            for (itype, _zone), p in zonal.items():
+                key = (region, itype)
+                if key not in dearest or p > dearest[key]:
+                    dearest[key] = p
         quotas = await self._account_quotas()
         out: list[Offering] = []
         for o in self._catalog:
@@ -759,19 +767,26 @@ class AwsBackend:
             if allowed is not None and allowed < o.cores:
                 continue
             if o.market is Market.SPOT:
-                price = self._pick_price(by_region.get(o.region, {}), o)
+                price = (
+                    by_region.get(o.region, {}).get((o.instance_type, o.zone))
+                    if o.zone
+                    else dearest.get((o.region, o.instance_type))
+                )
                 if price is not None:
                     o = replace(o, price_per_hour=price)
             out.append(o)
         return out
 
-    @staticmethod
-    def _pick_price(prices: Mapping[tuple[str, str], Decimal], o: Offering) -> Decimal | None:
-        if o.zone:
-            return prices.get((o.instance_type, o.zone))
-        # Region-wide offering: EC2 picks the zone, so budget with the dearest zone's price.
-        zonal = [p for (t, _), p in prices.items() if t == o.instance_type]
-        return max(zonal) if zonal else None
+    async def _spot_prices_cached(self) -> dict[str, dict[tuple[str, str], Decimal]]:
+        """Spot prices per region, read at most once per SPOT_PRICE_REFRESH_S (EC2 changes them every few
+        minutes at most; reading hundreds of types every cycle only costs API calls)."""
+        now = time.monotonic()
+        if self._spot_read_at is None or now - self._spot_read_at >= SPOT_PRICE_REFRESH_S:
+            regions = sorted({o.region for o in self._catalog})
+            prices = await asyncio.gather(*(self._spot_prices(r) for r in regions))
+            self._spot_cache = dict(zip(regions, prices, strict=True))
+            self._spot_read_at = now
+        return self._spot_cache
 
     async def _spot_prices(self, region: str) -> dict[tuple[str, str], Decimal]:
         """(instance type, zone) → current spot price, from one paginated history query per 100 types."""

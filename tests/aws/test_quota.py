@@ -95,8 +95,10 @@ async def test_offerings_leave_out_what_the_accounts_quotas_rule_out(
     assert not any(o.market is Market.SPOT and o.id in ids for o in CATALOG)
     assert offering("m6i.large").id in ids and offering("g5.xlarge").id in ids
     assert proxy.count("ListServiceQuotas") == 1
+    spot_reads = proxy.count("DescribeSpotPriceHistory")
     await backend.offerings()
     assert proxy.count("ListServiceQuotas") == 1  # read once, not every cycle
+    assert proxy.count("DescribeSpotPriceHistory") == spot_reads  # spot prices too, within a minute
     await backend.close()
 
 
