@@ -147,16 +147,15 @@ def _light(
 ) -> GroupCosts | None:
     """Among the cheapest offerings for the job shape, those that serve the whole group for the least
     USD per hour: what a binding spend-rate cap leaves room for."""
-    pool = base.prefix[static[base.prefix] == 0]
-    if len(pool) == 0:
+    ok = static[base.prefix] == 0
+    if not ok.any():
         return None
-    k = np.maximum(jpu[pool], 1).astype(np.float64)
-    run = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[pool]
-    wave = run * interruption_factor(cols.interruption[pool], run)
-    waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / np.maximum(wave, 1e-12)))
-    rate = cols.price[pool] * np.ceil(max(demand, 1) / (k * waves))
-    order = np.lexsort((base.total[pool], rate))[: 8 * LIGHT_K]
-    costs = group_costs(group, pool[order], jpu, egress, cols, ctx)
+    # USD per hour to run the whole group at once, on the shape's cheapest offerings (inf: not allowed)
+    rate = np.where(ok, base.prefix_price * np.ceil(max(demand, 1) / base.prefix_slots), np.inf)
+    take = min(8 * LIGHT_K, int(ok.sum()))
+    near = np.argpartition(rate, take - 1)[:take] if len(rate) > take else np.arange(len(rate))
+    near = near[np.isfinite(rate[near])]
+    costs = group_costs(group, base.prefix[near], jpu, egress, cols, ctx)
     costs = costs.take(compat.priced_reasons(group, costs) == 0)
     if len(costs) == 0:
         return None
@@ -177,6 +176,8 @@ class _Base:
     total: FloatArray  # cost per HS23-hour without egress, every offering
     prefix: IntArray  # the PREFIX offerings with the lowest `total`, cheapest first
     bound: float  # the lowest `total` outside the prefix
+    prefix_price: FloatArray  # USD per unit-hour of the prefix's offerings
+    prefix_slots: FloatArray  # jobs a unit runs within the window (jobs per unit × waves), ≥ 1
 
 
 class _BaseCosts:
@@ -203,7 +204,12 @@ class _BaseCosts:
                 prefix, bound = part[:PREFIX], float(total[part[PREFIX]])
             else:
                 prefix, bound = np.arange(len(total)), float("inf")
-            found = _Base(total, prefix[np.argsort(total[prefix], kind="stable")], bound)
+            prefix = prefix[np.argsort(total[prefix], kind="stable")]
+            run = group.walltime_hours * group.reference_hs23_per_core / self.cols.hs23_per_core[prefix]
+            wave = run * interruption_factor(self.cols.interruption[prefix], run)
+            waves = np.maximum(1.0, np.floor(self.ctx.window_hours(group) / np.maximum(wave, 1e-12)))
+            slots = np.maximum(jpu[prefix], 1) * waves
+            found = _Base(total, prefix, bound, self.cols.price[prefix], slots)
             self._cache[key] = found
         return found
 

@@ -144,11 +144,16 @@ class EgressPricer:
         if not tiers:
             return 0.0
         used = self.used_gb.get(source, 0.0)
+        key = (id(tiers), used, -1.0)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
         top = 0.0
         for k, tier in enumerate(tiers):
             upper = float("inf") if tier.up_to_gb is None or k == len(tiers) - 1 else tier.up_to_gb
             if upper > used:
                 top = max(top, float(tier.usd_per_gb))
+        self._memo[key] = top
         return top
 
     def rate(self, tiers: tuple[EgressTier, ...] | None, source: str, gb: float) -> float:
