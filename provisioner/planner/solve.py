@@ -12,6 +12,7 @@ the exact MILP on the unpruned instance.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -231,8 +232,44 @@ def repair(problem: Problem, solution: Solution, targets: IntArray | None = None
     return Solution(x, z, y, solution.method)
 
 
+def _move_remainder(
+    res: _Residual,
+    pairs: range,
+    p: int,
+    jpu: list[int],
+    waves: list[int],
+    cost: Callable[[int, int, int, int], float],
+) -> bool:
+    """Move the jobs of a pair's part-filled last wave to the offering of the group that takes them cheapest."""
+    x, z, y = res.l_units, res.l_waves, res.l_jobs
+    jobs = y[p]
+    rest = jobs % jpu[p]
+    if rest == 0 or rest == jobs:
+        return False
+    keep_z = -(-(jobs - rest) // jpu[p])
+    keep_x = -(-keep_z // waves[p])
+    saving = cost(p, x[p], z[p], jobs) - cost(p, keep_x, keep_z, jobs - rest)
+    dx_p, dz_p = keep_x - x[p], keep_z - z[p]
+    res.take(p, dx_p, dz_p, -rest)
+    best, best_delta, best_growth = -1, saving - 1e-9, (0, 0, 0)
+    for q in pairs:
+        if q == p:
+            continue
+        growth = _growth(x[q], z[q], y[q], jpu[q], waves[q], rest)
+        dx, dz, dy = growth
+        delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
+        if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
+            best, best_delta, best_growth = q, delta, growth
+    if best < 0:
+        res.take(p, -dx_p, -dz_p, rest)
+        return False
+    res.take(best, *best_growth)
+    return True
+
+
 def improve(problem: Problem, solution: Solution, rounds: int = 2) -> Solution:
-    """Local search: move all of a pair's jobs to another offering of its group when that is cheaper.
+    """Local search: move all of a pair's jobs to another offering of its group when that is cheaper,
+    else the jobs of its part-filled last wave (a smaller unit often runs a remainder for less).
 
     Rounding leaves groups split over several offerings with part-empty waves, or on an offering
     the relaxation liked only fractionally; moving a pair's jobs whole removes most of that waste."""
@@ -265,11 +302,12 @@ def improve(problem: Problem, solution: Solution, rounds: int = 2) -> Solution:
                     delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
                     if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
                         best, best_delta, best_growth = q, delta, growth
-                if best < 0:  # nothing cheaper: put them back
-                    res.take(p, units, unit_waves, jobs)
+                if best >= 0:
+                    res.take(best, *best_growth)
+                    changed = True
                     continue
-                res.take(best, *best_growth)
-                changed = True
+                res.take(p, units, unit_waves, jobs)  # nothing cheaper for all of them: put them back
+                changed |= _move_remainder(res, pairs, p, jpu, waves, cost)
         if not changed:
             break
     return Solution(
