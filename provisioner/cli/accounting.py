@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -20,10 +21,14 @@ from accounting.reports import cost_report, print_report, write_csv
 from accounting.spot_prices import StoredSpotPrices, collect_spot_prices
 from accounting.usage import UsageProblem, import_records, stored_problems
 from accounting.usage_file import parse_usage_text
+from backends.base import BackendError
 from provisioner.clock import SystemClock
 from provisioner.db import open_database
 from provisioner.domain import Offering, UsageRecord
 from provisioner.settings import load_settings
+
+if TYPE_CHECKING:
+    from provisioner.broker import Broker
 
 console = Console()
 err = Console(stderr=True)
@@ -50,6 +55,24 @@ def _as_of(text: str) -> datetime:
     if parsed.tzinfo is None:
         raise typer.BadParameter(f"{text!r} has no timezone (give UTC, e.g. ...Z)", param_hint="--as-of")
     return parsed.astimezone(UTC)
+
+
+def _fetch_spot_prices(broker: Broker, month: Month) -> None:
+    """Store the spot price history of every backend that has one (EC2); a failure is reported and
+    the recorded prices stay in use."""
+    import asyncio
+
+    with Session(broker.db, expire_on_commit=False) as session:
+        for name, backend in sorted(broker.backends.items()):
+            fetch = getattr(backend, "spot_price_history", None)
+            if fetch is None:
+                continue
+            try:
+                stored = asyncio.run(collect_spot_prices(session, name, fetch, month.start, month.end))
+            except BackendError as exc:
+                err.print(f"[yellow]spot prices unavailable[/yellow] {name}: {exc}")
+                continue
+            console.print(f"{name}: {stored} spot price points for {month}")
 
 
 def _session() -> Session:
@@ -128,22 +151,12 @@ def register(root: typer.Typer) -> None:
     @acct.command("spot-prices")
     def spot_prices_cmd(month: str = typer.Option(..., help="YYYY-MM (UTC)")) -> None:
         """Fetch the spot price history of what the fleet ran in a month (EC2), so the ledger bills each
-        interval at the price in force in the zone used. Run it before `accounting ledger`/`collect`."""
-        import asyncio
-
+        interval at the price in force in the zone used (`collect` does this first by itself)."""
         from provisioner.broker import build_broker
 
-        m = _month(month)
-        settings = load_settings()
-        broker = build_broker(settings)
+        broker = build_broker(load_settings())
         try:
-            with Session(broker.db, expire_on_commit=False) as session:
-                for name, backend in sorted(broker.backends.items()):
-                    fetch = getattr(backend, "spot_price_history", None)
-                    if fetch is None:
-                        continue
-                    stored = asyncio.run(collect_spot_prices(session, name, fetch, m.start, m.end))
-                    console.print(f"{name}: {stored} spot price points for {m}")
+            _fetch_spot_prices(broker, _month(month))
         finally:
             broker.db.dispose()
 
@@ -201,7 +214,8 @@ def register(root: typer.Typer) -> None:
         out: Path = typer.Option(Path("reports"), help="directory for the CSV / HTML cost report"),
         html: bool = typer.Option(True, help="also write the HTML page with charts"),
     ) -> None:
-        """Close a month: usage of the broker's resources, cost ledger, APEL messages, cost report.
+        """Close a month: spot price history, usage of the broker's resources, cost ledger, APEL
+        messages, cost report.
 
         Exits 1 when some usage could not be imported (each problem is printed with its resource).
         """
@@ -213,6 +227,7 @@ def register(root: typer.Typer) -> None:
         broker = build_broker(settings)
         path = queue or settings.state_dir / "apel" / "outgoing"
         try:
+            _fetch_spot_prices(broker, m)
             result = close_broker_month(
                 broker, m, queue_path=path, out_dir=out, site=site, submit_host=submit_host, html=html
             )

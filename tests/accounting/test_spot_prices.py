@@ -62,3 +62,43 @@ async def test_collect_asks_for_the_types_the_fleet_ran_per_region(session: Sess
 
     assert await collect_spot_prices(session, "aws", fetch, T0 - timedelta(days=1), END) == 1
     assert asked == [("us-east-1", [ITYPE])]  # spot units only
+
+
+def test_collect_fetches_spot_history_first_and_a_failing_backend_keeps_recorded_prices(
+    session: Session,
+) -> None:
+    from dataclasses import dataclass, field
+    from typing import Any
+
+    from sqlalchemy import func, select
+
+    from accounting.period import Month
+    from backends.base import Throttled
+    from provisioner.cli.accounting import _fetch_spot_prices
+    from provisioner.model import SpotPriceRow
+
+    session.add(row("a", zone="us-east-1a"))
+    session.add(
+        row("b", backend="aws-eu", zone="eu-west-1a", offering_id="aws-eu:eu-west-1:m7i.2xlarge:spot")
+    )
+    session.commit()
+    calls: list[str] = []
+
+    class Ec2:
+        async def spot_price_history(self, region: str, types: Any, start: Any, end: Any) -> list[SpotPrice]:
+            return [SpotPrice(ITYPE, "us-east-1a", T0, Decimal("0.2"))]
+
+    class Broken:
+        async def spot_price_history(self, *args: Any) -> list[SpotPrice]:
+            calls.append("aws-eu")
+            raise Throttled("aws-eu", "rate exceeded")
+
+    @dataclass
+    class FakeBroker:
+        db: Any
+        backends: dict[str, Any] = field(default_factory=dict)
+
+    broker = FakeBroker(session.get_bind(), {"aws": Ec2(), "aws-eu": Broken(), "sim": object()})
+    _fetch_spot_prices(broker, Month.of(T0))  # type: ignore[arg-type]
+    assert session.execute(select(func.count()).select_from(SpotPriceRow)).scalar_one() == 1
+    assert calls == ["aws-eu"]  # it was asked, failed, and the rest went on
