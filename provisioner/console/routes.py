@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from provisioner import policy_versions
 from provisioner.admission import admit_spec
 from provisioner.api.auth import Authenticator, Principal, get_auth
 from provisioner.api.auth_config import Scope
@@ -37,6 +38,7 @@ PAGES = (
     ("operator", "Operations", Scope.RESOURCE_READ),
     ("experiment", "Requests", Scope.BURST_READ),
     ("finance", "Finance", Scope.REPORT_READ),
+    ("policy", "Policy", Scope.POLICY_READ),
 )
 
 
@@ -191,6 +193,28 @@ def finance_page(
         statuses=statuses,
         budget_chart=charts.budget_chart(statuses),
         threshold=context.budgets.threshold if context.budgets else Decimal(1),
+    )
+
+
+@router.get("/policy", response_class=HTMLResponse)
+def policy_page(
+    request: Request,
+    who: Principal = Depends(console_user),
+    context: ApiContext = Depends(get_context),
+    compare: int | None = None,
+) -> HTMLResponse:
+    """The policy in force, every version (who, when, why), and what changed since an older one."""
+    _needs(who, Scope.POLICY_READ)
+    db = context.broker.db
+    history = policy_versions.history(db, limit=50)
+    current = history[0] if history else None
+    older = None
+    if current is not None:
+        wanted = compare if compare is not None else (history[1].version if len(history) > 1 else None)
+        older = policy_versions.get(db, wanted) if wanted is not None and 0 < wanted < 2**31 else None
+    diff = policy_versions.diff(older, current) if older is not None and current is not None else None
+    return _page(
+        request, "policy", who, context, current=current, history=history, older=older, diff=diff
     )
 
 

@@ -62,6 +62,12 @@ def test_an_operator_sees_the_fleet_and_drains_a_unit(chromium: object, console:
     page.wait_for_load_state()  # type: ignore[attr-defined]
     assert f"resource {unit}: drain asked" in page.inner_text(".ok")  # type: ignore[attr-defined]
     assert "draining" in page.inner_text(f'#units tr[data-unit="{unit}"]')  # type: ignore[attr-defined]
+
+    page.click("text=Policy")  # type: ignore[attr-defined]
+    page.wait_for_load_state()  # type: ignore[attr-defined]
+    assert "ATLAS budget cut for March" in page.inner_text("#versions")  # type: ignore[attr-defined]
+    assert '+monthly = "400"' in page.inner_text("#diff")  # type: ignore[attr-defined]
+    page.screenshot(path=str(shots / "policy.png"), full_page=False)  # type: ignore[attr-defined]
     page.close()  # type: ignore[attr-defined]
 
 

@@ -76,3 +76,14 @@ def test_a_request_made_in_the_console_wakes_the_engine_and_others_cannot_ask_fo
         assert refused.status_code == 403 and "needs group &#39;/lsst&#39;" in refused.text
     message = console.call(subscription.get(timeout=10))
     assert message.payload["experiment"] == "atlas"
+
+
+def test_the_policy_page_shows_every_version_and_what_changed(console: LiveServer) -> None:
+    with browser(console, "operator") as op:
+        html = op.get("/console/policy").text
+        assert "version 2" in html and "ATLAS budget cut for March" in html
+        diff = html.split('id="diff"')[1].split("</pre>")[0]
+        assert '-monthly = &#34;50000&#34;' in diff and '+monthly = &#34;400&#34;' in diff
+        assert op.get("/console/policy?compare=99999999999").status_code == 200
+    with browser(console, "finance") as finance:
+        assert finance.get("/console/policy").status_code == 403
