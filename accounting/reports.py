@@ -305,13 +305,16 @@ def committed_burn(
 ) -> dict[str, Decimal]:
     """Experiment → what units running at `as_of` will still cost before the month ends, at the
     price in force: pilots (any unit with a walltime) to their walltime, VMs to the month end
-    unless something drains them (the running fleet's burn)."""
+    unless something drains them (the running fleet's burn); a VM already draining is on its way
+    out and commits nothing more."""
     out: dict[str, Decimal] = defaultdict(Decimal)
     if as_of >= month.end:
         return {}
     for u in load_units(session, month.start, month.end, as_of=as_of, experiment=experiment):
         span = u.span(as_of)
         if span is None or span[1] < as_of or (u.charged_until is not None and u.charged_until <= as_of):
+            continue
+        if u.walltime_hours is None and u.state == "draining":
             continue
         stop = month.end
         if u.walltime_hours is not None:
