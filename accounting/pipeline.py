@@ -24,6 +24,7 @@ from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, PublishReport, 
 from accounting.reports import CostReport, cost_report, write_csv
 from accounting.spot_prices import StoredSpotPrices
 from accounting.usage import UsageProblem, import_records
+from accounting.usage_store import UsageStore
 from policies import Policy, site_offerings
 from provisioner.domain import EgressTier, Offering
 
@@ -70,9 +71,12 @@ def close_month(
     kinds: Sequence[Kind] = DEFAULT_KINDS,
     image_for: Callable[[Offering], str | None] | None = None,
     html: bool = True,
+    store: UsageStore | None = None,
 ) -> PipelineReport:
     """Account `month` as of `now`: usage of the broker's own resources, the cost ledger, the APEL
     messages (queued in `queue_path` for SSM) and the cost report (CSV, and HTML with charts).
+    `store`: the columnar store of imported usage files, whose jobs the APEL summaries must include
+    (a summary replaces the server's month: leaving them out would erase them there).
 
     Running VMs are recorded open ("started"), as APEL cloud records report them; live pilots and
     backfill jobs are cut at `now`. Raises `publish.FutureMonth` for a month that has not begun.
@@ -104,7 +108,7 @@ def close_month(
         now=now,
         prices=StoredSpotPrices(session),
     )
-    published = publish_month(session, month, queue_path, site=site, kinds=kinds, now=now)
+    published = publish_month(session, month, queue_path, site=site, kinds=kinds, now=now, store=store)
     report = cost_report(
         session,
         month,
@@ -178,6 +182,7 @@ def close_broker_month(
     submit_host: str | None = None,
     now: datetime | None = None,
     html: bool = True,
+    store: UsageStore | None = None,
 ) -> PipelineReport:
     """`close_month` on a broker's database with its offerings and its policy's budgets and VOs.
 
@@ -200,6 +205,7 @@ def close_broker_month(
             budgets=monthly_budgets(broker.policy),
             known_vos=set(broker.policy.experiments),
             html=html,
+            store=store,
         )
 
 

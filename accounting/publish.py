@@ -22,6 +22,7 @@ from accounting.dirq_queue import OutgoingQueue
 from accounting.duplicates import Duplicate, same_job_other_key
 from accounting.period import Month
 from accounting.usage import USAGE, UsageProblem, row_to_record, stored_problems, valid_row_condition
+from accounting.usage_store import UsageStore
 from provisioner.domain import UsageRecord
 from provisioner.model import PublishedSummaryRow, UsageRecordRow
 
@@ -71,12 +72,29 @@ class PublishReport:
     duplicates: list[Duplicate] = field(default_factory=list)
 
 
+def _merged_syncs(counts: Sequence[apel.SyncCount], month: Month) -> list[apel.SyncCount]:
+    """Sync counts of the database and of the store, added up per (site, submit host)."""
+    jobs: dict[tuple[str, str | None], int] = {}
+    for c in counts:
+        jobs[(c.site, c.submit_host)] = jobs.get((c.site, c.submit_host), 0) + c.jobs
+    keys = sorted(jobs, key=lambda k: (k[0], k[1] or ""))
+    return [apel.SyncCount(s, h, month.year, month.month, jobs[(s, h)]) for s, h in keys]
+
+
 def build_messages(
-    session: Session, month: Month, kind: Kind, *, site: str | None = None
+    session: Session,
+    month: Month,
+    kind: Kind,
+    *,
+    site: str | None = None,
+    store: UsageStore | None = None,
 ) -> tuple[int, list[str]]:
-    """(number of records, messages) of one kind for one month, from the stored usage."""
+    """(number of records, messages) of one kind for one month, from the stored usage: the
+    database's and, for batch jobs, the columnar store's (`accounting import` of usage files)."""
     if kind in (Kind.SUMMARY, Kind.NORMALISED):
         groups = summaries.job_groups(session, month, site=site)
+        if store is not None:
+            groups += store.job_groups(month, site=site)
         if kind is Kind.SUMMARY:
             plain = apel.summaries_from_groups(groups, month.year, month.month)
             return len(plain), apel.summary_messages(plain)
@@ -84,6 +102,8 @@ def build_messages(
         return len(normalised), apel.normalised_messages(normalised)
     if kind is Kind.SYNC:
         counts = summaries.sync_counts(session, month, site=site)
+        if store is not None:
+            counts = _merged_syncs([*counts, *store.sync_counts(month, site=site)], month)
         return len(counts), apel.sync_messages(counts)
     if kind is Kind.CLOUD_SUMMARY:
         cloud = summaries.cloud_summaries(session, month, site=site)
@@ -99,6 +119,8 @@ def build_messages(
     if kind is Kind.JOBS:
         stmt = select(UsageRecordRow).where(*jobs_of_month)
         jobs = [row_to_record(r) for r in session.execute(stmt.order_by(t.record_key)).scalars()]
+        if store is not None:
+            jobs = sorted([*jobs, *store.job_records(month, site=site)], key=lambda r: r.record_key)
         return len(jobs), apel.job_messages(jobs)
     stmt = select(UsageRecordRow).where(*summaries.vm_condition(month, site)).order_by(t.record_key)
     vms = [row_to_record(r) for r in session.execute(stmt).scalars()]
@@ -139,6 +161,7 @@ def publish_month(
     site: str | None = None,
     kinds: Sequence[Kind] = DEFAULT_KINDS,
     now: datetime | None = None,
+    store: UsageStore | None = None,
 ) -> PublishReport:
     """Queue the month's messages for SSM and record what was sent.
 
@@ -152,7 +175,7 @@ def publish_month(
     report.problems = stored_problems(session, month.start, month.end, site=site)
     report.duplicates = same_job_other_key(month_records(session, month, site=site))
     for kind in kinds:
-        records, messages = build_messages(session, month, kind, site=site)
+        records, messages = build_messages(session, month, kind, site=site, store=store)
         sha = content_hash(messages)
         key = kind.value if site is None else f"{kind.value}@{site}"
         row = session.execute(

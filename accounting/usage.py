@@ -39,10 +39,12 @@ class UsageProblem:
     resource_id: str | None
     field: str
     problem: str
+    line: int | None = None  # the record's number in the imported file, when it came from one
 
     def __str__(self) -> str:
         where = f" (resource {self.resource_id})" if self.resource_id else ""
-        return f"{self.record_key}{where}: {self.field}: {self.problem}"
+        at = f"record {self.line} " if self.line is not None else ""
+        return f"{at}{self.record_key or '(no record_key)'}{where}: {self.field}: {self.problem}"
 
 
 @dataclass(slots=True)

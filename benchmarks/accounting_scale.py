@@ -1,13 +1,16 @@
-"""Benchmark: 10,000,000 job usage records → APEL monthly summaries, and a month's cost report.
+"""Benchmark: the operator's accounting path on 10,000,000 usage records, command by command.
 
-    python benchmarks/accounting_scale.py [--records 10000000] [--ledger-rows 10000000]
+    python benchmarks/accounting_scale.py [--records 10000000] [--baseline-records 200000]
+                                          [--resources 500] [--database-url URL]
 
-Records are generated columnar inside DuckDB (never as Python objects); the APEL grouping and the
-finance views run as DuckDB SQL (`accounting.bulk`; the nine report views in one GROUPING SETS scan),
-then the same `accounting.apel` code as publishing turns the groups into messages. The baseline, measured in the same run, is a plain
-Python loop doing the summary grouping over the first 1,000,000 records; both give the same totals
-(checked). Writes benchmarks/results/accounting_scale.json and .md: wall time per phase and peak
-memory (ru_maxrss for the process; tracemalloc for the Python message building).
+Runs the commands an operator runs, each as its own process (wall time, CPU time and peak RSS
+from wait4): `provisioner accounting import FILE` (JSON lines, with a few bad records that must be
+refused one by one) → `accounting ledger --month` → `accounting publish --month` → `report cost
+--month`. The baseline, measured in the same run on the first `--baseline-records` records, is the
+import path this replaced (each line parsed in Python, validated and upserted 500 rows at a time),
+and the new import on that same file. The usage file and the broker's fleet (resources whose
+hours make the ledger) are generated first, untimed. Checks that the queued APEL summaries count
+exactly the good jobs of the month. Writes benchmarks/results/accounting_scale.json and .md.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
+import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +32,16 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from accounting import apel, bulk  # noqa: E402
 from accounting.period import Month  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-LOAD_AT_START = round(os.getloadavg()[0], 2)  # the machine is shared: read timings with this in mind
 MONTH = Month(2026, 10)
-BASELINE_ROWS = 1_000_000
+BAD_EVERY = 100_003  # one record in this many has cores = 0 and must be refused
 
 USAGE_SQL = """
-CREATE OR REPLACE TABLE {name} AS
+COPY (
 WITH r AS (
-    SELECT i, hash(i) AS h1, hash(i + 1000000007) AS h2, hash(i * 31 + 7) AS h3
-    FROM range({n}) t(i)
+    SELECT i, hash(i) AS h1, hash(i + 1000000007) AS h2, hash(i * 31 + 7) AS h3 FROM range({n}) t(i)
 ), c AS (
     SELECT i, h1, h2, h3,
         (['atlas', 'cms', 'lhcb', 'alice', 'dune', 'lsst', 'ska', 'herd'])[1 + (h1 % 8)::INT] AS experiment,
@@ -61,152 +61,206 @@ SELECT
     '/DC=org/CN=' || experiment || ' user ' || ((h1 >> 16) % 10)::VARCHAR AS global_user_name,
     'UKI-SITE-' || (i % 2)::VARCHAR AS site,
     'ce0' || ((h3 >> 8) % 4)::VARCHAR || '.example.org' AS submit_host,
-    end_time - to_seconds(wall_seconds) AS start_time,
-    end_time,
+    'slurm' AS backend,
+    strftime(end_time - to_seconds(wall_seconds), '%Y-%m-%dT%H:%M:%SZ') AS start_time,
+    strftime(end_time, '%Y-%m-%dT%H:%M:%SZ') AS end_time,
     wall_seconds,
     (wall_seconds * cores * 0.85)::BIGINT AS cpu_seconds,
-    cores,
+    CASE WHEN i % {bad} = {bad} - 1 THEN 0 ELSE cores END AS cores,
     1 AS nodes,
-    (ARRAY[12.5, 16.3, 24.8])[1 + ((h3 >> 16) % 3)::INT]::DOUBLE AS hs23_per_core
+    (ARRAY[12.5, 16.3, 24.8])[1 + ((h3 >> 16) % 3)::INT]::DOUBLE AS hs23_per_core,
+    i::VARCHAR AS local_job_id
 FROM c
-"""
-
-LEDGER_SQL = """
-CREATE OR REPLACE TABLE {name} AS
-WITH r AS (SELECT i, hash(i * 13 + 5) AS h FROM range({n}) t(i))
-SELECT
-    'r' || (i // 744)::VARCHAR AS resource_id,
-    TIMESTAMP '2026-10-01 00:00:00' + to_hours((i % 744)::BIGINT) AS hour,
-    CASE WHEN h % 100 < 5 THEN 'idle' WHEN h % 100 < 6 THEN 'egress' ELSE 'compute' END AS kind,
-    (['atlas', 'cms', 'lhcb', 'alice', 'dune', 'lsst', 'ska', 'herd'])[1 + ((i // 744) % 8)::INT] AS experiment,
-    (['aws', 'gce', 'maxwell', 'backfill'])[1 + ((i // 744 // 8) % 4)::INT] AS backend,
-    (['aws:m7i', 'gce:n2', 'slurm:cpu', 'backfill:cpu'])[1 + ((i // 744 // 8) % 4)::INT] AS offering_family,
-    (['on_demand', 'spot', 'allocation', 'backfill'])[1 + ((i // 744 // 8) % 4)::INT] AS market,
-    CASE ((i // 744 // 8) % 4) WHEN 0 THEN 403200 WHEN 1 THEN 120000 ELSE 0 END::BIGINT AS amount_micro,
-    CASE ((i // 744 // 8) % 4) WHEN 0 THEN 403200 WHEN 1 THEN 390000 ELSE 0 END::BIGINT AS list_price_micro,
-    100.0 AS hs23_hours,
-    CASE WHEN h % 100 = 5 THEN 3.5 ELSE 0.0 END AS egress_gb
-FROM r
+) TO '{path}' (FORMAT JSON)
 """
 
 
-VIEWS = {
-    "experiment": ["experiment"],
-    "backend": ["backend"],
-    "offering_family": ["offering_family"],
-    "market": ["market"],
-    "kind": ["kind"],
-    "experiment+day": ["experiment", "day"],
-    "backend+market": ["backend", "market"],
-    "month": ["month"],
-    "total": [],
-}
+def generate_usage(path: Path, n: int) -> tuple[int, int]:
+    """Write `n` records as JSON lines; return (good jobs ending in MONTH, bad records)."""
+    con = duckdb.connect()
+    con.execute(USAGE_SQL.format(n=n, bad=BAD_EVERY, path=path))
+    row = con.execute(
+        f"""SELECT COUNT(*) FILTER (WHERE cores >= 1 AND end_time >= '2026-10-01' AND end_time < '2026-11-01'),
+                   COUNT(*) FILTER (WHERE cores < 1)
+            FROM read_json('{path}', format = 'newline_delimited',
+                           columns = {{'cores': 'INTEGER', 'end_time': 'TIMESTAMP'}})"""
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
-def peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def seed_fleet(url: str, resources: int) -> None:
+    """The broker's own resources of the month (their hours are what the ledger prices)."""
+    from sqlmodel import Session
+
+    from provisioner.db import open_database
+    from provisioner.model import ResourceRow
+
+    engine = open_database(url)
+    start = MONTH.start
+    with Session(engine) as session:
+        for i in range(resources):
+            launched = start + timedelta(hours=(i * 37) % (29 * 24))
+            spot = i % 3 == 0
+            session.add(
+                ResourceRow(
+                    id=f"bench-{i:05d}",
+                    backend="aws" if i % 2 else "gce",
+                    offering_id=f"aws:us-east-1:m7i.2xlarge:{'spot' if spot else 'on_demand'}",
+                    market="spot" if spot else "on_demand",
+                    experiment=("atlas", "cms", "lhcb", "dune")[i % 4],
+                    state="released",
+                    idempotency_token=f"bench-{i:05d}",
+                    price_micro_per_hour=120_000 if spot else 403_200,
+                    cores=8,
+                    hs23_per_core=16.3,
+                    created_at=launched,
+                    updated_at=launched,
+                    state_since=launched,
+                    launched_at=launched,
+                    released_at=min(launched + timedelta(hours=6 + (i * 13) % 66), MONTH.end),
+                )
+            )
+        session.commit()
+    engine.dispose()
 
 
-def timed(fn: Any, *args: Any) -> tuple[Any, float]:
+def run(args: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """Run one command; its wall time, CPU time (user + system) and peak RSS (this process only)."""
     t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in ok:
+        raise RuntimeError(f"{args} exited {proc.returncode}:\n{out.decode()}\n{err.decode()}")
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "exit": proc.returncode,
+        "stdout_tail": out.decode()[-400:],
+        "stderr_lines": len(err.decode().splitlines()),
+    }
 
 
-def python_loop_groups(
-    rows: list[tuple[Any, ...]], start: datetime, end: datetime
-) -> dict[tuple[Any, ...], list[int]]:
-    """The baseline: the same grouping as a plain Python loop over fetched rows."""
-    acc: dict[tuple[Any, ...], list[int]] = {}
-    for site, exp, fqan, dn, host, hs23, nodes, cores, wall, cpu, end_time, start_time in rows:
-        if (
-            not (start <= end_time < end)
-            or wall < 0
-            or cpu < 0
-            or cpu > wall * cores * 1.1 + 60
-            or end_time < start_time
-        ):
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from provisioner.cli import main; main()", *args]
+
+
+BASELINE = """
+import json, sys
+from datetime import UTC, datetime
+from sqlmodel import Session
+from provisioner.db import open_database
+from provisioner.domain import UsageRecord
+from accounting.usage import import_records
+
+def records(path):
+    for line in open(path):
+        item = json.loads(line)
+        for name in ("start_time", "end_time"):
+            if item.get(name) is not None:
+                item[name] = datetime.fromisoformat(item[name]).astimezone(UTC)
+        yield UsageRecord(**item)
+
+with Session(open_database(sys.argv[2])) as session:
+    result = import_records(session, records(sys.argv[1]), now=datetime(2026, 11, 2, tzinfo=UTC))
+print(result.imported, len(result.problems))
+"""
+
+
+def queued_jobs(queue: Path) -> tuple[int, int]:
+    """(NumberOfJobs in summary messages, in sync messages) of everything queued under `queue`."""
+    summary = sync = 0
+    for file in queue.rglob("*"):
+        if not file.is_file():
             continue
-        key = (site, exp, fqan, dn, host, hs23, nodes, cores)
-        a = acc.get(key)
-        if a is None:
-            acc[key] = [wall, cpu, 1]
-        else:
-            a[0] += wall
-            a[1] += cpu
-            a[2] += 1
-    return acc
+        text = file.read_text(errors="replace")
+        jobs = sum(
+            int(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("NumberOfJobs:")
+        )
+        if text.startswith("APEL-summary-job-message"):
+            summary += jobs
+        elif text.startswith("APEL-sync-message"):
+            sync += jobs
+    return summary, sync
 
 
 def main(
-    records: int = typer.Option(10_000_000, help="job usage records to generate"),
-    ledger_rows: int = typer.Option(10_000_000, help="cost-ledger rows (resource-hours) to generate"),
-    threads: int = typer.Option(2, help="DuckDB threads"),
+    records: int = typer.Option(10_000_000, help="usage records in the imported file"),
+    baseline_records: int = typer.Option(200_000, help="records for the baseline (the replaced import path)"),
+    resources: int = typer.Option(500, help="broker resources in the month (the ledger's input)"),
+    database_url: str | None = typer.Option(None, help="default: SQLite in a fresh state directory"),
+    work: Path | None = typer.Option(None, help="scratch directory (default: a temporary one)"),
 ) -> None:
-    con = duckdb.connect()
-    con.execute(f"SET threads = {threads}")
-    phases: dict[str, float] = {}
-
-    _, phases["generate_usage_s"] = timed(con.execute, USAGE_SQL.format(name="usage", n=records))
-    _, phases["generate_ledger_s"] = timed(con.execute, LEDGER_SQL.format(name="ledger", n=ledger_rows))
-    rss_after_generate = peak_rss_mb()
-
-    # APEL: groups in SQL, then the publish code path builds the messages.
+    load_start = os.getloadavg()
+    scratch = Path(work or tempfile.mkdtemp(prefix="accounting-scale-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    usage = scratch / "usage.jsonl"
     t0 = time.perf_counter()
-    groups = bulk.job_groups(con, "usage", MONTH)
-    phases["summary_sql_s"] = time.perf_counter() - t0
+    good_in_month, bad = generate_usage(usage, records)
+    generate_s = time.perf_counter() - t0
+    base_file = scratch / "usage-baseline.jsonl"
+    with usage.open("rb") as src, base_file.open("wb") as dst:
+        for _, line in zip(range(baseline_records), src, strict=False):
+            dst.write(line)
 
-    def build_messages() -> tuple[list[apel.JobSummary], list[str], list[apel.NormalisedSummary], list[str]]:
-        plain = apel.summaries_from_groups(groups, MONTH.year, MONTH.month)
-        norm = apel.normalised_from_groups(groups, MONTH.year, MONTH.month)
-        return plain, apel.summary_messages(plain), norm, apel.normalised_messages(norm)
+    def env_for(name: str) -> tuple[dict[str, str], str]:
+        state = scratch / name
+        url = database_url or f"sqlite:///{state / 'provisioner.db'}"
+        env = os.environ | {"PYTHONPATH": str(REPO), "PROVISIONER_STATE_DIR": str(state)}
+        env["PROVISIONER_DATABASE_URL"] = url
+        state.mkdir(parents=True, exist_ok=True)
+        return env, url
 
-    (summaries, summary_messages, normalised, normalised_messages), phases["summary_messages_s"] = timed(
-        build_messages
-    )
-    tracemalloc.start()  # a second, untimed pass: tracemalloc slows Python down severalfold
-    build_messages()
-    _, messages_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    syncs, phases["sync_sql_s"] = timed(bulk.sync_counts, con, "usage", MONTH)
-    phases["apel_total_s"] = phases["summary_sql_s"] + phases["summary_messages_s"] + phases["sync_sql_s"]
-    jobs_in_month = sum(g.jobs for g in groups)
-    assert (
-        jobs_in_month
-        == sum(s.jobs for s in summaries)
-        == sum(n.jobs for n in normalised)
-        == sum(s.jobs for s in syncs)
-    )
+    if database_url is not None:
+        reset_database(database_url)
+    env, url = env_for("state")
+    seed_fleet(url, resources)
+    month = str(MONTH)
+    steps = {
+        "import": run(cli("accounting", "import", str(usage)), env, ok=(0, 1) if bad else (0,)),
+        "ledger": run(cli("accounting", "ledger", "--month", month), env),
+        "publish": run(
+            cli(
+                "accounting",
+                "publish",
+                "--month",
+                month,
+                "--queue",
+                str(scratch / "outgoing"),
+                "--kind",
+                "summary",
+                "--kind",
+                "sync",
+            ),
+            env,
+        ),
+        "report": run(
+            cli("report", "cost", "--month", month, "--format", "csv", "--out", str(scratch / "r")), env
+        ),
+    }
+    summary_jobs, sync_jobs = queued_jobs(scratch / "outgoing")
+    assert summary_jobs == sync_jobs == good_in_month, (summary_jobs, sync_jobs, good_in_month)
 
-    # Finance: the nine views of the monthly cost report, in one scan of the ledger (GROUPING SETS).
-    views, phases["cost_report_sql_s"] = timed(
-        bulk.ledger_views, con, "ledger", MONTH.start, MONTH.end, VIEWS
-    )
-    total = views["total"][0]
-    assert sum(t.amount_micro for t in views["experiment"]) == total.amount_micro
-    # the same views one query each, for comparison
-    t2 = time.perf_counter()
-    for by in VIEWS.values():
-        bulk.ledger_totals(con, "ledger", MONTH.start, MONTH.end, by)
-    phases["cost_report_one_query_per_view_s"] = time.perf_counter() - t2
+    # Baseline, same run: the replaced import (Python per record) and the new one, on the same file.
+    if database_url is not None:
+        reset_database(database_url)
+    base_env, base_url = env_for("baseline")
+    from provisioner.db import upgrade
 
-    # Baseline on the same first 1M records: Python loop vs DuckDB.
-    n_base = min(BASELINE_ROWS, records)
-    con.execute(f"CREATE OR REPLACE TABLE usage_1m AS SELECT * FROM usage LIMIT {n_base}")
-    fetch_t0 = time.perf_counter()
-    rows = con.execute(
-        "SELECT site, experiment, fqan, global_user_name, submit_host, hs23_per_core, nodes, cores, wall_seconds, "
-        "cpu_seconds, end_time, start_time FROM usage_1m"
-    ).fetchall()
-    phases["baseline_fetch_1m_s"] = time.perf_counter() - fetch_t0
-    start, end = MONTH.start.replace(tzinfo=None), MONTH.end.replace(tzinfo=None)
-    loop, phases["baseline_python_loop_1m_s"] = timed(python_loop_groups, rows, start, end)
-    del rows
-    duck_1m, phases["duckdb_groups_1m_s"] = timed(bulk.job_groups, con, "usage_1m", MONTH)
-    assert sum(v[2] for v in loop.values()) == sum(g.jobs for g in duck_1m)
-    assert sum(v[0] for v in loop.values()) == sum(g.wall_seconds for g in duck_1m)
+    upgrade(base_url)
+    old = run([sys.executable, "-c", BASELINE, str(base_file), base_url], base_env)
+    if database_url is not None:
+        reset_database(database_url)
+    new_env, _ = env_for("baseline-new")
+    new = run(cli("accounting", "import", str(base_file)), new_env, ok=(0, 1))
+    load_end = os.getloadavg()
 
+    total_wall = sum(s["wall_s"] for s in steps.values())
     result: dict[str, Any] = {
         "benchmark": "accounting_scale",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -214,65 +268,69 @@ def main(
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "duckdb": duckdb.__version__,
-            "duckdb_threads": threads,
         },
-        "load_average_1m_at_start": LOAD_AT_START,
+        "database": "postgresql" if database_url else "sqlite",
+        "load_average_1m": {"start": round(load_start[0], 2), "end": round(load_end[0], 2)},
         "records": records,
-        "records_in_month": jobs_in_month,
-        "ledger_rows": ledger_rows,
-        "summary_groups_sql": len(groups),
-        "summary_records": len(summaries),
-        "summary_messages": len(summary_messages),
-        "normalised_records": len(normalised),
-        "normalised_messages": len(normalised_messages),
-        "sync_records": len(syncs),
-        "phases_s": {k: round(v, 3) for k, v in phases.items()},
-        "records_per_s_apel": round(records / phases["apel_total_s"]),
-        "ledger_rows_per_s_report": round(ledger_rows / phases["cost_report_sql_s"]),
+        "records_refused": bad,
+        "good_jobs_in_month": good_in_month,
+        "apel_summary_jobs": summary_jobs,
+        "resources": resources,
+        "usage_file_mb": round(usage.stat().st_size / 1e6, 1),
+        "generate_s": round(generate_s, 1),
+        "steps": steps,
+        "total_wall_s": round(total_wall, 2),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in steps.values()),
+        "import_records_per_s": round(records / steps["import"]["wall_s"]),
         "baseline": {
-            "rows": n_base,
-            "python_loop_s": round(phases["baseline_python_loop_1m_s"], 3),
-            "duckdb_s": round(phases["duckdb_groups_1m_s"], 3),
-            "python_over_duckdb": round(
-                phases["baseline_python_loop_1m_s"] / phases["duckdb_groups_1m_s"], 1
-            ),
-            "note": "Python loop excludes the time to fetch the rows out of DuckDB (baseline_fetch_1m_s)",
+            "records": baseline_records,
+            "replaced_path": old,
+            "accounting_import": new,
+            "speedup_wall": round(old["wall_s"] / new["wall_s"], 1),
+            "speedup_cpu": round(old["cpu_s"] / new["cpu_s"], 1),
         },
-        "memory": {
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "peak_rss_after_generation_mb": round(rss_after_generate, 1),
-            "message_building_tracemalloc_peak_mb": round(messages_peak / 1e6, 2),
-        },
-        "month_total_usd": str(total.amount),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "accounting_scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    p = result["phases_s"]
+    rows = "\n".join(
+        f"| `{name}` | {s['wall_s']} | {s['cpu_s']} | {s['peak_rss_mb']} |" for name, s in steps.items()
+    )
     b = result["baseline"]
     md = f"""# accounting_scale
 
-{records:,} job usage records ({jobs_in_month:,} ending in {MONTH}) → APEL summaries; {ledger_rows:,} ledger rows
-→ the month's cost-report views. DuckDB {duckdb.__version__}, {threads} threads, Python {platform.python_version()}.
+The operator's path on {records:,} usage records ({result["usage_file_mb"]:,} MB of JSON lines, {bad} bad
+records refused one by one) and {resources} broker resources; {result["database"]} database, DuckDB
+{duckdb.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs shared with other work
+(1-minute load average {result["load_average_1m"]["start"]} at the start, {result["load_average_1m"]["end"]} at the end:
+wall time stretches with it, CPU time does not).
 
-| phase | seconds |
-|---|---|
-| generate usage (DuckDB SQL, columnar) | {p["generate_usage_s"]} |
-| generate ledger | {p["generate_ledger_s"]} |
-| APEL summary grouping (SQL, incl. fetching {len(groups):,} groups into Python) | {p["summary_sql_s"]} |
-| summary + normalised messages (Python, {len(summaries)} + {len(normalised)} records) | {p["summary_messages_s"]} |
-| sync counts (SQL) | {p["sync_sql_s"]} |
-| **APEL total** | **{round(phases["apel_total_s"], 3)}** |
-| **cost report, 9 views (SQL, one scan)** | **{p["cost_report_sql_s"]}** (one query per view: {p["cost_report_one_query_per_view_s"]}) |
+| command (`provisioner …`) | wall s | CPU s | peak RSS MB |
+|---|---|---|---|
+{rows}
 
-Baseline (same run, first {b["rows"]:,} records): Python loop {b["python_loop_s"]} s vs DuckDB {b["duckdb_s"]} s
-→ DuckDB is {b["python_over_duckdb"]}× faster (loop time excludes fetching the rows).
-Load average when the run started: {LOAD_AT_START} on {os.cpu_count()} CPUs (shared machine).
+`accounting import` took {steps["import"]["wall_s"]} s ({result["import_records_per_s"]:,} records/s); the queued
+APEL summaries and sync records count {summary_jobs:,} jobs in {MONTH} = the good records of the month (checked).
 
-Peak RSS {result["memory"]["peak_rss_mb"]} MB; message building peak (tracemalloc)
-{result["memory"]["message_building_tracemalloc_peak_mb"]} MB.
+Baseline, same run, first {baseline_records:,} records: the replaced import path (Python per record)
+{b["replaced_path"]["wall_s"]} s wall / {b["replaced_path"]["cpu_s"]} s CPU / {b["replaced_path"]["peak_rss_mb"]} MB;
+`accounting import` {b["accounting_import"]["wall_s"]} s / {b["accounting_import"]["cpu_s"]} s / {b["accounting_import"]["peak_rss_mb"]} MB
+→ {b["speedup_wall"]}× faster in wall time, {b["speedup_cpu"]}× in CPU time.
 """
     (RESULTS / "accounting_scale.md").write_text(md)
-    print(json.dumps(result, indent=2))
+    print(md)
+
+
+def reset_database(url: str) -> None:
+    """Drop and recreate the PostgreSQL database named in `url` (benchmark databases only)."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    if not name.startswith("bench"):
+        raise typer.BadParameter("the benchmark drops its database: give one whose name starts with 'bench'")
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 if __name__ == "__main__":

@@ -36,12 +36,20 @@ class Settings(BaseSettings):
         description="absolute MQTT topics whose messages are new demand (JSON list), e.g. a storage "
         "system's file-arrival events",
     )
+    usage_dir: Path | None = Field(
+        default=None,
+        description="columnar store of imported usage files (Parquet); default state_dir/usage. "
+        "Replicas that publish APEL must share it.",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         self.state_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(self.state_dir / 'provisioner.db').resolve()}"
+
+    def resolved_usage_dir(self) -> Path:
+        return self.usage_dir or self.state_dir / "usage"
 
 
 def load_settings() -> Settings:

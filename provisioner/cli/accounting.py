@@ -19,12 +19,13 @@ from accounting.period import BadMonth, Month
 from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, build_messages, publish_month
 from accounting.reports import cost_report, print_report, write_csv
 from accounting.spot_prices import StoredSpotPrices, collect_spot_prices
-from accounting.usage import UsageProblem, import_records, stored_problems
-from accounting.usage_file import parse_usage_text
+from accounting.usage import stored_problems
+from accounting.usage_file import UsageFileError, import_usage_file
+from accounting.usage_store import UsageStore
 from backends.base import BackendError
 from provisioner.clock import SystemClock
 from provisioner.db import open_database
-from provisioner.domain import Offering, UsageRecord
+from provisioner.domain import Offering
 from provisioner.settings import load_settings
 
 if TYPE_CHECKING:
@@ -80,14 +81,8 @@ def _session() -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def read_usage_file(path: Path) -> tuple[list[UsageRecord], list[UsageProblem]]:
-    """UsageRecord fields as JSON lines or one JSON array; times ISO 8601 with offset, or epoch seconds.
-    A bad record is a problem naming it and its field; the others are still read."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="FILE") from None
-    return parse_usage_text(text)
+def _store() -> UsageStore:
+    return UsageStore(load_settings().resolved_usage_dir())
 
 
 def _policy_figures(policy_file: Path | None) -> tuple[dict[str, Decimal], dict[str, Offering]]:
@@ -124,18 +119,33 @@ def register(root: typer.Typer) -> None:
 
     @acct.command("import")
     def import_cmd(
-        file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines of usage records"),
+        file: Path = typer.Argument(
+            ..., exists=True, dir_okay=False, help="usage records: JSON lines, a JSON array, CSV or Parquet"
+        ),
         known_vo: list[str] = typer.Option(None, "--known-vo", help="accepted VOs (repeat); default: any"),
     ) -> None:
-        """Validate usage records and store them (idempotent: keyed by record_key)."""
-        records, unreadable = read_usage_file(file)
+        """Check usage records and store them (idempotent: keyed by record_key); refuse bad ones one by one.
+
+        Streams the file through DuckDB: batch-job records go to the columnar usage store (millions
+        a minute), VM records to the database. Exits 1 when any record was refused.
+        """
         with _session() as session:
-            result = import_records(session, records, known_vos=set(known_vo) if known_vo else None)
-        console.print(f"imported {result.imported} usage records")
-        result.problems[:0] = unreadable
+            try:
+                result = import_usage_file(
+                    session, _store(), file, known_vos=set(known_vo) if known_vo else None
+                )
+            except UsageFileError as exc:
+                raise typer.BadParameter(str(exc), param_hint="FILE") from exc
+        console.print(
+            f"imported {result.imported} usage records of {result.read} "
+            f"({result.stored} batch-job records to the usage store, {result.vms} VM records to the database; "
+            f"{result.replaced} earlier records replaced, {result.repeated} repeated keys in the file)"
+        )
         for problem in result.problems:
             err.print(f"[yellow]not imported[/yellow] {problem}")
-        if result.problems:
+        if result.refused > len(result.problems):
+            err.print(f"[yellow]not imported[/yellow] … and {result.refused - len(result.problems)} more records")
+        if result.refused:
             raise typer.Exit(code=1)
 
     @acct.command("ledger")
@@ -172,7 +182,7 @@ def register(root: typer.Typer) -> None:
         path = queue or load_settings().state_dir / "apel" / "outgoing"
         with _session() as session:
             try:
-                result = publish_month(session, m, path, site=site, kinds=kind)
+                result = publish_month(session, m, path, site=site, kinds=kind, store=_store())
             except FutureMonth as exc:
                 raise typer.BadParameter(str(exc), param_hint="--month") from exc
         table = Table(title=f"APEL publish {m} → {path}")
@@ -197,7 +207,7 @@ def register(root: typer.Typer) -> None:
         """Print the messages a publish would send, and the usage left out."""
         m = _month(month)
         with _session() as session:
-            records, messages = build_messages(session, m, kind, site=site)
+            records, messages = build_messages(session, m, kind, site=site, store=_store())
             problems = stored_problems(session, m.start, m.end, site=site)
         for message in messages:
             typer.echo(message, nl=False)  # verbatim: no wrapping or markup
@@ -229,7 +239,14 @@ def register(root: typer.Typer) -> None:
         try:
             _fetch_spot_prices(broker, m)
             result = close_broker_month(
-                broker, m, queue_path=path, out_dir=out, site=site, submit_host=submit_host, html=html
+                broker,
+                m,
+                queue_path=path,
+                out_dir=out,
+                site=site,
+                submit_host=submit_host,
+                html=html,
+                store=UsageStore(settings.resolved_usage_dir()),
             )
         except FutureMonth as exc:
             raise typer.BadParameter(str(exc), param_hint="--month") from exc

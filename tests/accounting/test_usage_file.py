@@ -1,95 +1,226 @@
-"""`accounting import` refuses bad records one by one, each with its reason; the good ones are imported."""
+"""`accounting import` of usage files: the columnar store groups like the database, and refuses like it."""
 
 from __future__ import annotations
 
 import json
+import random
+from dataclasses import asdict, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from typer.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+from sqlmodel import Session
 
-from accounting.usage_file import parse_usage_text
+from accounting import summaries
+from accounting.period import Month
+from accounting.publish import Kind, build_messages
+from accounting.usage import USAGE, import_records, validate_record
+from accounting.usage_file import import_usage_file
+from accounting.usage_store import UsageStore
+from provisioner.domain import UsageRecord
+from tests.accounting.conftest import OCT, job, vm
 
-GOOD: dict[str, Any] = {
-    "record_key": "UKI-TEST:job:1", "kind": "job", "experiment": "atlas", "site": "UKI-TEST",
-    "submit_host": "ce01", "backend": "aws", "start_time": "2026-10-02T10:00:00Z",
-    "end_time": "2026-10-02T12:00:00Z", "wall_seconds": 7200, "cpu_seconds": 50000, "cores": 8,
-    "hs23_per_core": 12.5, "resource_id": "r-1",
-}  # fmt: skip
-
-# (change to a good record, the field the refusal must name); None as a value drops the key
-BAD: list[tuple[dict[str, Any], str]] = [
-    ({"start_time": None}, "start_time"),
-    ({"start_time": "yesterday"}, "start_time"),
-    ({"start_time": "2026-10-02T10:00:00"}, "start_time"),  # no timezone
-    ({"start_time": float("inf")}, "start_time"),
-    ({"start_time": 1e300}, "start_time"),
-    ({"start_time": -5}, "start_time"),
-    ({"end_time": [1]}, "end_time"),
-    ({"end_time": "2026-10-01T00:00:00Z"}, "end_time"),  # before start
-    ({"wall_seconds": "a lot"}, "wall_seconds"),
-    ({"wall_seconds": 10**30}, "wall_seconds"),
-    ({"wall_seconds": 1.5}, "wall_seconds"),
-    ({"cpu_seconds": -1}, "cpu_seconds"),
-    ({"cpu_seconds": float("nan")}, "cpu_seconds"),
-    ({"cores": 0}, "cores"),
-    ({"cores": "eight"}, "cores"),
-    ({"cores": None}, "cores"),
-    ({"hs23_per_core": float("inf")}, "hs23_per_core"),
-    ({"hs23_per_core": "fast"}, "hs23_per_core"),
-    ({"kind": "spaceship"}, "kind"),
-    ({"kind": 7}, "kind"),
-    ({"experiment": ""}, "experiment"),
-    ({"experiment": None}, "experiment"),
-    ({"site": ""}, "site"),
-    ({"record_key": None}, "record_key"),
-    ({"colour": "red"}, "colour"),
-    ({"nodes": 0}, "nodes"),
-    ({"memory_kb": 10**40}, "memory_kb"),
-    ({"experiment": "x" * 5000}, "experiment"),
-]
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+OCTOBER = Month(2026, 10)
 
 
-def bad_record(change: dict[str, Any], n: int) -> dict[str, Any]:
-    record = {**GOOD, "record_key": f"UKI-TEST:job:bad{n}", "resource_id": f"r-bad{n}"}
-    for key, value in change.items():
-        if value is None:
-            record.pop(key, None)
-        else:
-            record[key] = value
-    return record
+def _json(record: UsageRecord, **over: Any) -> str:
+    values = {k: v for k, v in asdict(record).items() if v is not None}
+    for name in ("start_time", "end_time"):
+        if name in values:
+            values[name] = values[name].isoformat().replace("+00:00", "Z")
+    return json.dumps(values | over)
 
 
-def test_twenty_eight_bad_records_are_refused_one_by_one_naming_the_field(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from provisioner.cli import app
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
-    monkeypatch.setenv("PROVISIONER_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.delenv("PROVISIONER_DATABASE_URL", raising=False)
-    lines = [json.dumps(GOOD)] + [json.dumps(bad_record(change, n)) for n, (change, _) in enumerate(BAD)]
-    lines += [
-        "{not json",
-        "[1, 2]",
-        json.dumps({**GOOD, "record_key": "UKI-TEST:job:2", "resource_id": "r-2"}),
+
+def _varied_jobs(n: int) -> list[UsageRecord]:
+    return [
+        job(
+            i,
+            cores=1 + i % 3,
+            cpu_seconds=7000 * (1 + i % 3),
+            hs23_per_core=(12.5, 16.3)[i % 2],
+            fqan=None if i % 5 == 0 else "/atlas/Role=production",
+            submit_host=f"ce0{i % 2}.example.org",
+        )
+        for i in range(n)
     ]
-    usage = tmp_path / "usage.jsonl"
-    usage.write_text("\n".join(lines) + "\n")
-    result = CliRunner().invoke(app, ["accounting", "import", str(usage)], terminal_width=300)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == 1
-    assert "imported 2 usage records" in result.output
-    assert "Traceback" not in result.output
-    for n, (_, field) in enumerate(BAD):
-        key = f"UKI-TEST:job:bad{n}" if field != "record_key" else f"line {n + 2}"
-        assert any(key in line and f": {field}" in line for line in result.output.splitlines()), (n, field)
-    assert "line 30" in result.output and "json" in result.output  # "{not json"
-    assert "line 31" in result.output and "expected a JSON object" in result.output
 
 
-def test_a_json_array_file_is_read_record_by_record() -> None:
-    text = json.dumps([GOOD, bad_record({"cores": 0}, 1), "nonsense"])
-    records, problems = parse_usage_text(text)
-    assert [r.record_key for r in records] == ["UKI-TEST:job:1", "UKI-TEST:job:bad1"]
-    assert [p.field for p in problems] == ["record"]  # cores=0 is a validate_record problem, left to import
+def test_imported_file_groups_like_the_database_for_apel(session: Session, tmp_path: Path) -> None:
+    records = _varied_jobs(300)
+    september = job(999, end_time=OCT - timedelta(hours=1), start_time=OCT - timedelta(hours=3))
+    records.append(september)
+    store = UsageStore(tmp_path / "usage")
+    result = import_usage_file(
+        session, store, _write(tmp_path / "u.jsonl", [_json(r) for r in records]), now=NOW
+    )
+    assert (result.read, result.stored, result.refused) == (301, 301, 0)
+    assert [m.month for m in store.months()] == [9, 10]
+    from_store = sorted(store.job_groups(OCTOBER), key=repr)
+    import_records(session, records, now=NOW)
+    from_db = sorted(summaries.job_groups(session, OCTOBER), key=repr)
+    assert from_store == from_db
+    assert sum(g.jobs for g in from_store) == 300
+    assert store.sync_counts(OCTOBER) == summaries.sync_counts(session, OCTOBER)
+
+
+def test_each_bad_record_is_refused_naming_its_record_and_column(session: Session, tmp_path: Path) -> None:
+    good = job(1)
+    lines = [
+        _json(good),
+        _json(job(2), cores="eight"),
+        _json(job(3), start_time="2026-10-10T08:00:00"),  # no timezone
+        _json(job(4), end_time=None),
+        _json(job(5), kind="container"),
+        _json(job(6), hs23_per_core=250.0),
+        _json(job(7), wall_seconds=-5),
+        _json(job(8), cpu_seconds=7200 * 8 * 2),
+        json.dumps({k: v for k, v in json.loads(_json(job(9))).items() if k != "site"}),
+        _json(job(10), gpu_count=2),
+    ]
+    store = UsageStore(tmp_path / "usage")
+    result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
+    assert (result.read, result.stored, result.refused) == (10, 1, 9)
+    found = {(p.line, p.record_key, p.field) for p in result.problems}
+    assert found == {
+        (2, "UKI-TEST:job:2", "cores"),
+        (3, "UKI-TEST:job:3", "start_time"),
+        (4, "UKI-TEST:job:4", "end_time"),
+        (5, "UKI-TEST:job:5", "kind"),
+        (6, "UKI-TEST:job:6", "hs23_per_core"),
+        (7, "UKI-TEST:job:7", "wall_seconds"),
+        (8, "UKI-TEST:job:8", "cpu_seconds"),
+        (9, "UKI-TEST:job:9", "site"),
+        (10, "UKI-TEST:job:10", "gpu_model"),
+    }
+    by_line = {p.line: str(p) for p in result.problems}
+    assert by_line[2] == "record 2 UKI-TEST:job:2 (resource r-2): cores: not an integer: eight"
+    assert "has no timezone" in by_line[3]
+    assert store.count() == 1
+
+
+def test_importing_the_same_file_twice_changes_nothing(session: Session, tmp_path: Path) -> None:
+    store = UsageStore(tmp_path / "usage")
+    path = _write(tmp_path / "u.jsonl", [_json(r) for r in _varied_jobs(50)])
+    first = import_usage_file(session, store, path, now=NOW)
+    groups = sorted(store.job_groups(OCTOBER), key=repr)
+    second = import_usage_file(session, store, path, now=NOW)
+    assert (first.replaced, second.replaced, second.stored) == (0, 50, 50)
+    assert store.count() == 50
+    assert sorted(store.job_groups(OCTOBER), key=repr) == groups
+
+
+def test_a_later_record_with_the_same_key_replaces_the_earlier_one_even_in_another_month(
+    session: Session, tmp_path: Path
+) -> None:
+    store = UsageStore(tmp_path / "usage")
+    early = job(1)
+    import_usage_file(session, store, _write(tmp_path / "a.jsonl", [_json(early), _json(job(2))]), now=NOW)
+    moved = replace(
+        early, end_time=datetime(2026, 11, 2, tzinfo=UTC), start_time=datetime(2026, 11, 1, 22, tzinfo=UTC)
+    )
+    again = import_usage_file(session, store, _write(tmp_path / "b.jsonl", [_json(moved)]), now=NOW)
+    assert again.replaced == 1
+    assert sum(g.jobs for g in store.job_groups(OCTOBER)) == 1
+    assert sum(g.jobs for g in store.job_groups(Month(2026, 11))) == 1
+    # within one file the last record of a key wins, as in a database upsert
+    twice = [_json(job(3), wall_seconds=7100), _json(job(3), wall_seconds=7000)]
+    result = import_usage_file(session, store, _write(tmp_path / "c.jsonl", twice), now=NOW)
+    assert (result.stored, result.repeated) == (1, 1)
+    assert [r.wall_seconds for r in store.job_records(OCTOBER) if r.record_key == "UKI-TEST:job:3"] == [7000]
+
+
+def test_vm_records_of_a_file_go_to_the_database_and_jobs_replace_the_database_copy(
+    session: Session, tmp_path: Path
+) -> None:
+    import_records(session, [job(5, wall_seconds=60, cpu_seconds=60)], now=NOW)  # an earlier import into the database
+    store = UsageStore(tmp_path / "usage")
+    lines = [_json(vm(1)), _json(job(5))]
+    result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
+    assert (result.vms, result.stored, result.replaced) == (1, 1, 1)
+    kinds = dict(session.execute(select(USAGE.c.kind, func.count()).group_by(USAGE.c.kind)).all())
+    assert kinds == {"vm": 1}
+    assert [r.wall_seconds for r in store.job_records(OCTOBER)] == [7200]
+
+
+def test_published_summaries_count_database_and_imported_jobs_once_each(
+    session: Session, tmp_path: Path
+) -> None:
+    import_records(session, [job(n, submit_host="broker") for n in range(100, 110)], now=NOW)
+    store = UsageStore(tmp_path / "usage")
+    import_usage_file(
+        session, store, _write(tmp_path / "u.jsonl", [_json(r) for r in _varied_jobs(40)]), now=NOW
+    )
+    _, messages = build_messages(session, OCTOBER, Kind.SUMMARY, store=store)
+    text = "".join(messages)
+    assert (
+        sum(int(line.split(": ")[1]) for line in text.splitlines() if line.startswith("NumberOfJobs")) == 50
+    )
+    _, syncs = build_messages(session, OCTOBER, Kind.SYNC, store=store)
+    counts = [
+        int(line.split(": ")[1]) for line in "".join(syncs).splitlines() if line.startswith("NumberOfJobs")
+    ]
+    assert sorted(counts) == [10, 20, 20]
+    assert (
+        build_messages(session, OCTOBER, Kind.SUMMARY)[0]
+        < build_messages(session, OCTOBER, Kind.SUMMARY, store=store)[0]
+    )
+
+
+def _random_record(rng: random.Random, n: int) -> UsageRecord:
+    start = OCT + timedelta(minutes=rng.randrange(0, 40 * 24 * 60))
+    span = rng.choice([-600, 0, 3600, 7200, 86400])
+    return job(
+        n,
+        kind=rng.choice(["job", "job", "pilot", "backfill", "other"]),
+        experiment=rng.choice(["atlas", "cms", ""]),
+        start_time=start,
+        end_time=rng.choice([start + timedelta(seconds=span), None])
+        if rng.random() < 0.2
+        else start + timedelta(seconds=span),
+        wall_seconds=rng.choice([-1, 0, 3600, 7200, 7400, 90000]),
+        cpu_seconds=rng.choice([-1, 0, 1000, 60000, 200000]),
+        cores=rng.choice([0, 1, 8]),
+        nodes=rng.choice([0, 1, 2]),
+        gpu_count=rng.choice([-1, 0, 0, 2]),
+        gpu_model=rng.choice([None, "A100"]),
+        hs23_per_core=rng.choice([None, 1.0, 12.5, 80.0, 81.0]),
+    )
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_the_file_checks_refuse_exactly_what_record_validation_refuses(
+    seed: int, tmp_path_factory: Any
+) -> None:
+    from provisioner.db import make_engine, upgrade
+
+    tmp = tmp_path_factory.mktemp("refusals")
+    url = f"sqlite:///{tmp / 'db.sqlite'}"
+    upgrade(url)
+    rng = random.Random(seed)
+    records = [_random_record(rng, n) for n in range(60)]
+    expected = {
+        (r.record_key, p.field)
+        for r in records
+        for p in validate_record(r, known_vos={"atlas", "cms"}, now=NOW)
+    }
+    with Session(make_engine(url)) as session:
+        result = import_usage_file(
+            session,
+            UsageStore(tmp / "usage"),
+            _write(tmp / "u.jsonl", [_json(r) for r in records]),
+            known_vos={"atlas", "cms"},
+            now=NOW,
+        )
+    got = {(p.record_key, p.field) for p in result.problems}
+    assert got == expected
+    assert result.stored == len({r.record_key for r in records} - {k for k, _ in expected})
