@@ -258,6 +258,34 @@ class SpotPriceRow(SQLModel, table=True):
     price_micro_per_hour: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class InvoiceLineRow(SQLModel, table=True):
+    """One line of a provider's invoice (AWS CUR, GCP billing export), kept to reconcile the ledger."""
+
+    __tablename__ = "invoice_lines"
+    __table_args__ = (
+        UniqueConstraint("line_key", name="uq_invoice_line_key"),
+        Index("ix_invoice_usage_start", "usage_start"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    line_key: str  # stable id from the export (CUR identity, or a digest of the GCP row)
+    source: str  # aws-cur | gcp-billing
+    file: str
+    line: int
+    usage_start: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    usage_end: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    service: str
+    usage_type: str
+    line_type: str
+    category: str  # compute | egress | storage | ip | nat | support | credit | tax | other
+    amount_micro: int = Field(sa_column=Column(BigInteger, nullable=False))
+    currency: str = "USD"
+    provider_resource: str | None = Field(default=None, index=True)
+    tags: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    usage_amount: float | None = None
+    account: str | None = None
+
+
 class PublishedSummaryRow(SQLModel, table=True):
     """What was last published to APEL for a month, so publishing twice sends the same totals."""
 

@@ -1,4 +1,5 @@
-"""CLI commands `provisioner accounting import|ledger|publish|show|collect` and `provisioner report cost`."""
+"""CLI commands `provisioner accounting import|ledger|publish|show|collect|invoice import` and
+`provisioner report cost|reconcile`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
+from accounting.invoice import InvoiceFormat
 from accounting.ledger import build_ledger
 from accounting.period import BadMonth, Month
 from accounting.publish import DEFAULT_KINDS, FutureMonth, Kind, build_messages, publish_month
@@ -116,6 +118,8 @@ def _catalog_offerings() -> Mapping[str, Offering]:
 def register(root: typer.Typer) -> None:
     acct = typer.Typer(help="Usage records, the cost ledger and APEL accounting.", no_args_is_help=True)
     report = typer.Typer(help="Finance reports.", no_args_is_help=True)
+    invoice = typer.Typer(help="Provider invoices (AWS CUR, GCP billing export).", no_args_is_help=True)
+    acct.add_typer(invoice, name="invoice")
 
     @acct.command("import")
     def import_cmd(
@@ -281,6 +285,53 @@ def register(root: typer.Typer) -> None:
             console.print(str(file))
         if result.problems:
             raise typer.Exit(code=1)
+
+    @invoice.command("import")
+    def invoice_import_cmd(
+        file: Path = typer.Argument(
+            ..., exists=True, dir_okay=False, help="AWS CUR 2.0 (CSV, CSV.gz, Parquet) or GCP billing export (JSON lines, CSV)"
+        ),
+        fmt: InvoiceFormat | None = typer.Option(None, "--format", help="default: from the columns"),
+    ) -> None:
+        """Store a provider invoice's lines (idempotent) to reconcile with the ledger; bad lines refused one by one."""
+        from accounting.invoice import InvoiceFileError, parse_invoice
+        from accounting.reconcile import store_lines
+
+        try:
+            parsed = parse_invoice(file, fmt)
+        except InvoiceFileError as exc:
+            raise typer.BadParameter(str(exc), param_hint="FILE") from exc
+        with _session() as session:
+            stored = store_lines(session, parsed.lines, file.name)
+        console.print(
+            f"{parsed.format}: stored {stored.lines} invoice lines for {', '.join(stored.months) or 'no month'}"
+        )
+        for problem in parsed.problems:
+            err.print(f"[yellow]refused[/yellow] {problem}")
+        if parsed.problems:
+            raise typer.Exit(code=1)
+
+    @report.command("reconcile")
+    def reconcile_cmd(
+        month: str = typer.Option(..., help="YYYY-MM (UTC)"),
+        fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="table or csv"),
+        out: Path = typer.Option(Path("reports"), help="directory for CSV output"),
+        resources: int = typer.Option(20, min=0, help="resources shown in the table (largest differences)"),
+    ) -> None:
+        """Estimated (ledger) vs invoiced per resource, experiment and backend; other invoice lines apart."""
+        from accounting.reconcile import reconcile
+        from accounting.reconcile_report import print_reconciliation, write_reconciliation_csv
+
+        m = _month(month)
+        with _session() as session:
+            rec = reconcile(session, m)
+        if fmt is ReportFormat.CSV:
+            for path in write_reconciliation_csv(rec, out):
+                console.print(str(path))
+        elif fmt is ReportFormat.TABLE:
+            print_reconciliation(rec, console, resources=resources)
+        else:
+            raise typer.BadParameter("reconcile writes table or csv", param_hint="--format")
 
     @report.command("cost")
     def cost_cmd(
