@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Table, func, select
@@ -23,7 +24,7 @@ from sqlmodel import Session
 from accounting.invoice import InvoiceLine
 from accounting.ledger import LEDGER
 from accounting.period import Month
-from provisioner.model import InvoiceLineRow, ResourceRow, from_micro
+from provisioner.model import InvoiceLineRow, ResourceRow, from_micro, row_time
 
 INVOICE: Table = InvoiceLineRow.__table__  # type: ignore[attr-defined]
 RESOURCE_TAG = "provisioner_resource"  # backends.base.TAG_RESOURCE as `invoice.tag_key` normalises it
@@ -90,6 +91,32 @@ class Compared:
     estimated_micro: int = 0
     invoiced_micro: int = 0
     invoice_lines: int = 0
+    invoiced_from: datetime | None = None  # first and last instant the invoice charged (resources only)
+    invoiced_until: datetime | None = None
+    held_from: datetime | None = None  # the broker's record of the resource: launched, released
+    held_until: datetime | None = None
+
+    def explain(self) -> str:
+        """Why a resource's figures differ, from the two records of its time."""
+        if self.invoiced_from is None:
+            return "not on the invoice: the provider charged nothing for it"
+        if self.held_from is None:
+            return "the broker has no launch time for it"
+        parts = []
+        start = (self.invoiced_from - self.held_from).total_seconds()
+        if abs(start) >= 1:
+            parts.append(
+                f"provider started charging {_seconds(start)} {'after' if start > 0 else 'before'} the broker's launch time"
+            )
+        if self.held_until is not None and self.invoiced_until is not None:
+            end = (self.invoiced_until - self.held_until).total_seconds()
+            if abs(end) >= 1:
+                parts.append(
+                    f"stopped {_seconds(end)} {'after' if end > 0 else 'before'} the broker's release time"
+                )
+        elif self.held_until is None:
+            parts.append("still running: the broker counts to now, the invoice to its last hour")
+        return "; ".join(parts) or "same times on both sides: price or rounding"
 
     @property
     def difference_micro(self) -> int:
@@ -109,6 +136,11 @@ class Compared:
     @property
     def invoiced(self) -> Decimal:
         return from_micro(self.invoiced_micro)
+
+
+def _seconds(s: float) -> str:
+    s = abs(s)
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +230,10 @@ def reconcile(session: Session, month: Month) -> Reconciliation:
             c = per_resource.setdefault(row.id, Compared(key))
             c.invoiced_micro += line.amount_micro
             c.invoice_lines += 1
+            if line.category == "compute":
+                start, end = row_time(line.usage_start), row_time(line.usage_end)
+                c.invoiced_from = start if c.invoiced_from is None else min(c.invoiced_from, start)  # type: ignore[type-var]
+                c.invoiced_until = end if c.invoiced_until is None else max(c.invoiced_until, end)  # type: ignore[type-var]
             covered.add(row.backend)
             continue
         if row is not None:
@@ -218,6 +254,11 @@ def reconcile(session: Session, month: Month) -> Reconciliation:
             continue  # an HPC allocation or a cloud whose invoice was not imported
         c = per_resource.setdefault(rid, Compared((rid, experiment, backend)))
         c.estimated_micro += int(amount or 0)
+    by_id = {row.id: row for key, row in index.items() if key.startswith("broker:")}
+    for rid, c in per_resource.items():
+        held = by_id.get(rid)
+        if held is not None:
+            c.held_from, c.held_until = row_time(held.launched_at), row_time(held.released_at)
     out.by_resource = sorted(per_resource.values(), key=lambda c: (-abs(c.difference_micro), c.key))
     out.by_experiment = _rollup(out.by_resource, 1)
     out.by_backend = _rollup(out.by_resource, 2)

@@ -128,6 +128,7 @@ class SimulatedBackend:
         self.faults = faults or Faults()
         self.state_file = state_file
         self.units: dict[str, SimUnit] = {}
+        self.forgotten: dict[str, SimUnit] = {}  # terminated units no longer listed, kept for the invoice
         self.calls: dict[str, int] = {"provision": 0, "list": 0, "release": 0}
         self._next_id = 1
         self._lock: IO[str] | None = None
@@ -156,6 +157,7 @@ class SimulatedBackend:
             return
         data = json.loads(self.state_file.read_text())
         self.units = {u["provider_id"]: SimUnit.from_json(u) for u in data["units"]}
+        self.forgotten = {u["provider_id"]: SimUnit.from_json(u) for u in data.get("forgotten", [])}
         self.calls = {k: int(v) for k, v in data["calls"].items()}
         self._next_id = int(data["next_id"])
 
@@ -164,6 +166,7 @@ class SimulatedBackend:
             return
         data = {
             "units": [u.to_json() for u in self.units.values()],
+            "forgotten": [u.to_json() for u in self.forgotten.values()],
             "calls": self.calls,
             "next_id": self._next_id,
         }
@@ -314,7 +317,8 @@ class SimulatedBackend:
             out = []
             for u in list(self.units.values()):
                 if u.terminated_at is not None and now - u.terminated_at > self.retention:
-                    del self.units[u.provider_id]  # providers forget terminated units after a while
+                    # providers forget terminated units after a while (their bill remembers them)
+                    self.forgotten[u.provider_id] = self.units.pop(u.provider_id)
                     continue
                 if now - u.created_at < self.listing_delay:
                     continue  # eventual consistency: a fresh create is not listed yet
@@ -392,6 +396,18 @@ class SimulatedBackend:
         )
         self._save()
         return pid
+
+    def billable_units(self) -> list[SimUnit]:
+        """Every unit this provider ever created, listed or forgotten, in creation order (for its invoice)."""
+        self._load()
+        try:
+            self._advance()
+            return sorted([*self.forgotten.values(), *self.units.values()], key=lambda u: u.provider_id)
+        finally:
+            self._save()
+
+    def offering(self, offering_id: str) -> Offering | None:
+        return self._offerings.get(offering_id)
 
     def live_units(self) -> list[SimUnit]:
         self._load()

@@ -23,12 +23,14 @@ from sqlmodel import Session, select
 
 import policies
 from accounting.billing import load_units, slices, usage_by
+from accounting.period import Month
 from accounting.pipeline import demo_accounting
 from accounting.spot_prices import StoredSpotPrices
 from backends.simulated import SimulatedBackend, SimulatedCloud
 from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker, simulated_backends
 from provisioner.catalog import load_catalog
 from provisioner.clock import SimulatedClock
+from provisioner.demo_invoice import reconcile_demo
 from provisioner.domain import LIVE_STATES, Arch, Plan
 from provisioner.engine import CycleReport
 from provisioner.ids import SeededIds
@@ -236,6 +238,8 @@ async def run_demo(
         clock.advance(step_minutes * 60)
     totals = _summary(console, broker, backends)
     _accounting(console, broker, state / "accounting")
+    month = Month.of(clock.now())
+    reconcile_demo(console, broker.db, backends, month, state / "accounting" / "invoices", now=clock.now())
     broker.db.dispose()
     return totals
 
