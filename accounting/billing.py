@@ -302,7 +302,8 @@ def unit_facts(
         elif kind == STATE_EVENT:
             target = payload.get("to")
             if target in _STOPPED and stopped_at is None:
-                stopped_at = when
+                said = payload.get("stopped_at")  # the provider's own stop time, when its listing gave one
+                stopped_at = min(when, _when(datetime.fromisoformat(said))) if isinstance(said, str) else when
             elif target == "running":
                 stopped_at = None
     idle_since = row_time(row.idle_since)

@@ -32,8 +32,8 @@ ESTIMATED = ("compute", "egress")  # invoice categories the ledger prices
 UPSERT_BATCH = 500
 
 WHY = {
-    "storage": "disks, volumes and snapshots: the broker does not price storage",
-    "ip": "public IP addresses: not in the broker's offering prices",
+    "storage": "disks and snapshots: the broker does not price storage",
+    "ip": "public IP addresses: not in offering prices",
     "nat": "NAT gateway hours and processing: shared network, not per unit",
     "support": "the provider's support plan",
     "credit": "credits and discounts: the broker estimates at list or spot price",

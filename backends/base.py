@@ -76,6 +76,7 @@ class BackendResource:
     interruption_notice: bool = False  # spot: the provider will take it back soon
     detail: str = ""  # e.g. Slurm pending reason
     zone: str | None = None  # availability zone it runs in, where the provider says (spot prices are zonal)
+    stopped_at: datetime | None = None  # terminated: when the provider stopped charging, where it says
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,6 +240,7 @@ class SimulatedBackend:
             ),
             detail=u.terminated_by or "",
             zone=self._offerings[u.offering_id].zone if u.offering_id in self._offerings else None,
+            stopped_at=u.terminated_at,
         )
 
     def _find(self, key: str) -> SimUnit:

@@ -22,8 +22,8 @@ from accounting.period import Month
 from accounting.reconcile import Reconciliation, reconcile, store_lines
 from backends.simulated import SimulatedBackend, SimulatedCloud
 from backends.simulated_invoice import write_cur, write_gcp
-from provisioner.model import from_micro
 
+HALF_CENT = 5_000  # micro-dollars
 WRITERS = {"aws": (write_cur, "csv"), "gce": (write_gcp, "jsonl")}
 
 
@@ -67,20 +67,28 @@ def reconcile_demo(
         pct = c.difference_pct
         table.add_row(
             c.key[0],
-            f"${c.estimated:,.2f}",
-            f"${c.invoiced:,.2f}",
-            f"${from_micro(c.difference_micro):,.2f}",
-            "—" if pct is None else f"{pct:+.2f} %",
+            _usd(c.estimated_micro),
+            _usd(c.invoiced_micro),
+            _usd(c.difference_micro),
+            "—" if pct is None else "0.00 %" if round(pct, 2) == 0 else f"{pct:+.2f} %",
         )
     console.print(table)
-    differing = [c for c in rec.by_resource if c.difference_micro != 0]
+    differing = [c for c in rec.by_resource if abs(c.difference_micro) >= HALF_CENT]
     for c in differing[:5]:
-        console.print(f"  {c.key[0]} ({c.key[2]}): ${from_micro(c.difference_micro):+,.4f}: {c.explain()}")
+        console.print(f"  {c.key[0]} ({c.key[2]}): {_usd(c.difference_micro)}: {c.explain()}")
     if len(differing) > 5:
         rest = sum(c.difference_micro for c in differing[5:])
-        console.print(f"  … {len(differing) - 5} more resources differ by ${from_micro(rest):+,.4f} in all")
-    for u in rec.unestimated:
+        console.print(f"  … {len(differing) - 5} more resources differ by {_usd(rest)} in all")
+    rounding = [c for c in rec.by_resource if 0 < abs(c.difference_micro) < HALF_CENT]
+    if rounding:
         console.print(
-            f"  not estimated: {u.category:<8} {u.usage_type:<38} {u.lines:>5} lines ${u.amount:,.2f}: {u.why}"
+            f"  {len(rounding)} resources differ by under half a cent each: the invoice rounds each hour"
         )
+    for u in rec.unestimated:
+        console.print(f"  not estimated: {u.usage_type} ({u.lines} lines) {_usd(u.amount_micro)}: {u.why}")
     return rec
+
+
+def _usd(micro: int) -> str:
+    cents = round(micro / 10_000)
+    return f"${cents / 100:,.2f}" if cents >= 0 else f"-${-cents / 100:,.2f}"

@@ -236,7 +236,9 @@ class Reconciler:
     ) -> None:
         state = ResourceState(row.state)
         if state == ResourceState.DRAINING:
-            await self.store.transition(row.id, ResourceState.RELEASED, reason="terminated after drain")
+            await self.store.transition(
+                row.id, ResourceState.RELEASED, reason="terminated after drain", stopped_at=entry.stopped_at
+            )
             report.released.append(row.id)
             return
         launched = row_time(row.launched_at)
@@ -251,13 +253,17 @@ class Reconciler:
             return
         if entry.state == ProviderState.FAILED:
             await self.store.transition(
-                row.id, ResourceState.FAILED, failure_reason="provider reports failed"
+                row.id,
+                ResourceState.FAILED,
+                failure_reason="provider reports failed",
+                stopped_at=entry.stopped_at,
             )
         else:
             await self.store.transition(
                 row.id,
                 ResourceState.LOST,
                 failure_reason=f"terminated by the provider ({entry.detail or '?'})",
+                stopped_at=entry.stopped_at,
             )
             report.lost.append(row.id)
         self._replan(row, report)

@@ -211,10 +211,13 @@ class Store:
         launched_at: datetime | None = None,
         failure_reason: str | None = None,
         calls: int = 0,
+        stopped_at: datetime | None = None,
     ) -> ResourceRow:
         """Move one resource to `target` (IllegalTransition if the lifecycle forbids it).
 
         `calls`: backend calls made for it since the last count, stored in the same commit.
+        `stopped_at`: the provider terminated it then (its listing says so): the release time, and the
+        end of its billing when it is found lost or failed, instead of the moment the broker noticed.
         """
         now = self.clock.now()
         with self.session() as s:
@@ -236,7 +239,7 @@ class Store:
             if target == ResourceState.RUNNING and row.idle_since is None and not row.busy:
                 row.idle_since = now
             if target == ResourceState.RELEASED:
-                row.released_at = now
+                row.released_at = min(now, stopped_at) if stopped_at is not None else now
             if failure_reason is not None:
                 row.failure_reason = failure_reason
             row.attempts += calls
@@ -254,7 +257,8 @@ class Store:
                     "group_id": row.group_id,
                     "experiment": row.experiment,
                     "provider_id": row.provider_id,
-                },
+                }
+                | ({"stopped_at": stopped_at.isoformat()} if stopped_at is not None else {}),
             )
             s.commit()
             stored = self._stored(ev)

@@ -67,6 +67,27 @@ def test_demo_serves_the_admitted_requests_within_budget_and_rejects_the_gpu_gra
     assert {r.state for r in resources} <= {"running", "draining", "released", "provisioning", "requested"}
 
 
+def test_the_demo_ledger_reconciles_with_the_simulated_invoices_within_one_percent(demo_run: DemoRun) -> None:
+    from accounting.period import Month
+    from accounting.reconcile import reconcile
+    from provisioner.db import make_engine
+
+    assert "invoice reconciliation" in demo_run.text
+    invoices = sorted(p.name for p in (demo_run.state / "accounting" / "invoices").iterdir())
+    assert invoices == ["aws-invoice-2026-11.csv", "gce-invoice-2026-11.jsonl"]
+    db = make_engine(f"sqlite:///{demo_run.state / 'demo.db'}")
+    with Session(db) as session:
+        rec = reconcile(session, Month(2026, 11))
+    db.dispose()
+    assert {c.key[0] for c in rec.by_backend} == {"aws", "gce"}
+    assert rec.total.invoiced_micro > 0
+    pct = rec.total.difference_pct
+    assert pct is not None and abs(pct) < 1.0, f"ledger vs invoice: {pct:+.3f} %"
+    # what the broker does not estimate is on the invoice, listed apart with what it is
+    assert {u.category for u in rec.unestimated} == {"storage", "ip"}
+    assert rec.total.invoiced_micro + rec.unestimated_micro == rec.invoice_total_micro
+
+
 def _readme_section(title: str) -> list[str]:
     """The lines of the README's demo excerpt between the rule titled `title` and the next rule."""
     text = README.read_text(encoding="utf-8")
