@@ -39,11 +39,11 @@ class UsageProblem:
     resource_id: str | None
     field: str
     problem: str
-    line: int | None = None  # the record's number in the imported file, when it came from one
+    at: str | None = None  # where in the imported file: "line 12", "record 3"
 
     def __str__(self) -> str:
         where = f" (resource {self.resource_id})" if self.resource_id else ""
-        at = f"record {self.line} " if self.line is not None else ""
+        at = f"{self.at} " if self.at is not None else ""
         return f"{at}{self.record_key or '(no record_key)'}{where}: {self.field}: {self.problem}"
 
 

@@ -59,19 +59,54 @@ class FileImport:
         return self.stored + self.vms
 
 
-def _source(path: Path) -> str:
-    """A DuckDB table expression yielding every column of COLUMNS as text (absent ones NULL)."""
+MAX_TEXT = 1024  # longer text in one field is a broken record, as `usage_text` holds too
+MAX_INT = 10**15  # beyond any real count of seconds, cores or kB
+EPOCH_RANGE = (0, 32503680000)  # epoch seconds 1970..3000
+JSON_LINES = "json_lines"
+
+
+def _source(path: Path) -> tuple[str, str]:
+    """A DuckDB table expression yielding `record_no` and every column of COLUMNS as text, and how
+    the records are numbered in messages ("line" or "record")."""
     suffix = path.suffix.lower()
     p = _quote(path)
+    numbered = "row_number() OVER () AS record_no"
     if suffix == ".parquet":
-        return f"read_parquet({p}, union_by_name = true)"
+        return f"(SELECT {numbered}, * FROM read_parquet({p}, union_by_name = true))", "record"
     if suffix == ".csv":
-        return f"read_csv({p}, header = true, all_varchar = true, union_by_name = true)"
+        # a data record's line is its number + 1 (the header)
+        return (
+            f"(SELECT row_number() OVER () + 1 AS record_no, * "
+            f"FROM read_csv({p}, header = true, all_varchar = true, union_by_name = true))",
+            "line",
+        )
     with path.open("rb") as handle:
         head = handle.read(4096).lstrip()
-    fmt = "array" if head.startswith(b"[") else "newline_delimited"
-    cols = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS) + "}"
-    return f"read_json({p}, format = '{fmt}', columns = {cols})"
+    if head.startswith(b"["):
+        cols = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS) + "}"
+        return f"(SELECT {numbered}, * FROM read_json({p}, format = 'array', columns = {cols}))", "record"
+    return JSON_LINES, "line"
+
+
+def _json_lines(path: Path) -> str:
+    """JSON lines one text line at a time, so a line that is not a JSON object is refused on its own;
+    `r_json` says why, `r_extra` lists keys that are no usage record field."""
+    struct = "{" + ", ".join(f'"{c}": "VARCHAR"' for c in COLUMNS) + "}"
+    known = ", ".join(f"'{c}'" for c in COLUMNS)
+    return f"""(
+        SELECT record_no,
+               CASE WHEN j IS NULL THEN CASE WHEN NOT json_valid(line) THEN 'not JSON'
+                    ELSE 'expected a JSON object, got ' || lower(json_type(line)) END END AS r_json,
+               CASE WHEN j IS NOT NULL THEN [k FOR k IN json_keys(line) IF NOT list_contains([{known}], k)]
+                    END AS r_extra,
+               j
+        FROM (SELECT record_no, line,
+                     CASE WHEN starts_with(ltrim(line), '{{') THEN TRY(json_transform(line, '{struct}')) END AS j
+              FROM (SELECT row_number() OVER () AS record_no, line
+                    FROM read_csv({_quote(path)}, columns = {{'line': 'VARCHAR'}}, delim = '\x01', quote = '',
+                                  escape = '', header = false, auto_detect = false, strict_mode = false))
+              WHERE line IS NOT NULL AND trim(line) <> '')
+    )"""
 
 
 def _present(con: duckdb.DuckDBPyConnection, source: str) -> set[str]:
@@ -79,14 +114,28 @@ def _present(con: duckdb.DuckDBPyConnection, source: str) -> set[str]:
     return names & set(COLUMNS)
 
 
+_NUMBER = "'-?[0-9]+(\\.[0-9]+)?([eE][+-]?[0-9]+)?'"
+_OFFSET = "'([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$'"
+
+
 def _time(col: str) -> str:
-    """Text → TIMESTAMPTZ: ISO 8601 with an offset or Z, or epoch seconds; naive text gives NULL."""
+    """Text → TIMESTAMPTZ: ISO 8601 with an offset or Z, or epoch seconds 1970..3000; else NULL."""
     raw = f"r_{col}"
     return (
         f"CASE WHEN {raw} IS NULL THEN NULL "
-        f"WHEN regexp_full_match({raw}, '-?[0-9]+(\\.[0-9]+)?') THEN to_timestamp(TRY_CAST({raw} AS DOUBLE)) "
-        f"WHEN regexp_matches({raw}, '([zZ]|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN TRY_CAST({raw} AS TIMESTAMPTZ) "
+        f"WHEN regexp_full_match({raw}, {_NUMBER}) THEN CASE WHEN TRY_CAST({raw} AS DOUBLE) "
+        f"BETWEEN {EPOCH_RANGE[0]} AND {EPOCH_RANGE[1]} THEN to_timestamp(TRY_CAST({raw} AS DOUBLE)) END "
+        f"WHEN regexp_matches({raw}, {_OFFSET}) THEN TRY_CAST({raw} AS TIMESTAMPTZ) "
         f"END"
+    )
+
+
+def _integer(col: str, kind: str) -> str:
+    """Text → integer when it is one (7200 or 7200.0), within MAX_INT; 1.5, 1e30 or "eight" give NULL."""
+    raw = f"r_{col}"
+    return (
+        f"CASE WHEN TRY_CAST({raw} AS DOUBLE) = TRY_CAST({raw} AS HUGEINT) "
+        f"AND abs(TRY_CAST({raw} AS DOUBLE)) <= {MAX_INT} THEN TRY_CAST({raw} AS {kind}) END"
     )
 
 
@@ -95,7 +144,7 @@ def _typed(col: str, kind: str) -> str:
         return _time(col)
     if kind == "VARCHAR":
         return f"r_{col}"
-    value = f"TRY_CAST(r_{col} AS {kind})"
+    value = _integer(col, kind) if kind in ("BIGINT", "INTEGER") else f"TRY_CAST(r_{col} AS {kind})"
     return f"COALESCE({value}, {DEFAULTS[col]})" if col in DEFAULTS else value
 
 
@@ -114,23 +163,36 @@ def _checks(known_vos: Collection[str] | None, now: datetime) -> list[str]:
     for col in REQUIRED:
         out.append(_check(f"r_{col} IS NULL OR r_{col} = ''", col, _text("missing")))
     for col, kind in COLUMNS.items():
-        if kind in ("BIGINT", "INTEGER", "DOUBLE"):
+        given = f"r_{col} IS NOT NULL AND r_{col} <> ''"
+        if kind in ("BIGINT", "INTEGER"):
             out.append(
                 _check(
-                    f"r_{col} IS NOT NULL AND r_{col} <> '' AND TRY_CAST(r_{col} AS {kind}) IS NULL",
+                    f"{given} AND ({_integer(col, kind)}) IS NULL",
                     col,
-                    f"'not a{'n integer' if kind != 'DOUBLE' else ' number'}: ' || r_{col}",
+                    f"CASE WHEN abs(TRY_CAST(r_{col} AS DOUBLE)) > {MAX_INT} "
+                    f"THEN r_{col} || ' is beyond any real record' ELSE 'not an integer: ' || r_{col} END",
+                )
+            )
+        elif kind == "DOUBLE":
+            out.append(
+                _check(
+                    f"{given} AND TRY_CAST(r_{col} AS DOUBLE) IS NULL", col, f"'not a number: ' || r_{col}"
                 )
             )
         elif kind == "TIMESTAMPTZ":
             out.append(
                 _check(
-                    f"r_{col} IS NOT NULL AND r_{col} <> '' AND {col} IS NULL",
+                    f"{given} AND {col} IS NULL",
                     col,
-                    f"CASE WHEN regexp_matches(r_{col}, '([zZ]|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') "
-                    f"THEN 'not a time: ' || r_{col} "
-                    f"ELSE r_{col} || ' has no timezone (give UTC, e.g. ...Z)' END",
+                    f"CASE WHEN regexp_full_match(r_{col}, {_NUMBER}) "
+                    f"THEN 'epoch seconds ' || r_{col} || ' outside 1970..3000' "
+                    f"WHEN regexp_matches(r_{col}, {_OFFSET}) THEN 'not a time: ' || r_{col} "
+                    f"ELSE left(r_{col}, 80) || ' has no timezone (give UTC, e.g. ...Z)' END",
                 )
+            )
+        else:
+            out.append(
+                _check(f"length(r_{col}) > {MAX_TEXT}", col, _text(f"longer than {MAX_TEXT} characters"))
             )
     kinds = ", ".join(_text(k) for k in sorted(KINDS))
     out.append(
@@ -204,29 +266,40 @@ def stage_file(
     *,
     known_vos: Collection[str] | None,
     now: datetime,
-) -> None:
-    """Read `path` once and write every record, typed, with its list of problems, to Parquet `staged`."""
-    source = _source(path)
-    try:
-        present = _present(con, source)
-    except duckdb.Error as exc:
-        raise UsageFileError(f"{path}: cannot read usage records: {exc}") from exc
-    raw = ", ".join(
-        (f"CAST({c} AS VARCHAR) AS r_{c}" if c in present else f"NULL::VARCHAR AS r_{c}") for c in COLUMNS
-    )
+) -> str:
+    """Read `path` once and write every record, typed, with its list of problems, to Parquet `staged`.
+    Returns how its records are numbered ("line" or "record")."""
+    source, unit = _source(path)
+    if source == JSON_LINES:
+        source = _json_lines(path)
+        raw = ", ".join(f"j.{c} AS r_{c}" for c in COLUMNS) + ", r_json, r_extra"
+    else:
+        try:
+            present = _present(con, source)
+        except duckdb.Error as exc:
+            raise UsageFileError(f"{path}: cannot read usage records: {exc}") from exc
+        raw = ", ".join(
+            (f"CAST({c} AS VARCHAR) AS r_{c}" if c in present else f"NULL::VARCHAR AS r_{c}") for c in COLUMNS
+        )
+        raw += ", NULL::VARCHAR AS r_json, NULL::VARCHAR[] AS r_extra"
     typed = ", ".join(f"{_typed(c, k)} AS {c}" for c, k in COLUMNS.items())
     checks = ",\n".join(_checks(known_vos, now))
     query = f"""
-        WITH raw AS (SELECT row_number() OVER () AS record_no, {raw} FROM {source}),
+        WITH raw AS (SELECT record_no, {raw} FROM {source}),
         typed AS (SELECT *, {typed} FROM raw)
         SELECT record_no, {", ".join(COLUMNS)},
-               [p FOR p IN [{checks}] IF p IS NOT NULL] AS problems
+               CASE WHEN r_json IS NOT NULL THEN [{{'field': CASE WHEN r_json = 'not JSON' THEN 'json'
+                                                              ELSE 'record' END, 'problem': r_json}}]
+                    ELSE [p FOR p IN [{checks}] IF p IS NOT NULL]
+                         || [{{'field': k, 'problem': 'not a usage record field'}} FOR k IN COALESCE(r_extra, [])]
+               END AS problems
         FROM typed
     """
     try:
         con.execute(f"COPY ({query}) TO {_quote(staged)} (FORMAT parquet, COMPRESSION zstd)")
     except duckdb.Error as exc:
         raise UsageFileError(f"{path}: cannot read usage records: {exc}") from exc
+    return unit
 
 
 def import_usage_file(
@@ -242,7 +315,7 @@ def import_usage_file(
     result = FileImport()
     with store.locked(), store.connect() as con:
         staged = store.tmp / "staged.parquet"
-        stage_file(con, path, staged, known_vos=known_vos, now=now)
+        unit = stage_file(con, path, staged, known_vos=known_vos, now=now)
         # From here on rows are identified by record_no: order no longer matters, and not keeping it
         # lets DuckDB write the partitions in bounded memory.
         con.execute("SET preserve_insertion_order = false")
@@ -257,7 +330,7 @@ def import_usage_file(
                       FROM staged WHERE len(problems) > 0)
                 ORDER BY record_no LIMIT {LISTED_PROBLEMS}"""
         ).fetchall():
-            result.problems.append(UsageProblem(key or "", rid, name, problem, line=int(no)))
+            result.problems.append(UsageProblem(key or "", rid, name, problem, at=f"{unit} {no}"))
         # The last record of a key in the file wins, as in a database upsert.
         con.execute(
             "CREATE TEMP TABLE last_of_key AS SELECT record_key, max(record_no) AS keep, count(*) AS n "

@@ -89,21 +89,21 @@ def test_each_bad_record_is_refused_naming_its_record_and_column(session: Sessio
     store = UsageStore(tmp_path / "usage")
     result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
     assert (result.read, result.stored, result.refused) == (10, 1, 9)
-    found = {(p.line, p.record_key, p.field) for p in result.problems}
+    found = {(p.at, p.record_key, p.field) for p in result.problems}
     assert found == {
-        (2, "UKI-TEST:job:2", "cores"),
-        (3, "UKI-TEST:job:3", "start_time"),
-        (4, "UKI-TEST:job:4", "end_time"),
-        (5, "UKI-TEST:job:5", "kind"),
-        (6, "UKI-TEST:job:6", "hs23_per_core"),
-        (7, "UKI-TEST:job:7", "wall_seconds"),
-        (8, "UKI-TEST:job:8", "cpu_seconds"),
-        (9, "UKI-TEST:job:9", "site"),
-        (10, "UKI-TEST:job:10", "gpu_model"),
+        ("line 2", "UKI-TEST:job:2", "cores"),
+        ("line 3", "UKI-TEST:job:3", "start_time"),
+        ("line 4", "UKI-TEST:job:4", "end_time"),
+        ("line 5", "UKI-TEST:job:5", "kind"),
+        ("line 6", "UKI-TEST:job:6", "hs23_per_core"),
+        ("line 7", "UKI-TEST:job:7", "wall_seconds"),
+        ("line 8", "UKI-TEST:job:8", "cpu_seconds"),
+        ("line 9", "UKI-TEST:job:9", "site"),
+        ("line 10", "UKI-TEST:job:10", "gpu_model"),
     }
-    by_line = {p.line: str(p) for p in result.problems}
-    assert by_line[2] == "record 2 UKI-TEST:job:2 (resource r-2): cores: not an integer: eight"
-    assert "has no timezone" in by_line[3]
+    by_line = {p.at: str(p) for p in result.problems}
+    assert by_line["line 2"] == "line 2 UKI-TEST:job:2 (resource r-2): cores: not an integer: eight"
+    assert "has no timezone" in by_line["line 3"]
     assert store.count() == 1
 
 
