@@ -213,7 +213,8 @@ class DecisionEngine:
 
     async def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
         started = time.perf_counter()
-        report = await self._cycle(dry_run)
+        with self.leadership.acting() if self.leadership is not None else contextlib.nullcontext():
+            report = await self._cycle(dry_run)
         if not dry_run:
             # Stored and published like every event: metrics time the cycles from it.
             await self.store.event(

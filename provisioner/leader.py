@@ -7,9 +7,10 @@ fencing token.
   holder's last renewal (in the database's own time). A leader that hangs with its connection still
   open stops renewing; once its lease has expired a stand-by ends the holder's session
   (`pg_terminate_backend`), which frees the lock.
-* The epoch is the fencing token: every write that acts for the leader checks it in the same
-  transaction (`fence`), so a deposed leader's writes are refused, and the leader checks its lease
-  before every provider call (`check`).
+* The epoch is the fencing token: every write the engine makes as the leader (`acting`) checks it in
+  the same transaction (`fence`), so a deposed leader's writes are refused, and the leader checks its
+  lease before every provider call (`check`). An operator's action through a stand-by's API is not
+  fenced: it is not the leader's.
 SQLite is a single-process database: there the one process always leads and nothing is fenced.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import structlog
@@ -25,6 +28,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session
 
 log = structlog.get_logger(__name__)
+
+
+# Set while the engine acts as the leader (a cycle): only those writes and provider calls are fenced.
+# An operator's request served by the API of a stand-by replica (drain a unit) is not the leader's act.
+_acting: ContextVar[bool] = ContextVar("provisioner_acting_as_leader", default=False)
 
 
 class LeadershipLost(Exception):
@@ -91,9 +99,18 @@ class Leadership:
             self._drop()
             return False
 
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[None]:
+        """Within this block, provider calls check the lease and writes carry the fencing token."""
+        token = _acting.set(True)
+        try:
+            yield
+        finally:
+            _acting.reset(token)
+
     def check(self) -> None:
         """Before a provider call: raise LeadershipLost unless this replica still holds a live lease."""
-        if not self._shared:
+        if not self._shared or not _acting.get():
             return
         if not self.is_leader or not self.ensure():
             raise LeadershipLost(f"broker {self.broker_id}: this replica no longer leads")
@@ -170,7 +187,7 @@ class Leadership:
 
         `FOR SHARE` keeps a take-over (which updates the row) from slipping in before the commit.
         """
-        if not self._shared:
+        if not self._shared or not _acting.get():
             return
         if self.epoch is None:
             raise Fenced(f"broker {self.broker_id}: this replica never led")

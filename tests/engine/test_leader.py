@@ -78,7 +78,7 @@ def test_a_killed_leaders_standby_takes_over_at_its_next_poll(pg: tuple[str, Eng
             time.sleep(b.settings.standby_poll_seconds)
             assert time.monotonic() - t0 < 5
         assert time.monotonic() - t0 < 2
-        with pytest.raises(LeadershipLost):
+        with a.acting(), pytest.raises(LeadershipLost):
             a.check()
     finally:
         a.release()
@@ -109,16 +109,21 @@ async def test_a_deposed_leaders_writes_are_refused(pg: tuple[str, Engine, Engin
     o = offering("m1")
     try:
         assert a.ensure()
-        row = await store_a.record_intent(o, group_id="g", experiment="atlas")
+        with a.acting():
+            row = await store_a.record_intent(o, group_id="g", experiment="atlas")
         kill_session(url, holder_pid(db_a, BROKER))
         assert b.ensure()
-        # `a` does not know yet: its next write carries the old epoch and is refused, nothing written.
-        with pytest.raises(Fenced):
-            await store_a.record_intent(o, group_id="g", experiment="atlas")
-        with pytest.raises(Fenced):
-            await store_a.transition(row.id, ResourceState.FAILED, failure_reason="late")
+        # `a` does not know yet: its next write as leader carries the old epoch and is refused.
+        with a.acting():
+            with pytest.raises(Fenced):
+                await store_a.record_intent(o, group_id="g", experiment="atlas")
+            with pytest.raises(Fenced):
+                await store_a.transition(row.id, ResourceState.FAILED, failure_reason="late")
         assert [r.id for r in store_a.resources()] == [row.id]
         assert store_a.get(row.id).state == ResourceState.REQUESTED  # type: ignore[union-attr]
+        # An operator's action through this replica's API (not a cycle) is not the leader's: allowed.
+        await store_a.transition(row.id, ResourceState.FAILED, failure_reason="operator")
+        assert store_a.get(row.id).state == ResourceState.FAILED  # type: ignore[union-attr]
     finally:
         a.release()
         b.release()
