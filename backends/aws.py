@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -635,16 +635,76 @@ class AwsBackend:
             events = await self._scheduled_events(region)
             for iid, text in events.items():
                 notices[iid] = f"{notices[iid]}; {text}" if iid in notices else text
+        cpu: dict[str, bool] = {}
+        if self.config.cpu_busy_percent is not None:
+            running = [str(i["InstanceId"]) for i in flat if i.get("State", {}).get("Name") == "running"]
+            if running:
+                cpu = await self._cpu_busy(region, running)
         out: list[BackendResource] = []
         for instance in flat:
             # One unreadable instance fails the whole listing: a partial listing would make the
             # reconciler believe the missing units gone.
             resource = self._read(region, instance, "DescribeInstances")
+            busy = cpu.get(str(instance["InstanceId"]))
+            if busy is not None:
+                resource = replace(resource, busy=busy)
             note = notices.get(instance["InstanceId"])
             if note is not None:
                 ending = note.startswith("spot:") or any(c in note for c in ENDING_EVENT_CODES)
                 resource = replace(resource, interruption_notice=ending, detail=f"{resource.detail} {note}")
             out.append(resource)
+        return out
+
+    async def _cpu_busy(self, region: str, instance_ids: Sequence[str]) -> dict[str, bool]:
+        """instance id → busy, from CloudWatch CPUUtilization (provider metrics as the busy signal).
+
+        An instance with no datapoint in the window is left out: no signal, never taken for idle.
+        A CloudWatch failure gives no signal for the region this cycle (logged), never an error.
+        """
+        threshold = float(self.config.cpu_busy_percent or 0)
+        end = datetime.now(UTC)
+        start = end - timedelta(minutes=self.config.cpu_window_minutes)
+        out: dict[str, bool] = {}
+        for first in range(0, len(instance_ids), 500):  # GetMetricData: at most 500 queries per call
+            chunk = list(instance_ids[first : first + 500])
+            queries = [
+                {
+                    "Id": f"c{n}",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": "AWS/EC2",
+                            "MetricName": "CPUUtilization",
+                            "Dimensions": [{"Name": "InstanceId", "Value": iid}],
+                        },
+                        "Period": 300,
+                        "Stat": "Average",
+                    },
+                    "ReturnData": True,
+                }
+                for n, iid in enumerate(chunk)
+            ]
+
+            def fetch(q: list[dict[str, Any]] = queries) -> list[Any]:
+                cw = self.client(region, "cloudwatch")
+                results: list[Any] = []
+                for page in cw.get_paginator("get_metric_data").paginate(
+                    MetricDataQueries=q, StartTime=start, EndTime=end
+                ):
+                    results.extend(page.get("MetricDataResults", []))
+                return results
+
+            try:
+                results = await self._call("GetMetricData", fetch)
+            except AuthFailed:
+                raise
+            except BackendError as exc:
+                log.warning("aws.cpu_metrics_unavailable", region=region, error=str(exc))
+                return {}
+            for r in results:
+                rid = str(r.get("Id", ""))
+                values = [float(v) for v in r.get("Values", [])]
+                if rid.startswith("c") and rid[1:].isdigit() and values and int(rid[1:]) < len(chunk):
+                    out[chunk[int(rid[1:])]] = max(values) >= threshold
         return out
 
     async def _spot_notices(self, region: str) -> dict[str, str]:

@@ -79,6 +79,16 @@ class AwsConfig(BaseModel):
     backoff_initial_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=20.0, ge=0)
     page_size: int = Field(default=1000, ge=5, le=1000, description="MaxResults of describe calls")
+    cpu_busy_percent: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="busy signal from CloudWatch: a running VM whose average CPU over the last "
+        "`cpu_window_minutes` reaches this is busy, below it idle; none: no CPU signal (one "
+        "GetMetricData call per 500 running instances and region)",
+    )
+    cpu_window_minutes: int = Field(default=10, ge=5, le=120, description="CloudWatch look-back for busy")
     watch_scheduled_events: bool = Field(
         default=True, description="also read scheduled retirement/stop events (one more call per region)"
     )

@@ -163,6 +163,7 @@ class Lane:
         kinds = ["kill", "kill", "kill", "cancel", "demand"] + (["lock", "kill", "kill"] if replicas > 1 else [])
         self.schedule = [f"fault:{k}" for k in sorted(FAULTS)]
         self.rng.shuffle(self.schedule)
+        self.schedule += ["lock"] if replicas > 1 else []
         self.schedule += ["cancel", "demand"]  # popped from the end: new demand first, cancelled later
         self.mix = [*kinds, "fault"]
 
