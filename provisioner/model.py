@@ -50,7 +50,7 @@ class BurstRequestRow(SQLModel, table=True):
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     max_cost_micro: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     cost_so_far_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
-    # which rule ended it (done): delivered | duration | deadline | max_cost; None while open
+    # which rule ended it (done): delivered | held | duration | deadline | max_cost; None while open
     ended_by: str | None = None
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -277,7 +277,7 @@ class RequestOut(BaseModel):
     id: str
     experiment: str
     status: str
-    ended_by: str | None = None  # done: delivered | duration | deadline | max_cost
+    ended_by: str | None = None  # done: delivered | held | duration | deadline | max_cost
     reason: str
     spec: dict[str, Any]
     max_cost_usd: Decimal | None

@@ -21,7 +21,7 @@ def remaining_demand(
     a duration request asks for its slots only until its duration ends."""
     group = demand_group_for(request_id, spec, admitted_at=admitted_at)
     if spec.hs23_hours is not None:
-        left = max(0.0, spec.hs23_hours - progress.hs23_hours_delivered)
+        left = max(0.0, spec.hs23_hours - progress.hs23_hours_done)
         jobs = max(1, min(group.jobs, math.ceil(left / group.hs23_hours_per_job)))
         return dataclasses.replace(
             group,

@@ -16,6 +16,7 @@ class EndedBy(enum.StrEnum):
     """Which rule ended a request (stored on it, shown with its status and cost)."""
 
     DELIVERED = "delivered"  # its HS23-hours were delivered
+    HELD = "held"  # its HS23-hours were held by units that report no busy signal (delivery unknown)
     DURATION = "duration"  # its duration has run
     DEADLINE = "deadline"  # its deadline passed
     MAX_COST = "max_cost"  # its maximum cost was reached
@@ -49,10 +50,16 @@ def ending(
     """The rule that ends the request at `now`, or None while it should go on (first match wins:
     delivered, duration, deadline, maximum cost)."""
     cost = f"${progress.cost_so_far:,.2f} spent"
-    if spec.hs23_hours is not None and progress.hs23_hours_delivered >= spec.hs23_hours:
+    if spec.hs23_hours is not None and progress.hs23_hours_done >= spec.hs23_hours:
+        if progress.busy_signal:
+            return Ending(
+                EndedBy.DELIVERED,
+                f"done: {progress.hs23_hours_delivered:,.1f} of {spec.hs23_hours:,.1f} HS23-hours delivered; {cost}",
+            )
         return Ending(
-            EndedBy.DELIVERED,
-            f"done: {progress.hs23_hours_delivered:,.1f} of {spec.hs23_hours:,.1f} HS23-hours delivered; {cost}",
+            EndedBy.HELD,
+            f"done: {progress.hs23_hours_held:,.1f} of {spec.hs23_hours:,.1f} HS23-hours held; its units report"
+            f" no busy signal, so what they delivered is unknown; {cost}",
         )
     ends = duration_ends(spec, admitted_at, progress)
     if ends is not None and now >= ends:

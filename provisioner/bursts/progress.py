@@ -31,6 +31,13 @@ class RequestProgress:
     hs23_hours_held: float  # billable time × cores × HS23 per core
     live_units: int
     units: int
+    busy_signal: bool = False  # some unit ever reported whether it held work
+
+    @property
+    def hs23_hours_done(self) -> float:
+        """Work to count against an HS23-hours request: delivered (busy) when its units report busy;
+        with no signal at all the broker cannot see delivery, so capacity held counts instead."""
+        return self.hs23_hours_delivered if self.busy_signal else self.hs23_hours_held
 
 
 NOTHING = RequestProgress(None, Decimal(0), Decimal(0), 0.0, 0.0, 0, 0)
@@ -74,6 +81,7 @@ def progress_of(
         hs23_hours_held=totals.hs23_hours_held,
         live_units=sum(1 for r in resources if ResourceState(r.state) in LIVE_STATES),
         units=len(resources),
+        busy_signal=any(u.busy_changes or u.busy_now for u in units),
     )
 
 

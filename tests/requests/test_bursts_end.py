@@ -72,9 +72,22 @@ def test_an_hs23_hours_request_ends_when_its_work_is_delivered(sqlite_url: str) 
 def test_idle_time_is_not_delivered_work(sqlite_url: str) -> None:
     db = open_database(sqlite_url)
     admitted(db, "r2", BurstRequestSpec(experiment="atlas", cores=8, hs23_hours=160, job_hours=2))
-    unit(db, "r2", 1, launched=T0, busy_from=None)  # running, never reported busy
-    out = settle_requests(db, T0 + 5 * H)  # 400 HS23-hours held, none delivered
+    unit(db, "r2", 1, launched=T0, busy_from=T0 + 4 * H)  # idle four hours, then busy
+    out = settle_requests(db, T0 + 5 * H)  # 400 HS23-hours held, 80 delivered
     assert out.finished == [] and [g.jobs for g in out.groups] == [1]
+    out = settle_requests(db, T0 + 6 * H)  # 160 delivered
+    assert [f.ending.by for f in out.finished] == [EndedBy.DELIVERED]
+
+
+def test_units_with_no_busy_signal_end_the_request_when_its_hs23_hours_are_held(sqlite_url: str) -> None:
+    """A cloud VM that never reports work must not keep a request running (and paying) for ever."""
+    db = open_database(sqlite_url)
+    admitted(db, "r8", BurstRequestSpec(experiment="atlas", cores=8, hs23_hours=160, job_hours=2))
+    unit(db, "r8", 1, launched=T0, busy_from=None)
+    assert settle_requests(db, T0 + 1.9 * H).finished == []
+    out = settle_requests(db, T0 + 2 * H)  # 160 HS23-hours held
+    assert [f.ending.by for f in out.finished] == [EndedBy.HELD] and out.groups == []
+    assert "no busy signal" in view(db, "r8").row.reason
 
 
 def test_an_hs23_hours_request_asks_only_for_the_work_not_yet_delivered(sqlite_url: str) -> None:
