@@ -27,7 +27,7 @@ def register(root: typer.Typer) -> None:
         api: str | None = typer.Option(None, envvar="PROVISIONER_API_URL", help="the broker's API base URL"),
         token: str | None = typer.Option(None, envvar="PROVISIONER_TOKEN", help="bearer token (API)"),
         mqtt: str | None = typer.Option(None, envvar="PROVISIONER_MQTT_URL", help="mqtt://host:port (bus)"),
-        broker_id: str = typer.Option("provisioner", envvar="PROVISIONER_BROKER_ID", help="the broker's id"),
+        broker_id: str = typer.Option("broker-local", envvar="PROVISIONER_BROKER_ID", help="the broker's id"),
         timeout_s: float = typer.Option(10.0, min=0.1, max=300.0, help="give up after this long"),
     ) -> None:
         """Tell the broker whether this unit runs work; exit 1 if it could not be told."""
