@@ -18,6 +18,7 @@ from sqlmodel import Session
 from accounting.billing import load_units, slices, usage
 from accounting.ledger import ledger_totals
 from accounting.period import Month
+from accounting.spot_prices import StoredSpotPrices
 from provisioner.domain import Market, Offering
 from provisioner.model import ResourceRow
 
@@ -310,7 +311,8 @@ def committed_burn(
     out: dict[str, Decimal] = defaultdict(Decimal)
     if as_of >= month.end:
         return {}
-    for u in load_units(session, month.start, month.end, as_of=as_of, experiment=experiment):
+    prices = StoredSpotPrices(session)  # the spot price in force now, in the zone each unit runs in
+    for u in load_units(session, month.start, month.end, as_of=as_of, experiment=experiment, prices=prices):
         span = u.span(as_of)
         if span is None or span[1] < as_of or (u.charged_until is not None and u.charged_until <= as_of):
             continue
