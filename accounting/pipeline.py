@@ -17,6 +17,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from accounting.egress import egress_samples
 from accounting.fleet_usage import drop_superseded, usage_from_resources
 from accounting.ledger import EgressUsage, LedgerBuild, LedgerTotal, build_ledger, ledger_totals
 from accounting.period import Month
@@ -64,7 +65,7 @@ def close_month(
     budgets: Mapping[str, Decimal] | None = None,
     allocations_granted: Mapping[str, float] | None = None,
     known_vos: Collection[str] | None = None,
-    egress: Sequence[EgressUsage] = (),
+    egress: Sequence[EgressUsage] | None = None,
     egress_tiers: Mapping[str, Sequence[EgressTier]] | None = None,
     egress_used_before_gb: Mapping[str, float] | None = None,
     list_prices: Mapping[str, Decimal] | None = None,
@@ -102,8 +103,10 @@ def close_month(
         month.end,
         offerings=offerings,
         list_prices=list_prices,
-        egress=egress,
-        egress_tiers=egress_tiers,
+        egress=egress_samples(session, month.start, month.end, offerings) if egress is None else egress,
+        egress_tiers={o.location: o.egress_tiers for o in offerings.values() if o.egress_tiers}
+        if egress_tiers is None
+        else egress_tiers,
         egress_used_before_gb=egress_used_before_gb,
         now=now,
         prices=StoredSpotPrices(session),

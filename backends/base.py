@@ -77,6 +77,7 @@ class BackendResource:
     detail: str = ""  # e.g. Slurm pending reason
     zone: str | None = None  # availability zone it runs in, where the provider says (spot prices are zonal)
     stopped_at: datetime | None = None  # terminated: when the provider stopped charging, where it says
+    egress_bytes: int | None = None  # bytes the unit has sent out so far (a counter), where the provider tells
 
 
 @dataclass(frozen=True, slots=True)

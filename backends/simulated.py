@@ -127,6 +127,7 @@ class SimulatedBackend:
         self.capacity = dict(capacity or {})
         self.faults = faults or Faults()
         self.state_file = state_file
+        self.egress_gb_per_hour = 0.0  # data each running unit sends out of the provider, per hour
         self.units: dict[str, SimUnit] = {}
         self.forgotten: dict[str, SimUnit] = {}  # terminated units no longer listed, kept for the invoice
         self.calls: dict[str, int] = {"provision": 0, "list": 0, "release": 0}
@@ -241,7 +242,18 @@ class SimulatedBackend:
             detail=u.terminated_by or "",
             zone=self._offerings[u.offering_id].zone if u.offering_id in self._offerings else None,
             stopped_at=u.terminated_at,
+            egress_bytes=self.egress_bytes(u, now),
         )
+
+    def egress_bytes(self, u: SimUnit, until: datetime) -> int | None:
+        """Bytes a unit sent out up to `until`: `egress_gb_per_hour` over its running time (None: not modelled)."""
+        if not self.egress_gb_per_hour:
+            return None
+        if u.started_at is None:
+            return 0
+        end = min(until, u.terminated_at) if u.terminated_at is not None else until
+        seconds = max(0.0, (end - u.started_at).total_seconds())
+        return int(self.egress_gb_per_hour * 1e9 * seconds / 3600)
 
     def _find(self, key: str) -> SimUnit:
         if key in self.units:

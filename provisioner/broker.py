@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 import policies
 from accounting.billing import load_units
+from accounting.egress import egress_used_gb
 from accounting.spot_prices import StoredSpotPrices
 from backends.base import Backend
 from backends.simulated import SimulatedBackend, SimulatedBackfill, SimulatedCloud, SimulatedHPC
@@ -133,6 +134,20 @@ class PolicyConstraints:
             )
         return merge_period_keys(by_period)
 
+    def egress_so_far(self, now: datetime) -> dict[str, float]:
+        """Measured egress (`accounting.egress`): GB per source location this calendar month (the
+        providers' tiers restart monthly), and per experiment in each period it has an egress cap."""
+        month_start = policies.period_bounds("monthly", now)[0]
+        with Session(self.db) as session:
+            used = {k: gb for k, gb in egress_used_gb(session, month_start, now, {}).items() if ":" in k}
+            periods = {p for e in self.policy.experiments.values() for p in e.egress_cap_gb.by_period()}
+            for period in periods:
+                start = policies.period_bounds(period, now)[0]
+                for key, gb in egress_used_gb(session, start, now, {}, period=str(period)).items():
+                    if ":" not in key:
+                        used[key] = gb
+        return used
+
     def routes(self, offerings: Sequence[Offering], groups: Sequence[DemandGroup]) -> tuple[EgressRoute, ...]:
         locations = frozenset(
             {o.location for o in offerings} | {g.data_location for g in groups if g.data_location}
@@ -155,7 +170,7 @@ class PolicyConstraints:
             policy,
             now=now,
             spend_so_far=self.spend_so_far(now),
-            egress_used_gb={},
+            egress_used_gb=self.egress_so_far(now),
             offerings_for_pricing=offerings,
             default_routes=self.routes(offerings, groups),
         )

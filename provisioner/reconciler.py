@@ -182,7 +182,7 @@ class Reconciler:
         launched = (
             entry.launched_at if entry.state not in (ProviderState.PENDING, ProviderState.UNKNOWN) else None
         )
-        self.store.observe(row, busy=entry.busy, launched_at=launched, zone=entry.zone)
+        self.store.observe(row, busy=entry.busy, launched_at=launched, zone=entry.zone, egress_bytes=entry.egress_bytes)
         signal = busy_signal(row, entry, self.now, self.settings.heartbeat_ttl)
         if entry.state in GONE:
             await self._terminated_by_provider(row, entry, report)

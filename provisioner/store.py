@@ -106,6 +106,7 @@ class Store:
         self.ids: IdSource = ids or RandomIds()
         # Set by the engine while it leads on a shared database (`Leadership.fence`).
         self.fence: Callable[[Session], None] | None = None
+        self._egress_seen: dict[str, int] = {}  # last bytes-out counter recorded per resource
 
     def _fence(self, s: Session) -> None:
         """Writes that act for the leader carry its fencing token: refused (Fenced) once it is deposed."""
@@ -322,6 +323,7 @@ class Store:
         busy: bool | None,
         launched_at: datetime | None = None,
         zone: str | None = None,
+        egress_bytes: int | None = None,
     ) -> None:
         """Record what a listing says about work on the unit: a `resource.busy` event on each change,
         and its launch time the first time a listing gives one, whatever the unit's state (a unit
@@ -331,6 +333,8 @@ class Store:
         time with it) but not published. `row` is the caller's copy; it is updated too, and the
         database only written on a change.
         """
+        if egress_bytes is not None:
+            self._observe_egress(row.id, egress_bytes)
         launch = launched_at if launched_at is not None and row.launched_at is None else None
         placed = zone if zone and row.zone != zone else None  # the zone the provider chose
         changed = busy is not None and row.busy != busy
@@ -359,6 +363,24 @@ class Store:
             stored.updated_at = now
             s.add(stored)
             s.commit()
+
+    def _observe_egress(self, resource_id: str, counter: int) -> None:
+        """A `resource.egress` event each time the provider's bytes-out counter of a unit moves: the
+        measured egress that the ledger prices and the planner's caps and tiers count."""
+        seen = self._egress_seen.get(resource_id)
+        if seen is None:
+            with self.session() as s:
+                last = s.exec(
+                    select(EventRow)
+                    .where(EventRow.kind == "resource.egress", EventRow.subject == resource_id)
+                    .order_by(col(EventRow.id).desc())
+                ).first()
+            seen = int(last.payload.get("bytes", 0)) if last is not None else 0
+        if counter != seen:
+            with self.session() as s:
+                self._add_event(s, "resource.egress", resource_id, {"bytes": counter, "previous": seen})
+                s.commit()
+        self._egress_seen[resource_id] = counter
 
     def find_unit(
         self, *, resource_id: str | None = None, instance_id: str | None = None
