@@ -13,7 +13,7 @@ changes, price changes (the spot price in force) and month boundaries. Definitio
 - node-hours: billable seconds of allocation pilots (one unit = one node).
 
 Public API (keep it small): `UnitFacts`, `Slice`, `Usage`, `unit_facts`, `load_units`, `slices`,
-`usage`, `usage_by`, `spent_micro`, `events_for`. Readers of the database go through `load_units`; everything
+`usage`, `usage_by`, `spent_micro`, `events_for`, `priced_facts`. Readers of the database go through `load_units`; everything
 else is pure.
 """
 
@@ -41,6 +41,7 @@ __all__ = [
     "Usage",
     "events_for",
     "load_units",
+    "priced_facts",
     "slices",
     "spent_micro",
     "unit_facts",
@@ -390,13 +391,20 @@ def load_units(
     events = events_for(session, [row.id for row in rows])
     out = []
     for row in rows:
-        facts = unit_facts(row, events.get(row.id, []))
+        facts = priced_facts(row, events.get(row.id, []), as_of=as_of, prices=prices)
         if facts.charged_from is None and not include_unbilled:
             continue
-        if prices is not None and facts.charged_from is not None:
-            end = facts.charged_until or as_of
-            changes = prices.changes(row, facts.charged_from, end)
-            if changes:
-                facts = unit_facts(row, events.get(row.id, []), price_changes=changes)
         out.append(facts)
     return out
+
+
+def priced_facts(
+    row: ResourceRow, events: Sequence[Event], *, as_of: datetime, prices: PriceHistory | None
+) -> UnitFacts:
+    """`unit_facts` with the price in force over the unit's billable span (`prices`: the spot price
+    history; None keeps the price recorded at creation). Every reader of money builds units here."""
+    facts = unit_facts(row, events)
+    if prices is None or facts.charged_from is None:
+        return facts
+    changes = prices.changes(row, facts.charged_from, facts.charged_until or as_of)
+    return unit_facts(row, events, price_changes=changes) if changes else facts

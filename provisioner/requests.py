@@ -15,9 +15,10 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
-from accounting.billing import Event, events_for, spent_micro, unit_facts
+from accounting.billing import PriceHistory, UnitFacts, events_for, priced_facts, spent_micro
+from accounting.spot_prices import StoredSpotPrices
 from provisioner.domain import (
     LIVE_STATES,
     Arch,
@@ -396,25 +397,48 @@ class RequestView:
     resources: int
 
 
-def cost_of_resources(
-    resources: Sequence[ResourceRow], now: datetime, events: Mapping[str, Sequence[Event]] | None = None
-) -> Decimal:
+def request_resources(session: Session, request_ids: Sequence[str]) -> dict[str, list[ResourceRow]]:
+    """Resources started for each request: tagged with its id, or serving its demand group
+    (`request:<id>`), in creation order. Every view of a request's cost reads this set."""
+    out: dict[str, list[ResourceRow]] = {rid: [] for rid in request_ids}
+    groups = {f"request:{rid}": rid for rid in request_ids}
+    for i in range(0, len(request_ids), 500):
+        chunk = list(request_ids[i : i + 500])
+        query = select(ResourceRow).where(
+            or_(col(ResourceRow.request_id).in_(chunk), col(ResourceRow.group_id).in_([f"request:{r}" for r in chunk]))
+        )
+        for res in session.exec(query.order_by(col(ResourceRow.created_at), col(ResourceRow.id))):
+            owner = res.request_id if res.request_id in out else groups.get(str(res.group_id))
+            if owner is not None:
+                out[owner].append(res)
+    return out
+
+
+def request_units(
+    session: Session, resources: Sequence[ResourceRow], now: datetime, *, prices: PriceHistory | None = None
+) -> list[UnitFacts]:
+    """The billing model's facts of these resources (events read from `session`), at the price in
+    force over their run: the stored spot price history in the zone used (`prices` overrides it)."""
+    events = events_for(session, [r.id for r in resources])
+    history = prices if prices is not None else StoredSpotPrices(session)
+    return [priced_facts(r, events.get(r.id, ()), as_of=now, prices=history) for r in resources]
+
+
+def cost_of_units(units: Sequence[UnitFacts], now: datetime) -> Decimal:
     """Money spent so far, as the billing model bills it (`accounting.billing`): from launch to stop
-    at the price in force; a create that never launched costs nothing. `events`: the resources'
-    events (`billing.events_for`), which tell when a unit was found lost or first held work."""
-    units = [unit_facts(r, (events or {}).get(r.id, ())) for r in resources]
+    at the price in force; a create that never launched costs nothing. Rounded to the cent once."""
     micro = spent_micro(units, datetime.min.replace(tzinfo=UTC), now, as_of=now)
     return (Decimal(micro) / MICRO).quantize(Decimal("0.01"))
 
 
-def _view(
-    row: BurstRequestRow,
-    resources: Sequence[ResourceRow],
-    now: datetime,
-    events: Mapping[str, Sequence[Event]] | None = None,
-) -> RequestView:
+def cost_of_resources(session: Session, resources: Sequence[ResourceRow], now: datetime) -> Decimal:
+    """`cost_of_units` of these resources, read from `session` (events and spot price history)."""
+    return cost_of_units(request_units(session, resources, now), now)
+
+
+def _view(session: Session, row: BurstRequestRow, resources: Sequence[ResourceRow], now: datetime) -> RequestView:
     live = sum(1 for r in resources if ResourceState(r.state) in LIVE_STATES)
-    return RequestView(row, cost_of_resources(resources, now, events), live, len(resources))
+    return RequestView(row, cost_of_resources(session, resources, now), live, len(resources))
 
 
 def view(engine: Engine, request_id: str, *, now: datetime | None = None) -> RequestView:
@@ -422,27 +446,22 @@ def view(engine: Engine, request_id: str, *, now: datetime | None = None) -> Req
         row = session.get(BurstRequestRow, request_id)
         if row is None:
             raise RequestNotFound(request_id)
-        resources = list(session.exec(select(ResourceRow).where(ResourceRow.request_id == request_id)))
-        events = events_for(session, [r.id for r in resources])
-    return _view(row, resources, now or utcnow(), events)
+        resources = request_resources(session, [request_id])[request_id]
+        return _view(session, row, resources, now or utcnow())
 
 
-def list_requests(engine: Engine, *, experiment: str | None = None) -> list[RequestView]:
+def list_requests(
+    engine: Engine, *, experiment: str | None = None, now: datetime | None = None
+) -> list[RequestView]:
     """All requests, newest first, with their resources read in one query (not one per request)."""
     with Session(engine, expire_on_commit=False) as session:
         query = select(BurstRequestRow).order_by(col(BurstRequestRow.created_at).desc())
         if experiment:
             query = query.where(BurstRequestRow.experiment == experiment)
         rows = list(session.exec(query))
-        resources = session.exec(
-            select(ResourceRow).where(col(ResourceRow.request_id).in_([r.id for r in rows]))
-        )
-        by_request: dict[str, list[ResourceRow]] = {}
-        for res in resources:
-            by_request.setdefault(str(res.request_id), []).append(res)
-        events = events_for(session, [r.id for rs in by_request.values() for r in rs])
-    now = utcnow()
-    return [_view(row, by_request.get(row.id, []), now, events) for row in rows]
+        by_request = request_resources(session, [r.id for r in rows])
+        at = now or utcnow()
+        return [_view(session, row, by_request[row.id], at) for row in rows]
 
 
 def load_request_groups(engine: Engine) -> list[DemandGroup]:

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, select
 
-from accounting.billing import slices, unit_facts, usage
+from accounting.billing import PriceHistory, priced_facts, slices, usage
+from accounting.spot_prices import StoredSpotPrices
 from provisioner.domain import LIVE_STATES, ResourceState
 from provisioner.model import MICRO, EventRow, ResourceRow, row_time
-from provisioner.requests import cost_of_resources
+from provisioner.requests import cost_of_units, request_resources
 from provisioner.spend import committed_micro
 
 # What a live cloud unit still costs before the engine notices the end and drains it (a cycle and a
@@ -43,30 +44,24 @@ class RequestProgress:
 NOTHING = RequestProgress(None, Decimal(0), Decimal(0), 0.0, 0.0, 0, 0)
 
 
-def request_resources(session: Session, request_id: str) -> list[ResourceRow]:
-    """Resources started for a request: tagged with its id, or serving its demand group."""
-    query = select(ResourceRow).where(
-        or_(col(ResourceRow.request_id) == request_id, col(ResourceRow.group_id) == f"request:{request_id}")
-    )
-    return list(session.exec(query.order_by(col(ResourceRow.created_at), col(ResourceRow.id))))
-
-
 def progress_of(
     resources: Sequence[ResourceRow],
     events: Sequence[EventRow],
     *,
     since: datetime,
     now: datetime,
+    prices: PriceHistory | None,
 ) -> RequestProgress:
-    """Progress from the request's resources and their events (state and busy changes)."""
+    """Progress from the request's resources and their events (state and busy changes), at the price
+    in force (`prices`: the spot price history; the same units and prices as `request show`)."""
     if not resources:
         return NOTHING
     by_unit: dict[str, list[tuple[str, datetime, dict[str, object]]]] = {}
     for e in events:
         by_unit.setdefault(e.subject, []).append((e.kind, e.at, e.payload))
-    units = [unit_facts(r, by_unit.get(r.id, [])) for r in resources]
+    units = [priced_facts(r, by_unit.get(r.id, []), as_of=now, prices=prices) for r in resources]
     totals = usage(piece for u in units for piece in slices(u, since, now + timedelta(seconds=1), as_of=now))
-    spent = cost_of_resources(resources, now, by_unit)
+    spent = cost_of_units(units, now)
     ahead = sum(
         committed_micro(u, now=now, until=now + timedelta(days=3660), commit_hours=COMMIT_HOURS)
         for u in units
@@ -86,7 +81,7 @@ def progress_of(
 
 
 def load_progress(session: Session, request_id: str, *, since: datetime, now: datetime) -> RequestProgress:
-    resources = request_resources(session, request_id)
+    resources = request_resources(session, [request_id])[request_id]
     if not resources:
         return NOTHING
     events = list(
@@ -98,4 +93,4 @@ def load_progress(session: Session, request_id: str, *, since: datetime, now: da
             .order_by(col(EventRow.at), col(EventRow.id))
         )
     )
-    return progress_of(resources, events, since=since, now=now)
+    return progress_of(resources, events, since=since, now=now, prices=StoredSpotPrices(session))

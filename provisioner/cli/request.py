@@ -129,7 +129,7 @@ def register(root: typer.Typer) -> None:
         table = Table()
         for col in ("id", "experiment", "status", "units live/all", "cost so far", "reason"):
             table.add_column(col)
-        for v in list_requests(broker.db, experiment=experiment):
+        for v in list_requests(broker.db, experiment=experiment, now=broker.clock.now()):
             table.add_row(
                 v.row.id,
                 v.row.experiment,
@@ -145,7 +145,7 @@ def register(root: typer.Typer) -> None:
         """One request in full."""
         broker = _broker()
         try:
-            v = view(broker.db, request_id)
+            v = view(broker.db, request_id, now=broker.clock.now())
         except RequestNotFound as exc:
             err.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None

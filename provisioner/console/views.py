@@ -22,7 +22,7 @@ from provisioner.model import (
     from_micro,
     row_time,
 )
-from provisioner.requests import RequestStatus, cost_of_resources
+from provisioner.requests import RequestStatus, cost_of_resources, request_resources
 
 LIVE = {str(s) for s in LIVE_STATES}
 
@@ -178,12 +178,8 @@ def requests(db: Engine, experiments: frozenset[str] | None, now: datetime, limi
         query = query.where(col(BurstRequestRow.experiment).in_(sorted(experiments)))
     with Session(db, expire_on_commit=False) as session:
         rows = list(session.exec(query.order_by(col(BurstRequestRow.created_at).desc()).limit(limit)))
-        resources = session.exec(
-            select(ResourceRow).where(col(ResourceRow.request_id).in_([r.id for r in rows]))
-        )
-        by_request: dict[str, list[ResourceRow]] = defaultdict(list)
-        for res in resources:
-            by_request[str(res.request_id)].append(res)
+        by_request = request_resources(session, [r.id for r in rows])
+        costs = {r.id: cost_of_resources(session, by_request[r.id], now) for r in rows}
     return [
         RequestView(
             id=r.id,
@@ -194,7 +190,7 @@ def requests(db: Engine, experiments: frozenset[str] | None, now: datetime, limi
             created_at=row_time(r.created_at) or r.created_at,
             live_units=sum(1 for x in by_request[r.id] if x.state in LIVE),
             units=len(by_request[r.id]),
-            cost_usd=cost_of_resources(by_request[r.id], now),
+            cost_usd=costs[r.id],
             cancellable=r.status in RequestStatus.OPEN,
         )
         for r in rows

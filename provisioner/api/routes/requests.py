@@ -8,9 +8,7 @@ import anyio.from_thread
 from fastapi import APIRouter, Depends, Query, status
 from sqlmodel import Session, col, select
 
-from accounting.billing import events_for
 from provisioner.admission import admit_spec
-from provisioner.api.admission import request_resources
 from provisioner.api.auth import Authenticator, Principal, get_auth, require
 from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
@@ -24,6 +22,7 @@ from provisioner.requests import (
     RequestStatus,
     cancel,
     cost_of_resources,
+    request_resources,
     view,
 )
 
@@ -36,9 +35,9 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
     broker = context.broker
-    resources = request_resources(broker, row.id)
-    with Session(broker.db) as session:
-        events = events_for(session, [r.id for r in resources])
+    with Session(broker.db, expire_on_commit=False) as session:
+        resources = request_resources(session, [row.id])[row.id]
+        cost = cost_of_resources(session, resources, broker.clock.now())
     live = {str(s) for s in LIVE_STATES}
     return RequestOut(
         id=row.id,
@@ -48,7 +47,7 @@ def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
         reason=row.reason,
         spec=row.spec,
         max_cost_usd=from_micro(row.max_cost_micro) if row.max_cost_micro is not None else None,
-        cost_so_far_usd=cost_of_resources(resources, broker.clock.now(), events),
+        cost_so_far_usd=cost,
         live_resources=sum(1 for r in resources if r.state in live),
         created_at=row_time(row.created_at) or row.created_at,
         updated_at=row_time(row.updated_at) or row.updated_at,
@@ -57,7 +56,7 @@ def _out(context: ApiContext, row: BurstRequestRow) -> RequestOut:
 
 
 def _visible(context: ApiContext, auth: Authenticator, who: Principal, request_id: str) -> BurstRequestRow:
-    row = view(context.broker.db, request_id).row
+    row = view(context.broker.db, request_id, now=context.broker.clock.now()).row
     auth.confine(who, row.experiment)
     return row
 
