@@ -75,6 +75,7 @@ class ReferenceResult:
     value: float  # served value
     value_bound: float  # HiGHS's upper bound on the served value
     cost: float  # money + allocation value, egress exact
+    cost_bound: float  # HiGHS's lower bound on that cost at the served value (= cost when optimal)
     status: str  # "optimal" or what stopped HiGHS
     assignments: list[Assignment]
     pairs: int
@@ -437,6 +438,7 @@ def solve_reference(
     )
     h.run()
     status2 = h.modelStatusToString(h.getModelStatus())
+    info2 = h.getInfo()
     sol2 = np.array(h.getSolution().col_value)
     if len(sol2) == n and float(values[pg] @ sol2[y0 : y0 + p]) >= served * (1 - 1e-6):
         sol = sol2
@@ -449,10 +451,14 @@ def solve_reference(
         if y[j] > 0 or x[j] > 0
     ]
     status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
+    cost = float(c2 @ sol)
+    cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
+    cost_bound = cost if status == "optimal" else min(cost, max(0.0, cost_bound))
     return ReferenceResult(
         value=float(values[pg] @ y),
         value_bound=bound,
-        cost=float(c2 @ sol),
+        cost=cost,
+        cost_bound=cost_bound,
         status=status,
         assignments=assignments,
         pairs=p,
