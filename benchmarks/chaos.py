@@ -56,7 +56,9 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="chaos-") as tmp_name:
                 tmp = Path(tmp_name)
                 creds = tmp / "credentials"
-                creds.write_text(f"[broker]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n")
+                creds.write_text(
+                    f"[broker]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"
+                )
                 url = _database(seed) if shared else None
                 lane = Lane(
                     seed=seed,

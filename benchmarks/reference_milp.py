@@ -409,7 +409,7 @@ def solve_reference(
     n = len(m.lb)
     if p == 0:
         return ReferenceResult(
-            0.0, 0.0, 0.0, "optimal", [], 0, before, time.perf_counter() - t0, budget_exact
+            0.0, 0.0, 0.0, 0.0, "optimal", [], 0, before, time.perf_counter() - t0, budget_exact
         )
     values = np.array([job_value(g, constraints) for g, _ in live])
     c1 = np.zeros(n)
@@ -453,7 +453,8 @@ def solve_reference(
     status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
     cost = float(c2 @ sol)
     cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
-    cost_bound = cost if status == "optimal" else min(cost, max(0.0, cost_bound))
+    # phase 2 proven: its cost is the least at the served value; else HiGHS's lower bound on it
+    cost_bound = cost if status2 == "Optimal" else min(cost, max(0.0, cost_bound))
     return ReferenceResult(
         value=float(values[pg] @ y),
         value_bound=bound,

@@ -106,5 +106,7 @@ def test_names_that_look_like_separators_or_markers_keep_ids_apart() -> None:
 
 def test_memory_beyond_the_last_edge_keeps_every_digit_in_the_id() -> None:
     # 6-significant-digit formatting once made 1,234,567 GB and 1,234,568 GB read the same
-    groups = group_jobs([PendingJob("a", "atlas", 1, 1234566.5, 1.0), PendingJob("b", "atlas", 1, 1234567.5, 1.0)])
+    groups = group_jobs(
+        [PendingJob("a", "atlas", 1, 1234566.5, 1.0), PendingJob("b", "atlas", 1, 1234567.5, 1.0)]
+    )
     assert sorted(g.id.split(":")[2] for g in groups) == ["1234567g", "1234568g"]

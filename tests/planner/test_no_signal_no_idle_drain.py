@@ -10,7 +10,9 @@ from tests.planner.factories import NOW, group, offering
 def test_a_unit_without_busy_signal_is_never_drained_as_idle_even_at_zero_idle_drain() -> None:
     o = offering("m7i")
     fleet = [
-        FleetUnit("silent", o.id, "g", "atlas", ResourceState.RUNNING, busy=False, idle_hours=5.0, busy_known=False),
+        FleetUnit(
+            "silent", o.id, "g", "atlas", ResourceState.RUNNING, busy=False, idle_hours=5.0, busy_known=False
+        ),
         FleetUnit("idle", o.id, "g", "atlas", ResourceState.RUNNING, busy=False, idle_hours=5.0),
     ]
     p = plan([group(jobs=1)], [o], fleet, PlanningConstraints(now=NOW, idle_drain_hours=0.0))

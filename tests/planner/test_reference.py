@@ -74,3 +74,24 @@ def test_reference_plans_pass_the_checker_and_no_planner_path_serves_more(seed: 
         p = plan(inst.groups, inst.offerings, (), inst.constraints, method=method)
         served = check_plan(inst.groups, cat, inst.constraints, _usages(p)).value
         assert served <= ref.value_bound * (1 + 1e-6) + 1e-6
+
+
+def test_the_checker_flags_an_incompatible_offering_and_a_broken_budget() -> None:
+    from decimal import Decimal
+
+    from provisioner.domain import Arch, ExperimentLimits, PlanningConstraints
+    from tests.planner.factories import NOW, group, offering
+
+    arm = offering("c7g.large", cores=2, memory_gb=4.0, price="0.50", arch=Arch.ARM64)
+    x86 = offering("c7a.large", cores=2, memory_gb=4.0, price="0.50")
+    g = group("g", jobs=4, cores_per_job=2, memory_gb_per_job=2.0, walltime_hours=1.0)
+    constraints = PlanningConstraints(
+        experiments={"atlas": ExperimentLimits("atlas", budget_remaining=Decimal("0.60"))}, now=NOW
+    )
+    cat = Catalog([arm, x86], constraints)
+    wrong_arch = check_plan([g], cat, constraints, [Usage("g", arm.id, 1, 1)])
+    assert any("incompatible" in v for v in wrong_arch.violations)
+    over_budget = check_plan([g], cat, constraints, [Usage("g", x86.id, 4, 4)])
+    assert any("over budget" in v for v in over_budget.violations)
+    fits = check_plan([g], cat, constraints, [Usage("g", x86.id, 1, 1)])
+    assert fits.violations == []
