@@ -145,14 +145,6 @@ def test_an_experiment_sees_and_changes_only_its_own_requests(server: LiveServer
     assert call(server, atlas, "DELETE", f"/v1/requests/{request_id}").json()["status"] == "cancelled"
 
 
-def test_events_span_every_experiment_so_only_operators_read_them(server: LiveServer, issuer: TestIssuer) -> None:
-    atlas = issuer.mint(scopes="resource:read", groups=["/atlas"])
-    refused = call(server, atlas, "GET", "/v1/events")
-    assert refused.status_code == 403 and "/facility/operators" in detail(refused)
-    operator = issuer.mint(scopes="resource:read", groups=["/facility/operators"])
-    assert call(server, operator, "GET", "/v1/events").status_code == 200
-
-
 def test_rotated_keys_are_fetched_once_and_old_ones_dropped(server: LiveServer, issuer: TestIssuer) -> None:
     old = issuer.mint(scopes="burst:read")
     assert call(server, old, "GET", "/v1/requests").status_code == 200

@@ -24,6 +24,9 @@ TOKENS = {
     "operator": ("op-token", OPERATOR, "/facility/operators"),
     "atlas": ("atlas-token", "burst:request burst:read burst:cancel resource:read", "/atlas"),
     "finance": ("finance-token", "report:read", "/facility/finance"),
+    # two tenants reading everything an experiment may read (tests/console/test_tenants.py)
+    "atlas-reader": ("atlas-reader-token", "burst:read resource:read report:read", "/atlas"),
+    "lsst-reader": ("lsst-reader-token", "burst:read resource:read report:read", "/lsst"),
 }
 
 

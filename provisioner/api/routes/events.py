@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session, col, select
 
-from provisioner.api.auth import Authenticator, Principal, get_auth, operators_only, require
+from provisioner.api.auth import Principal, require
 from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import EventOut
+from provisioner.api.tenancy import events_of
 from provisioner.model import EventRow
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -22,11 +23,11 @@ def get_events(
     paging: Page = Depends(page),
     context: ApiContext = Depends(get_context),
     who: Principal = Depends(require(Scope.RESOURCE_READ)),
-    auth: Authenticator = Depends(get_auth),
 ) -> list[EventOut]:
-    """Events, newest first (operators: events span every experiment)."""
-    operators_only(auth, who, "events")
+    """Events, newest first: an experiment's token sees those about its own resources, requests and budget."""
     query = select(EventRow)
+    if who.experiments is not None:
+        query = query.where(events_of(who.experiments))
     if kind is not None:
         query = query.where(EventRow.kind == kind)
     if subject is not None:

@@ -12,6 +12,7 @@ from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.pagination import Page, page
 from provisioner.api.schemas import ErrorOut, PlanOut, StoredPlanOut
+from provisioner.api.tenancy import plan_for
 from provisioner.model import DecisionRow, PlanRow
 
 router = APIRouter(prefix="/v1", tags=["plan"])
@@ -39,10 +40,10 @@ async def get_plan(
         errors=report.errors,
         alternatives=alternatives,
     )
-    if who.experiments is not None:  # an experiment sees its own demand groups only
-        mine = {e.group_id for e in out.explanations if e.experiment in who.experiments}
-        out.explanations = [e for e in out.explanations if e.group_id in mine]
-        out.items = [i for i in out.items if i.group_id in mine]
+    if who.experiments is not None:  # an experiment sees its own groups, drains and totals only
+        out = plan_for(
+            out, who.experiments, groups=report.groups, offerings=report.offerings, db=context.broker.db
+        )
     return out
 
 
