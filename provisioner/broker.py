@@ -274,7 +274,8 @@ def build_broker(
     constraints = PolicyConstraints(source, db, catalog, keeper=keeper)
     # Open burst requests: those whose rule says so end (delivered, duration, deadline, max cost),
     # the rest ask only for what they have not got yet.
-    demand_fn = demand or (lambda: settle_requests(db, clock.now()).groups)
+    # A dry run (`plan`, GET /v1/plan) sees the same demand but marks nothing done.
+    demand_fn = demand or (lambda: settle_requests(db, clock.now(), write=not engine.dry_run_now).groups)
     engine = DecisionEngine(
         store=store,
         backends=backends,

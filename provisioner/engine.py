@@ -129,6 +129,7 @@ class DecisionEngine:
         self.constraints = constraints
         self.demand = demand
         self.settings = settings or EngineSettings()
+        self.dry_run_now = False  # whether the cycle now asking for demand is a dry run
         self.circuit = circuit or CircuitBreaker(store.db, self.clock, self.settings.circuit)
         self.actuator = Actuator(store, self.circuit, self.backends, self.clock, self.settings.actuator)
         self.reconciler = Reconciler(store, self.actuator, self.circuit, self.settings.reconcile)
@@ -237,6 +238,9 @@ class DecisionEngine:
         report.pending_jobs = len(jobs)
         groups = list(self.group(jobs))
         if self.demand is not None:
+            # set right before the call (no await in between): a demand step may write (a burst request
+            # that ended is marked done) only when the cycle acts, never in a dry run
+            self.dry_run_now = dry_run
             groups.extend(self.demand())
         report.groups = groups
         listings, offerings = await self._observe_backends(report)

@@ -36,9 +36,10 @@ class OpenDemand:
     finished: list[Finished]
 
 
-def settle_requests(db: Engine, now: datetime) -> OpenDemand:
+def settle_requests(db: Engine, now: datetime, *, write: bool = True) -> OpenDemand:
     """End every open request whose rule says so (status done, which rule, cost) and return the demand
-    of those still open, each reduced by what it already got."""
+    of those still open, each reduced by what it already got. `write=False` (a dry run): the same
+    answer, nothing stored."""
     groups: list[DemandGroup] = []
     finished: list[Finished] = []
     with Session(db, expire_on_commit=False) as session:
@@ -51,16 +52,18 @@ def settle_requests(db: Engine, now: datetime) -> OpenDemand:
             progress = load_progress(session, row.id, since=admitted_at, now=now)
             end = ending(spec, admitted_at, progress, now)
             if end is not None:
-                _finish(session, row, end, progress, now)
+                if write:
+                    _finish(session, row, end, progress, now)
                 finished.append(Finished(row.id, end, progress))
                 continue
-            if row.status == RequestStatus.ADMITTED and progress.first_launch is not None:
+            if write and row.status == RequestStatus.ADMITTED and progress.first_launch is not None:
                 row.status = RequestStatus.RUNNING
                 row.updated_at = now
                 session.add(row)
             groups.append(remaining_demand(row.id, spec, admitted_at, progress, now))
-        session.commit()
-    for f in finished:
+        if write:
+            session.commit()
+    for f in finished if write else ():
         log.info("request.finished", request=f.request_id, ended_by=str(f.ending.by), reason=f.ending.reason)
     return OpenDemand(groups, finished)
 

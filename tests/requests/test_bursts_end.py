@@ -148,3 +148,15 @@ def test_max_cost_is_enforced_while_the_request_runs_not_only_at_admission(sqlit
     with Session(db) as s:
         kinds = [e.kind for e in s.exec(select(EventRow).where(EventRow.subject == "r7"))]
     assert kinds == ["request.admitted", "request.finished"]
+
+
+def test_a_dry_run_sees_an_ended_request_gone_but_marks_nothing(sqlite_url: str) -> None:
+    db = open_database(sqlite_url)
+    admitted(db, "r9", BurstRequestSpec(experiment="atlas", cores=8, duration_hours=1))
+    out = settle_requests(db, T0 + 3 * H, write=False)
+    assert out.groups == [] and [f.ending.by for f in out.finished] == [EndedBy.DURATION]
+    assert view(db, "r9").row.status == "admitted"
+    with Session(db) as s:
+        assert not list(s.exec(select(EventRow).where(EventRow.kind == "request.finished")))
+    settle_requests(db, T0 + 3 * H)
+    assert view(db, "r9").row.status == "done"
