@@ -13,7 +13,8 @@ changes, price changes (the spot price in force) and month boundaries. Definitio
 - node-hours: billable seconds of allocation pilots (one unit = one node).
 
 Public API (keep it small): `UnitFacts`, `Slice`, `Usage`, `unit_facts`, `load_units`, `slices`,
-`usage`, `usage_by`, `spent_micro`, `events_for`, `priced_facts`. Readers of the database go through `load_units`; everything
+`usage`, `usage_by`, `spent_micro`, `events_for`, `priced_facts`,
+`price_in_force`. Readers of the database go through `load_units`; everything
 else is pure.
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "Usage",
     "events_for",
     "load_units",
+    "price_in_force",
     "priced_facts",
     "slices",
     "spent_micro",
@@ -408,3 +410,10 @@ def priced_facts(
         return facts
     changes = prices.changes(row, facts.charged_from, facts.charged_until or as_of)
     return unit_facts(row, events, price_changes=changes) if changes else facts
+
+
+def price_in_force(row: ResourceRow, when: datetime, prices: PriceHistory | None) -> int:
+    """Micro-USD per hour this unit is charged at `when`: the price in force then (spot price history
+    in the zone used), as its billed slices use it; the price recorded at creation without history."""
+    changes = prices.changes(row, when, when) if prices is not None else ()
+    return int(changes[-1][1]) if changes else int(row.price_micro_per_hour)

@@ -39,7 +39,9 @@ def admit_spec(broker: Broker, spec: BurstRequestSpec) -> Admitted:
     now = broker.clock.now()
     offerings = list(broker.offerings.values())
     # The stored live resources, not the engine's in-memory fleet: this process may not run the engine.
-    fleet = [unit_of(r, now) for r in broker.store.resources(states=LIVE_STATES)]
+    live = broker.store.resources(states=LIVE_STATES)
+    price = broker.store.prices_in_force(live, now)
+    fleet = [unit_of(r, now, price_micro_per_hour=price[r.id]) for r in live]
     base = broker.constraints([], offerings, fleet, now)
     # As the engine plans: offerings behind an open circuit breaker are not offered.
     constraints = dataclasses.replace(

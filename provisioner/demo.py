@@ -264,7 +264,7 @@ def _submit(console: Console, broker: Broker, req: DemoRequest) -> None:
     request_id = new_request_id(broker.store.ids)
     engine = broker.engine
     offerings = list(broker.offerings.values())
-    fleet = engine.fleet.units(broker.clock.now())
+    fleet = engine.fleet_units()
     constraints = broker.constraints([], offerings, fleet, broker.clock.now())
     admission = admit(
         request_id,

@@ -202,6 +202,11 @@ class DecisionEngine:
 
     # --- plan ----------------------------------------------------------------------------------
 
+    def fleet_units(self) -> list[FleetUnit]:
+        """The fleet as the planner sees it, each unit at the price in force now (billing's)."""
+        now = self.clock.now()
+        return self.fleet.units(now, self.store.prices_in_force(self.fleet.rows, now))
+
     def _constraints(
         self, groups: Sequence[DemandGroup], offerings: Sequence[Offering], units: Sequence[FleetUnit]
     ) -> PlanningConstraints:
@@ -249,7 +254,7 @@ class DecisionEngine:
         for listing in listings.values():
             if listing is not None:
                 self.fleet.set_listing(listing)
-        units = self.fleet.units(self.clock.now())
+        units = self.fleet_units()
         if dry_run:
             report.constraints = self._constraints(groups, offerings, units)
             report.plan = self.planner(groups, offerings, units, report.constraints)
@@ -333,7 +338,7 @@ class DecisionEngine:
                 break
             # Units already serving these groups were counted by the first plan: leave them out.
             self.fleet.refresh(self.store.resources(states=LIVE_STATES))
-            units = [u for u in self.fleet.units(self.clock.now()) if u.group_id not in jobs_by_group]
+            units = [u for u in self.fleet_units() if u.group_id not in jobs_by_group]
             constraints = self._constraints(regroup, offerings, units)
             plan = self.planner(regroup, offerings, units, constraints)
             report.replans += 1

@@ -76,7 +76,9 @@ class Fleet:
                 return r
         return None
 
-    def units(self, now: datetime) -> list[FleetUnit]:
+    def units(self, now: datetime, prices: Mapping[str, int] | None = None) -> list[FleetUnit]:
+        """`prices`: resource id → micro-USD per hour in force now (`Store.prices_in_force`); a unit
+        missing from it keeps the price recorded at creation."""
         by_pid: dict[tuple[str, str], BackendResource] = {}
         by_rid: dict[tuple[str, str], BackendResource] = {}
         for name, listing in self.listings.items():
@@ -90,7 +92,7 @@ class Fleet:
                 (row.backend, row.id)
             )
             signal = busy_signal(row, listed, now, self.heartbeat_ttl)
-            out.append(unit_of(row, now, busy_known=signal is not None))
+            out.append(unit_of(row, now, busy_known=signal is not None, price_micro_per_hour=(prices or {}).get(row.id)))
         return out
 
     def count_by_group(self) -> Mapping[str | None, int]:
@@ -101,8 +103,12 @@ class Fleet:
         return counts
 
 
-def unit_of(row: ResourceRow, now: datetime, *, busy_known: bool = True) -> FleetUnit:
-    """`busy_known=False`: nothing reports on the work of this unit, so it is never taken for idle."""
+def unit_of(
+    row: ResourceRow, now: datetime, *, busy_known: bool = True, price_micro_per_hour: int | None = None
+) -> FleetUnit:
+    """`busy_known=False`: nothing reports on the work of this unit, so it is never taken for idle.
+    `price_micro_per_hour`: the price in force now (billing's, `Store.prices_in_force`); None keeps
+    the price recorded at creation."""
     launched = row_time(row.launched_at)
     # A unit that never got work has been idle since it came up.
     idle_since = row_time(row.idle_since) or launched
@@ -124,5 +130,7 @@ def unit_of(row: ResourceRow, now: datetime, *, busy_known: bool = True) -> Flee
         busy_known=busy_known,
         idle_hours=idle_hours,
         walltime_left_hours=walltime_left,
-        price_per_hour=from_micro(row.price_micro_per_hour),
+        price_per_hour=from_micro(
+            row.price_micro_per_hour if price_micro_per_hour is None else price_micro_per_hour
+        ),
     )

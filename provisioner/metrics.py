@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -28,6 +29,8 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from accounting.billing import price_in_force
+from accounting.spot_prices import StoredSpotPrices
 from provisioner.bus import EVENTS_PREFIX, Bus, BusMessage, Subscription
 from provisioner.domain import LIVE_STATES
 from provisioner.model import BurstRequestRow, ResourceRow, from_micro
@@ -54,8 +57,9 @@ def _usd(value: object) -> Decimal | None:
 class FleetCollector(Collector):
     """Gauges read from the database when Prometheus scrapes: what exists now, not what happened."""
 
-    def __init__(self, db: Engine) -> None:
+    def __init__(self, db: Engine, now: Callable[[], datetime]) -> None:
         self.db = db
+        self.now = now  # the broker's clock: the price in force is the price at this time
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -67,7 +71,8 @@ class FleetCollector(Collector):
             ),
             GaugeMetricFamily(
                 "provisioner_spend_rate_usd_per_hour",
-                "Price per hour of the live (requested, provisioning, running, draining) resources",
+                "Price per hour in force (the billing model's: spot price history in the zone used) of the live "
+                "(requested, provisioning, running, draining) resources",
                 labels=["backend"],
             ),
             GaugeMetricFamily("provisioner_burst_requests", "Burst requests by status", labels=["status"]),
@@ -88,11 +93,11 @@ class FleetCollector(Collector):
                         col(ResourceRow.backend), col(ResourceRow.state)
                     )
                 ).all()
-                by_backend = session.exec(
-                    select(ResourceRow.backend, func.sum(ResourceRow.price_micro_per_hour))
-                    .where(col(ResourceRow.state).in_(live))
-                    .group_by(col(ResourceRow.backend))
-                ).all()
+                now = self.now()
+                history = StoredSpotPrices(session)
+                by_backend: dict[str, int] = {}
+                for row in session.exec(select(ResourceRow).where(col(ResourceRow.state).in_(live))):
+                    by_backend[row.backend] = by_backend.get(row.backend, 0) + price_in_force(row, now, history)
                 by_status = session.exec(
                     select(BurstRequestRow.status, func.count()).group_by(col(BurstRequestRow.status))
                 ).all()
@@ -102,8 +107,8 @@ class FleetCollector(Collector):
             return [up]
         for backend, state, count in by_state:
             resources.add_metric([backend, state], count)
-        for backend, micro in by_backend:
-            spend.add_metric([backend], float(from_micro(int(micro or 0))))
+        for backend, micro in sorted(by_backend.items()):
+            spend.add_metric([backend], float(from_micro(micro)))
         for status, count in by_status:
             requests.add_metric([status], count)
         up.add_metric([], 1)
@@ -113,7 +118,12 @@ class FleetCollector(Collector):
 class BrokerMetrics:
     """The broker's metrics in their own registry; `observe` is pure bookkeeping, `attach` feeds it from a bus."""
 
-    def __init__(self, db: Engine | None = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        db: Engine | None = None,
+        registry: CollectorRegistry | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.transitions = Counter(
@@ -174,7 +184,9 @@ class BrokerMetrics:
             "provisioner_metrics_unreadable_events", "Bus messages the metrics could not read", registry=r
         )
         if db is not None:
-            r.register(FleetCollector(db))
+            if now is None:
+                raise ValueError("BrokerMetrics with a database needs the broker's clock (now=clock.now)")
+            r.register(FleetCollector(db, now))
         self._subscription: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
 

@@ -115,7 +115,9 @@ def policy_admission(broker: Broker) -> AdmitNode:
 
     def admit(demand: DemandGroup, offerings: Sequence[Offering]) -> Verdict:
         now = broker.clock.now()
-        fleet = [unit_of(r, now) for r in broker.store.resources(states=LIVE_STATES)]
+        live = broker.store.resources(states=LIVE_STATES)
+        price = broker.store.prices_in_force(live, now)
+        fleet = [unit_of(r, now, price_micro_per_hour=price[r.id]) for r in live]
         base = broker.constraints([demand], offerings, fleet, now)
         constraints = dataclasses.replace(
             base,

@@ -18,6 +18,8 @@ import structlog
 from sqlalchemy import Engine
 from sqlmodel import Session, col, or_, select
 
+from accounting.billing import price_in_force
+from accounting.spot_prices import StoredSpotPrices
 from backends.base import BackendResource
 from provisioner.bus import Bus, event_topic
 from provisioner.clock import Clock
@@ -464,6 +466,13 @@ class Store:
             query = query.where(col(ResourceRow.state).in_([str(st) for st in states]))
         with self.session() as s:
             return list(s.exec(query.order_by(col(ResourceRow.created_at), col(ResourceRow.id))).all())
+
+    def prices_in_force(self, rows: Iterable[ResourceRow], now: datetime) -> dict[str, int]:
+        """Resource id → micro-USD per hour charged now, as the billing model prices it (the stored
+        spot price history in the zone used): the planner's spend rate and the metrics read this."""
+        with self.session() as s:
+            history = StoredSpotPrices(s)
+            return {r.id: price_in_force(r, now, history) for r in rows}
 
     def events(self, *, kind: str | None = None, subject: str | None = None) -> list[EventRow]:
         query = select(EventRow)

@@ -59,7 +59,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = broker_factory()
         broker = await built if inspect.isawaitable(built) else built
-        metrics = BrokerMetrics(broker.db)
+        metrics = BrokerMetrics(broker.db, now=broker.clock.now)
         budgets = BudgetAlerter(broker.store, metrics.registry, api_settings.budget_alert_threshold)
         context = ApiContext(broker, Catalog(broker.offerings.values()), metrics, budgets)
         app.state.context = context

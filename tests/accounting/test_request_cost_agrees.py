@@ -50,3 +50,24 @@ def test_request_cost_api_progress_and_ledger_agree_at_the_spot_price_in_force(s
     # max_cost $1.00: spent $0.80 plus 15 min of both units at $0.30 is $0.95, under it. At the
     # creation price ($3.60 spent) the request would have ended by max_cost.
     assert [f.request_id for f in settle_requests(engine, NOW).finished] == []  # type: ignore[arg-type]
+
+
+def test_planner_fleet_and_spend_rate_gauge_use_the_spot_price_in_force(session: Session) -> None:
+    from provisioner.clock import SimulatedClock
+    from provisioner.fleet import Fleet
+    from provisioner.metrics import FleetCollector
+    from provisioner.store import Store
+
+    prices(session)  # in us-east-1a: $0.10, then $0.30 from T0+1h; the unit was created at $0.90
+    session.add(row("a", zone="us-east-1a", price_micro_per_hour=900_000, state="running", released_at=None))
+    session.add(row("od", zone=None, market="on_demand", price_micro_per_hour=500_000, state="running",
+                    offering_id="aws:us-east-1:m7i.2xlarge:on_demand", released_at=None))  # fmt: skip
+    session.commit()
+    engine = session.get_bind()
+    store = Store(engine, SimulatedClock(NOW), "b1")  # type: ignore[arg-type]
+    fleet = Fleet()
+    fleet.refresh(store.resources())
+    units = {u.resource_id: u.price_per_hour for u in fleet.units(NOW, store.prices_in_force(fleet.rows, NOW))}
+    assert units == {"a": Decimal("0.3"), "od": Decimal("0.5")}
+    [_, gauge, *_] = FleetCollector(engine, lambda: NOW).collect()  # type: ignore[arg-type]
+    assert [s.value for s in gauge.samples] == [0.8]  # not 0.9 + 0.5
