@@ -481,13 +481,34 @@ class SimulatedHPC(SimulatedBackend):
             total += max(0.0, (end - u.started_at).total_seconds()) / 3600.0
         return total
 
+    def node_hours_booked(self, offering_id: str, ends: datetime) -> tuple[float, float]:
+        """(in flight, committed) of one allocation offering: running pilots' remaining walltime,
+        queued pilots' whole walltime, never past `ends` (the allocation's end date)."""
+        now = self.clock.now()
+        in_flight = committed = 0.0
+        for u in self.units.values():
+            if u.offering_id != offering_id or u.end_at is None or (u.terminated_at is not None and u.terminated_at <= now):
+                continue
+            end = min(u.end_at, ends)
+            if u.started_at is not None and u.started_at <= now:
+                in_flight += max(0.0, (end - now).total_seconds()) / 3600.0
+            else:
+                committed += max(0.0, (end - max(u.boot_at, now)).total_seconds()) / 3600.0
+        return in_flight, committed
+
     async def offerings(self) -> list[Offering]:
         base = await super().offerings()
         used = self.node_hours_used()
         out = []
         for o in base:
             if o.allocation is not None:
-                alloc = dataclasses.replace(o.allocation, node_hours_used=o.allocation.node_hours_used + used)
+                in_flight, committed = self.node_hours_booked(o.id, o.allocation.ends)
+                alloc = dataclasses.replace(
+                    o.allocation,
+                    node_hours_used=o.allocation.node_hours_used + used,
+                    node_hours_in_flight=in_flight,
+                    node_hours_committed=committed,
+                )
                 o = dataclasses.replace(o, allocation=alloc)
             out.append(o)
         return out

@@ -1,15 +1,22 @@
-"""Allocation pacing as money: what one node-hour of an HPC allocation is worth right now.
+"""Allocation pacing: the committed-hours ledger of an HPC allocation, its burn line, and what one
+more node-hour is worth now.
 
-EVEN pacing compares the node-hours used with the even-burn target (grant × elapsed fraction).
-Behind the target, hours will expire unused and are worth 0; ahead of it, hours become scarce and
-their value rises towards the reference price (what the work would cost elsewhere). ASAP pacing is
-worth 0 until the allocation is used up. See docs/policy-format.md for the formula.
+The ledger (`AllocationLedger`): **settled** node-hours (charged, from sacct: finished jobs and the
+elapsed part of running ones), **in flight** (running pilots' remaining walltime), **committed**
+(queued pilots' time limits) and **left** (granted − the three). A pilot's hours are booked the
+moment it is submitted, so a cycle never funds a new batch with hours running pilots already hold.
+EVEN keeps settled + in flight + committed under the burn line (grant × elapsed fraction of the
+period) half a planning horizon ahead — booked hours are burnt over the coming horizon, on average
+by its middle — and ASAP under the grant; neither ever books more than was granted.
+As money: behind the line an hour will expire unused and is worth 0; ahead of it, hours become
+scarce and their value rises towards the reference price (what the work would cost elsewhere).
+See docs/policy-format.md for the formula.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from provisioner.domain import AllocationInfo, Pacing
@@ -77,14 +84,65 @@ def allocation_hour_value(
     return pacing_status(info, now, reference_price_per_node_hour, tolerance).value_per_node_hour
 
 
+def burn_line(info: AllocationInfo, at: datetime) -> float:
+    """Node-hours an even burn would have used by `at`: grant × elapsed fraction of the period."""
+    span = (info.ends - info.starts).total_seconds()
+    if span <= 0:
+        return info.node_hours_granted
+    fraction = min(1.0, max(0.0, (at - info.starts).total_seconds() / span))
+    return info.node_hours_granted * fraction
+
+
 def node_hours_on_pace(info: AllocationInfo, now: datetime, horizon_hours: float) -> float:
-    """Node-hours that can be used between now and now + horizon while staying on pace (EVEN),
-    or everything left (ASAP). 0 when not available."""
+    """Node-hours new pilots may book now: for EVEN, what keeps settled + in flight + committed under
+    the burn line half a horizon ahead; for ASAP, everything not yet booked. 0 when not available."""
     if not allocation_available(info, now):
         return 0.0
     if info.pacing is Pacing.ASAP:
         return info.node_hours_left
-    span = (info.ends - info.starts).total_seconds()
-    until = (now - info.starts).total_seconds() + horizon_hours * 3600.0
-    target = info.node_hours_granted * min(1.0, max(0.0, until / span))
-    return min(info.node_hours_left, max(0.0, target - info.node_hours_used))
+    line = burn_line(info, now + timedelta(hours=horizon_hours / 2))
+    return min(info.node_hours_left, max(0.0, line - info.node_hours_booked))
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationLedger:
+    """One allocation's node-hours now, as an operator reads them."""
+
+    granted: float
+    settled: float  # charged (sacct): finished jobs and the elapsed part of running ones
+    in_flight: float  # running pilots' remaining walltime
+    committed: float  # queued pilots' time limits
+    burn_line: float  # what an even burn would have used by now
+    ends: datetime
+
+    @property
+    def booked(self) -> float:
+        return self.settled + self.in_flight + self.committed
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.granted - self.booked)
+
+
+def allocation_ledger(info: AllocationInfo, now: datetime) -> AllocationLedger:
+    return AllocationLedger(
+        granted=info.node_hours_granted,
+        settled=info.node_hours_used,
+        in_flight=info.node_hours_in_flight,
+        committed=info.node_hours_committed,
+        burn_line=burn_line(info, now),
+        ends=info.ends,
+    )
+
+
+def pilot_hours_until_end(info: AllocationInfo, now: datetime) -> float:
+    """The longest time limit a pilot submitted now may have: nothing may run past the end date."""
+    return max(0.0, (info.ends - now).total_seconds() / 3600)
+
+
+def booked_hours(limit_hours: float, *, started: datetime | None, now: datetime, ends: datetime) -> float:
+    """Hours one node of a live pilot will still be charged: its time limit left (the whole limit
+    while it waits in the queue), never past the allocation's end date."""
+    begin = started if started is not None else now
+    until = min(begin + timedelta(hours=limit_hours), ends)
+    return max(0.0, (until - now).total_seconds() / 3600)

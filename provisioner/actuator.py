@@ -10,6 +10,7 @@ finding the tagged unit — never a leaked or doubled unit. Set `PROVISIONER_CRA
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -91,22 +92,28 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-PILOT_SLACK = 0.1  # share of the planned run added to a pilot's time limit
-PILOT_SLACK_MIN_HOURS = 0.5
+PILOT_MARKETS = frozenset({str(Market.ALLOCATION), str(Market.BACKFILL)})
+PILOT_SLACK = 0.1  # share of the planned run added to a pilot's time limit, in whole minutes
 
 
-def pilot_walltime(planned_hours: float, offering: Offering) -> float | None:
-    """Time limit for an HPC pilot: the planned run plus slack, within the offering's maximum.
+def pilot_walltime(planned_hours: float, offering: Offering, now: datetime | None = None) -> float | None:
+    """Time limit for an HPC pilot: the planned run plus a tenth, in whole minutes (Slurm's unit), within
+    the offering's maximum and never past its allocation's end date.
 
     The payload starts only after the pilot does and jobs rarely end on the planned minute; Slurm
-    kills a pilot at its limit and the work on it is lost, so a limit cut to the plan wastes hours.
-    Cloud VMs have no limit (None): the broker releases them.
+    kills a pilot at its limit and the work on it is lost, so a limit cut to the plan wastes hours —
+    but every minute of slack is booked against the allocation, so the slack is what is needed, not a
+    fixed half hour. Cloud VMs have no limit (None): the broker releases them.
     """
     if offering.market not in (Market.ALLOCATION, Market.BACKFILL):
         return None
-    wanted = planned_hours + max(PILOT_SLACK_MIN_HOURS, planned_hours * PILOT_SLACK)
+    planned_minutes = planned_hours * 60
+    minutes = max(math.ceil(planned_minutes - 1e-9), math.floor(planned_minutes * (1 + PILOT_SLACK) + 1e-9))
+    wanted = max(1, minutes) / 60
     if offering.max_walltime_hours is not None:
         wanted = min(wanted, offering.max_walltime_hours)
+    if now is not None and offering.allocation is not None:
+        wanted = min(wanted, max(0.0, (offering.allocation.ends - now).total_seconds() / 3600))
     return wanted
 
 
@@ -352,7 +359,7 @@ class Actuator:
                 out.unplaced.append(Unplaced(item.group_id, offering.id, item.units, item.jobs, blocked))
                 continue
             backend = self.backends[offering.backend]
-            walltime = pilot_walltime(item.hours, offering)
+            walltime = pilot_walltime(item.hours, offering, self.clock.now())
             jobs = _split(item.jobs, item.units) if item.units > 0 else []
             for i in range(item.units):
                 row = await self.store.record_intent(
@@ -441,16 +448,25 @@ class Actuator:
     # --- draining and releasing ----------------------------------------------------------------
 
     async def drain(self, orders: Sequence[DrainOrder]) -> list[str]:
-        """Stop giving new work to these units; the reconciler releases them once idle."""
+        """Stop giving new work to these units; the reconciler releases them once idle.
+
+        A pilot (allocation or backfill job) is told to stop at once: cancelling it is Slurm's way to
+        say so (SIGTERM to the payload, which finishes or checkpoints, then SIGKILL after KillWait);
+        a queued one never starts. Its hours stop counting against the allocation.
+        """
         drained = []
         for order in orders:
             row = self.store.get(order.resource_id)
             if row is None:
                 continue
             state = ResourceState(row.state)
-            if state in (ResourceState.PROVISIONING, ResourceState.RUNNING):
-                await self.store.transition(row.id, ResourceState.DRAINING, reason=str(order.reason))
-                drained.append(row.id)
+            if state not in (ResourceState.PROVISIONING, ResourceState.RUNNING):
+                continue
+            reason = str(order.reason)
+            row = await self.store.transition(row.id, ResourceState.DRAINING, reason=reason)
+            drained.append(row.id)
+            if row.market in PILOT_MARKETS:
+                await self.release(row, reason)
         return drained
 
     async def release(self, row: ResourceRow, reason: str, *, provider_id: str | None = None) -> bool:

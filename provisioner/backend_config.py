@@ -21,6 +21,13 @@ named in its table.
     partition = "scavenger"
 
 Tables of `kind = "slurm_queue"` are workload sources, not backends (`provisioner.sources.configured`).
+
+A Slurm table also says what its pilots run and ask for: `pilot_command` (the site's glidein or
+HTCondor startd, a PanDA pilot, an experiment's wrapper — it runs on the compute node with
+PROVISIONER_GROUP/EXPERIMENT/RESOURCE and PILOT_END_EPOCH set; without it a placeholder holds the
+slot), `pilot_memory_mb` (--mem; whole-node pilots get all of the node's memory by default), `qos`,
+`constraint` and `pilot_min_minutes` (--time-min: how short Slurm may make a pilot to end it by
+the allocation's end date).
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backends.base import Backend
+from backends.slurm.pilot import PilotPayload
 from provisioner.domain import Market, Offering
 
 
@@ -58,6 +66,27 @@ class SlurmTable(BaseModel):
     partition: str = Field(default="scavenger", description="backfill only: the preemptible partition")
     account: str | None = Field(default=None, description="backfill only: the account backfill jobs run as")
     core_slices: list[str] = Field(default_factory=list, description="allocation offerings sliced by cores")
+    pilot_command: str | None = Field(default=None, min_length=1, description="what each pilot runs")
+    pilot_memory_mb: int | None = Field(default=None, ge=0, description="--mem per node (0: all of it)")
+    qos: str | None = Field(default=None, min_length=1, description="--qos (overrides the allocation's)")
+    constraint: str = Field(default="", description="--constraint, e.g. 'x86_64&ib'")
+    pilot_min_minutes: int = Field(default=10, ge=1, description="--time-min near the allocation's end")
+
+    @field_validator("pilot_command")
+    @classmethod
+    def _absolute_command(cls, value: str | None) -> str | None:
+        if value is not None and not value.split()[0].startswith("/"):
+            raise ValueError("must start with the absolute path of the payload on the compute nodes")
+        return value
+
+    def payload(self) -> PilotPayload:
+        return PilotPayload(
+            command=self.pilot_command,
+            memory_mb=self.pilot_memory_mb,
+            qos=self.qos,
+            constraint=self.constraint,
+            min_minutes=self.pilot_min_minutes,
+        )
 
 
 def _problems(path: Path, table: str, exc: ValidationError) -> list[str]:
@@ -230,7 +259,12 @@ def _builder(
             from backends.slurm.allocation import SlurmAllocationBackend
 
             return name, lambda: SlurmAllocationBackend(
-                name, _slurm_client(slurm), own, broker_id=broker_id, core_slices=slurm.core_slices
+                name,
+                _slurm_client(slurm),
+                own,
+                broker_id=broker_id,
+                core_slices=slurm.core_slices,
+                payload=slurm.payload(),
             )
         from backends.slurm.backfill import SlurmBackfillBackend
 
@@ -241,6 +275,7 @@ def _builder(
             broker_id=broker_id,
             partition=slurm.partition,
             account=slurm.account,
+            payload=slurm.payload(),
         )
     raise ValueError(
         f"kind: '{kind}' is not one of aws, gce, openstack, slurm_allocation, slurm_backfill, slurm_queue"

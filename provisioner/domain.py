@@ -58,10 +58,21 @@ class AllocationInfo:
     starts: datetime
     ends: datetime
     pacing: Pacing = Pacing.EVEN
+    # The committed-hours ledger (policies.pacing): `node_hours_used` is settled (sacct), these two are
+    # booked but not yet charged — running pilots' remaining walltime, queued pilots' time limits.
+    node_hours_in_flight: float = 0.0
+    node_hours_committed: float = 0.0
+
+    @property
+    def node_hours_booked(self) -> float:
+        """Settled + in flight + committed: what the allocation will have been charged once every
+        pilot already submitted has run to its limit."""
+        return self.node_hours_used + self.node_hours_in_flight + self.node_hours_committed
 
     @property
     def node_hours_left(self) -> float:
-        return max(0.0, self.node_hours_granted - self.node_hours_used)
+        """Granted − booked: what new pilots may still ask for (never more than granted in total)."""
+        return max(0.0, self.node_hours_granted - self.node_hours_booked)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import structlog
 from backends.base import BackendResource, InvalidRequest, ProvisionRequest
 from backends.slurm.client import JobSpec, JobState, SlurmClient, SlurmNode
 from backends.slurm.hostlist import expand_hostlist
-from backends.slurm.pilot import DEFAULT_PILOT_SCRIPT, PilotJobs, PilotStatus, job_name, time_limit_minutes
+from backends.slurm.pilot import PilotJobs, PilotPayload, PilotStatus, job_name, time_limit_minutes
 from provisioner.domain import Market, Offering
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ class SlurmBackfillBackend:
         account: str | None = None,
         qos: str | None = None,
         whole_nodes: bool = False,
-        script: str | None = None,
+        payload: PilotPayload | None = None,
         stop_dir: Path = Path("/tmp"),
         output: str = "/dev/null",
         default_walltime_hours: float = 1.0,
@@ -56,7 +56,8 @@ class SlurmBackfillBackend:
         self._account = account
         self._qos = qos
         self._whole = whole_nodes
-        self._script = script or DEFAULT_PILOT_SCRIPT.format(stop_dir=stop_dir)
+        self.payload = payload or PilotPayload()
+        self._stop_dir = str(stop_dir)
         self._output = output
         self._default_walltime = default_walltime_hours
         self.jobs = PilotJobs(backend_name=name, client=client, broker_id=broker_id, kind=KIND, clock=clock)
@@ -69,14 +70,18 @@ class SlurmBackfillBackend:
         hours = request.walltime_hours or self._offering.max_walltime_hours or self._default_walltime
         spec = JobSpec(
             name=job_name(KIND, request.resource_id),
-            script=self._script,
+            script=self.payload.script(request, stop_dir=self._stop_dir),
             partition=self.partition,
             time_limit_minutes=time_limit_minutes(hours),
             comment=self.jobs.comment(request),
             account=self._account or request.experiment,
-            qos=self._qos,
+            qos=self.payload.qos or self._qos,
             nodes=1 if self._whole else None,
             cores=None if self._whole else self._offering.cores,
+            memory_mb=self.payload.memory_mb
+            if self.payload.memory_mb is not None
+            else (0 if self._whole else None),
+            features=self.payload.constraint,
             output=self._output,
         )
         return await self.jobs.submit(request, spec)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from backends.base import BackendError
@@ -95,6 +95,12 @@ _FINISHED = frozenset(
 )
 
 
+def slurm_time(when: datetime, *, local: bool = False) -> str:
+    """A time as Slurm's parsers read it (`YYYY-MM-DDTHH:MM:SS`, no zone): in UTC for commands run
+    with TZ=UTC, or in this host's zone (`local`) for daemons that read it in theirs."""
+    return (when.astimezone() if local else when.astimezone(UTC)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A batch job to submit. Exactly one of `nodes` (whole, exclusive nodes) or `cores` (a slice)."""
@@ -115,6 +121,10 @@ class JobSpec:
     requeue: bool = False
     output: str = "/dev/null"
     workdir: str = "/tmp"
+    # Slurm removes the job if it cannot end by `deadline` and, with `time_min_minutes`, lowers its
+    # limit (not below that minimum) so that it ends by then: nothing runs past an allocation's end.
+    deadline: datetime | None = None
+    time_min_minutes: int | None = None
 
     def __post_init__(self) -> None:
         if (self.nodes is None) == (self.cores is None):
@@ -123,6 +133,10 @@ class JobSpec:
             raise ValueError(f"job {self.name}: nodes/cores must be at least 1")
         if self.time_limit_minutes < 1:
             raise ValueError(f"job {self.name}: time_limit_minutes must be at least 1")
+        if self.time_min_minutes is not None and not 1 <= self.time_min_minutes <= self.time_limit_minutes:
+            raise ValueError(f"job {self.name}: time_min_minutes must be within 1..time_limit_minutes")
+        if self.deadline is not None and self.deadline.tzinfo is None:
+            raise ValueError(f"job {self.name}: deadline must be timezone-aware")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from backends.slurm.client import (
     JobSpec,
     SlurmJob,
     SlurmNode,
+    slurm_time,
 )
 from backends.slurm.openapi import accounting_from_openapi, job_from_openapi, node_from_openapi
 
@@ -148,8 +149,13 @@ class CommandsClient:
             args.append(f"--constraint={spec.features}")
         if spec.hold:
             args.append("--hold")
+        if spec.time_min_minutes is not None:
+            args.append(f"--time-min={spec.time_min_minutes}")
+        if spec.deadline is not None:
+            args.append(f"--deadline={slurm_time(spec.deadline)}")
         # no retry: a timed-out sbatch may have submitted; the caller's token lookup decides
-        out = await self.run(args, stdin=spec.script, retry=False)
+        # (sbatch reads times in the host's zone: pinned to UTC like sacct)
+        out = await self.run(args, stdin=spec.script, retry=False, env={"TZ": "UTC"})
         job_id = out.strip().split(";")[0]
         log.info("slurm.submitted", client=self.name, job_id=job_id, name=spec.name, partition=spec.partition)
         return job_id

@@ -1,13 +1,21 @@
-"""Pilot jobs shared by the allocation and backfill backends: naming, tagging, state mapping, listing.
+"""Pilot jobs shared by the allocation and backfill backends: naming, tagging, payload, state, listing.
 
 A pilot is a batch job named `prv.<kind>.<resource id>` whose comment carries the broker's tags
 and the idempotency token (`k=v;k=v`). The name alone identifies our jobs in the jobcomp log
 (which drops comments); the comment tells brokers sharing a cluster apart.
+
+What a pilot runs is the site's payload (`PilotPayload.command`: an HTCondor startd/glidein, a PanDA
+pilot, an experiment's wrapper), started with its identity in the environment (`PROVISIONER_GROUP`,
+`PROVISIONER_EXPERIMENT`, `PROVISIONER_RESOURCE`, `PILOT_END_EPOCH`). It is expected to exit when its
+group has no work left; the broker cancels it (SIGTERM, then SIGKILL after Slurm's KillWait) when the
+group's demand is gone. Without a command the pilot is a placeholder that holds the slot until its
+end time or a stop marker.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,14 +47,46 @@ JOB_PREFIX = "prv"
 TAG_TOKEN = "token"
 TAG_KIND = "provisioner-kind"
 
-# The placeholder pilot: serves (sleeps) until Slurm's time limit or until a stop marker appears.
-DEFAULT_PILOT_SCRIPT = """#!/bin/bash
-# provisioner pilot: a placeholder that holds the allocation until walltime or a stop marker
+# The environment every pilot starts with, then the payload (or the placeholder loop).
+_PILOT_PROLOGUE = """#!/bin/bash
+# provisioner pilot {resource}: runs its payload until the work is done, its end time, or a stop marker
 export PATH=/usr/local/bin:/usr/bin:/bin
-marker="${{PILOT_STOP_DIR:-{stop_dir}}}/stop-$SLURM_JOB_ID"
-while [ ! -e "$marker" ]; do sleep 2; done
-rm -f "$marker"
+export PROVISIONER_BROKER={broker} PROVISIONER_RESOURCE={resource} PROVISIONER_GROUP={group}
+export PROVISIONER_EXPERIMENT={experiment}
+export PILOT_STOP_MARKER="${{PILOT_STOP_DIR:-{stop_dir}}}/stop-$SLURM_JOB_ID"
+# the end time Slurm gave the job (its limit may have been lowered to meet a deadline)
+PILOT_END_EPOCH=$(date -d "$(squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null)" +%s 2>/dev/null) || PILOT_END_EPOCH=0
+export PILOT_END_EPOCH
 """
+_PLACEHOLDER = """while [ ! -e "$PILOT_STOP_MARKER" ]; do
+  if [ "$PILOT_END_EPOCH" -gt 0 ] && [ "$(date +%s)" -ge $((PILOT_END_EPOCH - 2)) ]; then break; fi
+  sleep 1
+done
+rm -f "$PILOT_STOP_MARKER"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PilotPayload:
+    """What a pilot runs and what it asks Slurm for (the backends file's pilot keys)."""
+
+    command: str | None = None  # shell command line of the payload; None: the placeholder
+    memory_mb: int | None = None  # --mem per node; None: all of it for whole-node pilots
+    qos: str | None = None  # overrides the allocation's QOS
+    constraint: str = ""  # --constraint, e.g. "x86_64&ib"
+    min_minutes: int = 10  # --time-min: Slurm may shorten a pilot to this to end by the deadline
+
+    def script(self, request: ProvisionRequest, *, stop_dir: str = "/tmp") -> str:
+        """The batch script of one pilot: its identity in the environment, then the payload."""
+        head = _PILOT_PROLOGUE.format(
+            broker=shlex.quote(request.broker_id),
+            resource=shlex.quote(request.resource_id),
+            group=shlex.quote(request.group_id or ""),
+            experiment=shlex.quote(request.experiment or ""),
+            stop_dir=stop_dir,
+        )
+        return head + (f"exec {self.command}\n" if self.command else _PLACEHOLDER)
+
 
 _STATE_MAP: Mapping[JobState, ProviderState] = {
     JobState.PENDING: ProviderState.PENDING,

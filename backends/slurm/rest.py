@@ -25,6 +25,7 @@ from backends.slurm.client import (
     JobSpec,
     SlurmJob,
     SlurmNode,
+    slurm_time,
 )
 from backends.slurm.openapi import accounting_from_openapi, job_from_openapi, node_from_openapi
 
@@ -170,6 +171,10 @@ class RestClient:
             job["constraints"] = spec.features
         if spec.hold:
             job["hold"] = True
+        if spec.time_min_minutes is not None:
+            job["time_minimum"] = spec.time_min_minutes
+        if spec.deadline is not None:
+            job["deadline"] = slurm_time(spec.deadline, local=True)
         # no retry on submit: the caller's token lookup decides whether a lost answer submitted
         doc = await self._request_once(
             "POST", f"/slurm/{API}/job/submit", json={"script": spec.script, "job": job}

@@ -4,8 +4,9 @@ Rules, each with its `DrainReason`:
 * a paid unit (price > 0) of an experiment whose budget is exhausted is drained (OVER_BUDGET);
 * a running unit with no job for `constraints.idle_drain_hours` is drained (IDLE: no jobs, no cost);
 * a unit whose group has no pending demand left is drained (NO_DEMAND: it finishes its jobs and
-  goes), unless it is an HPC pilot with walltime left that costs nothing to keep (allocation or
-  backfill, price 0): Slurm ends it anyway, and new demand can use it meanwhile.
+  goes) — HPC pilots too: a pilot that costs no money still burns allocation hours or holds a node;
+* an allocation pilot still queued when its allocation ends within twice the offering's start-up
+  time, or any pilot of an allocation that has ended, is drained (ALLOCATION_ENDING).
 A node Slurm's power saving resumed (group `slurm-node:<name>`) is neither IDLE nor NO_DEMAND here:
 its demand is in Slurm's queue, not ours, and Slurm's SuspendProgram releases it (provisioner.slurm_power).
 Busy units (and units still booting) keep serving their group: the pending jobs they will run within
@@ -64,6 +65,10 @@ def assess_fleet(
             continue
         group = demand.get(unit.group_id) if unit.group_id is not None else None
         held_by_slurm = unit.group_id is not None and unit.group_id.startswith(SLURM_NODE_GROUP_PREFIX)
+        ending = _allocation_ending(unit, cols, i, now_ts)
+        if ending:
+            result.drains.append(DrainOrder(unit.resource_id, DrainReason.ALLOCATION_ENDING, ending))
+            continue
         if (
             unit.state is ResourceState.RUNNING
             and not unit.busy
@@ -82,7 +87,7 @@ def assess_fleet(
             )
             continue
         if unit.group_id is not None and group is None:
-            if _cheap_pilot_with_walltime(unit) or held_by_slurm:
+            if held_by_slurm:
                 continue
             result.drains.append(
                 DrainOrder(
@@ -111,8 +116,20 @@ def _count_usage(result: FleetAssessment, unit: FleetUnit, i: int | None, cols: 
         by_exp_gpu[unit.experiment] = by_exp_gpu.get(unit.experiment, 0) + int(cols.gpu_count[i])
 
 
-def _cheap_pilot_with_walltime(unit: FleetUnit) -> bool:
-    return unit.walltime_left_hours is not None and unit.walltime_left_hours > 0 and unit.price_per_hour == 0
+def _allocation_ending(unit: FleetUnit, cols: OfferingColumns, i: int | None, now_ts: float | None) -> str:
+    """Why this pilot goes because its allocation ends ("" if it stays)."""
+    if i is None or now_ts is None:
+        return ""
+    alloc = cols.offerings[i].allocation
+    if alloc is None:
+        return ""
+    left = alloc.ends.timestamp() - now_ts
+    if left <= 0:
+        return f"allocation {alloc.name} ended at {alloc.ends:%Y-%m-%d %H:%M} UTC"
+    startup = float(cols.startup_hours[i]) * 3600
+    if unit.state is ResourceState.PROVISIONING and left < 2 * startup:
+        return f"still queued {left:.0f} s before allocation {alloc.name} ends"
+    return ""
 
 
 def _jobs_covered(

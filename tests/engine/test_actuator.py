@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import Session
@@ -21,7 +22,7 @@ from backends.base import (
 from backends.simulated import Faults, SimulatedCloud
 from provisioner.actuator import pilot_walltime
 from provisioner.clock import SimulatedClock
-from provisioner.domain import Market, Offering, ResourceState
+from provisioner.domain import AllocationInfo, Market, Offering, ResourceState
 from provisioner.model import ResourceRow
 from provisioner.store import Store
 from tests.engine.conftest import BROKER
@@ -187,9 +188,20 @@ def test_clock_is_utc(clock: SimulatedClock) -> None:
     assert isinstance(clock.now(), datetime) and clock.now().utcoffset() is not None
 
 
-def test_pilot_walltime_adds_slack_within_the_offerings_limit() -> None:
+def test_pilot_walltime_adds_a_tenth_in_whole_minutes_within_the_offerings_limit() -> None:
     hpc = offering("node", backend="hpc", market=Market.ALLOCATION, price="0", max_walltime_hours=24)
-    assert pilot_walltime(2.0, hpc) == 2.5  # at least half an hour
-    assert pilot_walltime(10.0, hpc) == 11.0  # or a tenth of the run
+    assert pilot_walltime(2.0, hpc) == pytest.approx(2.2)  # a tenth of the run, not half an hour
+    assert pilot_walltime(10.0, hpc) == pytest.approx(11.0)
+    assert pilot_walltime(1 / 60, hpc) == pytest.approx(1 / 60)  # slack under a minute adds nothing
     assert pilot_walltime(23.0, hpc) == 24.0  # never past what the partition allows
     assert pilot_walltime(5.0, offering("vm")) is None  # a VM has no time limit: the broker releases it
+
+
+def test_pilot_walltime_never_reaches_past_the_allocations_end_date() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    hpc = dataclasses.replace(
+        offering("node", backend="hpc", market=Market.ALLOCATION, price="0", max_walltime_hours=24),
+        allocation=AllocationInfo("a", "acct", "debug", None, 100, 0, start, start + timedelta(days=10)),
+    )
+    assert pilot_walltime(6.0, hpc, start + timedelta(days=10) - timedelta(hours=2)) == pytest.approx(2.0)
+    assert pilot_walltime(6.0, hpc, start + timedelta(days=1)) == pytest.approx(6.6)

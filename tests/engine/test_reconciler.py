@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from backends.base import TAG_BROKER, TAG_OFFERING, TAG_RESOURCE, ProviderState
 from backends.simulated import Faults, SimulatedCloud, SimulatedHPC
 from provisioner.clock import SimulatedClock
@@ -198,12 +200,11 @@ async def test_pilot_reaching_its_walltime_is_released_not_lost(store: Store, cl
     engine = build_engine(store, {"hpc": hpc}, source)
     await engine.run_cycle()
     [pilot] = live(store)
-    assert pilot.walltime_hours == 2.5  # the planned 2 h plus the pilot slack
+    assert pilot.walltime_hours == pytest.approx(2.2)  # the planned 2 h plus a tenth
     clock.advance(120)
     await engine.run_cycle()
     hpc.set_busy(pilot.id, True)
-    source.jobs.clear()
-    clock.advance(2.5 * 3600)
+    clock.advance(2.5 * 3600)  # the demand is still there: nothing drains the pilot before its limit
     report = await engine.run_cycle()
     assert report.reconcile.walltime_ended == [pilot.id] and not report.reconcile.lost
     assert store.get(pilot.id).state == ResourceState.RELEASED  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from provisioner.domain import (
@@ -111,17 +112,42 @@ def test_idle_units_are_drained_no_jobs_no_cost() -> None:
     assert not p.items and p.total_cost == 0
 
 
-def test_units_of_a_group_without_demand_drain_unless_a_free_hpc_pilot_with_walltime() -> None:
+def test_units_of_a_group_without_demand_drain_free_hpc_pilots_too() -> None:
     cloud = offering("m7i")
     alloc = allocation_offering()
     fleet = [
         unit("vm", cloud.id, group_id="gone", price_per_hour=Decimal("0.80")),
-        unit("pilot", alloc.id, group_id="gone", walltime_left_hours=10.0),
+        unit("pilot", alloc.id, group_id="gone", walltime_left_hours=10.0),  # burns allocation hours
         unit("old-pilot", alloc.id, group_id="gone", walltime_left_hours=0.0),
     ]
     p = plan([group(jobs=0)], [cloud, alloc], fleet, PlanningConstraints(now=NOW))
     drains = {d.resource_id: d.reason for d in p.drains}
-    assert drains == {"vm": DrainReason.NO_DEMAND, "old-pilot": DrainReason.NO_DEMAND}
+    assert drains == {
+        "vm": DrainReason.NO_DEMAND,
+        "pilot": DrainReason.NO_DEMAND,
+        "old-pilot": DrainReason.NO_DEMAND,
+    }
+
+
+def test_pilots_queued_near_the_end_of_their_allocation_drain_as_allocation_ending() -> None:
+    alloc = allocation_offering()
+    info = alloc.allocation
+    assert info is not None
+    g = group(jobs=100)
+    fleet = [
+        unit("queued", alloc.id, group_id=g.id, state=ResourceState.PROVISIONING),
+        unit("running", alloc.id, group_id=g.id, busy=True),
+    ]
+    near_end = info.ends - timedelta(seconds=alloc.startup_seconds)  # within twice the start-up time
+    p = plan([g], [alloc], fleet, PlanningConstraints(now=near_end))
+    assert {d.resource_id: d.reason for d in p.drains} == {"queued": DrainReason.ALLOCATION_ENDING}
+    after = plan([g], [alloc], fleet, PlanningConstraints(now=info.ends + timedelta(minutes=1)))
+    assert {d.resource_id: d.reason for d in after.drains} == {
+        "queued": DrainReason.ALLOCATION_ENDING,
+        "running": DrainReason.ALLOCATION_ENDING,
+    }
+    early = plan([g], [alloc], fleet, PlanningConstraints(now=info.ends - timedelta(days=1)))
+    assert not early.drains
 
 
 def test_busy_fleet_covers_pending_jobs_so_no_new_units_start() -> None:
@@ -165,9 +191,9 @@ def test_even_pacing_caps_allocation_node_hours_this_round() -> None:
     # 40-day grant of 100 node-hours, 30 days gone, 75 used: exactly on the even-burn line.
     alloc = dataclasses.replace(base, allocation=dataclasses.replace(base.allocation, node_hours_used=75.0))
     g = group(jobs=10_000, walltime_hours=2.0)
-    p = plan([g], [alloc], (), PlanningConstraints(now=NOW, horizon_hours=24.0))
+    p = plan([g], [alloc], (), PlanningConstraints(now=NOW, horizon_hours=48.0))
     used = sum(it.units * it.hours for it in p.items)
-    on_pace = 100.0 * 31 / 40 - 75.0  # the even-burn target one horizon (a day) ahead, less what is used
+    on_pace = 100.0 * 31 / 40 - 75.0  # the even-burn target half a horizon (a day) ahead, less what is booked
     assert 0 < used <= on_pace + 1e-9
     e = explanation(p, "g")
     assert e.unserved_jobs > 0 and e.unserved_reason is RejectReason.ALLOCATION_PACED
