@@ -173,3 +173,14 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class OwnerReclaim(Protocol):
+    """A backend lending someone else's capacity (backfill): it gives it back when the owner wants it."""
+
+    async def evacuate_for_owners(self) -> list[str]:
+        """Release this broker's units that owner work is waiting for; their provider ids.
+
+        Their next listing shows them with `interruption_notice` (owner reclaim)."""
+        ...

@@ -487,7 +487,11 @@ class SimulatedHPC(SimulatedBackend):
         now = self.clock.now()
         in_flight = committed = 0.0
         for u in self.units.values():
-            if u.offering_id != offering_id or u.end_at is None or (u.terminated_at is not None and u.terminated_at <= now):
+            if (
+                u.offering_id != offering_id
+                or u.end_at is None
+                or (u.terminated_at is not None and u.terminated_at <= now)
+            ):
                 continue
             end = min(u.end_at, ends)
             if u.started_at is not None and u.started_at <= now:

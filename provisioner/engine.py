@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 
-from backends.base import AuthFailed, Backend, BackendError
+from backends.base import AuthFailed, Backend, BackendError, OwnerReclaim
 from provisioner.actuator import ActOutcome, Actuator, ActuatorSettings
 from provisioner.bus import DEMAND_TOPIC, Subscription
 from provisioner.circuit import CircuitBreaker, CircuitSettings, backend_key
@@ -92,6 +92,7 @@ class CycleReport:
     act: ActOutcome = field(default_factory=ActOutcome)
     drained: list[str] = field(default_factory=list)
     reconcile: ReconcileReport = field(default_factory=ReconcileReport)
+    reclaimed: dict[str, list[str]] = field(default_factory=dict)  # backend -> provider ids given back to owners
     errors: dict[str, str] = field(default_factory=dict)  # "<source or backend>:<step>" -> message
 
     @property
@@ -157,7 +158,7 @@ class DecisionEngine:
         return jobs
 
     async def _observe_backends(
-        self, report: CycleReport
+        self, report: CycleReport, *, dry_run: bool = False
     ) -> tuple[dict[str, Listing | None], list[Offering]]:
         listings: dict[str, Listing | None] = {}
         offerings: list[Offering] = []
@@ -166,6 +167,13 @@ class DecisionEngine:
             if self.circuit.is_open(backend_key(name)):
                 continue  # disabled or backed off: do not hammer it, and do not judge it by silence
             try:
+                if isinstance(backend, OwnerReclaim) and not dry_run:
+                    # owner work first: evacuate before listing, so the listing shows it and the
+                    # plan does not count on those units
+                    reclaimed = await backend.evacuate_for_owners()
+                    if reclaimed:
+                        report.reclaimed[name] = reclaimed
+                        log.info("backend.owner_reclaim", backend=name, units=reclaimed)
                 resources = await backend.list_resources()
                 listings[name] = Listing(name, self.clock.now(), resources)
                 if self.offerings_fn is None:
@@ -248,7 +256,7 @@ class DecisionEngine:
             self.dry_run_now = dry_run
             groups.extend(self.demand())
         report.groups = groups
-        listings, offerings = await self._observe_backends(report)
+        listings, offerings = await self._observe_backends(report, dry_run=dry_run)
         report.offerings = offerings
         self.fleet.refresh(self.store.resources(states=LIVE_STATES))
         for listing in listings.values():

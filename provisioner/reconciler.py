@@ -251,6 +251,13 @@ class Reconciler:
             report.walltime_ended.append(row.id)
             self._replan(row, report)
             return
+        if row.market == str(Market.BACKFILL) and entry.state == ProviderState.TERMINATED:
+            # backfill ended by anyone but us is its owner taking the node back (Slurm preemption, or
+            # our own evacuation for owner work): what backfill is for, not a lost unit
+            await self.store.transition(row.id, ResourceState.RELEASED, reason=str(DrainReason.OWNER_RECLAIM))
+            report.interrupted.append(row.id)
+            self._replan(row, report)
+            return
         if entry.state == ProviderState.FAILED:
             await self.store.transition(
                 row.id,
@@ -269,10 +276,15 @@ class Reconciler:
         self._replan(row, report)
 
     async def _interruption(self, row: ResourceRow, report: ReconcileReport) -> None:
-        reason = str(DrainReason.OWNER_RECLAIM) if row.market == str(Market.BACKFILL) else "spot interruption"
+        backfill = row.market == str(Market.BACKFILL)
+        reason = str(DrainReason.OWNER_RECLAIM) if backfill else "spot interruption"
         await self.store.transition(row.id, ResourceState.DRAINING, reason=reason)
         report.interrupted.append(row.id)
         self._replan(row, report)
+        if backfill:  # the owner wants the node now: cancel what is still there
+            drained = self.store.get(row.id)
+            assert drained is not None
+            await self._release(drained, reason, report)
 
     async def _idle(self, row: ResourceRow, signal: bool | None, report: ReconcileReport) -> None:
         """Drain a unit its work reports idle for `idle_drain`; no signal at all is never idleness."""
@@ -331,6 +343,8 @@ class Reconciler:
         if entry.tags and entry.tags.get(TAG_BROKER) not in (None, self.store.broker_id):
             return  # another broker's unit: not ours to touch
         known = self.store.get(entry.resource_id) if entry.resource_id else None
+        if known is not None and entry.state == ProviderState.STOPPING:
+            return  # released by us and on its way out (a cancelled Slurm job completing)
         if known is None and self.settings.orphan_policy == "adopt":
             offering = offerings.get(entry.offering_id or "")
             target = (

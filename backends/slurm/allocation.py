@@ -184,6 +184,8 @@ class SlurmAllocationBackend:
         alloc = offering.allocation
         if alloc is None:
             raise ValueError(f"offering {offering.id} has no allocation")
+        if self._clock() <= alloc.starts:
+            return 0.0  # not started: nothing charged yet (and sacct refuses a start in the future)
         try:
             records = await self.client.accounting(since=alloc.starts, accounts=[alloc.account])
         except AccountingUnavailable:

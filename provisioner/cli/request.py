@@ -83,6 +83,9 @@ def register(root: typer.Typer) -> None:
         keep_shape: bool = typer.Option(
             False, help="with --duration: exactly these cores for exactly this long, or refuse"
         ),
+        job_hours: str | None = typer.Option(
+            None, help="length of one job slot with --hs23-hours, e.g. 12h or 30m (default 12h)"
+        ),
     ) -> None:
         """Ask for capacity; it is admitted against the policies or rejected with the reason."""
         try:
@@ -102,6 +105,7 @@ def register(root: typer.Typer) -> None:
                 cores_per_job=cores_per_job,
                 preemptible=preemptible,
                 keep_shape=keep_shape,
+                **({"job_hours": _parse_hours(job_hours)} if job_hours else {}),
             )
         except ValidationError as exc:
             for e in exc.errors():

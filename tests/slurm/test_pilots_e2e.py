@@ -1,0 +1,305 @@
+"""End to end: `provisioner run` as a subprocess on the Slurm test cluster, driven by `request create/cancel`,
+`sbatch` and time, judged by Slurm's own view (squeue, sacct).
+
+Periods are scaled down to minutes: one-minute jobs and pilots, a planning horizon of one minute.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.broker_process import (
+    BrokerProcess,
+    accounted,
+    node_hours_by,
+    queued_or_running,
+    slurm,
+    slurm_account,
+)
+from tests.slurm.conftest import SLURM_CONF
+
+pytestmark = pytest.mark.slurm
+
+# One job of one minute on two cores: the broker keeps serving it (a running pilot is not counted as
+# covering the next wave of a one-minute job), so it is a steady backlog for the allocation.
+ONE_MINUTE_JOB = (
+    "--experiment",
+    "atlas",
+    "--cores",
+    "2",
+    "--cores-per-job",
+    "2",
+    "--hs23-hours",
+    "0.3",
+    "--job-hours",
+    "1m",
+)
+
+
+def policy(
+    *,
+    account: str,
+    backend: str,
+    granted: float,
+    starts: datetime,
+    ends: datetime,
+    pacing: str = "even",
+    horizon_hours: float = 1 / 60,
+    startup_seconds: int = 0,
+) -> str:
+    return f"""
+version = 1
+[facility]
+horizon_hours = {horizon_hours}
+[experiments.atlas]
+[allocations.{backend}]
+backend = "{backend}"
+account = "{account}"
+partition = "debug"
+node_hours_granted = {granted}
+starts = {starts.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}
+ends = {ends.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}
+pacing = "{pacing}"
+max_walltime_hours = 1
+max_nodes = 4
+startup_seconds = {startup_seconds}
+[allocations.{backend}.node]
+name = "slice2"
+cores = 2
+memory_gb = 4
+hs23_per_core = 10
+"""
+
+
+def backends(backend: str) -> str:
+    return f"""
+[{backend}]
+kind = "slurm_allocation"
+client = "commands"
+slurm_conf = "{SLURM_CONF}"
+core_slices = ["{backend}:debug:slice2:allocation"]
+pilot_min_minutes = 1
+"""
+
+
+@pytest.fixture
+def account(slurm_cluster: Path) -> Iterator[str]:
+    with slurm_account(f"sp{uuid.uuid4().hex[:8]}") as name:
+        yield name
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float, what: str, broker: BrokerProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; broker log:\n{broker.tail()}")
+        time.sleep(1)
+
+
+def pilots(account: str) -> list[str]:
+    return [j.job_id for j in queued_or_running(account) if j.name.startswith("prv.pilot.")]
+
+
+def test_even_allocation_tracks_the_burn_line_never_exceeds_the_grant_nor_runs_past_its_end(
+    account: str, tmp_path: Path
+) -> None:
+    """An 8-minute allocation of 0.4 node-hours (3 one-minute slices at once on average) with a steady
+    backlog of one-minute jobs: at each quarter of the period Slurm's accounting is within 5 % of the
+    grant of the even burn line, never above the grant, and no pilot runs past the end date."""
+    period = timedelta(minutes=8)
+    granted = 0.4
+    starts = datetime.now(UTC).replace(microsecond=0)
+    ends = starts + period
+    backend = f"hpc-{account}"
+    broker = BrokerProcess(
+        tmp_path,
+        f"b-{account}",
+        policy(account=account, backend=backend, granted=granted, starts=starts, ends=ends),
+        backends(backend),
+    )
+    with broker.run(interval=2):
+        broker.request(*ONE_MINUTE_JOB)
+        while datetime.now(UTC) < ends + timedelta(seconds=20):
+            time.sleep(5)
+        assert not pilots(account), "pilots still queued or running after the allocation's end"
+    time.sleep(3)  # slurmdbd records the last ends
+    jobs = [j for j in accounted(account, starts - timedelta(minutes=1)) if j.name.startswith("prv.pilot.")]
+    assert jobs, f"no pilot ever ran; broker log:\n{broker.tail()}"
+    report = []
+    for quarter in (1, 2, 3, 4):
+        at = starts + period * quarter / 4
+        used, line = node_hours_by(jobs, at), granted * quarter / 4
+        report.append(f"q{quarter}: used {used:.4f} line {line:.4f} ({(used - line) / granted:+.1%})")
+    for quarter in (1, 2, 3, 4):
+        at = starts + period * quarter / 4
+        assert abs(node_hours_by(jobs, at) - granted * quarter / 4) <= 0.05 * granted, "\n".join(report)
+    assert node_hours_by(jobs, ends + timedelta(minutes=5)) <= granted + 1e-9, "\n".join(report)
+    late = [j for j in jobs if j.end is not None and j.end > ends + timedelta(seconds=1)]
+    assert not late, f"pilots ran past the end date {ends}: {late}"
+    assert all(j.start is None or j.start >= starts for j in jobs), "a pilot started before the period"
+
+
+def test_cancelling_a_request_takes_its_allocation_pilots_off_the_queue(account: str, tmp_path: Path) -> None:
+    """Allocation pilots cost no money, yet once the request they serve is cancelled they go at once:
+    the hours they would hold belong to other work."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    backend = f"hpc-{account}"
+    broker = BrokerProcess(
+        tmp_path,
+        f"b-{account}",
+        policy(
+            account=account,
+            backend=backend,
+            granted=100,
+            starts=now - timedelta(days=1),
+            ends=now + timedelta(days=1),
+            pacing="asap",
+            horizon_hours=1,
+        ),
+        backends(backend),
+    )
+    with broker.run(interval=2):
+        request_id = broker.request(
+            "--experiment", "atlas", "--cores", "4", "--cores-per-job", "2", "--duration", "30m"
+        )
+        wait_for(lambda: len(pilots(account)) >= 2, timeout=60, what="two pilots in squeue", broker=broker)
+        broker.cli("request", "cancel", request_id)
+        wait_for(lambda: not pilots(account), timeout=30, what="the pilots to leave squeue", broker=broker)
+    cancelled = [j for j in accounted(account, now - timedelta(minutes=1)) if j.name.startswith("prv.pilot.")]
+    assert len(cancelled) >= 2 and all(j.state == "CANCELLED" for j in cancelled), cancelled
+
+
+def test_pilots_queued_at_the_allocations_end_are_cancelled_and_none_starts_after_it(
+    account: str, tmp_path: Path
+) -> None:
+    """The node is full of someone else's work until after the end date: the pilots wait in the queue,
+    and are gone at the end — none of them ever starts after it."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    ends = now + timedelta(seconds=100)
+    backend = f"hpc-{account}"
+    broker = BrokerProcess(
+        tmp_path,
+        f"b-{account}",
+        policy(
+            account=account,
+            backend=backend,
+            granted=100,
+            starts=now - timedelta(days=1),
+            ends=ends,
+            pacing="asap",
+        ),
+        backends(backend),
+    )
+    # the whole node, for longer than the allocation lasts (charged to the test's account, not a pilot)
+    blocker = slurm(
+        "sbatch", "--parsable", f"--account={account}", "--partition=debug", "--nodes=1", "--exclusive",
+        "--time=4", "--job-name=owner-work", "--output=/dev/null", "--wrap=sleep 150",
+    ).strip()  # fmt: skip
+    try:
+        with broker.run(interval=2):
+            broker.request(*ONE_MINUTE_JOB)
+            wait_for(
+                lambda: bool(pilots(account)), timeout=60, what="pilots waiting in squeue", broker=broker
+            )
+            while datetime.now(UTC) < ends + timedelta(seconds=10):
+                time.sleep(3)
+            assert not pilots(account), "pilots still queued after the allocation's end"
+    finally:
+        slurm("scancel", blocker, check=False)
+    jobs = [j for j in accounted(account, now - timedelta(minutes=1)) if j.name.startswith("prv.pilot.")]
+    assert jobs and all(j.start is None or j.start < ends for j in jobs), jobs
+    assert all(j.end is None or j.end <= ends + timedelta(seconds=1) for j in jobs if j.start), jobs
+
+
+def backfill_policy(backend: str) -> str:
+    return f"""
+version = 1
+[experiments.atlas]
+[backfill.{backend}]
+backend = "{backend}"
+partition = "scavenger"
+max_nodes = 4
+eviction_rate_per_hour = 0.01
+startup_seconds = 5
+[backfill.{backend}.node]
+name = "slice2"
+cores = 2
+memory_gb = 4
+hs23_per_core = 10
+"""
+
+
+def backfill_backends(backend: str, account: str) -> str:
+    return f"""
+[{backend}]
+kind = "slurm_backfill"
+client = "commands"
+slurm_conf = "{SLURM_CONF}"
+partition = "scavenger"
+account = "{account}"
+"""
+
+
+def backfill_pilots(account: str) -> list[str]:
+    return [j.job_id for j in queued_or_running(account) if j.name.startswith("prv.backfill.")]
+
+
+def test_owner_job_evacuates_backfill_pilots_and_none_return_while_it_runs(
+    account: str, tmp_path: Path
+) -> None:
+    """Backfill fills the node; the owner's job arrives: the pilots leave, the owner runs, the broker records
+    an owner reclaim (not a lost unit) and starts nothing on the node until the owner is done."""
+    backend = f"bf-{account}"
+    broker = BrokerProcess(
+        tmp_path, f"b-{account}", backfill_policy(backend), backfill_backends(backend, account)
+    )
+    owner = ""
+    try:
+        with broker.run(interval=2):
+            broker.request(
+                "--experiment", "atlas", "--cores", "8", "--cores-per-job", "2", "--duration", "30m", "--preemptible"
+            )  # fmt: skip
+            wait_for(
+                lambda: len([j for j in queued_or_running(account) if j.state == "RUNNING"]) == 4,
+                timeout=90, what="four backfill pilots running", broker=broker,
+            )  # fmt: skip
+            owner = slurm(
+                "sbatch", "--parsable", f"--account={account}", "--partition=owner", "--ntasks=8", "--time=2",
+                "--job-name=owner-work", "--output=/dev/null", "--wrap=sleep 40",
+            ).strip()  # fmt: skip
+            wait_for(
+                lambda: not backfill_pilots(account)
+                and any(j.job_id == owner and j.state == "RUNNING" for j in queued_or_running(account)),
+                timeout=30, what="the pilots gone and the owner job running", broker=broker,
+            )  # fmt: skip
+            for _ in range(12):  # while the owner runs, nothing of ours is queued or started on its node
+                assert not backfill_pilots(account), f"backfill resubmitted under the owner:\n{broker.tail()}"
+                time.sleep(2)
+    finally:
+        if owner:
+            slurm("scancel", owner, check=False)
+    states = broker_resource_states(tmp_path)
+    assert states and all(state == "released" for state, _ in states.values()), states
+    assert all(reason == "backfill owner needs the node" for _, reason in states.values()), states
+
+
+def broker_resource_states(directory: Path) -> dict[str, tuple[str, str]]:
+    """resource id -> (state, reason of its last transition), from the broker's own database."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(directory / "state" / "provisioner.db") as db:
+        rows = db.execute(
+            "SELECT subject, payload FROM events WHERE kind = 'resource.state' ORDER BY at, id"
+        ).fetchall()
+    out: dict[str, tuple[str, str]] = {}
+    for subject, payload in rows:
+        doc = json.loads(payload)
+        out[subject] = (doc.get("to"), doc.get("reason") or doc.get("failure_reason") or "")
+    return out
