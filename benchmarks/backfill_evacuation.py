@@ -1,10 +1,13 @@
 """Benchmark: how fast owner work gets a node that backfill jobs fill, on the real Slurm test cluster.
 
-Two ways, measured in the same run: `slurm_preemption` (submit the owner job and let
-preempt/partition_prio cancel the backfill jobs) and `evacuate_then_submit` (the broker's
-`SlurmBackfillBackend.evacuate(nodes)` cancels them while the owner job is submitted). Times are
-from the owner's sbatch to the owner job RUNNING (squeue polled every 50 ms) and to the last
-backfill job ended. Needs `scripts/slurm-cluster.sh start`. Usage:
+Three ways, measured in the same run: `slurm_preemption` (submit the owner job and let
+preempt/partition_prio cancel the backfill jobs), `evacuate_then_submit` (the broker's
+`SlurmBackfillBackend.evacuate(nodes)` cancels them while the owner job is submitted), and
+`engine_owner_reclaim` (the owner job is submitted, then the engine's step runs once:
+`evacuate_for_owners()` finds the waiting owner job in squeue and evacuates its node — Slurm's own
+preemption races it, as on a real site). Times are from the owner's sbatch to the owner job RUNNING
+(squeue polled every 50 ms) and to the last backfill job ended. Needs `scripts/slurm-cluster.sh
+start`. Usage:
 
     python benchmarks/backfill_evacuation.py [--repetitions 7]
 """
@@ -84,6 +87,9 @@ async def one_run(client: CommandsClient, mode: str, run: str) -> dict[str, floa
     t0 = time.monotonic()
     if mode == "slurm_preemption":
         owner = await client.submit(owner_spec)
+    elif mode == "engine_owner_reclaim":
+        owner = await client.submit(owner_spec)
+        await pool.evacuate_for_owners()
     else:
         _, owner = await asyncio.gather(pool.evacuate([NODE]), client.submit(owner_spec))
     owner_started = backfill_gone = None
@@ -115,7 +121,7 @@ def summary(values: list[float]) -> dict[str, float | list[float]]:
 
 async def main(repetitions: int) -> dict[str, object]:
     client = CommandsClient(slurm_conf=str(CLUSTER_DIR / "etc" / "slurm.conf"))
-    modes = ("slurm_preemption", "evacuate_then_submit")
+    modes = ("slurm_preemption", "evacuate_then_submit", "engine_owner_reclaim")
     samples: dict[str, dict[str, list[float]]] = {
         m: {"owner_started_s": [], "backfill_gone_s": []} for m in modes
     }
@@ -141,6 +147,8 @@ async def main(repetitions: int) -> dict[str, object]:
     base = statistics.median(samples["slurm_preemption"]["owner_started_s"])
     alt = statistics.median(samples["evacuate_then_submit"]["owner_started_s"])
     out["ratio_owner_start_evacuate_vs_preemption"] = round(alt / base, 3) if base > 0 else None
+    engine = statistics.median(samples["engine_owner_reclaim"]["owner_started_s"])
+    out["ratio_owner_start_engine_vs_preemption"] = round(engine / base, 3) if base > 0 else None
     await client.close()
     return out
 
@@ -164,6 +172,8 @@ def write(result: dict[str, object]) -> None:
     lines += [
         "",
         f"Ratio of medians (evacuate / Slurm preemption), owner start: {result['ratio_owner_start_evacuate_vs_preemption']}",
+        f"Ratio of medians (engine owner reclaim / Slurm preemption), owner start: "
+        f"{result['ratio_owner_start_engine_vs_preemption']}",
         "",
     ]
     (RESULTS / "backfill_evacuation.md").write_text("\n".join(lines))

@@ -186,8 +186,10 @@ class SlurmBackfillBackend:
         return sum((n.cpus - n.alloc_cpus) // max(1, self._offering.cores) for n in nodes)
 
     async def offerings(self) -> list[Offering]:
-        """The backfill offering with `capacity_units` = the free slots in the pool now."""
-        return [replace(self._offering, capacity_units=await self.free_slots())]
+        """The backfill offering with `capacity_units` = our live units + the free slots in the pool now
+        (the planner takes the live fleet off the capacity itself)."""
+        live = sum(1 for s in await self.backfill_jobs() if s.job.state in _LIVE)
+        return [replace(self._offering, capacity_units=live + await self.free_slots())]
 
     async def close(self) -> None:
         await self.client.close()

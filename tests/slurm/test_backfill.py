@@ -73,6 +73,8 @@ async def test_free_slots_follow_the_idle_cores_of_the_pool(
     ids = await fill(pool, tag, cleanup)
     assert len(ids) == 4
     assert await pool.free_slots() == 0
+    [offering] = await pool.offerings()
+    assert offering.capacity_units == 4  # our 4 units and no free slot: the planner takes ours off
 
 
 async def test_owner_job_preempts_backfill_units(
