@@ -28,6 +28,7 @@ ENDS = NOW + timedelta(hours=5)
 
 POLICY = """
 version = 1
+[experiments.atlas]
 [allocations.hpc]
 backend = "hpc"
 account = "atlas"
@@ -43,6 +44,7 @@ name = "n8"
 cores = 8
 memory_gb = 16
 hs23_per_core = 10
+[end]
 """
 
 

@@ -74,6 +74,7 @@ name = "slice2"
 cores = 2
 memory_gb = 4
 hs23_per_core = 10
+[end]
 """
 
 
@@ -236,6 +237,7 @@ name = "slice2"
 cores = 2
 memory_gb = 4
 hs23_per_core = 10
+[end]
 """
 
 
