@@ -92,7 +92,6 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-PILOT_MARKETS = frozenset({str(Market.ALLOCATION), str(Market.BACKFILL)})
 PILOT_SLACK = 0.1  # share of the planned run added to a pilot's time limit, in whole minutes
 
 
@@ -450,9 +449,10 @@ class Actuator:
     async def drain(self, orders: Sequence[DrainOrder]) -> list[str]:
         """Stop giving new work to these units; the reconciler releases them once idle.
 
-        A pilot (allocation or backfill job) is told to stop at once: cancelling it is Slurm's way to
-        say so (SIGTERM to the payload, which finishes or checkpoints, then SIGKILL after KillWait);
-        a queued one never starts. Its hours stop counting against the allocation.
+        Idle is what the work says: a pilot whose payload sends no heartbeat (Slurm's RUNNING says
+        nothing about work on it), or a queued one, is released at the next reconcile — cancelled,
+        SIGTERM to the payload then SIGKILL after Slurm's KillWait — and its hours stop counting
+        against the allocation; one whose payload reports jobs is left to finish them.
         """
         drained = []
         for order in orders:
@@ -460,13 +460,9 @@ class Actuator:
             if row is None:
                 continue
             state = ResourceState(row.state)
-            if state not in (ResourceState.PROVISIONING, ResourceState.RUNNING):
-                continue
-            reason = str(order.reason)
-            row = await self.store.transition(row.id, ResourceState.DRAINING, reason=reason)
-            drained.append(row.id)
-            if row.market in PILOT_MARKETS:
-                await self.release(row, reason)
+            if state in (ResourceState.PROVISIONING, ResourceState.RUNNING):
+                await self.store.transition(row.id, ResourceState.DRAINING, reason=str(order.reason))
+                drained.append(row.id)
         return drained
 
     async def release(self, row: ResourceRow, reason: str, *, provider_id: str | None = None) -> bool:

@@ -7,8 +7,9 @@ and the idempotency token (`k=v;k=v`). The name alone identifies our jobs in the
 What a pilot runs is the site's payload (`PilotPayload.command`: an HTCondor startd/glidein, a PanDA
 pilot, an experiment's wrapper), started with its identity in the environment (`PROVISIONER_GROUP`,
 `PROVISIONER_EXPERIMENT`, `PROVISIONER_RESOURCE`, `PILOT_END_EPOCH`). It is expected to exit when its
-group has no work left; the broker cancels it (SIGTERM, then SIGKILL after Slurm's KillWait) when the
-group's demand is gone. Without a command the pilot is a placeholder that holds the slot until its
+group has no work left; when the group's demand is gone the broker drains it and cancels it (SIGTERM,
+then SIGKILL after Slurm's KillWait) unless its heartbeat (`provisioner heartbeat`) says it still
+runs jobs. Without a command the pilot is a placeholder that holds the slot until its
 end time or a stop marker.
 """
 
@@ -210,7 +211,9 @@ class PilotJobs:
             offering_id=tags.get(TAG_OFFERING),
             launched_at=job.start_time,
             tags={k: v for k, v in tags.items() if k != TAG_TOKEN},
-            busy=job.state is JobState.RUNNING,
+            # Slurm's RUNNING says the pilot holds its slot, not that its payload has work: the
+            # payload's heartbeat tells (None: no view from here, never taken for idle on a guess)
+            busy=None,
             detail="; ".join(detail),
         )
         return PilotStatus(job=job, resource=resource, walltime_left_hours=left)
