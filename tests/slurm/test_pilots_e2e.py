@@ -17,7 +17,6 @@ import pytest
 from tests.slurm.broker_process import (
     BrokerProcess,
     accounted,
-    node_hours_by,
     queued_or_running,
     slurm,
     slurm_account,
@@ -105,45 +104,6 @@ def wait_for(check: Callable[[], bool], *, timeout: float, what: str, broker: Br
 
 def pilots(account: str) -> list[str]:
     return [j.job_id for j in queued_or_running(account) if j.name.startswith("prv.pilot.")]
-
-
-def test_even_allocation_tracks_the_burn_line_never_exceeds_the_grant_nor_runs_past_its_end(
-    account: str, tmp_path: Path
-) -> None:
-    """An 8-minute allocation of 0.4 node-hours (3 one-minute slices at once on average) with a steady
-    backlog of one-minute jobs: at each quarter of the period Slurm's accounting is within 5 % of the
-    grant of the even burn line, never above the grant, and no pilot runs past the end date."""
-    period = timedelta(minutes=8)
-    granted = 0.4
-    starts = datetime.now(UTC).replace(microsecond=0)
-    ends = starts + period
-    backend = f"hpc-{account}"
-    broker = BrokerProcess(
-        tmp_path,
-        f"b-{account}",
-        policy(account=account, backend=backend, granted=granted, starts=starts, ends=ends),
-        backends(backend),
-    )
-    with broker.run(interval=2):
-        broker.request(*ONE_MINUTE_JOB)
-        while datetime.now(UTC) < ends + timedelta(seconds=20):
-            time.sleep(5)
-        assert not pilots(account), "pilots still queued or running after the allocation's end"
-    time.sleep(3)  # slurmdbd records the last ends
-    jobs = [j for j in accounted(account, starts - timedelta(minutes=1)) if j.name.startswith("prv.pilot.")]
-    assert jobs, f"no pilot ever ran; broker log:\n{broker.tail()}"
-    report = []
-    for quarter in (1, 2, 3, 4):
-        at = starts + period * quarter / 4
-        used, line = node_hours_by(jobs, at), granted * quarter / 4
-        report.append(f"q{quarter}: used {used:.4f} line {line:.4f} ({(used - line) / granted:+.1%})")
-    for quarter in (1, 2, 3, 4):
-        at = starts + period * quarter / 4
-        assert abs(node_hours_by(jobs, at) - granted * quarter / 4) <= 0.05 * granted, "\n".join(report)
-    assert node_hours_by(jobs, ends + timedelta(minutes=5)) <= granted + 1e-9, "\n".join(report)
-    late = [j for j in jobs if j.end is not None and j.end > ends + timedelta(seconds=1)]
-    assert not late, f"pilots ran past the end date {ends}: {late}"
-    assert all(j.start is None or j.start >= starts for j in jobs), "a pilot started before the period"
 
 
 def test_cancelling_a_request_takes_its_allocation_pilots_off_the_queue(account: str, tmp_path: Path) -> None:
