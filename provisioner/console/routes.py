@@ -1,7 +1,7 @@
 """The console's pages and form actions, from the API's app; the token is kept in an HttpOnly cookie.
 
-The cookie is SameSite=Strict, so another site cannot make the browser post a form with it; every action
-checks the same scopes and experiment groups as the REST API.
+The cookie is SameSite=Strict and every form carries a CSRF token (`csrf`), so another site cannot make the
+browser post a form; every action checks the same scopes and experiment groups as the REST API.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.errors import http_error, validation_message
 from provisioner.budget_alerts import BudgetStatus
-from provisioner.console import charts, views
+from provisioner.console import charts, csrf, views
 from provisioner.demand_signal import announce
 from provisioner.domain import DrainOrder, DrainReason, ResourceState
 from provisioner.requests import BurstRequestSpec, RequestNotFound, cancel, view
@@ -33,6 +33,7 @@ from provisioner.requests import BurstRequestSpec, RequestNotFound, cancel, view
 COOKIE = "provisioner_token"
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(prefix="/console", include_in_schema=False)
+CsrfField = Annotated[str, Form(alias=csrf.FIELD, max_length=200)]
 
 PAGES = (
     ("operator", "Operations", Scope.RESOURCE_READ),
@@ -60,6 +61,11 @@ def console_user(request: Request, auth: Authenticator = Depends(get_auth)) -> P
     return _user(request, auth)
 
 
+def _form_checked(request: Request, given: str) -> None:
+    """403 unless the posted form carries the session's CSRF token."""
+    csrf.check(csrf.for_session(request.cookies.get(COOKIE)), given)
+
+
 def _needs(who: Principal, scope: Scope) -> None:
     if not who.has(scope):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"forbidden: the token lacks scope '{scope}'")
@@ -82,6 +88,7 @@ def _page(request: Request, name: str, who: Principal, context: ApiContext, **da
             "alerts": _alerts(context, who),
             "message": request.query_params.get("message"),
             "error": request.query_params.get("error"),
+            "csrf": csrf.for_session(request.cookies.get(COOKIE)),
             **data,
         },
     )
@@ -92,35 +99,48 @@ def _back(page: str, *, message: str | None = None, error: str | None = None) ->
     return RedirectResponse(f"/console/{page}{query}", status_code=status.HTTP_303_SEE_OTHER)
 
 
+def _login_page(request: Request, error: str | None, status_code: int = status.HTTP_200_OK) -> HTMLResponse:
+    """The login form with a fresh double-submit CSRF value (cookie and hidden field)."""
+    value = csrf.new_login_value()
+    page = templates.TemplateResponse(
+        request,
+        "login.html",
+        {"error": error, "nav": [], "who": None, "alerts": [], "csrf": value},
+        status_code=status_code,
+    )
+    secure = request.url.scheme == "https"
+    page.set_cookie(csrf.LOGIN_COOKIE, value, httponly=True, samesite="strict", secure=secure, path="/console")
+    return page
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request) -> HTMLResponse:
-    return templates.TemplateResponse(
-        request, "login.html", {"error": request.query_params.get("error"), "nav": [], "who": None, "alerts": []}
-    )
+    return _login_page(request, request.query_params.get("error"))
 
 
 @router.post("/login")
 def login(
-    request: Request, token: Annotated[str, Form(max_length=16384)], auth: Authenticator = Depends(get_auth)
+    request: Request,
+    token: Annotated[str, Form(max_length=16384)],
+    given: CsrfField = "",
+    auth: Authenticator = Depends(get_auth),
 ) -> Response:
+    csrf.check(request.cookies.get(csrf.LOGIN_COOKIE, ""), given)
     try:
         who = auth.authenticate(token.strip())
     except HTTPException as exc:
-        return templates.TemplateResponse(
-            request,
-            "login.html",
-            {"error": str(exc.detail), "nav": [], "who": None, "alerts": []},
-            status_code=status.HTTP_401_UNAUTHORIZED,
-        )
+        return _login_page(request, str(exc.detail), status.HTTP_401_UNAUTHORIZED)
     first = next((path for path, _, scope in PAGES if who.has(scope)), "operator")
     response = RedirectResponse(f"/console/{first}", status_code=status.HTTP_303_SEE_OTHER)
     secure = request.url.scheme == "https"
     response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", secure=secure, path="/console")
+    response.delete_cookie(csrf.LOGIN_COOKIE, path="/console")
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request, given: CsrfField = "") -> Response:
+    _form_checked(request, given)
     response = RedirectResponse("/console/login", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(COOKIE, path="/console")
     return response
@@ -224,10 +244,14 @@ def create_request(
     duration_hours: Annotated[float, Form()],
     cores: Annotated[int | None, Form()] = None,
     gpus: Annotated[int | None, Form()] = None,
+    given: CsrfField = "",
+    *,
+    request: Request,
     who: Principal = Depends(console_user),
     context: ApiContext = Depends(get_context),
     auth: Authenticator = Depends(get_auth),
 ) -> Response:
+    _form_checked(request, given)
     _needs(who, Scope.BURST_REQUEST)
     auth.confine(who, experiment)
     fields: dict[str, Any] = {"experiment": experiment, "duration_hours": duration_hours}
@@ -255,10 +279,13 @@ def create_request(
 @router.post("/requests/{request_id}/cancel")
 def cancel_request(
     request_id: str,
+    request: Request,
+    given: CsrfField = "",
     who: Principal = Depends(console_user),
     context: ApiContext = Depends(get_context),
     auth: Authenticator = Depends(get_auth),
 ) -> Response:
+    _form_checked(request, given)
     _needs(who, Scope.BURST_CANCEL)
     try:
         auth.confine(who, view(context.broker.db, request_id).row.experiment)
@@ -272,10 +299,13 @@ def cancel_request(
 async def drain_or_release(
     resource_id: str,
     action: str,
+    request: Request,
+    given: CsrfField = "",
     who: Principal = Depends(console_user),
     context: ApiContext = Depends(get_context),
     auth: Authenticator = Depends(get_auth),
 ) -> Response:
+    _form_checked(request, given)
     _needs(who, Scope.RESOURCE_DRAIN)
     if action not in ("drain", "release"):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no action '{action}'")
@@ -305,7 +335,14 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return templates.TemplateResponse(
         request,
         "denied.html",
-        {"status_code": exc.status_code, "detail": exc.detail, "nav": [], "who": None, "alerts": []},
+        {
+            "status_code": exc.status_code,
+            "detail": exc.detail,
+            "nav": [],
+            "who": None,
+            "alerts": [],
+            "csrf": csrf.for_session(request.cookies.get(COOKIE)),
+        },
         status_code=exc.status_code,
     )
 

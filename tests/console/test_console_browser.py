@@ -85,6 +85,12 @@ def test_an_experiment_asks_for_capacity_and_cancels_it(chromium: object, consol
     row = page.locator(f'#requests tr[data-request="{request_id}"]')  # type: ignore[attr-defined]
     assert "128 cores" in row.inner_text()
     page.screenshot(path=str(shots / "experiment.png"), full_page=True)  # type: ignore[attr-defined]
+    # the same post without the form's CSRF token (as a cross-site page would send it) is refused
+    forged = page.evaluate(  # type: ignore[attr-defined]
+        "async (id) => (await fetch(`/console/requests/${id}/cancel`, {method: 'POST'})).status", request_id
+    )
+    assert forged == 403
+    assert page.locator(f'#requests tr[data-request="{request_id}"] input[name=csrf]').count() == 1  # type: ignore[attr-defined]
     row.locator("button.cancel").click()
     page.wait_for_load_state()  # type: ignore[attr-defined]
     assert "cancelled" in page.inner_text(f'#requests tr[data-request="{request_id}"]')  # type: ignore[attr-defined]

@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import httpx
 
+from provisioner.console import views
 from tests.api.conftest import LiveServer
 from tests.console.conftest import TOKENS
+
+
+def form_token(html: str) -> str:
+    """The CSRF token a console page puts in its forms."""
+    found = re.search(r'name="csrf" value="([^"]*)"', html)
+    assert found is not None and found.group(1), "the page's forms carry a CSRF token"
+    return found.group(1)
 
 
 @contextlib.contextmanager
 def browser(server: LiveServer, who: str | None) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60, follow_redirects=False) as client:
         if who is not None:
-            response = client.post("/console/login", data={"token": TOKENS[who][0]})
+            login = form_token(client.get("/console/login").text)
+            response = client.post("/console/login", data={"token": TOKENS[who][0], "csrf": login})
             assert response.status_code == 303, response.text
         yield client
+
+
+def csrf_of(client: httpx.Client, page: str = "experiment") -> str:
+    return form_token(client.get(f"/console/{page}").text)
 
 
 def test_without_a_token_every_page_sends_the_browser_to_the_login_form(console: LiveServer) -> None:
@@ -25,7 +39,7 @@ def test_without_a_token_every_page_sends_the_browser_to_the_login_form(console:
         for page in ("/console", "/console/operator", "/console/finance", "/console/experiment"):
             response = anonymous.get(page)
             assert response.status_code == 303 and response.headers["location"].startswith("/console/login")
-        wrong = anonymous.post("/console/login", data={"token": "nope"})
+        wrong = anonymous.post("/console/login", data={"token": "nope", "csrf": csrf_of(anonymous, "login")})
         assert wrong.status_code == 401 and "not one this service knows" in wrong.text
 
 
@@ -69,7 +83,7 @@ def test_a_request_made_in_the_console_wakes_the_engine_and_others_cannot_ask_fo
     assert bus is not None
     subscription = console.call(bus.subscribe(DEMAND_TOPIC))
     with browser(console, "atlas") as atlas:
-        form = {"experiment": "atlas", "cores": "64", "gpus": "0", "duration_hours": "2"}
+        form = {"experiment": "atlas", "cores": "64", "gpus": "0", "duration_hours": "2", "csrf": csrf_of(atlas)}
         made = atlas.post("/console/requests", data=form)
         assert made.status_code == 303 and "admitted" in unquote(made.headers["location"])
         refused = atlas.post("/console/requests", data={**form, "experiment": "lsst"})
@@ -87,3 +101,40 @@ def test_the_policy_page_shows_every_version_and_what_changed(console: LiveServe
         assert op.get("/console/policy?compare=99999999999").status_code == 200
     with browser(console, "finance") as finance:
         assert finance.get("/console/policy").status_code == 403
+
+
+def test_a_form_posted_without_the_sessions_csrf_token_is_refused(console: LiveServer) -> None:
+    """A cross-site page can make the browser send the cookie (were SameSite to fail) but not the token."""
+    ids = [r.id for r in views_requests(console)]
+    unit = next(iter(live_unit_ids(console)))
+    form = {"experiment": "atlas", "cores": "8", "gpus": "0", "duration_hours": "1"}
+    with browser(console, "operator") as op, browser(console, "atlas") as atlas:
+        others = csrf_of(atlas)  # a valid token, of another session
+        posts = [
+            ("/console/requests", form),
+            (f"/console/requests/{ids[0]}/cancel", {}),
+            (f"/console/resources/{unit}/drain", {}),
+            (f"/console/resources/{unit}/release", {}),
+            ("/console/logout", {}),
+        ]
+        for path, data in posts:
+            for bad in ({}, {"csrf": ""}, {"csrf": "0" * 64}, {"csrf": others}):
+                refused = op.post(path, data={**data, **bad})
+                assert refused.status_code == 403 and "CSRF token" in refused.text, (path, bad, refused.text)
+        assert op.get("/console/operator").status_code == 200, "still logged in: the logout was refused too"
+    assert [r.id for r in views_requests(console)] == ids, "nothing was created or cancelled"
+    assert unit in live_unit_ids(console), "nothing was drained or released"
+    with httpx.Client(base_url=console.url, timeout=60) as fresh:  # login: the form's value must match its cookie
+        fresh.get("/console/login")
+        refused = fresh.post("/console/login", data={"token": TOKENS["operator"][0], "csrf": "forged"})
+        assert refused.status_code == 403 and "CSRF token" in refused.text
+        assert fresh.post("/console/login", data={"token": TOKENS["operator"][0]}).status_code == 403
+
+
+def views_requests(server: LiveServer) -> list[views.RequestView]:
+    broker = server.context.broker
+    return views.requests(broker.db, None, broker.clock.now())
+
+
+def live_unit_ids(server: LiveServer) -> set[str]:
+    return {u.id for u in views.live_units(server.context.broker.db, None) if u.state == "running"}
