@@ -4,7 +4,8 @@ The simulated provider knows what it really ran: each unit from the moment it st
 the moment it was terminated (by the broker, an interruption or its walltime), per second, at the
 offering's price. It writes one line per unit and hour, as both exports do, with the broker's tags
 or labels on it, plus what a real account carries beside the instances and the broker does not
-price: the instance's root disk and its public IPv4 address, every hour the instance exists.
+price: the instance's root disk and its public IPv4 address, every hour the instance exists. With
+`egress_gb_per_hour` set, the data the units sent out is billed too, at the region's marginal tiers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 from backends.simulated import SimulatedBackend, SimUnit
+from policies.egress import marginal_egress_cost
 from provisioner.domain import Market
 
 HOUR = timedelta(hours=1)
@@ -64,9 +66,36 @@ def _instance_type(offering_id: str) -> tuple[str, str]:
     return region, itype
 
 
+Egress = dict[tuple[str, datetime], tuple[Decimal, Decimal]]  # (unit, piece start) → (GB, USD)
+
+
+def egress_charges(backend: SimulatedBackend, lo: datetime, hi: datetime, *, until: datetime) -> Egress:
+    """GB each unit sent in each hour piece (the backend's `egress_gb_per_hour` while running), priced
+    at its region's marginal tiers on the GB sent from that region since `lo`, in time order."""
+    if not backend.egress_gb_per_hour:
+        return {}
+    rate = Decimal(str(backend.egress_gb_per_hour))
+    pieces = []
+    for unit in backend.billable_units():
+        span = _ran(unit, until)
+        offering = backend.offering(unit.offering_id)
+        if span is None or offering is None:
+            continue
+        for a, b in _pieces(*span, lo, hi):
+            pieces.append((a, unit.provider_id, offering, rate * Decimal((b - a).total_seconds()) / 3600))
+    used: dict[str, Decimal] = {}
+    out: Egress = {}
+    for a, pid, offering, gb in sorted(pieces, key=lambda p: (p[0], p[1])):
+        before = used.get(offering.location, Decimal(0))
+        out[(pid, a)] = (gb, marginal_egress_cost(gb, before, offering.egress_tiers))
+        used[offering.location] = before + gb
+    return out
+
+
 def write_cur(backend: SimulatedBackend, path: Path, lo: datetime, hi: datetime, *, until: datetime) -> int:
     """AWS CUR 2.0 CSV of [lo, hi); returns the number of lines."""
     lines = 0
+    egress = egress_charges(backend, lo, hi, until=until)
     with path.open("w", newline="") as handle:
         w = csv.DictWriter(handle, CUR_COLUMNS)
         w.writeheader()
@@ -101,7 +130,11 @@ def write_cur(backend: SimulatedBackend, path: Path, lo: datetime, hi: datetime,
                     ("ip", "PublicIPv4:InUseAddress", "AssociateAddress", unit.provider_id, hours,
                      hours * IPV4_USD_PER_HOUR),
                 )  # fmt: skip
-                for what, usage_type, operation, resource, amount, cost in charges:
+                extra: tuple[tuple[str, str, str, str, Decimal, Decimal], ...] = ()
+                if (unit.provider_id, a) in egress:
+                    gb, usd = egress[(unit.provider_id, a)]
+                    extra = (("egress", "DataTransfer-Out-Bytes", "RunInstances", unit.provider_id, gb, usd),)
+                for what, usage_type, operation, resource, amount, cost in (*charges, *extra):
                     w.writerow(
                         base
                         | {
@@ -120,6 +153,7 @@ def write_cur(backend: SimulatedBackend, path: Path, lo: datetime, hi: datetime,
 def write_gcp(backend: SimulatedBackend, path: Path, lo: datetime, hi: datetime, *, until: datetime) -> int:
     """GCP billing export (the BigQuery table's columns) as JSON lines of [lo, hi); returns the line count."""
     lines = 0
+    egress = egress_charges(backend, lo, hi, until=until)
     with path.open("w") as handle:
         for unit in backend.billable_units():
             span = _ran(unit, until)
@@ -141,7 +175,11 @@ def write_gcp(backend: SimulatedBackend, path: Path, lo: datetime, hi: datetime,
                      hours * ROOT_DISK_GB * DISK_USD_PER_GB_MONTH / HOURS_PER_MONTH),
                     ("Compute Engine", "External IP Charge on a Standard VM", name, hours * IPV4_USD_PER_HOUR),
                 )  # fmt: skip
-                for service, sku, resource, cost in charges:
+                more: tuple[tuple[str, str, str, Decimal], ...] = ()
+                if (unit.provider_id, a) in egress:
+                    _, usd = egress[(unit.provider_id, a)]
+                    more = (("Compute Engine", f"Network Internet Egress from {zone}", name, usd),)
+                for service, sku, resource, cost in (*charges, *more):
                     record = {
                         "billing_account_id": "01ABCD-234567-89EF01",
                         "service": {"id": "6F81-5844-456A", "description": service},

@@ -38,8 +38,10 @@ def invoices(
             continue
         write, suffix = WRITERS[name]
         path = out / f"{name}-invoice-{month}.{suffix}"
-        write(backend, path, month.start, month.end, until=now)
-        files.append(path)
+        if write(backend, path, month.start, month.end, until=now):
+            files.append(path)
+        else:
+            path.unlink()  # nothing ran there this month: no invoice
     return files
 
 

@@ -11,14 +11,17 @@ import pytest
 from sqlmodel import Session, select
 
 from accounting.egress import EGRESS_EVENT, egress_samples, egress_used_gb
+from accounting.invoice import parse_invoice
 from accounting.ledger import ledger_totals
 from accounting.period import Month
 from accounting.pipeline import demo_accounting
+from accounting.reconcile import reconcile, store_lines
 from backends.simulated import SimulatedCloud
 from provisioner.admission import admit_spec
 from provisioner.broker import build_broker
 from provisioner.bus import InProcessBus
 from provisioner.clock import SimulatedClock
+from provisioner.demo_invoice import invoices
 from provisioner.model import EventRow
 from provisioner.requests import BurstRequestSpec
 from provisioner.settings import Settings
@@ -44,6 +47,7 @@ def test_measured_egress_is_priced_in_the_ledger_and_counted_by_the_planner(tmp_
         for _ in range(6):
             await broker.engine.run_cycle()
             clock.advance(1800)
+        await broker.engine.run_cycle()  # a last look: counters are measured when a listing sees them
 
     asyncio.run(run())
     now = clock.now()
@@ -76,4 +80,13 @@ def test_measured_egress_is_priced_in_the_ledger_and_counted_by_the_planner(tmp_
         if hasattr(result.report, "by_experiment")
         else True
     )
+    # the simulated providers bill the same bytes: the reconciliation matches them to the ledger's egress
+    paths = invoices(broker.backends, Month(2026, 11), tmp_path / "invoices", now=now)
+    with Session(broker.db) as session:
+        for path in paths:
+            store_lines(session, parse_invoice(path).lines, path.name)
+        rec = reconcile(session, Month(2026, 11))
+    assert "egress" not in {u.category for u in rec.unestimated}
+    pct = rec.total.difference_pct
+    assert pct is not None and abs(pct) < 1.0, pct
     broker.db.dispose()
