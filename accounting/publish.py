@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from accounting import apel, summaries
 from accounting.dirq_queue import OutgoingQueue
-from accounting.duplicates import Duplicate, same_job_other_key
+from accounting.duplicates import SAME_JOB, Duplicate, same_job_other_key
 from accounting.period import Month
 from accounting.usage import USAGE, UsageProblem, row_to_record, stored_problems, valid_row_condition
 from accounting.usage_store import UsageStore
@@ -68,7 +68,8 @@ class PublishReport:
     results: list[KindResult] = field(default_factory=list)
     problems: list[UsageProblem] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)  # dirq element names
-    # the same job stored under two record keys (both counted in the messages): fix the source
+    # the same job stored under two record keys: the second copy is left out of every message (the
+    # first is sent once); both sources are reported here so the source can be fixed
     duplicates: list[Duplicate] = field(default_factory=list)
 
 
@@ -88,11 +89,18 @@ def build_messages(
     *,
     site: str | None = None,
     store: UsageStore | None = None,
+    excluded: Collection[str] | None = None,
 ) -> tuple[int, list[str]]:
     """(number of records, messages) of one kind for one month, from the stored usage: the
-    database's and, for batch jobs, the columnar store's (`accounting import` of usage files)."""
+    database's and, for batch jobs, the columnar store's (`accounting import` of usage files).
+
+    `excluded`: record keys left out (default: the second copy of each job stored under two keys,
+    `second_copies`), so a duplicated job is sent once.
+    """
+    if excluded is None:
+        excluded = second_copies(same_job_other_key(month_records(session, month, site=site)))
     if kind in (Kind.SUMMARY, Kind.NORMALISED):
-        groups = summaries.job_groups(session, month, site=site)
+        groups = summaries.job_groups(session, month, site=site, excluded=excluded)
         if store is not None:
             groups += store.job_groups(month, site=site)
         if kind is Kind.SUMMARY:
@@ -101,12 +109,12 @@ def build_messages(
         normalised = apel.normalised_from_groups(groups, month.year, month.month)
         return len(normalised), apel.normalised_messages(normalised)
     if kind is Kind.SYNC:
-        counts = summaries.sync_counts(session, month, site=site)
+        counts = summaries.sync_counts(session, month, site=site, excluded=excluded)
         if store is not None:
             counts = _merged_syncs([*counts, *store.sync_counts(month, site=site)], month)
         return len(counts), apel.sync_messages(counts)
     if kind is Kind.CLOUD_SUMMARY:
-        cloud = summaries.cloud_summaries(session, month, site=site)
+        cloud = summaries.cloud_summaries(session, month, site=site, excluded=excluded)
         return len(cloud), apel.cloud_summary_messages(cloud)
     t = USAGE.c
     jobs_of_month = (
@@ -115,6 +123,7 @@ def build_messages(
         t.end_time < month.end,
         valid_row_condition(),
         *([t.site == site] if site else []),
+        *([t.record_key.not_in(sorted(excluded))] if excluded else []),
     )
     if kind is Kind.JOBS:
         stmt = select(UsageRecordRow).where(*jobs_of_month)
@@ -122,7 +131,7 @@ def build_messages(
         if store is not None:
             jobs = sorted([*jobs, *store.job_records(month, site=site)], key=lambda r: r.record_key)
         return len(jobs), apel.job_messages(jobs)
-    stmt = select(UsageRecordRow).where(*summaries.vm_condition(month, site)).order_by(t.record_key)
+    stmt = select(UsageRecordRow).where(*summaries.vm_condition(month, site, excluded)).order_by(t.record_key)
     vms = [row_to_record(r) for r in session.execute(stmt).scalars()]
     if kind is Kind.CLOUD:
         return len(vms), apel.cloud_messages(vms)
@@ -131,6 +140,11 @@ def build_messages(
     jobs = [row_to_record(r) for r in session.execute(gpu_jobs.order_by(t.record_key)).scalars()]
     with_gpus = [v for v in vms if v.gpu_count > 0 and v.gpu_model] + jobs
     return len(with_gpus), apel.accelerator_messages(with_gpus, month.year, month.month)
+
+
+def second_copies(duplicates: Sequence[Duplicate]) -> frozenset[str]:
+    """Record keys to leave out of the messages: the second copy of each job stored under two keys."""
+    return frozenset(d.second_key for d in duplicates if d.problem == SAME_JOB)
 
 
 def month_records(session: Session, month: Month, *, site: str | None = None) -> list[UsageRecord]:
@@ -175,7 +189,9 @@ def publish_month(
     report.problems = stored_problems(session, month.start, month.end, site=site)
     report.duplicates = same_job_other_key(month_records(session, month, site=site))
     for kind in kinds:
-        records, messages = build_messages(session, month, kind, site=site, store=store)
+        records, messages = build_messages(
+            session, month, kind, site=site, store=store, excluded=second_copies(report.duplicates)
+        )
         sha = content_hash(messages)
         key = kind.value if site is None else f"{kind.value}@{site}"
         row = session.execute(

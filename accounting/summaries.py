@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,12 +25,21 @@ def _aware(value: datetime | None) -> datetime:
     return out
 
 
-def _site_filter(site: str | None) -> list[ColumnElement[bool]]:
-    return [] if site is None else [USAGE.c.site == site]
+def _site_filter(site: str | None, excluded: Collection[str] = ()) -> list[ColumnElement[bool]]:
+    """The site's rows, without `excluded` record keys (second copies of a duplicated job)."""
+    out = [] if site is None else [USAGE.c.site == site]
+    if excluded:
+        out.append(USAGE.c.record_key.not_in(sorted(excluded)))
+    return out
 
 
 def job_groups(
-    session: Session, month: Month, *, site: str | None = None, kinds: tuple[str, ...] = JOB_KINDS
+    session: Session,
+    month: Month,
+    *,
+    site: str | None = None,
+    kinds: tuple[str, ...] = JOB_KINDS,
+    excluded: Collection[str] = (),
 ) -> list[JobGroup]:
     """Jobs that ended in `month` (UTC), aggregated in SQL on every summary key (raw FQAN kept)."""
     t = USAGE.c
@@ -57,7 +67,7 @@ def job_groups(
             t.end_time >= month.start,
             t.end_time < month.end,
             valid_row_condition(),
-            *_site_filter(site),
+            *_site_filter(site, excluded),
         )
         .group_by(*keys)
     )
@@ -85,7 +95,12 @@ def job_groups(
 
 
 def sync_counts(
-    session: Session, month: Month, *, site: str | None = None, kinds: tuple[str, ...] = JOB_KINDS
+    session: Session,
+    month: Month,
+    *,
+    site: str | None = None,
+    kinds: tuple[str, ...] = JOB_KINDS,
+    excluded: Collection[str] = (),
 ) -> list[SyncCount]:
     t = USAGE.c
     stmt = (
@@ -95,7 +110,7 @@ def sync_counts(
             t.end_time >= month.start,
             t.end_time < month.end,
             valid_row_condition(),
-            *_site_filter(site),
+            *_site_filter(site, excluded),
         )
         .group_by(t.site, t.submit_host)
         .order_by(t.site, t.submit_host)
@@ -116,7 +131,7 @@ def _vm_in_month(month: Month) -> ColumnElement[bool]:
     )
 
 
-def vm_condition(month: Month, site: str | None) -> list[ColumnElement[bool]]:
+def vm_condition(month: Month, site: str | None, excluded: Collection[str] = ()) -> list[ColumnElement[bool]]:
     """VMs accounted in `month`: finished in it, or still running and started before its end."""
     t = USAGE.c
     valid_vm = and_(
@@ -128,10 +143,12 @@ def vm_condition(month: Month, site: str | None) -> list[ColumnElement[bool]]:
         t.hs23_per_core <= 80.0,
         or_(t.end_time.is_(None), t.end_time >= t.start_time),
     )
-    return [t.kind == "vm", _vm_in_month(month), valid_vm, *_site_filter(site)]
+    return [t.kind == "vm", _vm_in_month(month), valid_vm, *_site_filter(site, excluded)]
 
 
-def cloud_summaries(session: Session, month: Month, *, site: str | None = None) -> list[CloudSummary]:
+def cloud_summaries(
+    session: Session, month: Month, *, site: str | None = None, excluded: Collection[str] = ()
+) -> list[CloudSummary]:
     t = USAGE.c
     status = func.coalesce(t.status, "completed")
     # CpuCount is per VM on the server: VMs of different sizes are different summary lines
@@ -147,7 +164,7 @@ def cloud_summaries(session: Session, month: Month, *, site: str | None = None) 
             func.sum(t.memory_kb),
             func.count(),
         )
-        .where(*vm_condition(month, site))
+        .where(*vm_condition(month, site, excluded))
         .group_by(*keys)
     )
     merged: dict[tuple[Any, ...], _CloudTotals] = {}

@@ -63,3 +63,31 @@ def test_publish_reports_the_same_job_stored_twice(session: Session, tmp_path: P
     assert [(d.first_key, d.second_key) for d in report.duplicates] == [
         ("UKI-TEST:job:5", "UKI-TEST:job:other-5")
     ]
+
+
+def test_a_duplicated_job_and_vm_are_sent_once_in_every_apel_message(session: Session, tmp_path: Path) -> None:
+    import re
+
+    from accounting.dirq_queue import OutgoingQueue
+    from accounting.publish import Kind
+
+    first, other = job(5), job(6)
+    again = replace(first, record_key="UKI-TEST:job:other-5", submit_host="ce02", infrastructure="slurm")
+    machine = vm(1)
+    machine_again = replace(machine, record_key="UKI-TEST:vm:i-0001-copy")
+    import_records(session, [first, again, other, machine, machine_again], now=NOW)
+    kinds = (Kind.SUMMARY, Kind.SYNC, Kind.JOBS, Kind.CLOUD, Kind.CLOUD_SUMMARY)
+    report = publish_month(session, Month(2026, 10), tmp_path / "q", kinds=kinds, now=NOW)
+    assert {(d.first_key, d.second_key) for d in report.duplicates} == {
+        ("UKI-TEST:job:5", "UKI-TEST:job:other-5"), ("UKI-TEST:vm:i-0001", "UKI-TEST:vm:i-0001-copy")
+    }  # both sources still reported
+    sent = {k: "".join(t for _, t in OutgoingQueue(tmp_path / "q").messages() if t.startswith(h))
+            for k, h in (("summary", "APEL-summary-job-message"), ("sync", "APEL-sync-message"),
+                         ("jobs", "APEL-individual-job-message"), ("cloud", "APEL-cloud-message"),
+                         ("cloud_summary", "APEL-cloud-summary-message"))}  # fmt: skip
+    jobs = lambda text: sum(int(n) for n in re.findall(r"^NumberOfJobs: (\d+)$", text, flags=re.M))  # noqa: E731
+    assert jobs(sent["summary"]) == 2 and jobs(sent["sync"]) == 2  # job 5 once, job 6
+    assert "ce02" not in sent["summary"] + sent["sync"] + sent["jobs"]
+    assert re.findall(r"^LocalJobId: (\S+)$", sent["jobs"], flags=re.M) == ["1005", "1006"]
+    assert sent["cloud"].count("VMUUID:") == 1
+    assert re.findall(r"^NumberOfVMs: (\d+)$", sent["cloud_summary"], flags=re.M) == ["1"]
