@@ -39,7 +39,7 @@ from provisioner.domain import (
     Offering,
     PlanningConstraints,
 )
-from provisioner.engine import DecisionEngine, DemandFn, EngineSettings
+from provisioner.engine import DecisionEngine, DemandFn, EngineSettings, PlannerFn
 from provisioner.grouping import group_jobs
 from provisioner.ids import IdSource
 from provisioner.leader import Leadership, LeaseSettings
@@ -238,6 +238,7 @@ def build_broker(
     demand: DemandFn | None = None,
     simulated_state_dir: Path | None = None,
     ids: IdSource | None = None,
+    planner: PlannerFn | None = None,
 ) -> Broker:
     """Wire a broker: `backends` if given, else those of the backends file in the settings, else simulated
     ones serving the catalog and the policy's site offerings (the embedded default). Simulated units are
@@ -281,7 +282,7 @@ def build_broker(
         backends=backends,
         sources=sources,
         group=group_jobs,
-        planner=plan,
+        planner=planner or plan,
         constraints=constraints,
         demand=demand_fn,
         settings=replace(

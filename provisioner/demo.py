@@ -10,7 +10,9 @@ provisions on simulated backends, reacts to spot interruptions and idle units, a
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,10 +33,19 @@ from provisioner.broker import EXAMPLE_POLICY, Broker, build_broker, simulated_b
 from provisioner.catalog import load_catalog
 from provisioner.clock import SimulatedClock
 from provisioner.demo_invoice import reconcile_demo
-from provisioner.domain import LIVE_STATES, Arch, Plan
+from provisioner.domain import (
+    LIVE_STATES,
+    Arch,
+    DemandGroup,
+    FleetUnit,
+    Offering,
+    Plan,
+    PlanningConstraints,
+)
 from provisioner.engine import CycleReport
 from provisioner.ids import SeededIds
 from provisioner.model import MICRO, BurstRequestRow, ResourceRow
+from provisioner.planner import plan
 from provisioner.requests import (
     BurstRequestSpec,
     RequestStatus,
@@ -122,6 +133,18 @@ def trace_sources(clock: SimulatedClock) -> list[TraceSource]:
     return [lsst, atlas_sim]
 
 
+def plan_without_time_limit(
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[Offering],
+    fleet: Sequence[FleetUnit],
+    constraints: PlanningConstraints,
+) -> Plan:
+    """The engine's planner with no wall-clock limit on its MILP: a seeded simulation must make the
+    same decisions on a loaded machine as on an idle one (the demo's instances solve in well under a
+    second, so nothing waits long)."""
+    return plan(groups, offerings, fleet, constraints, time_limit=math.inf)
+
+
 def _decision_lines(plan: Plan, broker: Broker) -> list[str]:
     lines = []
     for item in plan.items:
@@ -187,6 +210,7 @@ async def run_demo(
         sources=traces,
         demand=lambda: holder["sim"].demand(),
         ids=ids,
+        planner=plan_without_time_limit,
     )
     sim = BatchSimulator(
         list(backends.values()),
