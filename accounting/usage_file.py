@@ -35,7 +35,8 @@ from accounting.usage_store import COLUMNS, UsageStore, _aware, _quote
 from provisioner.domain import UsageRecord
 
 REQUIRED = ("record_key", "kind", "experiment", "site", "submit_host", "backend", "start_time",
-            "wall_seconds", "cpu_seconds", "cores")  # fmt: skip
+            "wall_seconds", "cores")  # fmt: skip
+# cpu_seconds may be absent or null: CPU time unknown (as `validate_record` accepts it), summed as 0.
 DEFAULTS = {"nodes": "1", "gpu_count": "0", "status": "'completed'"}
 LISTED_PROBLEMS = 1000  # refusals returned one by one; the rest are counted
 

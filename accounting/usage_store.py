@@ -147,7 +147,7 @@ class UsageStore:
             rows = con.execute(
                 f"""
                 SELECT site, experiment, fqan, global_user_name, submit_host, hs23_per_core, nodes, cores,
-                       SUM(wall_seconds), SUM(cpu_seconds), COUNT(*), MIN(end_time), MAX(end_time)
+                       SUM(wall_seconds), COALESCE(SUM(cpu_seconds), 0), COUNT(*), MIN(end_time), MAX(end_time)
                 {body}
                 GROUP BY site, experiment, fqan, global_user_name, submit_host, hs23_per_core, nodes, cores
                 """,

@@ -107,6 +107,20 @@ def test_each_bad_record_is_refused_naming_its_record_and_column(session: Sessio
     assert store.count() == 1
 
 
+def test_a_job_without_cpu_time_is_stored_as_unknown_and_adds_no_cpu(
+    session: Session, tmp_path: Path
+) -> None:
+    store = UsageStore(tmp_path / "usage")
+    lines = [_json(job(1), cpu_seconds=None), _json(job(2))]
+    result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
+    assert (result.stored, result.refused) == (2, 0)
+    assert sorted((r.record_key, r.cpu_seconds) for r in store.job_records(OCTOBER)) == [
+        ("UKI-TEST:job:1", None),
+        ("UKI-TEST:job:2", job(2).cpu_seconds),
+    ]
+    assert sum(g.cpu_seconds for g in store.job_groups(OCTOBER)) == job(2).cpu_seconds
+
+
 def test_importing_the_same_file_twice_changes_nothing(session: Session, tmp_path: Path) -> None:
     store = UsageStore(tmp_path / "usage")
     path = _write(tmp_path / "u.jsonl", [_json(r) for r in _varied_jobs(50)])
@@ -141,7 +155,9 @@ def test_a_later_record_with_the_same_key_replaces_the_earlier_one_even_in_anoth
 def test_vm_records_of_a_file_go_to_the_database_and_jobs_replace_the_database_copy(
     session: Session, tmp_path: Path
 ) -> None:
-    import_records(session, [job(5, wall_seconds=60, cpu_seconds=60)], now=NOW)  # an earlier import into the database
+    import_records(
+        session, [job(5, wall_seconds=60, cpu_seconds=60)], now=NOW
+    )  # an earlier import into the database
     store = UsageStore(tmp_path / "usage")
     lines = [_json(vm(1)), _json(job(5))]
     result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
@@ -187,7 +203,7 @@ def _random_record(rng: random.Random, n: int) -> UsageRecord:
         if rng.random() < 0.2
         else start + timedelta(seconds=span),
         wall_seconds=rng.choice([-1, 0, 3600, 7200, 7400, 90000]),
-        cpu_seconds=rng.choice([-1, 0, 1000, 60000, 200000]),
+        cpu_seconds=rng.choice([-1, 0, 1000, 60000, 200000, None]),
         cores=rng.choice([0, 1, 8]),
         nodes=rng.choice([0, 1, 2]),
         gpu_count=rng.choice([-1, 0, 0, 2]),
