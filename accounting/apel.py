@@ -647,8 +647,14 @@ def cloud_summary_messages(summaries: Sequence[CloudSummary]) -> list[str]:
 # ---- accelerators (GPU) ----------------------------------------------------------------------
 
 
-def accelerator_values(record: UsageRecord, year: int, month: int) -> dict[str, Any]:
-    """One APEL-accelerator-message v0.1 usage record for the GPUs held by a VM."""
+def accelerator_values(
+    record: UsageRecord, year: int, month: int, active_seconds: int | None = None
+) -> dict[str, Any]:
+    """One APEL-accelerator-message v0.1 usage record for the GPUs held by a VM or a job.
+
+    ActiveDuration: seconds of AvailableDuration during which a job ran on the unit (its busy time in
+    the billing model); a batch job's GPUs are active for its whole run. None (JSON null, the
+    draft's "not given") when nothing reported whether the unit held work."""
     if record.gpu_count <= 0 or not record.gpu_model:
         raise MessageError(record.record_key, "Count", "no GPUs on this record")
     return {
@@ -663,7 +669,7 @@ def accelerator_values(record: UsageRecord, year: int, month: int) -> dict[str, 
         "SiteName": record.site,
         "Count": float(record.gpu_count),
         "Cores": None,
-        "ActiveDuration": None,  # not measured: the draft says "not implemented"
+        "ActiveDuration": record.wall_seconds if record.kind == "job" else active_seconds,
         "AvailableDuration": record.wall_seconds,
         "BenchmarkType": None,
         "Benchmark": None,
@@ -672,9 +678,12 @@ def accelerator_values(record: UsageRecord, year: int, month: int) -> dict[str, 
     }
 
 
-def accelerator_messages(records: Sequence[UsageRecord], year: int, month: int) -> list[str]:
-    """JSON messages {"Type", "Version", "UsageRecords": [...]} of at most 1000 records each."""
-    values = [accelerator_values(r, year, month) for r in records]
+def accelerator_messages(
+    records: Sequence[UsageRecord], year: int, month: int, active: Mapping[str, int | None] | None = None
+) -> list[str]:
+    """JSON messages {"Type", "Version", "UsageRecords": [...]} of at most 1000 records each.
+    `active`: record key → busy seconds of the unit over the record (`accelerator_values`)."""
+    values = [accelerator_values(r, year, month, (active or {}).get(r.record_key)) for r in records]
     out = []
     for start in range(0, len(values), MAX_RECORDS_PER_MESSAGE):
         body = {

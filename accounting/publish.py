@@ -11,13 +11,13 @@ import enum
 import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Table, select
 from sqlmodel import Session
 
-from accounting import apel, summaries
+from accounting import apel, billing, summaries
 from accounting.dirq_queue import OutgoingQueue
 from accounting.duplicates import SAME_JOB, Duplicate, same_job_other_key
 from accounting.period import Month
@@ -139,7 +139,33 @@ def build_messages(
     gpu_jobs = select(UsageRecordRow).where(*jobs_of_month, t.gpu_count > 0, t.gpu_model.is_not(None))
     jobs = [row_to_record(r) for r in session.execute(gpu_jobs.order_by(t.record_key)).scalars()]
     with_gpus = [v for v in vms if v.gpu_count > 0 and v.gpu_model] + jobs
-    return len(with_gpus), apel.accelerator_messages(with_gpus, month.year, month.month)
+    active = gpu_active_seconds(session, with_gpus)
+    return len(with_gpus), apel.accelerator_messages(with_gpus, month.year, month.month, active)
+
+
+def gpu_active_seconds(session: Session, records: Sequence[UsageRecord]) -> dict[str, int | None]:
+    """Record key → seconds a job ran on the record's unit (VM, pilot, backfill) over the record's
+    time, [start, start + wall): the billing model's busy time. None when the unit never reported
+    whether it held work (unknown, not idle)."""
+    units = [r for r in records if r.kind != "job" and r.resource_id]
+    if not units:
+        return {}
+    lo = min(r.start_time for r in units)
+    hi = max(r.start_time + timedelta(seconds=r.wall_seconds) for r in units)
+    facts = {
+        u.resource_id: u
+        for u in billing.load_units(session, lo, hi, as_of=hi, resource_ids=[str(r.resource_id) for r in units])
+    }
+    out: dict[str, int | None] = {}
+    for r in units:
+        unit = facts.get(str(r.resource_id))
+        if unit is None or not (unit.busy_changes or unit.busy_now):
+            out[r.record_key] = None
+            continue
+        end = r.start_time + timedelta(seconds=r.wall_seconds)
+        busy = billing.usage(billing.slices(unit, r.start_time, end, as_of=end)).busy_seconds
+        out[r.record_key] = round(busy)
+    return out
 
 
 def second_copies(duplicates: Sequence[Duplicate]) -> frozenset[str]:
