@@ -662,8 +662,9 @@ class AwsBackend:
         A CloudWatch failure gives no signal for the region this cycle (logged), never an error.
         """
         threshold = float(self.config.cpu_busy_percent or 0)
-        end = datetime.now(UTC)
-        start = end - timedelta(minutes=self.config.cpu_window_minutes)
+        now = datetime.now(UTC)
+        start = now - timedelta(minutes=self.config.cpu_window_minutes)
+        end = now + timedelta(minutes=1)  # past now: a datapoint of this very second is counted too
         out: dict[str, bool] = {}
         for first in range(0, len(instance_ids), 500):  # GetMetricData: at most 500 queries per call
             chunk = list(instance_ids[first : first + 500])
