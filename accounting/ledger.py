@@ -74,7 +74,8 @@ def list_price_micro_per_hour(
     row: ResourceRow, offerings: Mapping[str, Offering], list_prices: Mapping[str, Decimal]
 ) -> int:
     """On-demand equivalent per unit-hour: explicit list price, else the on-demand twin of a spot
-    offering, else what was paid (allocation and backfill: 0 unless a value is given)."""
+    offering, else the price recorded at creation (allocation and backfill: 0 unless a value is given).
+    A reference price for spot savings, not money spent: that is the billing model's slices."""
     if row.offering_id in list_prices:
         return to_micro(list_prices[row.offering_id])
     if row.market == Market.SPOT:

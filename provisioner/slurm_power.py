@@ -193,7 +193,8 @@ class MarksBusy(Protocol):
 
 
 def plan_item(demand: DemandGroup, offering: Offering) -> PlanItem:
-    """One unit of `offering` for the node's one-job group, priced like the planner prices it."""
+    """One unit of `offering` for the node's one-job group, priced like the planner prices it: an
+    estimate at the offering's quoted price for the decision, not money spent (`accounting.billing`)."""
     hours = Decimal(str(demand.walltime_hours))
     hs23_hours = Decimal(offering.cores) * Decimal(str(offering.hs23_per_core))
     per_hs23 = offering.price_per_hour / hs23_hours if hs23_hours > 0 else Decimal(0)
@@ -318,7 +319,7 @@ class SlurmPower:
             node=node.name,
             demand=demand,
             offering_id=row.offering_id,
-            price_per_hour=from_micro(row.price_micro_per_hour),
+            price_per_hour=from_micro(row.price_micro_per_hour),  # as created: the decision's, not billing's
             placement=placement,
             resource_id=row.id,
             reason=reason,

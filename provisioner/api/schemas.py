@@ -254,6 +254,8 @@ class ResourceOut(BaseModel):
             provider_id=r.provider_id,
             cores=r.cores,
             gpus=r.gpus,
+            # the price recorded when it was created (what the plan chose it at); money spent on it
+            # is the billing model's, at the price in force (`accounting.billing`)
             price_per_hour_usd=from_micro(r.price_micro_per_hour),
             busy=r.busy,
             failure_reason=r.failure_reason,

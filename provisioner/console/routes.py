@@ -161,7 +161,7 @@ def operator_page(
     _needs(who, Scope.RESOURCE_READ)
     broker = context.broker
     now = broker.clock.now()
-    fleet = views.fleet(broker.db, who.experiments)
+    fleet = views.fleet(broker.db, who.experiments, now)
     allocations = views.allocations(broker.policy, now)
     return _page(
         request,

@@ -12,6 +12,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 import policies
+from accounting.billing import price_in_force
+from accounting.spot_prices import StoredSpotPrices
 from provisioner.domain import LIVE_STATES, Market
 from provisioner.model import (
     BurstRequestRow,
@@ -37,8 +39,9 @@ class FleetLine:
     usd_per_hour: Decimal
 
 
-def fleet(db: Engine, experiments: frozenset[str] | None) -> list[FleetLine]:
-    """Live units (requested → draining) grouped by backend, market and state."""
+def fleet(db: Engine, experiments: frozenset[str] | None, now: datetime) -> list[FleetLine]:
+    """Live units (requested → draining) grouped by backend, market and state; USD per hour is the
+    price in force now as billing prices it (the spot price history in the zone used)."""
     query = select(ResourceRow).where(col(ResourceRow.state).in_(sorted(LIVE)))
     if experiments is not None:
         query = query.where(col(ResourceRow.experiment).in_(sorted(experiments)))
@@ -46,11 +49,12 @@ def fleet(db: Engine, experiments: frozenset[str] | None) -> list[FleetLine]:
     cores: Counter[tuple[str, str, str]] = Counter()
     money: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
     with Session(db) as session:
+        history = StoredSpotPrices(session)
         for r in session.exec(query):
             key = (r.backend, r.market, r.state)
             units[key] += 1
             cores[key] += r.cores
-            money[key] += from_micro(r.price_micro_per_hour)
+            money[key] += from_micro(price_in_force(r, now, history))
     return [FleetLine(*key, units[key], cores[key], money[key]) for key in sorted(units)]
 
 

@@ -117,6 +117,7 @@ def plan(
     clock.lap("settle")
     explanations = _explain(groups, demand, assessment.covered_jobs, problem, cols, items, limits)
     clock.lap("explanation")
+    # the new units at their offerings' quoted prices: the plan's estimate, not money spent (billing's)
     spend = sum(
         (cols.offerings[cols.index[it.offering_id]].price_per_hour * it.units for it in items), Decimal(0)
     )

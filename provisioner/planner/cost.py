@@ -1,5 +1,10 @@
 """THE planner objective: the cost of one HS23-hour of useful work for a demand group on each offering.
 
+Prices here (`Offering.price_per_hour`, in settle/explain/columns too) are the offerings' quoted
+prices: estimates for choosing, never money spent. Money spent is `accounting.billing`'s (the price in
+force over each billed interval); the running fleet's spend rate reaches the planner at the price in
+force through `FleetUnit.price_per_hour` (`Store.prices_in_force`).
+
 Everything the planner trades off is priced in USD per HS23-hour of useful work, where a job's
 work is `cores_per_job × walltime_hours × reference_hs23_per_core` whatever it runs on. For a
 group on an offering (all of it vectorised over the catalog):

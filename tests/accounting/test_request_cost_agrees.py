@@ -15,6 +15,7 @@ from accounting.spot_prices import StoredSpotPrices
 from provisioner.api.routes.requests import _out
 from provisioner.bursts.progress import load_progress
 from provisioner.bursts.repository import settle_requests
+from provisioner.console.views import fleet as console_fleet
 from provisioner.console.views import requests as console_requests
 from provisioner.model import BurstRequestRow
 from provisioner.requests import view
@@ -71,3 +72,4 @@ def test_planner_fleet_and_spend_rate_gauge_use_the_spot_price_in_force(session:
     assert units == {"a": Decimal("0.3"), "od": Decimal("0.5")}
     [_, gauge, *_] = FleetCollector(engine, lambda: NOW).collect()  # type: ignore[arg-type]
     assert [s.value for s in gauge.samples] == [0.8]  # not 0.9 + 0.5
+    assert [line.usd_per_hour for line in console_fleet(engine, None, NOW)] == [Decimal("0.5"), Decimal("0.3")]  # type: ignore[arg-type]
