@@ -290,6 +290,20 @@ def _utc(value: Any) -> datetime | None:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_STOPPED_AT = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) GMT\)")
+
+
+def stop_time(instance: Mapping[str, Any]) -> datetime | None:
+    """When EC2 stopped or terminated the instance, from `StateTransitionReason` ("User initiated
+    (2026-11-30 08:00:00 GMT)"); None while it runs or when EC2 gives no time (spot reclaims)."""
+    if instance.get("State", {}).get("Name") not in ("shutting-down", "terminated", "stopping", "stopped"):
+        return None
+    found = _STOPPED_AT.search(str(instance.get("StateTransitionReason") or ""))
+    if found is None:
+        return None
+    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
 def _tags_of(instance: Mapping[str, Any]) -> dict[str, str]:
     return {str(t["Key"]): str(t.get("Value", "")) for t in instance.get("Tags", [])}
 
@@ -599,6 +613,7 @@ class AwsBackend:
             tags=tags,
             detail=detail,
             zone=str(instance.get("Placement", {}).get("AvailabilityZone") or "") or None,
+            stopped_at=stop_time(instance),
         )
 
     # ---- list --------------------------------------------------------------------------------
