@@ -25,7 +25,7 @@ from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.errors import http_error, validation_message
 from provisioner.budget_alerts import BudgetStatus
-from provisioner.console import charts, csrf, views
+from provisioner.console import charts, csrf, reconciliation, views
 from provisioner.demand_signal import announce
 from provisioner.domain import DrainOrder, DrainReason, ResourceState
 from provisioner.requests import BurstRequestSpec, RequestNotFound, cancel, view
@@ -212,6 +212,7 @@ def finance_page(
         context,
         statuses=statuses,
         budget_chart=charts.budget_chart(statuses),
+        reconciliation=reconciliation.month_view(context.broker.db, context.broker.clock.now(), who.experiments),
         threshold=context.budgets.threshold if context.budgets else Decimal(1),
     )
 

@@ -91,3 +91,33 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     for server in serve(app):  # type: ignore[arg-type]
         seed(server)
         yield server
+
+
+def import_invoices(server: LiveServer) -> None:
+    """Close the month on the ledger, then import what the simulated clouds invoice for it (as an operator
+    would with `accounting invoice import`), so the finance page has a reconciliation to show."""
+    from sqlmodel import Session
+
+    from accounting.invoice import InvoiceFileError, parse_invoice
+    from accounting.period import Month
+    from accounting.pipeline import close_broker_month
+    from accounting.reconcile import store_lines
+    from provisioner.demo_invoice import invoices
+
+    broker = server.context.broker
+    month = Month.of(broker.clock.now())
+    out = broker.settings.state_dir / "accounting"
+    close_broker_month(broker, month, queue_path=out / "apel-outgoing", out_dir=out, html=False)
+    with Session(broker.db, expire_on_commit=False) as session:
+        for path in invoices(broker.backends, month, out / "invoices", now=broker.clock.now()):  # type: ignore[arg-type]
+            try:
+                parsed = parse_invoice(path)
+            except InvoiceFileError:  # a cloud that ran nothing this month sends no lines
+                continue
+            store_lines(session, parsed.lines, path.name)
+
+
+@pytest.fixture(scope="module")
+def reconciled(console: LiveServer) -> LiveServer:
+    import_invoices(console)
+    return console

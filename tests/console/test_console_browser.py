@@ -98,15 +98,20 @@ def test_an_experiment_asks_for_capacity_and_cancels_it(chromium: object, consol
     page.close()  # type: ignore[attr-defined]
 
 
-def test_finance_sees_spend_against_budget_and_the_forecast_alert(
-    chromium: object, console: LiveServer, shots: Path
+def test_finance_sees_spend_against_budget_the_forecast_alert_and_the_invoice_reconciliation(
+    chromium: object, reconciled: LiveServer, shots: Path
 ) -> None:
+    console = reconciled
     page = login(chromium, console, "finance")
     assert page.url.endswith("/console/finance")  # type: ignore[attr-defined]
     assert page.locator("#budget-chart svg").count() == 1  # type: ignore[attr-defined]
     atlas = page.inner_text('#budgets tr[data-experiment="atlas"]')  # type: ignore[attr-defined]
     assert "$400.00" in atlas and "forecast over 100% of budget" in atlas
     assert "atlas: month-end forecast" in page.inner_text(".alert")  # type: ignore[attr-defined]
+    reconciliation = page.locator("#reconciliation")  # type: ignore[attr-defined]
+    assert reconciliation.is_visible()
+    lsst = page.inner_text('#reconciliation tr[data-total="lsst"]')  # type: ignore[attr-defined]
+    assert lsst.count("$") == 3 and "%" in lsst, lsst  # estimated, invoiced, difference and the % difference
     page.screenshot(path=str(shots / "finance.png"), full_page=True)  # type: ignore[attr-defined]
     page.goto(f"{console.url}/console/operator")  # type: ignore[attr-defined]
     assert "403" in page.inner_text("h1")  # type: ignore[attr-defined]

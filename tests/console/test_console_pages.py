@@ -138,3 +138,27 @@ def views_requests(server: LiveServer) -> list[views.RequestView]:
 
 def live_unit_ids(server: LiveServer) -> set[str]:
     return {u.id for u in views.live_units(server.context.broker.db, None) if u.state == "running"}
+
+
+def test_the_finance_page_shows_the_months_invoice_reconciliation(reconciled: LiveServer) -> None:
+    from sqlmodel import Session
+
+    from accounting.period import Month
+    from accounting.reconcile import reconcile
+
+    broker = reconciled.context.broker
+    with Session(broker.db) as session:  # what `report reconcile` computes
+        rec = reconcile(session, Month.of(broker.clock.now()))
+    by_experiment = {c.key[0]: c for c in rec.by_experiment}
+    assert {"atlas", "lsst"} <= set(by_experiment)
+    with browser(reconciled, "finance") as finance:
+        html = finance.get("/console/finance").text
+    table = html.split('id="reconciliation"')[1].split("</table>")[0]
+    for name, c in by_experiment.items():
+        row = table.split(f'data-total="{name}"')[1].split("</tr>")[0]
+        assert f"${c.estimated:,.2f}" in row and f"${c.invoiced:,.2f}" in row
+        assert f"{c.difference_pct:+.2f} %" in row
+    assert 'data-experiment="atlas" data-backend="gce"' in table and 'data-total="all"' in table
+    with browser(reconciled, "lsst-reader") as lsst:
+        mine = lsst.get("/console/finance").text.split('id="reconciliation"')[1].split("</table>")[0]
+    assert 'data-total="lsst"' in mine and "atlas" not in mine and 'data-total="all"' not in mine
