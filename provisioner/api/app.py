@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from provisioner import console
 from provisioner.api.auth import AUTH_RESPONSES, Authenticator
@@ -27,6 +27,7 @@ from provisioner.api.routes import (
     requests,
     resources,
 )
+from provisioner.api.strict_query import no_unknown_query
 from provisioner.api.tokens import TokenValidator
 from provisioner.broker import Broker
 from provisioner.budget_alerts import BudgetAlerter, watch_budgets
@@ -108,7 +109,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for module in (requests, offerings, plan, resources, drain, heartbeats, events, policy):
-        app.include_router(module.router, responses=AUTH_RESPONSES)
+        app.include_router(module.router, responses=AUTH_RESPONSES, dependencies=[Depends(no_unknown_query)])
     app.include_router(health.router)
     console.install(app)
     return app

@@ -31,6 +31,13 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class ValidationErrorOut(BaseModel):
+    """A 422: `message` names every bad field; `detail` lists them (loc, msg, type, input)."""
+
+    message: str
+    detail: list[dict[str, Any]]
+
+
 class CostBreakdownOut(BaseModel):
     """USD per HS23-hour of useful work, and where it comes from."""
 

@@ -15,7 +15,7 @@ from provisioner.api.auth import Authenticator, Principal, get_auth, operators_o
 from provisioner.api.auth_config import Scope
 from provisioner.api.context import ApiContext, get_context
 from provisioner.api.pagination import Page, page
-from provisioner.api.schemas import ErrorOut
+from provisioner.api.schemas import ErrorOut, ValidationErrorOut
 from provisioner.policy_versions import PolicyChangeRefused, PolicyVersion, StaleBaseVersion
 
 router = APIRouter(prefix="/v1/policy", tags=["policy"])
@@ -86,7 +86,11 @@ def _version(context: ApiContext, version: int) -> PolicyVersion:
     return found
 
 
-@router.get("", response_model=PolicyOut, responses=NOT_FOUND)
+@router.get(
+    "",
+    response_model=PolicyOut,
+    responses={**NOT_FOUND, 422: {"model": ValidationErrorOut, "description": "an unknown query parameter, named"}},
+)
 def get_policy(
     context: ApiContext = Depends(get_context),
     _who: Principal = Depends(require(Scope.POLICY_READ)),
