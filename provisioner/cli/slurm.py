@@ -260,6 +260,9 @@ def pending_command(
         for (exp, cores, mem, n_gpus, hours), count in shapes.most_common():
             summary.add_row(exp, str(cores), str(mem), str(n_gpus), f"{hours:.2f}", str(count))
         console.print(summary)
+        from provisioner.cli.engine import print_skipped
+
+        print_skipped(console, source.skipped)
 
     asyncio.run(run())
 
