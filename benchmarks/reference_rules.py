@@ -52,21 +52,24 @@ def job_value(group: DemandGroup, constraints: PlanningConstraints) -> float:
 
 
 def usable_node_hours(o: Offering, now: datetime | None, horizon_hours: float) -> float:
-    """Allocation node-hours this round may burn (inf if not an allocation)."""
+    """Allocation node-hours this round may book (inf if not an allocation): the grant less what is
+    settled, in flight and committed; EVEN: under the even line half a horizon ahead, except in the
+    last two horizons before the end (docs/policy-format.md, the committed-hours ledger)."""
     a = o.allocation
     if a is None:
         return INF
-    left = max(0.0, a.node_hours_granted - a.node_hours_used)
+    booked = a.node_hours_used + a.node_hours_in_flight + a.node_hours_committed
+    left = max(0.0, a.node_hours_granted - booked)
     if now is None:
         return left
     if not (a.starts <= now < a.ends) or left <= 0:
         return 0.0
-    if a.pacing is not Pacing.EVEN:
+    if a.pacing is not Pacing.EVEN or (a.ends - now).total_seconds() <= 2 * horizon_hours * 3600.0:
         return left
     span = (a.ends - a.starts).total_seconds()
-    elapsed_at_horizon = (now - a.starts).total_seconds() + horizon_hours * 3600.0
-    due = a.node_hours_granted * min(1.0, max(0.0, elapsed_at_horizon / span))
-    return min(left, max(0.0, due - a.node_hours_used))
+    elapsed_at_lookahead = (now - a.starts).total_seconds() + horizon_hours * 3600.0 / 2
+    due = a.node_hours_granted * min(1.0, max(0.0, elapsed_at_lookahead / span))
+    return min(left, max(0.0, due - booked))
 
 
 def tier_segments(tiers: Sequence[EgressTier], used_gb: float, reach_gb: float) -> list[tuple[float, float]]:

@@ -95,10 +95,13 @@ def burn_line(info: AllocationInfo, at: datetime) -> float:
 
 def node_hours_on_pace(info: AllocationInfo, now: datetime, horizon_hours: float) -> float:
     """Node-hours new pilots may book now: for EVEN, what keeps settled + in flight + committed under
-    the burn line half a horizon ahead; for ASAP, everything not yet booked. 0 when not available."""
+    the burn line half a horizon ahead (in the last two horizons before the end, everything not yet
+    booked); for ASAP, everything not yet booked. 0 when not available."""
     if not allocation_available(info, now):
         return 0.0
-    if info.pacing is Pacing.ASAP:
+    if info.pacing is Pacing.ASAP or info.ends - now <= timedelta(hours=2 * horizon_hours):
+        # the last stretch: a pilot booked later could not run a horizon's work before the end, so
+        # what is not booked now expires unused — EVEN gives way to using it up
         return info.node_hours_left
     line = burn_line(info, now + timedelta(hours=horizon_hours / 2))
     return min(info.node_hours_left, max(0.0, line - info.node_hours_booked))

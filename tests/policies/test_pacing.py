@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -132,5 +133,12 @@ def test_new_pilots_never_book_past_the_grant_nor_even_past_the_line(
     more = node_hours_on_pace(info, now, horizon)
     assert more >= 0
     assert info.node_hours_booked + more <= info.node_hours_granted + 1e-6 or more == 0
-    if pacing is Pacing.EVEN and more > 0:
+    if pacing is Pacing.EVEN and more > 0 and END - now > timedelta(hours=2 * horizon):
         assert info.node_hours_booked + more <= burn_line(info, now + timedelta(hours=horizon / 2)) + 1e-6
+
+
+def test_even_books_what_is_left_in_the_last_two_horizons_before_the_end() -> None:
+    near_end = END - timedelta(hours=40)  # within two 24 h horizons: what is not booked now expires
+    behind_a_little = grant(used=9000, in_flight=200, committed=100)
+    assert node_hours_on_pace(behind_a_little, near_end, 24) == pytest.approx(700)
+    assert node_hours_on_pace(behind_a_little, END - timedelta(hours=60), 24) < 700
