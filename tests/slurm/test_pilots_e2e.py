@@ -129,11 +129,14 @@ def test_cancelling_a_request_takes_its_allocation_pilots_off_the_queue(account:
         request_id = broker.request(
             "--experiment", "atlas", "--cores", "4", "--cores-per-job", "2", "--duration", "30m"
         )
-        wait_for(lambda: len(pilots(account)) >= 2, timeout=60, what="two pilots in squeue", broker=broker)
+        # how many pilots carry the two jobs is the planner's choice (one node may take both)
+        wait_for(
+            lambda: bool(pilots(account)), timeout=120, what="the request's pilots in squeue", broker=broker
+        )
         broker.cli("request", "cancel", request_id)
         wait_for(lambda: not pilots(account), timeout=30, what="the pilots to leave squeue", broker=broker)
     cancelled = [j for j in accounted(account, now - timedelta(minutes=1)) if j.name.startswith("prv.pilot.")]
-    assert len(cancelled) >= 2 and all(j.state == "CANCELLED" for j in cancelled), cancelled
+    assert cancelled and all(j.state == "CANCELLED" for j in cancelled), cancelled
 
 
 def test_pilots_queued_at_the_allocations_end_are_cancelled_and_none_starts_after_it(
