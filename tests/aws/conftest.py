@@ -15,6 +15,7 @@ import pytest
 from backends.aws import AwsBackend
 from backends.aws_config import AwsConfig, AwsRegionConfig, ImageChoice
 from provisioner.domain import Arch, Market, Offering
+from tests.aws.faultproxy import FaultProxy
 from tests.aws.moto_indexed import AMIS, start_moto
 from tests.services import free_port, port_open, service_missing
 
@@ -154,3 +155,19 @@ async def backend(moto: str, make_config: Callable[..., AwsConfig]) -> AsyncIter
     b = AwsBackend(make_config(moto), CATALOG)
     yield b
     await b.close()
+
+
+# The EC2 API through the fault proxy: each test appends the faults it wants to `proxy.faults`.
+@pytest.fixture
+def proxy(moto: str) -> Iterator[FaultProxy]:
+    p = FaultProxy(upstream=moto).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def via_proxy(proxy: FaultProxy, make_config: Callable[..., AwsConfig]) -> Callable[..., AwsBackend]:
+    def make(**kw: object) -> AwsBackend:
+        return AwsBackend(make_config(proxy.url, **kw), CATALOG)
+
+    return make

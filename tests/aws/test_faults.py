@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import structlog
@@ -30,21 +30,6 @@ from .faultproxy import Fault, FaultProxy
 from .test_backend_moto import request
 
 pytestmark = pytest.mark.moto
-
-
-@pytest.fixture
-def proxy(moto: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream=moto).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def via_proxy(proxy: FaultProxy, make_config: Callable[..., AwsConfig]) -> Callable[..., AwsBackend]:
-    def make(**kw: object) -> AwsBackend:
-        return AwsBackend(make_config(proxy.url, **kw), CATALOG)
-
-    return make
 
 
 async def test_throttled_launch_is_retried_then_succeeds(

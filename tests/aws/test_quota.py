@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import Engine
 
 from backends.aws import AwsBackend
-from backends.aws_config import AwsConfig
 from backends.base import QuotaExceeded
 from provisioner.clock import SimulatedClock
 from provisioner.db import open_database
@@ -32,21 +31,6 @@ VCPU_QUOTA = (
     "You have requested more vCPU capacity than your current vCPU limit of 32 allows for the instance "
     "bucket that the specified instance type belongs to."
 )
-
-
-@pytest.fixture
-def proxy(moto: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream=moto).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def via_proxy(proxy: FaultProxy, make_config: Callable[..., AwsConfig]) -> Callable[..., AwsBackend]:
-    def make(**kw: object) -> AwsBackend:
-        return AwsBackend(make_config(proxy.url, **kw), CATALOG)
-
-    return make
 
 
 async def test_spot_instance_count_quota_covers_every_spot_offering_of_the_region(
