@@ -100,9 +100,10 @@ write_power_wrappers() {
   py=$(python3 -c 'import sys; print(sys.executable)')
   mkdir -p "$BASE/broker"
   # The test cluster's policy: the example's, also naming "cloud", the partition its nodes are charged
-  # to (the policy fails closed: an experiment it does not name gets no node).
+  # to (the policy fails closed: an experiment it does not name gets no node). It lives in etc/, not
+  # broker/: a fresh slurmctld wipes the broker's state, and a policy wiped with it aborts every resume.
   awk '/^\[end\]/ && !done { print "[experiments.cloud]\n"; done = 1 } { print }
-       END { if (!done) print "\n[experiments.cloud]" }' "$REPO/examples/policy.toml" >"$BASE/broker/policy.toml"
+       END { if (!done) print "\n[experiments.cloud]" }' "$REPO/examples/policy.toml" >"$BASE/etc/broker-policy.toml"
   for verb in resume suspend; do
     cat >"$BASE/bin/$verb.sh.new" <<EOF
 #!/bin/bash
@@ -112,7 +113,7 @@ unset PROVISIONER_DATABASE_URL PROVISIONER_BACKENDS_FILE PROVISIONER_POLICY_FILE
 export SLURM_CONF=$CONF PATH=/usr/sbin:/usr/bin:/sbin:/bin:\$PATH PYTHONPATH=$REPO
 export PROVISIONER_SLURM_FAKE_CLOUD=$FAKE_CLOUD PROVISIONER_SLURM_DIR=$BASE
 export PROVISIONER_STATE_DIR=$BASE/broker PROVISIONER_LOG_LEVEL=INFO
-export PROVISIONER_POLICY_FILE=$BASE/broker/policy.toml
+export PROVISIONER_POLICY_FILE=$BASE/etc/broker-policy.toml
 # the site's broker configuration for the power programs (policy, backends file, state dir), if any
 if [[ -f $BASE/etc/broker.env ]]; then set -a; . $BASE/etc/broker.env; set +a; fi
 echo "\$(date -u '+%FT%TZ') ${verb^^} \$1" >> $BASE/log/power.log

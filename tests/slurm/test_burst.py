@@ -151,6 +151,9 @@ async def test_cloud_job_resumes_a_node_through_the_broker_runs_and_suspend_rele
     cleanup.append(job_id)
 
     async def completed() -> bool:
+        # a resume the broker aborted (no policy, a bad backends file) fails now, naming why, not at the timeout
+        aborted = [line for line in power_log.read_text()[before:].splitlines() if "slurm.resume.aborted" in line]
+        assert not aborted, aborted
         job = await commands.job(job_id)
         return job is not None and job.state is JobState.COMPLETED
 
