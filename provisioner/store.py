@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, update
 from sqlmodel import Session, col, or_, select
 
 from accounting.billing import price_in_force
@@ -486,32 +486,37 @@ class Store:
     # --- demand, plans and decisions ----------------------------------------------------------
 
     def save_groups(self, groups: Sequence[DemandGroup]) -> None:
-        """Insert or update each group's row: one query for the rows that exist (not one per group),
-        so a cycle with hundreds of groups still reaches its first provisioning call quickly."""
+        """Insert or update each group's row in bulk (one query for the ids that exist, one INSERT and one
+        UPDATE statement), not through the ORM's unit of work: every cycle writes every group, and a cycle
+        woken by new demand must reach its first provisioning call in well under a second."""
         now = self.clock.now()
         latest = {g.id: g for g in groups}  # a group listed twice: the last one wins
+        if not latest:
+            return
+        rows = [
+            {
+                "id": g.id,
+                "experiment": g.experiment,
+                "source": g.source,
+                "jobs": g.jobs,
+                "spec": _jsonable(asdict(g)),
+                "request_id": g.request_id,
+                "observed_at": now,
+            }
+            for g in latest.values()
+        ]
         with self.session() as s:
             ids = list(latest)
-            existing: dict[str, DemandGroupRow] = {}
+            existing: set[str] = set()
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                query = select(DemandGroupRow).where(col(DemandGroupRow.id).in_(chunk))
-                existing.update((row.id, row) for row in s.exec(query))
-            for g in latest.values():
-                values = {
-                    "experiment": g.experiment,
-                    "source": g.source,
-                    "jobs": g.jobs,
-                    "spec": _jsonable(asdict(g)),
-                    "request_id": g.request_id,
-                    "observed_at": now,
-                }
-                row = existing.get(g.id)
-                if row is None:
-                    s.add(DemandGroupRow(id=g.id, **values))
-                    continue
-                for key, value in values.items():
-                    setattr(row, key, value)
+                existing.update(s.exec(select(DemandGroupRow.id).where(col(DemandGroupRow.id).in_(chunk))))
+            fresh = [r for r in rows if r["id"] not in existing]
+            known = [r for r in rows if r["id"] in existing]
+            if fresh:
+                s.execute(insert(DemandGroupRow), fresh)
+            if known:
+                s.execute(update(DemandGroupRow), known)  # ORM bulk UPDATE by primary key
             s.commit()
 
     async def save_plan(
@@ -545,22 +550,25 @@ class Store:
                 )
             )
             s.flush()  # the plan row must exist before decisions reference it (PostgreSQL FK)
+            decisions = []
             for ex in plan.explanations:
                 first = ex.chosen[0] if ex.chosen else None
-                s.add(
-                    DecisionRow(
-                        plan_id=plan_id,
-                        group_id=ex.group_id,
-                        experiment=ex.experiment,
-                        offering_id=first.offering_id if first else None,
-                        units=sum(i.units for i in ex.chosen),
-                        jobs=sum(i.jobs for i in ex.chosen),
-                        cost_micro=sum(to_micro(i.cost) for i in ex.chosen),
-                        cost_per_hs23_hour=str(first.cost_per_hs23_hour.total) if first else None,
-                        unserved_jobs=ex.unserved_jobs,
-                        explanation=explanation_json(ex),
-                    )
+                decisions.append(
+                    {
+                        "plan_id": plan_id,
+                        "group_id": ex.group_id,
+                        "experiment": ex.experiment,
+                        "offering_id": first.offering_id if first else None,
+                        "units": sum(i.units for i in ex.chosen),
+                        "jobs": sum(i.jobs for i in ex.chosen),
+                        "cost_micro": sum(to_micro(i.cost) for i in ex.chosen),
+                        "cost_per_hs23_hour": str(first.cost_per_hs23_hour.total) if first else None,
+                        "unserved_jobs": ex.unserved_jobs,
+                        "explanation": explanation_json(ex),
+                    }
                 )
+            if decisions:  # one bulk INSERT: a decision per group per cycle adds up
+                s.execute(insert(DecisionRow), decisions)
             ev = self._add_event(
                 s,
                 "plan.created",
