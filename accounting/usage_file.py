@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlmodel import Session
 
 from accounting.benchmark import MAX_HS23_PER_CORE, MIN_HS23_PER_CORE
+from accounting.duplicates import COMPARED, CONFLICT, FINAL_STATUSES, Duplicate, conflicts
 from accounting.summaries import JOB_KINDS
 from accounting.usage import (
     CPU_OVER_WALL_FACTOR,
@@ -30,6 +31,7 @@ from accounting.usage import (
     WALL_SLACK_S,
     UsageProblem,
     import_records,
+    load_records,
 )
 from accounting.usage_store import COLUMNS, UsageStore, _aware, _quote
 from provisioner.domain import UsageRecord
@@ -122,8 +124,10 @@ _OFFSET = "'([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$'"
 def _time(col: str) -> str:
     """Text → TIMESTAMPTZ: ISO 8601 with an offset or Z, or epoch seconds 1970..3000; else NULL."""
     raw = f"r_{col}"
+    # `...Z`, the form nearly every file uses, skips the two regular expressions (the same answer)
     return (
         f"CASE WHEN {raw} IS NULL THEN NULL "
+        f"WHEN suffix({raw}, 'Z') THEN TRY_CAST({raw} AS TIMESTAMPTZ) "
         f"WHEN regexp_full_match({raw}, {_NUMBER}) THEN CASE WHEN TRY_CAST({raw} AS DOUBLE) "
         f"BETWEEN {EPOCH_RANGE[0]} AND {EPOCH_RANGE[1]} THEN to_timestamp(TRY_CAST({raw} AS DOUBLE)) END "
         f"WHEN regexp_matches({raw}, {_OFFSET}) THEN TRY_CAST({raw} AS TIMESTAMPTZ) "
@@ -149,18 +153,21 @@ def _typed(col: str, kind: str) -> str:
     return f"COALESCE({value}, {DEFAULTS[col]})" if col in DEFAULTS else value
 
 
-def _check(cond: str, name: str, problem: str) -> str:
-    return f"CASE WHEN {cond} THEN {{'field': '{name}', 'problem': {problem}}} END"
+Check = tuple[str, str, str]  # (SQL condition that is true for a bad record, field, SQL problem text)
+
+
+def _check(cond: str, name: str, problem: str) -> Check:
+    return cond, name, problem
 
 
 def _text(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _checks(known_vos: Collection[str] | None, now: datetime) -> list[str]:
-    """One SQL expression per rule of `usage.validate_record`: a {field, problem} struct or NULL."""
+def _checks(known_vos: Collection[str] | None, now: datetime) -> list[Check]:
+    """One check per rule of `usage.validate_record`."""
     future = (now + FUTURE_LIMIT).astimezone(UTC).isoformat()
-    out = []
+    out: list[Check] = []
     for col in REQUIRED:
         out.append(_check(f"r_{col} IS NULL OR r_{col} = ''", col, _text("missing")))
     for col, kind in COLUMNS.items():
@@ -260,6 +267,77 @@ def _checks(known_vos: Collection[str] | None, now: datetime) -> list[str]:
     return out
 
 
+def _known_keys_only(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, bool] | None:
+    """For JSON lines: (records, whether every record is an object with usage record keys only), or
+    None when some line is not JSON. DuckDB's JSON reader ignores unknown keys and stops at a bad
+    line, so only a file that passes this may be read by it (`_fast_json_lines`)."""
+    known = "[" + ", ".join(f"'{c}'" for c in COLUMNS) + "]"
+    try:
+        row = con.execute(
+            f"""SELECT COUNT(*), COUNT(*) FILTER (WHERE json_type(json) <> 'OBJECT'
+                                                  OR len([k FOR k IN json_keys(json)
+                                                          IF NOT list_contains({known}, k)]) > 0)
+                FROM read_ndjson_objects({_quote(path)})"""
+        ).fetchone()
+    except duckdb.Error:
+        return None
+    assert row is not None
+    return int(row[0]), int(row[1]) == 0
+
+
+def _line_count(path: Path) -> int:
+    """Lines in the file (a last line without a newline counts)."""
+    lines, last = 0, b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def _fast_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, bool] | None:
+    """DuckDB's JSON reader over a well-formed JSON lines file (several times faster than parsing
+    each line on its own): the source, and whether blank lines make record numbers differ from line
+    numbers. None: the file needs the line-by-line reader, which refuses each broken line."""
+    checked = _known_keys_only(con, path)
+    if checked is None or not checked[1]:
+        return None
+    cols = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS) + "}"
+    source = (
+        f"(SELECT row_number() OVER () AS record_no, * FROM read_json({_quote(path)}, "
+        f"format = 'newline_delimited', columns = {cols}))"
+    )
+    return source, _line_count(path) != checked[0]
+
+
+def _line_numbers(con: duckdb.DuckDBPyConnection, path: Path, ordinals: list[int]) -> dict[int, int]:
+    """Line number of each given non-blank line (1 = the first non-blank line)."""
+    if not ordinals:
+        return {}
+    rows = con.execute(
+        f"""SELECT ordinal, line_no FROM (
+                SELECT line_no, row_number() OVER (ORDER BY line_no) AS ordinal FROM (
+                    SELECT row_number() OVER () AS line_no, line
+                    FROM read_csv({_quote(path)}, columns = {{'line': 'VARCHAR'}}, delim = '\x01', quote = '',
+                                  escape = '', header = false, auto_detect = false, strict_mode = false))
+                WHERE line IS NOT NULL AND trim(line) <> '')
+            WHERE ordinal IN (SELECT unnest(?::BIGINT[]))""",
+        [ordinals],
+    ).fetchall()
+    return {int(o): int(n) for o, n in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    unit: str  # records are numbered by "line" or "record"
+    blank_lines: Path | None = None  # the JSON lines file whose record numbers skip blank lines
+
+    def where(self, con: duckdb.DuckDBPyConnection, numbers: list[int]) -> dict[int, str]:
+        """Record number → "line 12" / "record 3" for messages."""
+        lines = _line_numbers(con, self.blank_lines, numbers) if self.blank_lines else {}
+        return {n: f"{self.unit} {lines.get(n, n)}" for n in numbers}
+
+
 def stage_file(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -267,13 +345,21 @@ def stage_file(
     *,
     known_vos: Collection[str] | None,
     now: datetime,
-) -> str:
-    """Read `path` once and write every record, typed, with its list of problems, to Parquet `staged`.
-    Returns how its records are numbered ("line" or "record")."""
+) -> Staged:
+    """Read `path` once and write every record, typed, with `ok` and its list of problems (NULL when
+    ok), to Parquet `staged`."""
     source, unit = _source(path)
+    blank_lines = None
     if source == JSON_LINES:
-        source = _json_lines(path)
-        raw = ", ".join(f"j.{c} AS r_{c}" for c in COLUMNS) + ", r_json, r_extra"
+        fast = _fast_json_lines(con, path)
+        if fast is not None:
+            source, has_blank = fast
+            blank_lines = path if has_blank else None
+            raw = ", ".join(f"{c} AS r_{c}" for c in COLUMNS)
+            raw += ", NULL::VARCHAR AS r_json, NULL::VARCHAR[] AS r_extra"
+        else:
+            source = _json_lines(path)
+            raw = ", ".join(f"j.{c} AS r_{c}" for c in COLUMNS) + ", r_json, r_extra"
     else:
         try:
             present = _present(con, source)
@@ -284,23 +370,44 @@ def stage_file(
         )
         raw += ", NULL::VARCHAR AS r_json, NULL::VARCHAR[] AS r_extra"
     typed = ", ".join(f"{_typed(c, k)} AS {c}" for c, k in COLUMNS.items())
-    checks = ",\n".join(_checks(known_vos, now))
+    checks = _checks(known_vos, now)
+    # One boolean per record first; the list of problems is built only for the few bad records
+    # (building ~50 structs per record was most of the import's time).
+    bad = " OR ".join(f"COALESCE(({cond}), false)" for cond, _, _ in checks)
+    listed = ",\n".join(f"CASE WHEN {cond} THEN {{'field': '{name}', 'problem': {text}}} END"
+                        for cond, name, text in checks)  # fmt: skip
     query = f"""
         WITH raw AS (SELECT record_no, {raw} FROM {source}),
-        typed AS (SELECT *, {typed} FROM raw)
-        SELECT record_no, {", ".join(COLUMNS)},
-               CASE WHEN r_json IS NOT NULL THEN [{{'field': CASE WHEN r_json = 'not JSON' THEN 'json'
+        typed AS (SELECT *, {typed} FROM raw),
+        judged AS (SELECT *, r_json IS NULL AND len(COALESCE(r_extra, [])) = 0 AND NOT ({bad}) AS ok FROM typed)
+        SELECT record_no, {", ".join(COLUMNS)}, ok,
+               CASE WHEN ok THEN NULL
+                    WHEN r_json IS NOT NULL THEN [{{'field': CASE WHEN r_json = 'not JSON' THEN 'json'
                                                               ELSE 'record' END, 'problem': r_json}}]
-                    ELSE [p FOR p IN [{checks}] IF p IS NOT NULL]
+                    ELSE [p FOR p IN [{listed}] IF p IS NOT NULL]
                          || [{{'field': k, 'problem': 'not a usage record field'}} FOR k IN COALESCE(r_extra, [])]
                END AS problems
-        FROM typed
+        FROM judged
     """
     try:
-        con.execute(f"COPY ({query}) TO {_quote(staged)} (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY ({query}) TO {_quote(staged)} (FORMAT parquet, COMPRESSION snappy)")
+    except duckdb.Error as exc:
+        if blank_lines is not None or "read_json(" in source:  # the fast reader balked: line by line
+            return _stage_line_by_line(con, path, staged, query, source, raw)
+        raise UsageFileError(f"{path}: cannot read usage records: {exc}") from exc
+    return Staged(unit, blank_lines)
+
+
+def _stage_line_by_line(
+    con: duckdb.DuckDBPyConnection, path: Path, staged: Path, query: str, source: str, raw: str
+) -> Staged:
+    slow_raw = ", ".join(f"j.{c} AS r_{c}" for c in COLUMNS) + ", r_json, r_extra"
+    query = query.replace(source, _json_lines(path)).replace(raw, slow_raw)
+    try:
+        con.execute(f"COPY ({query}) TO {_quote(staged)} (FORMAT parquet, COMPRESSION snappy)")
     except duckdb.Error as exc:
         raise UsageFileError(f"{path}: cannot read usage records: {exc}") from exc
-    return unit
+    return Staged("line")
 
 
 def import_usage_file(
@@ -311,48 +418,24 @@ def import_usage_file(
     known_vos: Collection[str] | None = None,
     now: datetime | None = None,
 ) -> FileImport:
-    """Check every record of `path`, store the good ones (idempotent by record_key), list the refusals."""
+    """Check every record of `path`, store the good ones (idempotent by record_key), list the refusals.
+
+    A record whose key holds a finished record with other figures (in the store or the database)
+    is refused, naming both sources; the stored one stays (`duplicates.conflicts`). Nothing is
+    half-written: the store's new files appear by rename once complete, and the database rows the
+    store replaces are deleted in the same transaction that is committed after that rename.
+    """
     now = now or datetime.now(UTC)
     result = FileImport()
     with store.locked(), store.connect() as con:
-        staged = store.tmp / "staged.parquet"
-        unit = stage_file(con, path, staged, known_vos=known_vos, now=now)
-        # From here on rows are identified by record_no: order no longer matters, and not keeping it
-        # lets DuckDB write the partitions in bounded memory.
-        con.execute("SET preserve_insertion_order = false")
-        con.execute(f"CREATE TEMP VIEW staged AS SELECT * FROM read_parquet({_quote(staged)})")
-        read, refused = con.execute(
-            "SELECT COUNT(*), COUNT(*) FILTER (WHERE len(problems) > 0) FROM staged"
-        ).fetchone() or (0, 0)
-        result.read, result.refused = int(read), int(refused)
-        for no, key, rid, name, problem in con.execute(
-            f"""SELECT record_no, record_key, resource_id, p.field, p.problem
-                FROM (SELECT record_no, record_key, resource_id, unnest(problems) AS p
-                      FROM staged WHERE len(problems) > 0)
-                ORDER BY record_no LIMIT {LISTED_PROBLEMS}"""
-        ).fetchall():
-            result.problems.append(UsageProblem(key or "", rid, name, problem, at=f"{unit} {no}"))
-        # The last record of a key in the file wins, as in a database upsert.
-        con.execute(
-            "CREATE TEMP TABLE last_of_key AS SELECT record_key, max(record_no) AS keep, count(*) AS n "
-            "FROM staged WHERE len(problems) = 0 GROUP BY record_key HAVING count(*) > 1"
-        )
-        result.repeated = int(
-            (con.execute("SELECT COALESCE(SUM(n - 1), 0) FROM last_of_key").fetchone() or (0,))[0]
-        )
-        kinds = ", ".join(f"'{k}'" for k in JOB_KINDS)
-        con.execute(
-            """CREATE TEMP VIEW good AS SELECT s.* FROM staged s
-                LEFT JOIN last_of_key d ON s.record_key = d.record_key
-                WHERE len(s.problems) = 0 AND (d.keep IS NULL OR s.record_no = d.keep)"""
-        )
-        con.execute(f"CREATE TEMP VIEW good_jobs AS SELECT * FROM good WHERE kind IN ({kinds})")
-        con.execute("CREATE TEMP VIEW new_keys AS SELECT record_key FROM good_jobs")
-        result.replaced += _drop_database_keys(session, con)
-        result.replaced += store.replace_batch(con, "good_jobs", "new_keys")
-        result.stored = int((con.execute("SELECT COUNT(*) FROM new_keys").fetchone() or (0,))[0])
-        vms = _vm_records(con)
-        staged.unlink(missing_ok=True)
+        staged_path = store.tmp / "staged.parquet"
+        try:
+            vms = _import_staged(session, store, con, path, staged_path, result, known_vos=known_vos, now=now)
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            staged_path.unlink(missing_ok=True)
     if vms:
         done = import_records(session, vms, known_vos=known_vos, now=now)
         result.vms = done.imported
@@ -361,34 +444,146 @@ def import_usage_file(
     return result
 
 
-def _drop_database_keys(session: Session, con: duckdb.DuckDBPyConnection) -> int:
-    """Delete database usage rows whose key the store now holds (few: the broker's own are VMs and pilots)."""
-    t = USAGE.c
-    held = [k for (k,) in session.execute(select(t.record_key).where(t.kind.in_(JOB_KINDS)))]
-    if not held:
-        return 0
-    con.execute("CREATE TEMP TABLE db_keys (record_key VARCHAR)")
-    con.executemany("INSERT INTO db_keys VALUES (?)", [(k,) for k in held])
-    clash = [
-        k
-        for (k,) in con.execute(
-            "SELECT record_key FROM db_keys SEMI JOIN new_keys USING (record_key)"
-        ).fetchall()
-    ]
-    for i in range(0, len(clash), 500):
-        session.execute(delete(USAGE).where(t.record_key.in_(clash[i : i + 500])))
-    session.commit()
-    return len(clash)
+def _import_staged(
+    session: Session,
+    store: UsageStore,
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    staged_path: Path,
+    result: FileImport,
+    *,
+    known_vos: Collection[str] | None,
+    now: datetime,
+) -> list[UsageRecord]:
+    """Stage the file, list its refusals, store its job records; its good VM records (for the database)."""
+    staged = stage_file(con, path, staged_path, known_vos=known_vos, now=now)
+    # From here on rows are identified by record_no: order no longer matters, and not keeping it
+    # lets DuckDB write the partitions in bounded memory.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"CREATE TEMP VIEW staged AS SELECT * FROM read_parquet({_quote(staged_path)})")
+    read, refused = con.execute("SELECT COUNT(*), COUNT(*) FILTER (WHERE NOT ok) FROM staged").fetchone() or (
+        0,
+        0,
+    )
+    result.read, result.refused = int(read), int(refused)
+    listed = con.execute(
+        f"""SELECT record_no, record_key, resource_id, p.field, p.problem
+            FROM (SELECT record_no, record_key, resource_id, unnest(problems) AS p FROM staged WHERE NOT ok)
+            ORDER BY record_no LIMIT {LISTED_PROBLEMS}"""
+    ).fetchall()
+    where = staged.where(con, sorted({int(r[0]) for r in listed}))
+    for no, key, rid, name, problem in listed:
+        result.problems.append(UsageProblem(key or "", rid, name, problem, at=where[int(no)]))
+    # The last record of a key in the file wins, as in a database upsert.
+    con.execute(
+        "CREATE TEMP TABLE last_of_key AS SELECT record_key, max(record_no) AS keep, count(*) AS n "
+        "FROM staged WHERE ok GROUP BY record_key HAVING count(*) > 1"
+    )
+    result.repeated = int(
+        (con.execute("SELECT COALESCE(SUM(n - 1), 0) FROM last_of_key").fetchone() or (0,))[0]
+    )
+    kinds = ", ".join(f"'{k}'" for k in JOB_KINDS)
+    con.execute(
+        """CREATE TEMP VIEW good AS SELECT s.* FROM staged s
+            LEFT JOIN last_of_key d ON s.record_key = d.record_key
+            WHERE s.ok AND (d.keep IS NULL OR s.record_no = d.keep)"""
+    )
+    con.execute(f"CREATE TEMP VIEW good_jobs AS SELECT * FROM good WHERE kind IN ({kinds})")
+    # Records refused for clashing with a finished stored record, and keys whose stored copy goes.
+    con.execute("CREATE TEMP TABLE held_back (record_no BIGINT)")
+    con.execute("CREATE TEMP TABLE drop_keys (record_key VARCHAR)")
+    in_database, result.replaced = _database_clashes(session, con)
+    clashes = _store_clashes(con, store) + in_database
+    clashes.sort(key=lambda c: c[0])
+    if clashes:
+        where = staged.where(con, [no for no, _ in clashes[:LISTED_PROBLEMS]])
+        for no, dup in clashes[:LISTED_PROBLEMS]:
+            result.problems.append(UsageProblem(dup.second_key, None, "record_key", str(dup), at=where[no]))
+        result.refused += len(clashes)
+    con.execute("CREATE TEMP VIEW to_store AS SELECT * FROM good_jobs ANTI JOIN held_back USING (record_no)")
+    result.replaced += store.replace_batch(con, "to_store", "drop_keys")
+    result.stored = int((con.execute("SELECT COUNT(*) FROM to_store").fetchone() or (0,))[0])
+    session.commit()  # the database rows the store now replaces (deleted in `_database_clashes`)
+    return _records(con, "SELECT {cols} FROM good WHERE kind = 'vm' ORDER BY record_no")
 
 
-def _vm_records(con: duckdb.DuckDBPyConnection) -> list[UsageRecord]:
+def _records(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None
+) -> list[UsageRecord]:
+    """Rows of COLUMNS (`{cols}` in `sql`) as UsageRecords."""
     names = list(COLUMNS)
-    rows = con.execute(f"SELECT {', '.join(names)} FROM good WHERE kind = 'vm' ORDER BY record_no").fetchall()
     out = []
-    for row in rows:
+    for row in con.execute(sql.format(cols=", ".join(names)), params or []).fetchall():
         values = dict(zip(names, row, strict=True))
         values["start_time"] = _aware(values["start_time"])
         if values["end_time"] is not None:
             values["end_time"] = _aware(values["end_time"])
         out.append(UsageRecord(**values))
     return out
+
+
+def _store_clashes(con: duckdb.DuckDBPyConnection, store: UsageStore) -> list[tuple[int, Duplicate]]:
+    """Incoming job records whose key the store holds: a finished stored record with other figures
+    is kept and the incoming one held back (returned, the first LISTED_PROBLEMS described; the rest
+    with a generic description); otherwise the stored copy is dropped (the newer import wins)."""
+    old = store.files()
+    if not old:
+        return []
+    listed = ", ".join(_quote(f) for f in old)
+    final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
+    differ = " OR ".join(f"n.{c} IS DISTINCT FROM o.{c}" for c in COMPARED)
+    con.execute(
+        f"""CREATE TEMP TABLE store_clash AS
+            SELECT n.record_no, n.record_key,
+                   o.end_time IS NOT NULL AND o.status IN ({final}) AND ({differ}) AS conflict
+            FROM good_jobs n JOIN read_parquet([{listed}]) o USING (record_key)"""
+    )
+    con.execute("INSERT INTO held_back SELECT record_no FROM store_clash WHERE conflict")
+    con.execute("INSERT INTO drop_keys SELECT record_key FROM store_clash WHERE NOT conflict")
+    rows = con.execute(
+        "SELECT record_no, record_key FROM store_clash WHERE conflict ORDER BY record_no"
+    ).fetchall()
+    if not rows:
+        return []
+    shown = [str(k) for _, k in rows[:LISTED_PROBLEMS]]
+    stored = {r.record_key: r for r in _records(
+        con, f"SELECT {{cols}} FROM read_parquet([{listed}]) WHERE record_key IN (SELECT unnest(?::VARCHAR[]))",
+        [shown])}  # fmt: skip
+    incoming = {r.record_key: r for r in _records(
+        con, "SELECT {cols} FROM good_jobs WHERE record_key IN (SELECT unnest(?::VARCHAR[]))", [shown])}  # fmt: skip
+    out = []
+    for no, key in rows:
+        found = conflicts(stored, [incoming[key]])[1] if key in incoming and key in stored else []
+        dup = found[0] if found else Duplicate(CONFLICT, key, key, f"{key} [stored]", f"{key} [this file]")
+        out.append((int(no), dup))
+    return out
+
+
+def _database_clashes(
+    session: Session, con: duckdb.DuckDBPyConnection
+) -> tuple[list[tuple[int, Duplicate]], int]:
+    """As `_store_clashes` for the database's job records (few: the broker's own pilots): a finished
+    one with other figures is kept and the incoming record held back; the others are deleted (in the
+    caller's transaction) as the store now holds their key. Returns the conflicts and how many rows go."""
+    t = USAGE.c
+    held = [k for (k,) in session.execute(select(t.record_key).where(t.kind.in_(JOB_KINDS)))]
+    if not held:
+        return [], 0
+    con.execute("CREATE TEMP TABLE db_keys (record_key VARCHAR)")
+    con.executemany("INSERT INTO db_keys VALUES (?)", [(k,) for k in held])
+    incoming = _records(con, "SELECT {cols} FROM good_jobs SEMI JOIN db_keys USING (record_key)")
+    numbers = dict(
+        con.execute(
+            "SELECT record_key, record_no FROM good_jobs SEMI JOIN db_keys USING (record_key)"
+        ).fetchall()
+    )
+    stored = {r.record_key: r for i in range(0, len(incoming), 500)
+              for r in load_records(session, [r.record_key for r in incoming[i : i + 500]])}  # fmt: skip
+    writable, bad = conflicts(stored, incoming)
+    out = [(int(numbers[d.second_key]), d) for d in bad]
+    if out:
+        con.executemany("INSERT INTO held_back VALUES (?)", [(no,) for no, _ in out])
+    clash = [r.record_key for r in writable]
+    for i in range(0, len(clash), 500):
+        session.execute(delete(USAGE).where(t.record_key.in_(clash[i : i + 500])))
+    return out, len(clash)

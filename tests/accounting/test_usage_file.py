@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from accounting import summaries
+from accounting.duplicates import CONFLICT
 from accounting.period import Month
 from accounting.publish import Kind, build_messages
-from accounting.usage import USAGE, import_records, validate_record
+from accounting.usage import USAGE, import_records, load_records, validate_record
 from accounting.usage_file import import_usage_file
 from accounting.usage_store import UsageStore
 from provisioner.domain import UsageRecord
@@ -132,17 +133,17 @@ def test_importing_the_same_file_twice_changes_nothing(session: Session, tmp_pat
     assert sorted(store.job_groups(OCTOBER), key=repr) == groups
 
 
-def test_a_later_record_with_the_same_key_replaces_the_earlier_one_even_in_another_month(
+def test_a_later_record_with_the_same_key_replaces_an_unfinished_one_even_in_another_month(
     session: Session, tmp_path: Path
 ) -> None:
     store = UsageStore(tmp_path / "usage")
-    early = job(1)
+    early = job(1, status="failed")  # not final: the source may still correct it
     import_usage_file(session, store, _write(tmp_path / "a.jsonl", [_json(early), _json(job(2))]), now=NOW)
     moved = replace(
         early, end_time=datetime(2026, 11, 2, tzinfo=UTC), start_time=datetime(2026, 11, 1, 22, tzinfo=UTC)
     )
     again = import_usage_file(session, store, _write(tmp_path / "b.jsonl", [_json(moved)]), now=NOW)
-    assert again.replaced == 1
+    assert (again.replaced, again.refused) == (1, 0)
     assert sum(g.jobs for g in store.job_groups(OCTOBER)) == 1
     assert sum(g.jobs for g in store.job_groups(Month(2026, 11))) == 1
     # within one file the last record of a key wins, as in a database upsert
@@ -152,12 +153,64 @@ def test_a_later_record_with_the_same_key_replaces_the_earlier_one_even_in_anoth
     assert [r.wall_seconds for r in store.job_records(OCTOBER) if r.record_key == "UKI-TEST:job:3"] == [7000]
 
 
+def test_a_conflicting_record_under_a_finished_key_in_the_store_is_refused_naming_both_sources(
+    session: Session, tmp_path: Path
+) -> None:
+    store = UsageStore(tmp_path / "usage")
+    first = import_usage_file(
+        session, store, _write(tmp_path / "a.jsonl", [_json(job(1)), _json(job(2))]), now=NOW
+    )
+    assert (first.stored, first.refused) == (2, 0)
+    changed = replace(
+        job(1), wall_seconds=3600, cpu_seconds=3000, infrastructure="other-ce", submit_host="ce09"
+    )
+    moved = replace(
+        job(2), end_time=datetime(2026, 11, 2, tzinfo=UTC), start_time=datetime(2026, 11, 1, 22, tzinfo=UTC)
+    )
+    lines = [_json(job(3)), _json(changed), _json(moved)]
+    result = import_usage_file(session, store, _write(tmp_path / "b.jsonl", lines), now=NOW)
+    assert (result.stored, result.refused, result.replaced) == (1, 2, 0)
+    by_line = {p.at: p for p in result.problems}
+    assert set(by_line) == {"line 2", "line 3"}
+    two = str(by_line["line 2"])
+    assert by_line["line 2"].record_key == "UKI-TEST:job:1" and CONFLICT in two
+    assert "differs in wall_seconds, cpu_seconds" in two
+    assert (
+        "from APEL-ce01-slurm via ce01.example.org" in two and "from other-ce via ce09" in two
+    )  # both sources
+    assert "differs in start_time, end_time" in str(by_line["line 3"])
+    # the finished records stay as they were, in their month; nothing of the refused ones is stored
+    assert sorted((r.record_key, r.wall_seconds) for r in store.job_records(OCTOBER)) == [
+        ("UKI-TEST:job:1", 7200),
+        ("UKI-TEST:job:2", 7200),
+        ("UKI-TEST:job:3", 7200),
+    ]
+    assert store.job_records(Month(2026, 11)) == []
+    # the same finished record again is no conflict: it replaces its stored copy (idempotent)
+    same = import_usage_file(session, store, _write(tmp_path / "c.jsonl", [_json(job(1))]), now=NOW)
+    assert (same.stored, same.refused, same.replaced) == (1, 0, 1)
+    assert store.count() == 3
+
+
+def test_a_file_record_conflicting_with_a_finished_database_record_is_refused_and_the_database_keeps_it(
+    session: Session, tmp_path: Path
+) -> None:
+    import_records(session, [job(7, infrastructure="broker")], now=NOW)
+    store = UsageStore(tmp_path / "usage")
+    changed = replace(job(7), cores=1, cpu_seconds=7000, infrastructure="sacct")
+    result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", [_json(changed)]), now=NOW)
+    assert (result.stored, result.refused) == (0, 1)
+    [problem] = result.problems
+    assert problem.at == "line 1" and "from broker via" in str(problem) and "from sacct via" in str(problem)
+    assert [r.cores for r in load_records(session, ["UKI-TEST:job:7"])] == [8]
+    assert store.count() == 0
+
+
 def test_vm_records_of_a_file_go_to_the_database_and_jobs_replace_the_database_copy(
     session: Session, tmp_path: Path
 ) -> None:
-    import_records(
-        session, [job(5, wall_seconds=60, cpu_seconds=60)], now=NOW
-    )  # an earlier import into the database
+    # an earlier record in the database, of a job still running then (not final: it may be replaced)
+    import_records(session, [job(5, wall_seconds=60, cpu_seconds=60, status="running")], now=NOW)
     store = UsageStore(tmp_path / "usage")
     lines = [_json(vm(1)), _json(job(5))]
     result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
