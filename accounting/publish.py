@@ -98,11 +98,11 @@ def build_messages(
     `second_copies`), so a duplicated job is sent once.
     """
     if excluded is None:
-        excluded = second_copies(same_job_other_key(month_records(session, month, site=site)))
+        excluded = second_copies(month_duplicates(session, month, site=site, store=store))
     if kind in (Kind.SUMMARY, Kind.NORMALISED):
         groups = summaries.job_groups(session, month, site=site, excluded=excluded)
         if store is not None:
-            groups += store.job_groups(month, site=site)
+            groups += store.job_groups(month, site=site, excluded=excluded)
         if kind is Kind.SUMMARY:
             plain = apel.summaries_from_groups(groups, month.year, month.month)
             return len(plain), apel.summary_messages(plain)
@@ -111,7 +111,7 @@ def build_messages(
     if kind is Kind.SYNC:
         counts = summaries.sync_counts(session, month, site=site, excluded=excluded)
         if store is not None:
-            counts = _merged_syncs([*counts, *store.sync_counts(month, site=site)], month)
+            counts = _merged_syncs([*counts, *store.sync_counts(month, site=site, excluded=excluded)], month)
         return len(counts), apel.sync_messages(counts)
     if kind is Kind.CLOUD_SUMMARY:
         cloud = summaries.cloud_summaries(session, month, site=site, excluded=excluded)
@@ -129,7 +129,9 @@ def build_messages(
         stmt = select(UsageRecordRow).where(*jobs_of_month)
         jobs = [row_to_record(r) for r in session.execute(stmt.order_by(t.record_key)).scalars()]
         if store is not None:
-            jobs = sorted([*jobs, *store.job_records(month, site=site)], key=lambda r: r.record_key)
+            jobs = sorted(
+                [*jobs, *store.job_records(month, site=site, excluded=excluded)], key=lambda r: r.record_key
+            )
         return len(jobs), apel.job_messages(jobs)
     stmt = select(UsageRecordRow).where(*summaries.vm_condition(month, site, excluded)).order_by(t.record_key)
     vms = [row_to_record(r) for r in session.execute(stmt).scalars()]
@@ -154,7 +156,9 @@ def gpu_active_seconds(session: Session, records: Sequence[UsageRecord]) -> dict
     hi = max(r.start_time + timedelta(seconds=r.wall_seconds) for r in units)
     facts = {
         u.resource_id: u
-        for u in billing.load_units(session, lo, hi, as_of=hi, resource_ids=[str(r.resource_id) for r in units])
+        for u in billing.load_units(
+            session, lo, hi, as_of=hi, resource_ids=[str(r.resource_id) for r in units]
+        )
     }
     out: dict[str, int | None] = {}
     for r in units:
@@ -185,6 +189,17 @@ def month_records(session: Session, month: Month, *, site: str | None = None) ->
     return [row_to_record(r) for r in rows]
 
 
+def month_duplicates(
+    session: Session, month: Month, *, site: str | None = None, store: UsageStore | None = None
+) -> list[Duplicate]:
+    """The same job stored under two record keys in `month`, in the database or the columnar store
+    (imported usage files) or one in each, with both sources."""
+    records = month_records(session, month, site=site)
+    if store is not None:
+        records = [*records, *store.same_job_candidates(month, site=site, others=records)]
+    return same_job_other_key(records)
+
+
 def content_hash(messages: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for message in messages:
@@ -213,7 +228,7 @@ def publish_month(
     queue = OutgoingQueue(queue_path)
     report = PublishReport(month)
     report.problems = stored_problems(session, month.start, month.end, site=site)
-    report.duplicates = same_job_other_key(month_records(session, month, site=site))
+    report.duplicates = month_duplicates(session, month, site=site, store=store)
     for kind in kinds:
         records, messages = build_messages(
             session, month, kind, site=site, store=store, excluded=second_copies(report.duplicates)

@@ -13,15 +13,18 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from accounting.apel import JobGroup, SyncCount
+from accounting.duplicates import UNIT_KINDS
 from accounting.period import Month
 from provisioner.domain import UsageRecord
 
@@ -62,6 +65,14 @@ _BATCH = re.compile(r"^batch-(\d+)")
 
 def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _record(row: tuple[object, ...]) -> UsageRecord:
+    values: dict[str, Any] = dict(zip(COLUMNS, row, strict=True))
+    values["start_time"] = _aware(values["start_time"])
+    if values["end_time"] is not None:
+        values["end_time"] = _aware(values["end_time"])
+    return UsageRecord(**values)
 
 
 def _quote(path: Path) -> str:
@@ -123,7 +134,9 @@ class UsageStore:
                 out.append(Month.parse(m.group(1)))
         return out
 
-    def _scan(self, month: Month, site: str | None) -> tuple[str, list[object]] | None:
+    def _scan(
+        self, month: Month, site: str | None, excluded: Collection[str] | None = None
+    ) -> tuple[str, list[object]] | None:
         files = self.files(month)
         if not files:
             return None
@@ -133,13 +146,56 @@ class UsageStore:
         if site is not None:
             cond += " AND site = ?"
             params.append(site)
+        if excluded:
+            cond += " AND record_key NOT IN (SELECT unnest(?::VARCHAR[]))"
+            params.append(sorted(excluded))
         return f"FROM {source} WHERE {cond}", params
+
+    # ---- duplicates ------------------------------------------------------------------------
+
+    def same_job_candidates(
+        self, month: Month, *, site: str | None = None, others: Sequence[UsageRecord] = ()
+    ) -> list[UsageRecord]:
+        """The month's stored records that may be the same job as another record: their job id
+        (site, local_job_id) or, for VMs, pilots and backfill, their unit (site, resource_id) occurs
+        more than once among the month's stored records and `others` (the database's). Few, so
+        `duplicates.same_job_other_key` can compare their times in Python."""
+        scan = self._scan(month, site)
+        if scan is None:
+            return []
+        body, params = scan
+        units = ", ".join(f"'{k}'" for k in sorted(UNIT_KINDS))
+        ids = [("job", r.site, r.local_job_id) for r in others if r.local_job_id]
+        ids += [("unit", r.site, r.resource_id) for r in others if r.resource_id and r.kind in UNIT_KINDS]
+        with self.connect() as con:
+            con.execute("CREATE TEMP TABLE other_ids (what VARCHAR, site VARCHAR, ident VARCHAR)")
+            if ids:
+                con.executemany("INSERT INTO other_ids VALUES (?, ?, ?)", ids)
+            # three scans of the month's columns, never the month held in memory
+            rows = con.execute(
+                f"""WITH ids AS (
+                        SELECT 'job' AS what, site, local_job_id AS ident {body} AND local_job_id <> ''
+                        UNION ALL
+                        SELECT 'unit', site, resource_id {body} AND resource_id <> '' AND kind IN ({units})
+                        UNION ALL SELECT * FROM other_ids),
+                    dup AS (SELECT what, site, ident FROM ids GROUP BY what, site, ident HAVING COUNT(*) > 1)
+                    SELECT {", ".join(COLUMNS)} {body} AND (
+                        (site, local_job_id) IN (SELECT (site, ident) FROM dup WHERE what = 'job')
+                        OR (kind IN ({units})
+                            AND (site, resource_id) IN (SELECT (site, ident) FROM dup WHERE what = 'unit')))
+                    ORDER BY record_key""",
+                params * 3,
+            ).fetchall()
+        return [_record(row) for row in rows]
 
     # ---- what publishing reads -------------------------------------------------------------
 
-    def job_groups(self, month: Month, *, site: str | None = None) -> list[JobGroup]:
-        """Jobs that ended in `month`, grouped on every APEL summary key (as `summaries.job_groups`)."""
-        scan = self._scan(month, site)
+    def job_groups(
+        self, month: Month, *, site: str | None = None, excluded: Collection[str] | None = None
+    ) -> list[JobGroup]:
+        """Jobs that ended in `month`, grouped on every APEL summary key (as `summaries.job_groups`);
+        `excluded` record keys left out (the second copy of a job stored twice)."""
+        scan = self._scan(month, site, excluded)
         if scan is None:
             return []
         body, params = scan
@@ -159,8 +215,10 @@ class UsageStore:
             for r in rows
         ]  # fmt: skip
 
-    def sync_counts(self, month: Month, *, site: str | None = None) -> list[SyncCount]:
-        scan = self._scan(month, site)
+    def sync_counts(
+        self, month: Month, *, site: str | None = None, excluded: Collection[str] | None = None
+    ) -> list[SyncCount]:
+        scan = self._scan(month, site, excluded)
         if scan is None:
             return []
         body, params = scan
@@ -171,22 +229,17 @@ class UsageStore:
             ).fetchall()
         return [SyncCount(s, h, month.year, month.month, int(n)) for s, h, n in rows]
 
-    def job_records(self, month: Month, *, site: str | None = None) -> list[UsageRecord]:
+    def job_records(
+        self, month: Month, *, site: str | None = None, excluded: Collection[str] | None = None
+    ) -> list[UsageRecord]:
         """Every record of the month as a UsageRecord (for individual job messages: keep months small)."""
-        scan = self._scan(month, site)
+        scan = self._scan(month, site, excluded)
         if scan is None:
             return []
         body, params = scan
-        names = list(COLUMNS)
         with self.connect() as con:
-            rows = con.execute(f"SELECT {', '.join(names)} {body} ORDER BY record_key", params).fetchall()
-        out = []
-        for row in rows:
-            values = dict(zip(names, row, strict=True))
-            values["start_time"] = _aware(values["start_time"])
-            values["end_time"] = _aware(values["end_time"])
-            out.append(UsageRecord(**values))
-        return out
+            rows = con.execute(f"SELECT {', '.join(COLUMNS)} {body} ORDER BY record_key", params).fetchall()
+        return [_record(row) for row in rows]
 
     def count(self, month: Month | None = None) -> int:
         files = self.files(month)
@@ -206,49 +259,50 @@ class UsageStore:
         batch = self.next_batch()
         work = self.tmp / f"batch-{batch:08d}"
         work.mkdir(parents=True, exist_ok=True)
-        old = self.files()
-        rewrites: list[tuple[Path, Path]] = []
-        replaced = 0
-        if old:
-            listed = ", ".join(_quote(f) for f in old)
-            hits = con.execute(
-                f"SELECT filename, COUNT(*) FROM read_parquet([{listed}], filename = true) "
-                f"WHERE record_key IN (SELECT record_key FROM {new_keys}) GROUP BY filename"
-            ).fetchall()
-            for i, (name, n) in enumerate(hits):
-                replaced += int(n)
-                target = Path(name)
-                out = work / f"rewrite-{i}.parquet"
+        # Everything is written under `work` first; whatever happens, nothing half-written stays.
+        try:
+            old = self.files()
+            rewrites: list[tuple[Path, Path]] = []
+            replaced = 0
+            if old:
+                listed = ", ".join(_quote(f) for f in old)
+                hits = con.execute(
+                    f"SELECT filename, COUNT(*) FROM read_parquet([{listed}], filename = true) "
+                    f"WHERE record_key IN (SELECT record_key FROM {new_keys}) GROUP BY filename"
+                ).fetchall()
+                for i, (name, n) in enumerate(hits):
+                    replaced += int(n)
+                    target = Path(name)
+                    out = work / f"rewrite-{i}.parquet"
+                    con.execute(
+                        f"COPY (SELECT * FROM read_parquet({_quote(target)}) "
+                        f"WHERE record_key NOT IN (SELECT record_key FROM {new_keys})) "
+                        f"TO {_quote(out)} (FORMAT parquet, COMPRESSION zstd)"
+                    )
+                    rewrites.append((out, target))
+            cols = ", ".join(COLUMNS)
+            months = [
+                Month.parse(m)
+                for (m,) in con.execute(
+                    f"SELECT DISTINCT strftime(end_time, '%Y-%m') FROM {relation} ORDER BY 1"
+                ).fetchall()
+            ]
+            staged: list[tuple[Path, Path]] = []
+            for month in months:  # one pass per month: a partitioned COPY buffers every month at once
+                out = work / f"{month}.parquet"
                 con.execute(
-                    f"COPY (SELECT * FROM read_parquet({_quote(target)}) "
-                    f"WHERE record_key NOT IN (SELECT record_key FROM {new_keys})) "
-                    f"TO {_quote(out)} (FORMAT parquet, COMPRESSION zstd)"
+                    f"COPY (SELECT {cols} FROM {relation} WHERE end_time >= ? AND end_time < ?) TO {_quote(out)} "
+                    f"(FORMAT parquet, COMPRESSION zstd)",
+                    [month.start, month.end],
                 )
-                rewrites.append((out, target))
-        cols = ", ".join(COLUMNS)
-        months = [
-            Month.parse(m)
-            for (m,) in con.execute(
-                f"SELECT DISTINCT strftime(end_time, '%Y-%m') FROM {relation} ORDER BY 1"
-            ).fetchall()
-        ]
-        staged: list[tuple[Path, Path]] = []
-        for month in months:  # one pass per month: a partitioned COPY buffers every month at once
-            out = work / f"{month}.parquet"
-            con.execute(
-                f"COPY (SELECT {cols} FROM {relation} WHERE end_time >= ? AND end_time < ?) TO {_quote(out)} "
-                f"(FORMAT parquet, COMPRESSION zstd)",
-                [month.start, month.end],
-            )
-            staged.append((out, self.month_dir(month) / f"batch-{batch:08d}.parquet"))
-        # Older files lose the replaced keys first, then the new batch appears: a crash in between
-        # leaves those keys missing until the same import is run again (never counted twice).
-        for src, dst in rewrites:
-            os.replace(src, dst)
-        for src, dst in staged:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-        for leftover in sorted(work.rglob("*"), reverse=True):
-            leftover.rmdir() if leftover.is_dir() else leftover.unlink()
-        work.rmdir()
+                staged.append((out, self.month_dir(month) / f"batch-{batch:08d}.parquet"))
+            # Older files lose the replaced keys first, then the new batch appears: a crash in between
+            # leaves those keys missing until the same import is run again (never counted twice).
+            for src, dst in rewrites:
+                os.replace(src, dst)
+            for src, dst in staged:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return replaced

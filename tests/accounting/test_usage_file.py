@@ -293,3 +293,56 @@ def test_the_file_checks_refuse_exactly_what_record_validation_refuses(
     got = {(p.record_key, p.field) for p in result.problems}
     assert got == expected
     assert result.stored == len({r.record_key for r in records} - {k for k, _ in expected})
+
+
+def test_an_import_that_fails_while_writing_leaves_the_store_and_database_as_they_were(
+    session: Session, tmp_path: Path, monkeypatch: Any
+) -> None:
+    import accounting.usage_store as usage_store
+
+    store = UsageStore(tmp_path / "usage")
+    import_usage_file(session, store, _write(tmp_path / "a.jsonl", [_json(job(1, status="failed"))]), now=NOW)
+    import_records(session, [job(2, status="running")], now=NOW)  # the database copy the file replaces
+    before = {f: f.read_bytes() for f in store.files()}
+    september = job(3, end_time=OCT - timedelta(hours=1), start_time=OCT - timedelta(hours=3))
+    lines = [_json(job(1)), _json(job(2)), _json(september), _json(job(4))]
+
+    def broken(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(usage_store.os, "replace", broken)
+    try:
+        import_usage_file(session, store, _write(tmp_path / "b.jsonl", lines), now=NOW)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the import should have failed")
+    monkeypatch.undo()
+    assert {f: f.read_bytes() for f in store.files()} == before  # no month half-written, nothing dropped
+    leftovers = [p for p in store.tmp.rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert [r.status for r in load_records(session, ["UKI-TEST:job:2"])] == ["running"]  # not deleted
+    # the same import, run again, does it all
+    again = import_usage_file(session, store, _write(tmp_path / "b.jsonl", lines), now=NOW)
+    assert (again.stored, again.replaced, again.refused) == (4, 2, 0)
+    assert load_records(session, ["UKI-TEST:job:2"]) == []
+    assert store.count() == 4
+
+
+def test_refusals_name_the_file_line_even_after_blank_lines(session: Session, tmp_path: Path) -> None:
+    # well-formed JSON lines take DuckDB's JSON reader, which skips blank lines: messages still give
+    # the line of the file
+    text = (
+        "\n".join([_json(job(1)), "", "   ", _json(job(2), cores=0), "", _json(job(3), nodes="two")]) + "\n"
+    )
+    path = tmp_path / "u.jsonl"
+    path.write_text(text)
+    result = import_usage_file(session, UsageStore(tmp_path / "usage"), path, now=NOW)
+    assert (result.read, result.stored, result.refused) == (3, 1, 2)
+    assert {(p.at, p.field) for p in result.problems} == {("line 4", "cores"), ("line 6", "nodes")}
+    # a key that is no usage record field sends the file line by line: that record is refused by name
+    extra = _write(tmp_path / "x.jsonl", [_json(job(4)), _json(job(5), colour="red")])
+    result = import_usage_file(session, UsageStore(tmp_path / "usage"), extra, now=NOW)
+    assert [(p.at, p.field, p.problem) for p in result.problems] == [
+        ("line 2", "colour", "not a usage record field")
+    ]
