@@ -31,7 +31,7 @@ from backends.base import (
     ProvisionRequest,
     QuotaExceeded,
 )
-from backends.quota import offering_scope
+from backends.quota import QuotaScope, offering_scope
 from provisioner.circuit import CircuitBreaker, backend_key, offering_key
 from provisioner.clock import Clock
 from provisioner.domain import DrainOrder, Market, Offering, PlanItem, ResourceState
@@ -135,6 +135,8 @@ class Actuator:
         self.clock = clock
         self.settings = settings or ActuatorSettings()
         self.known_offerings: Mapping[str, Offering] = {}  # this cycle's offerings, by id (quota scopes)
+        # quota scopes that refused a unit since they last had room (a success under one resets it)
+        self.quota_scopes: dict[str, QuotaScope] = {}
         # Called before every provider call: raises LeadershipLost once this replica no longer leads.
         self.guard: Callable[[], None] = _always_leading
 
@@ -271,13 +273,23 @@ class Actuator:
         crash_point("after_call")
         await self._record(row, result, calls[0])
         self.circuit.record_success(backend_key(offering.backend))
+        self._quota_served(offering)
         crash_point("after_record")
         return None
+
+    def _quota_served(self, offering: Offering) -> None:
+        """A unit created under a quota that refused before: the quota has room again, so its next
+        refusal starts a new cool-off instead of doubling the last one."""
+        for key, scope in list(self.quota_scopes.items()):
+            if scope.covers(offering):
+                self.circuit.record_success(key)
+                del self.quota_scopes[key]
 
     async def _block_quota(self, offering: Offering, exc: QuotaExceeded) -> None:
         """Block every offering the quota covers (not just this one), with a doubling cool-off, so the
         replan of this very cycle picks an offering outside the quota."""
         scope = exc.scope or offering_scope(offering.backend, offering)
+        self.quota_scopes[scope.key] = scope
         covered = {offering.id} | {o.id for o in self.known_offerings.values() if scope.covers(o)}
         trip = self.circuit.block_scope(scope.key, str(exc), [offering_key(oid) for oid in covered])
         log.warning(

@@ -105,6 +105,10 @@ class CircuitBreaker:
         with open_session(self.db) as s:
             row = self._row(s, key)
             was_open = self._open(row, now)
+            ended = row_time(row.open_until)
+            if ended is not None and now - ended > st.max_cooloff:
+                # the last block ended long ago: a new episode, not a repeat (no doubling for ever)
+                row.consecutive_failures = 0
             row.consecutive_failures += 1
             factor = 2 ** min(row.consecutive_failures - 1, 20)
             until = now + min(st.unavailable_cooloff * factor, st.max_cooloff)

@@ -93,3 +93,53 @@ async def test_one_quota_error_blocks_every_covered_offering_and_the_demand_goes
     clock.advance(60)
     await engine.run_cycle()
     assert cloud.calls["provision"] == 5
+
+
+class FillingSpotCloud(SimulatedCloud):
+    """Spot creates are refused by the region's spot quota while `full` is set, and succeed otherwise."""
+
+    full = True
+
+    async def provision(self, request: ProvisionRequest) -> BackendResource:
+        o = request.offering
+        if o.market is Market.SPOT and self.full:
+            raise QuotaExceeded(
+                self.name,
+                "MaxSpotInstanceCountExceeded",
+                offering_id=o.id,
+                scope=QuotaScope(self.name, "MaxSpotInstanceCount", region=o.region, market=Market.SPOT),
+            )
+        return await super().provision(request)
+
+
+async def test_a_quota_that_had_room_again_starts_a_new_cool_off_instead_of_doubling(
+    store: Store, clock: SimulatedClock
+) -> None:
+    spot = offering("s", market=Market.SPOT, price="0.10")
+    cloud = FillingSpotCloud("cloud", [spot, offering("od", price="0.90")], clock, broker_id=BROKER)
+    source = StaticSource(jobs=jobs("atlas", 1))
+    engine = build_engine(store, {"cloud": cloud}, source)
+    await engine.run_cycle()
+    [first] = store.events(kind="quota.blocked")
+    assert first.payload["repeats"] == 1
+    clock.advance(31 * 60)  # past the 30-minute cool-off: spot is tried again, and the quota has room
+    cloud.full = False
+    source.jobs = jobs("atlas", 3)
+    await engine.run_cycle()
+    assert any(r.offering_id == spot.id for r in store.resources(states=LIVE_STATES))
+    cloud.full = True  # full again: a new refusal is the first of a new episode, not the second
+    source.jobs = jobs("atlas", 8)
+    await engine.run_cycle()
+    second = store.events(kind="quota.blocked")[-1]
+    assert second.payload["repeats"] == 1, second.payload
+
+
+async def test_a_quota_refused_again_long_after_its_last_block_ended_is_not_a_repeat(
+    store: Store, clock: SimulatedClock
+) -> None:
+    engine = build_engine(store, {}, StaticSource())
+    assert engine.circuit.block_scope("quota:x", "full", []).failures == 1
+    assert engine.circuit.block_scope("quota:x", "full", []).failures == 2  # at once: a repeat, doubled
+    clock.advance(24 * 3600)  # the last block ended hours ago (more than the 6 h maximum cool-off)
+    trip = engine.circuit.block_scope("quota:x", "full", [])
+    assert trip.failures == 1 and trip.open_until == clock.now() + engine.circuit.settings.unavailable_cooloff
