@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import re
 import threading
 import time
@@ -181,6 +182,8 @@ SPOT_PRODUCTS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")
 _SPOT_TYPES_PER_CALL = 100
 QUOTA_REFRESH_S = 900.0  # account quotas are re-read this often
 SPOT_PRICE_REFRESH_S = 60.0  # spot prices are re-read this often
+# NetworkOut of a stopped instance is still read this long: its last datapoints arrive late.
+EGRESS_TAIL = timedelta(minutes=30)
 
 # Service Quotas codes for running vCPUs (AWS docs, "On-Demand Instance quotas" / "Spot Instance quotas").
 QUOTA_CODE_NAMES: Mapping[str, str] = {
@@ -329,6 +332,8 @@ class AwsBackend:
         self._spot_cache: dict[str, dict[tuple[str, str], Decimal]] = {}
         self._spot_read_at: float | None = None
         self._quotas_read_at: float | None = None
+        self._egress_cache: dict[str, dict[str, int]] = {}  # region -> instance id -> bytes out since launch
+        self._egress_read_at: dict[str, float] = {}  # region -> when NetworkOut was last read (monotonic)
         self.api_calls: Counter[str] = Counter()  # API requests sent, by operation (each retry counts)
 
     # ---- clients and calls -------------------------------------------------------------------
@@ -650,6 +655,9 @@ class AwsBackend:
             events = await self._scheduled_events(region)
             for iid, text in events.items():
                 notices[iid] = f"{notices[iid]}; {text}" if iid in notices else text
+        egress: dict[str, int] = {}
+        if self.config.egress_metrics:
+            egress = await self._egress_counters(region, flat)
         cpu: dict[str, bool] = {}
         if self.config.cpu_busy_percent is not None:
             running = [str(i["InstanceId"]) for i in flat if i.get("State", {}).get("Name") == "running"]
@@ -663,6 +671,9 @@ class AwsBackend:
             busy = cpu.get(str(instance["InstanceId"]))
             if busy is not None:
                 resource = replace(resource, busy=busy)
+            sent = egress.get(str(instance["InstanceId"]))
+            if sent is not None:
+                resource = replace(resource, egress_bytes=sent)
             note = notices.get(instance["InstanceId"])
             if note is not None:
                 ending = note.startswith("spot:") or any(c in note for c in ENDING_EVENT_CODES)
@@ -680,7 +691,37 @@ class AwsBackend:
         now = datetime.now(UTC)
         start = now - timedelta(minutes=self.config.cpu_window_minutes)
         end = now + timedelta(minutes=1)  # past now: a datapoint of this very second is counted too
-        out: dict[str, bool] = {}
+        values = await self._ec2_metric(
+            region,
+            "CPUUtilization",
+            "Average",
+            300,
+            instance_ids,
+            start,
+            end,
+            failure="aws.cpu_metrics_unavailable",
+        )
+        return {iid: max(v) >= threshold for iid, v in (values or {}).items() if v}
+
+    async def _ec2_metric(
+        self,
+        region: str,
+        metric: str,
+        stat: str,
+        period: int,
+        instance_ids: Sequence[str],
+        start: datetime,
+        end: datetime,
+        *,
+        failure: str,
+    ) -> dict[str, list[float]] | None:
+        """instance id → the values (one per period with data) of an AWS/EC2 metric per InstanceId in
+        [start, end), by GetMetricData: one call per 500 instances (its limit), every page followed.
+
+        None when CloudWatch fails (logged as `failure`): the caller has no signal this cycle, never an
+        error; only rejected credentials are raised.
+        """
+        out: dict[str, list[float]] = {}
         for first in range(0, len(instance_ids), 500):  # GetMetricData: at most 500 queries per call
             chunk = list(instance_ids[first : first + 500])
             queries = [
@@ -689,11 +730,11 @@ class AwsBackend:
                     "MetricStat": {
                         "Metric": {
                             "Namespace": "AWS/EC2",
-                            "MetricName": "CPUUtilization",
+                            "MetricName": metric,
                             "Dimensions": [{"Name": "InstanceId", "Value": iid}],
                         },
-                        "Period": 300,
-                        "Stat": "Average",
+                        "Period": period,
+                        "Stat": stat,
                     },
                     "ReturnData": True,
                 }
@@ -714,14 +755,71 @@ class AwsBackend:
             except AuthFailed:
                 raise
             except BackendError as exc:
-                log.warning("aws.cpu_metrics_unavailable", region=region, error=str(exc))
-                return {}
+                log.warning(failure, region=region, error=str(exc))
+                return None
             for r in results:
                 rid = str(r.get("Id", ""))
-                values = [float(v) for v in r.get("Values", [])]
-                if rid.startswith("c") and rid[1:].isdigit() and values and int(rid[1:]) < len(chunk):
-                    out[chunk[int(rid[1:])]] = max(values) >= threshold
+                if rid.startswith("c") and rid[1:].isdigit() and int(rid[1:]) < len(chunk):
+                    # A query's values may come over several pages: all of them count.
+                    out.setdefault(chunk[int(rid[1:])], []).extend(float(v) for v in r.get("Values", []))
         return out
+
+    def _egress_wanted(self, instance: Mapping[str, Any], now: datetime) -> bool:
+        """Whether to read an instance's NetworkOut: it has run, and it runs or stopped lately (its last
+        datapoints reach CloudWatch minutes after it stops)."""
+        state = str(instance.get("State", {}).get("Name", ""))
+        if state == "pending" or _utc(instance.get("LaunchTime")) is None:
+            return False
+        stopped = stop_time(instance)
+        return stopped is None or now - stopped <= EGRESS_TAIL
+
+    async def _egress_counters(self, region: str, instances: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        """instance id → bytes it has sent out since launch: CloudWatch NetworkOut (Sum) over its life,
+        a counter as `BackendResource.egress_bytes` wants. Read at most once per `egress_refresh_s` per
+        region; in between, and when CloudWatch fails, the last values stand.
+
+        Summed from launch each time rather than accumulated here, so a restarted broker reads the
+        same counter. A counter never goes back (a datapoint missing from one answer would otherwise
+        count twice, when it reappears). Instances with no datapoint yet are left out: no measurement.
+        """
+        now = datetime.now(UTC)
+        cached = self._egress_cache.get(region, {})
+        read_at = self._egress_read_at.get(region)
+        if read_at is not None and time.monotonic() - read_at < self.config.egress_refresh_s:
+            return cached
+        self._egress_read_at[region] = time.monotonic()
+        launched = {
+            str(i["InstanceId"]): _utc(i.get("LaunchTime")) for i in instances if self._egress_wanted(i, now)
+        }
+        if not launched:
+            self._egress_cache[region] = {}
+            return {}
+        first = min(t for t in launched.values() if t is not None)
+        # From the hour of the first launch: a datapoint is stamped with the start of its (5 or 1 minute)
+        # period, which may lie just before LaunchTime. Hourly periods, longer past 60 days (CloudWatch
+        # keeps hourly data 455 days), so no query returns more than 1,440 values.
+        start = first.replace(minute=0, second=0, microsecond=0)
+        end = now + timedelta(minutes=1)  # past now: a datapoint of this very minute is counted too
+        hours = (end - start).total_seconds() / 3600
+        period = 3600 * max(1, math.ceil(hours / 1440))
+        values = await self._ec2_metric(
+            region,
+            "NetworkOut",
+            "Sum",
+            period,
+            sorted(launched),
+            start,
+            end,
+            failure="aws.egress_metrics_unavailable",
+        )
+        if values is None:
+            return cached
+        measured = {iid: int(sum(v)) for iid, v in values.items() if v}
+        fresh = {iid: max(n, cached.get(iid, 0)) for iid, n in measured.items()}
+        # Instances measured before but absent from this answer keep their counter while listed.
+        fresh.update({iid: n for iid, n in cached.items() if iid not in fresh and iid in launched})
+        self._egress_cache[region] = fresh
+        return fresh
 
     async def _spot_notices(self, region: str) -> dict[str, str]:
         """instance id → "spot:<status code>" for spot requests the provider is taking back."""

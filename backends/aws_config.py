@@ -89,6 +89,19 @@ class AwsConfig(BaseModel):
         "GetMetricData call per 500 running instances and region)",
     )
     cpu_window_minutes: int = Field(default=10, ge=5, le=120, description="CloudWatch look-back for busy")
+    egress_metrics: bool = Field(
+        default=True,
+        description="measure each instance's bytes out from CloudWatch (AWS/EC2 NetworkOut, summed since "
+        "launch) for the ledger and the planner's egress caps and tiers; NetworkOut counts every byte "
+        "out, in-region too, so it is an upper bound on billed egress",
+    )
+    egress_refresh_s: float = Field(
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="re-read NetworkOut at most this often per region (EC2's basic monitoring has one "
+        "datapoint per 5 minutes; GetMetricData is billed per metric read)",
+    )
     watch_scheduled_events: bool = Field(
         default=True, description="also read scheduled retirement/stop events (one more call per region)"
     )

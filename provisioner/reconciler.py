@@ -338,10 +338,12 @@ class Reconciler:
         offerings: Mapping[str, Offering],
         report: ReconcileReport,
     ) -> None:
-        if entry.state in GONE:
-            return
         if entry.tags and entry.tags.get(TAG_BROKER) not in (None, self.store.broker_id):
             return  # another broker's unit: not ours to touch
+        if entry.egress_bytes is not None and entry.resource_id:
+            self.store.observe_late_egress(entry.resource_id, entry.egress_bytes)
+        if entry.state in GONE:
+            return
         known = self.store.get(entry.resource_id) if entry.resource_id else None
         if known is not None and entry.state == ProviderState.STOPPING:
             return  # released by us and on its way out (a cancelled Slurm job completing)

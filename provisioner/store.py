@@ -366,6 +366,15 @@ class Store:
             s.add(stored)
             s.commit()
 
+    def observe_late_egress(self, resource_id: str, counter: int) -> None:
+        """A released unit's bytes-out counter, still listed by the provider: a cloud's metrics (EC2's
+        NetworkOut in CloudWatch) bring the last minutes of traffic after the unit stopped."""
+        if self._egress_seen.get(resource_id) == counter:
+            return  # nothing moved: no database read
+        if self.get(resource_id) is None:
+            return  # not one of ours
+        self._observe_egress(resource_id, counter)
+
     def _observe_egress(self, resource_id: str, counter: int) -> None:
         """A `resource.egress` event each time the provider's bytes-out counter of a unit moves: the
         measured egress that the ledger prices and the planner's caps and tiers count."""

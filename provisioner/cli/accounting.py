@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
+from accounting.egress import egress_samples
 from accounting.invoice import InvoiceFormat
 from accounting.ledger import build_ledger
 from accounting.period import BadMonth, Month
@@ -154,13 +155,23 @@ def register(root: typer.Typer) -> None:
 
     @acct.command("ledger")
     def ledger_cmd(month: str = typer.Option(..., help="YYYY-MM (UTC)")) -> None:
-        """(Re)build the cost ledger of a month from the resources table."""
+        """(Re)build the cost ledger of a month from the resources table and the measured egress."""
         m = _month(month)
+        offerings = _catalog_offerings()
         with _session() as session:
             built = build_ledger(
-                session, m.start, m.end, offerings=_catalog_offerings(), prices=StoredSpotPrices(session)
+                session,
+                m.start,
+                m.end,
+                offerings=offerings,
+                prices=StoredSpotPrices(session),
+                # Without the samples the month's egress would never be priced by this command.
+                egress=egress_samples(session, m.start, m.end, offerings),
+                egress_tiers={o.location: o.egress_tiers for o in offerings.values() if o.egress_tiers},
             )
-        console.print(f"ledger {m}: {built.rows} rows for {built.resources} resources")
+        console.print(
+            f"ledger {m}: {built.rows} rows for {built.resources} resources, {built.egress_rows} egress rows"
+        )
 
     @acct.command("spot-prices")
     def spot_prices_cmd(month: str = typer.Option(..., help="YYYY-MM (UTC)")) -> None:

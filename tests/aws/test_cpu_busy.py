@@ -50,7 +50,7 @@ async def test_cloudwatch_cpu_marks_running_vms_busy_or_idle_and_silence_is_no_s
 async def test_without_cpu_threshold_a_listing_carries_no_busy_signal(
     moto: str, make_config: Callable[..., AwsConfig]
 ) -> None:
-    backend = AwsBackend(make_config(moto), CATALOG)
+    backend = AwsBackend(make_config(moto, egress_metrics=False), CATALOG)  # egress reads CloudWatch too
     await backend.provision(request(offering("m6i.large")))
     assert [r.busy for r in await backend.list_resources()] == [None]
     assert backend.api_calls["GetMetricData"] == 0
