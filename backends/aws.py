@@ -802,16 +802,22 @@ class AwsBackend:
         end = now + timedelta(minutes=1)  # past now: a datapoint of this very minute is counted too
         hours = (end - start).total_seconds() / 3600
         period = 3600 * max(1, math.ceil(hours / 1440))
-        values = await self._ec2_metric(
-            region,
-            "NetworkOut",
-            "Sum",
-            period,
-            sorted(launched),
-            start,
-            end,
-            failure="aws.egress_metrics_unavailable",
-        )
+        try:
+            values = await self._ec2_metric(
+                region,
+                "NetworkOut",
+                "Sum",
+                period,
+                sorted(launched),
+                start,
+                end,
+                failure="aws.egress_metrics_unavailable",
+            )
+        except AuthFailed as exc:
+            # On by default: a role without cloudwatch:GetMetricData must not stop the listing (the
+            # EC2 calls before this one prove the credentials themselves work).
+            log.warning("aws.egress_metrics_denied", region=region, error=str(exc))
+            return cached
         if values is None:
             return cached
         measured = {iid: int(sum(v)) for iid, v in values.items() if v}

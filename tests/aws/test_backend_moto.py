@@ -228,6 +228,7 @@ async def test_listing_2500_instances_takes_pages_not_calls_per_instance(
     assert all(r.resource_id == "bulk" and r.state is ProviderState.RUNNING for r in listed)
     assert calls["DescribeInstances"] <= 3
     assert sum(calls.values()) == calls["DescribeInstances"]  # no per-instance follow-up calls
+    assert backend.api_calls["GetMetricData"] == 5  # CloudWatch NetworkOut (egress): 500 instances a call
     await backend.close()
 
 

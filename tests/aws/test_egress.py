@@ -15,6 +15,7 @@ import pytest
 
 from backends.aws import AwsBackend
 from backends.aws_config import AwsConfig
+from backends.base import AuthFailed, BackendError, Throttled
 
 from .conftest import CATALOG, KEY_ID, REGION, SECRET, offering
 from .test_backend_moto import request
@@ -150,4 +151,31 @@ async def test_egress_metrics_off_reads_no_cloudwatch(
     await backend.provision(request(offering("m6i.large")))
     assert [r.egress_bytes for r in await backend.list_resources()] == [None]
     assert backend.api_calls["GetMetricData"] == 0
+    await backend.close()
+
+
+@pytest.mark.parametrize("error", [AuthFailed, Throttled])
+async def test_cloudwatch_refused_or_failing_keeps_the_listing_and_the_last_counters(
+    moto: str,
+    make_config: Callable[..., AwsConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[BackendError],
+) -> None:
+    backend = AwsBackend(make_config(moto, egress_refresh_s=0), CATALOG)
+    made = await backend.provision(request(offering("m6i.large")))
+    put(cloudwatch(moto), made.provider_id.split("/")[-1], "NetworkOut", 7e8, datetime.now(UTC))
+    assert [r.egress_bytes for r in await backend.list_resources()] == [700_000_000]
+
+    real_call = backend._call
+
+    async def call(operation: str, fn: Callable[[], Any], **kw: Any) -> Any:
+        if operation == "GetMetricData":
+            # A role without cloudwatch:GetMetricData (AccessDenied), or CloudWatch throttling past the retries.
+            raise error("aws", "GetMetricData: refused")
+        return await real_call(operation, fn, **kw)
+
+    monkeypatch.setattr(backend, "_call", call)
+    backend._egress_read_at.clear()
+    (listed,) = await backend.list_resources()
+    assert listed.state == "running" and listed.egress_bytes == 700_000_000
     await backend.close()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from backends.base import TAG_BROKER, TAG_OFFERING, TAG_RESOURCE, ProviderState
-from backends.simulated import Faults, SimulatedCloud, SimulatedHPC
+from backends.simulated import Faults, SimulatedCloud, SimulatedHPC, SimUnit
 from provisioner.clock import SimulatedClock
 from provisioner.domain import LIVE_STATES, Market, ResourceState
 from provisioner.model import ResourceRow
@@ -262,3 +262,35 @@ async def test_unit_drained_while_provisioning_gets_its_launch_time_from_the_lis
     assert stored is not None and stored.launched_at is not None
     [unit] = [u for u in cloud.units.values() if u.tags[TAG_RESOURCE] == row.id]
     assert stored.launched_at.replace(tzinfo=unit.started_at.tzinfo) == unit.started_at  # type: ignore[union-attr]
+
+
+class LateCounterCloud(SimulatedCloud):
+    """A cloud whose bytes-out counters arrive late, as EC2's NetworkOut reaches CloudWatch minutes
+    after the traffic: a terminated unit's counter still moves."""
+
+    late: dict[str, int]
+
+    def egress_bytes(self, u: SimUnit, until: datetime) -> int | None:
+        return self.late.get(u.provider_id, 0)
+
+
+async def test_a_released_units_late_egress_is_still_recorded(store: Store, clock: SimulatedClock) -> None:
+    o = offering("m1", startup_seconds=0)
+    cloud = LateCounterCloud("cloud", [o], clock, broker_id=BROKER)
+    cloud.late = {}
+    engine = build_engine(store, {"cloud": cloud}, StaticSource(jobs=jobs("atlas", 1)))
+    await engine.run_cycle()
+    [row] = live(store)
+    assert row.provider_id is not None
+    cloud.late[row.provider_id] = 4_000
+    clock.advance(60)
+    await engine.run_cycle()
+    await store.transition(row.id, ResourceState.RELEASED, reason="done")
+    await cloud.release(row.provider_id)
+    cloud.late[row.provider_id] = 9_000  # the last minutes' bytes, counted after it stopped
+    clock.advance(60)
+    await engine.run_cycle()
+    clock.advance(60)
+    await engine.run_cycle()  # nothing moved: no event, no double count
+    moved = [(e.payload["previous"], e.payload["bytes"]) for e in store.events(kind="resource.egress")]
+    assert moved == [(0, 4_000), (4_000, 9_000)]
