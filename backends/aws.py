@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import re
 import threading
 import time
@@ -78,6 +77,7 @@ from backends.base import (
     SpotPrice,
     Throttled,
 )
+from backends.egress_counters import EgressCounters, lifetime_window
 from backends.quota import QuotaScope, quoted_limit
 from provisioner.domain import Market, Offering
 from provisioner.logs import register_secret
@@ -332,8 +332,7 @@ class AwsBackend:
         self._spot_cache: dict[str, dict[tuple[str, str], Decimal]] = {}
         self._spot_read_at: float | None = None
         self._quotas_read_at: float | None = None
-        self._egress_cache: dict[str, dict[str, int]] = {}  # region -> instance id -> bytes out since launch
-        self._egress_read_at: dict[str, float] = {}  # region -> when NetworkOut was last read (monotonic)
+        self._egress = EgressCounters(config.egress_refresh_s)  # per region: NetworkOut since launch
         self.api_calls: Counter[str] = Counter()  # API requests sent, by operation (each retry counts)
 
     # ---- clients and calls -------------------------------------------------------------------
@@ -775,57 +774,42 @@ class AwsBackend:
 
     async def _egress_counters(self, region: str, instances: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         """instance id → bytes it has sent out since launch: CloudWatch NetworkOut (Sum) over its life,
-        a counter as `BackendResource.egress_bytes` wants. Read at most once per `egress_refresh_s` per
-        region; in between, and when CloudWatch fails, the last values stand.
+        the counter `BackendResource.egress_bytes` wants (`backends.egress_counters`: read at most every
+        `egress_refresh_s` per region, never lower, the last values standing when CloudWatch fails).
 
         Summed from launch each time rather than accumulated here, so a restarted broker reads the
-        same counter. A counter never goes back (a datapoint missing from one answer would otherwise
-        count twice, when it reappears). Instances with no datapoint yet are left out: no measurement.
+        same counter. Instances with no datapoint yet are left out: no measurement, not a made-up 0.
         """
+        if not self._egress.due(region):
+            return self._egress.last(region)
         now = datetime.now(UTC)
-        cached = self._egress_cache.get(region, {})
-        read_at = self._egress_read_at.get(region)
-        if read_at is not None and time.monotonic() - read_at < self.config.egress_refresh_s:
-            return cached
-        self._egress_read_at[region] = time.monotonic()
         launched = {
-            str(i["InstanceId"]): _utc(i.get("LaunchTime")) for i in instances if self._egress_wanted(i, now)
+            str(i["InstanceId"]): t
+            for i in instances
+            if self._egress_wanted(i, now) and (t := _utc(i.get("LaunchTime"))) is not None
         }
         if not launched:
-            self._egress_cache[region] = {}
-            return {}
-        first = min(t for t in launched.values() if t is not None)
-        # From the hour of the first launch: a datapoint is stamped with the start of its (5 or 1 minute)
-        # period, which may lie just before LaunchTime. Hourly periods, longer past 60 days (CloudWatch
-        # keeps hourly data 455 days), so no query returns more than 1,440 values.
-        start = first.replace(minute=0, second=0, microsecond=0)
-        end = now + timedelta(minutes=1)  # past now: a datapoint of this very minute is counted too
-        hours = (end - start).total_seconds() / 3600
-        period = 3600 * max(1, math.ceil(hours / 1440))
+            return self._egress.record(region, {}, ())
+        window = lifetime_window(min(launched.values()), now)
         try:
             values = await self._ec2_metric(
                 region,
                 "NetworkOut",
                 "Sum",
-                period,
+                window.period_s,
                 sorted(launched),
-                start,
-                end,
+                window.start,
+                window.end,
                 failure="aws.egress_metrics_unavailable",
             )
         except AuthFailed as exc:
             # On by default: a role without cloudwatch:GetMetricData must not stop the listing (the
             # EC2 calls before this one prove the credentials themselves work).
             log.warning("aws.egress_metrics_denied", region=region, error=str(exc))
-            return cached
+            return self._egress.last(region)
         if values is None:
-            return cached
-        measured = {iid: int(sum(v)) for iid, v in values.items() if v}
-        fresh = {iid: max(n, cached.get(iid, 0)) for iid, n in measured.items()}
-        # Instances measured before but absent from this answer keep their counter while listed.
-        fresh.update({iid: n for iid, n in cached.items() if iid not in fresh and iid in launched})
-        self._egress_cache[region] = fresh
-        return fresh
+            return self._egress.last(region)
+        return self._egress.record(region, {i: int(sum(v)) for i, v in values.items() if v}, launched)
 
     async def _spot_notices(self, region: str) -> dict[str, str]:
         """instance id → "spot:<status code>" for spot requests the provider is taking back."""

@@ -25,7 +25,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import requests
@@ -33,6 +34,7 @@ import structlog
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as gauth_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.transport.requests import AuthorizedSession
 from google.cloud import compute_v1
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -51,7 +53,9 @@ from backends.base import (
     QuotaExceeded,
     Throttled,
 )
+from backends.egress_counters import EgressCounters, lifetime_window
 from backends.gce_config import GceConfig
+from backends.gce_monitoring import DEFAULT_ENDPOINT, MONITORING_SCOPE, fetch_sent_bytes, sent_bytes_query
 from backends.quota import gce_scope
 from provisioner.domain import Arch, Market, Offering
 from provisioner.logs import register_secret
@@ -258,6 +262,11 @@ class GceBackend:
         )
         # Instances this process asked to delete: a spot VM going away otherwise was preempted.
         self._released: set[str] = set()
+        self._monitoring = AuthorizedSession(creds) if config.egress_metrics else None
+        self._egress = EgressCounters(config.egress_refresh_seconds)  # per project: bytes out since creation
+
+    def _scopes(self) -> list[str]:
+        return [COMPUTE_SCOPE, MONITORING_SCOPE] if self.config.egress_metrics else [COMPUTE_SCOPE]
 
     def _load_credentials(self) -> Credentials:
         if self.config.anonymous:
@@ -267,12 +276,12 @@ class GceBackend:
                 from google.oauth2 import service_account
 
                 creds: Credentials = service_account.Credentials.from_service_account_file(
-                    str(self.config.credentials_file), scopes=[COMPUTE_SCOPE]
+                    str(self.config.credentials_file), scopes=self._scopes()
                 )
                 return creds
             import google.auth
 
-            adc, _project = google.auth.default(scopes=[COMPUTE_SCOPE])
+            adc, _project = google.auth.default(scopes=self._scopes())
             return adc
         except (OSError, ValueError, gauth_exceptions.DefaultCredentialsError) as exc:
             # Name the source, never the content of a key file.
@@ -445,13 +454,56 @@ class GceBackend:
 
         # One retry unit for the whole paged walk: a throttled page restarts the listing.
         pairs = await self._call("list", fetch_all)
+        ours = [(zone, inst) for zone, inst in pairs if self._tags_of(inst).get(TAG_BROKER) == self.broker_id]
+        # (a label matched after sanitising may be another broker's VM: the exact tags decide)
+        sent = await self._egress_counters([inst for _zone, inst in ours]) if self._monitoring else {}
         resources = []
-        for zone, inst in pairs:
-            tags = self._tags_of(inst)
-            if tags.get(TAG_BROKER) != self.broker_id:
-                continue  # label matched after sanitising, but it is another broker's VM
-            resources.append(self._to_resource(zone, inst))
+        for zone, inst in ours:
+            resource = self._to_resource(zone, inst)
+            counter = sent.get(str(inst.id))
+            resources.append(resource if counter is None else replace(resource, egress_bytes=counter))
         return resources
+
+    async def _egress_counters(self, instances: Sequence[compute_v1.Instance]) -> dict[str, int]:
+        """GCE instance id → bytes it has sent since creation (Cloud Monitoring sent_bytes_count summed
+        over its life, `backends.gce_monitoring`), read at most every `egress_refresh_seconds`; in
+        between, and when Cloud Monitoring fails or refuses, the last values stand. VMs with no data
+        yet are left out: no measurement, not a made-up 0."""
+        scope = self.config.project
+        if self._monitoring is None or not self._egress.due(scope):
+            return self._egress.last(scope)
+        created = {
+            str(inst.id): t
+            for inst in instances
+            if inst.status not in ("PROVISIONING", "STAGING")
+            and (t := _parse_time(inst.creation_timestamp)) is not None
+        }
+        if not created:
+            return self._egress.record(scope, {}, ())
+        now = datetime.now(UTC)
+        # The API wants the interval's end no later than now; data is visible up to 4 minutes late anyway.
+        window = replace(lifetime_window(min(created.values()), now), end=now)
+        params = sent_bytes_query(label_value(self.broker_id), window)
+        session = self._monitoring
+        endpoint = self.config.monitoring_endpoint or DEFAULT_ENDPOINT
+        try:
+            measured = await self._call(
+                "monitoring timeSeries.list",
+                functools.partial(
+                    fetch_sent_bytes,
+                    session,
+                    endpoint,
+                    self.config.project,
+                    params,
+                    self.config.request_timeout_seconds,
+                ),
+            )
+        except BackendError as exc:
+            # On by default: a service account without monitoring.timeSeries.list must not stop the
+            # listing (the Compute call before this one proves the credentials themselves work).
+            log.warning("gce.egress_metrics_unavailable", project=scope, error=str(exc))
+            return self._egress.last(scope)
+        return self._egress.record(scope, {i: n for i, n in measured.items() if i in created}, created)
 
     async def release(self, provider_id: str) -> None:
         zone, name = self._split_provider_id(provider_id)
@@ -487,6 +539,8 @@ class GceBackend:
     async def close(self) -> None:
         for client in (self._instances, self._operations):
             client.transport.close()
+        if self._monitoring is not None:
+            self._monitoring.close()
 
     # -- building and reading instances ------------------------------------------------------
 

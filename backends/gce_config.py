@@ -48,6 +48,12 @@ class GceConfig(BaseModel):
     operation_timeout_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=2.0, ge=0)
     page_size: int = Field(default=500, ge=1, le=500)
+    # Egress: each VM's bytes out from Cloud Monitoring (instance/network/sent_bytes_count) for the
+    # ledger and the planner's egress caps and tiers; it counts in-region traffic too (an upper bound
+    # on billed egress). Read at most every `egress_refresh_seconds` (one timeSeries.list per project).
+    egress_metrics: bool = True
+    egress_refresh_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    monitoring_endpoint: str | None = None  # emulators and tests only; default monitoring.googleapis.com
 
     @model_validator(mode="after")
     def _anonymous_needs_endpoint(self) -> GceConfig:

@@ -16,6 +16,7 @@ import pytest
 from backends.aws import AwsBackend
 from backends.aws_config import AwsConfig
 from backends.base import AuthFailed, BackendError, Throttled
+from backends.egress_counters import MAX_POINTS, lifetime_window
 
 from .conftest import CATALOG, KEY_ID, REGION, SECRET, offering
 from .test_backend_moto import request
@@ -104,8 +105,8 @@ async def test_networkout_is_read_once_per_refresh_interval_and_never_goes_back(
     assert backend.api_calls["GetMetricData"] == 1
     # An answer lower than what was already reported (a datapoint missing from it) keeps the counter:
     # a dip followed by the datapoint's return would count its bytes twice.
-    backend._egress_cache[REGION][iid] = 2_000_000_000
-    backend._egress_read_at.clear()
+    backend._egress.record(REGION, {iid: 2_000_000_000}, [iid])
+    backend._egress.forget(REGION)
     assert [r.egress_bytes for r in await backend.list_resources()] == [2_000_000_000]
     assert backend.api_calls["GetMetricData"] == 2
     await backend.close()
@@ -175,7 +176,19 @@ async def test_cloudwatch_refused_or_failing_keeps_the_listing_and_the_last_coun
         return await real_call(operation, fn, **kw)
 
     monkeypatch.setattr(backend, "_call", call)
-    backend._egress_read_at.clear()
     (listed,) = await backend.list_resources()
     assert listed.state == "running" and listed.egress_bytes == 700_000_000
     await backend.close()
+
+
+def test_the_lifetime_window_starts_at_the_launch_hour_and_caps_the_values_per_instance() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    young = lifetime_window(datetime(2026, 11, 30, 9, 58, 30, tzinfo=UTC), now)
+    assert (young.start, young.end, young.period_s) == (
+        datetime(2026, 11, 30, 9, 0, tzinfo=UTC),  # the 09:55 datapoint holds bytes sent after 09:58:30
+        now + timedelta(minutes=1),
+        3600,
+    )
+    old = lifetime_window(now - timedelta(days=90), now)
+    hours = (old.end - old.start).total_seconds() / 3600
+    assert old.period_s % 3600 == 0 and hours / (old.period_s / 3600) <= MAX_POINTS

@@ -6,6 +6,11 @@ returns the original operation), the label filter `labels.KEY = "VALUE"`, aggreg
 `items` keyed by "zones/<zone>" and `nextPageToken` pagination, GCE's validation of names, labels,
 spot and GPU scheduling, and injected faults (HTTP errors before a call, or a DONE operation that
 carries an error such as ZONE_RESOURCE_POOL_EXHAUSTED).
+
+It also answers Cloud Monitoring's `projects.timeSeries.list` for the one metric the backend reads
+(`compute.googleapis.com/instance/network/sent_bytes_count`): the filter (metric, resource type, a
+`metadata.user_labels` match), the interval, ALIGN_SUM per period, REDUCE_SUM grouped by
+`resource.label.instance_id`, and pagination. Tests add the points with `send_bytes`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import itertools
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.auth import jwt as google_jwt
@@ -26,6 +31,10 @@ _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _FILTER_RE = re.compile(r'^\s*labels\.([a-z0-9_-]+)\s*=\s*"?([^"]*)"?\s*$')
+SENT_BYTES = "compute.googleapis.com/instance/network/sent_bytes_count"
+_TS_CLAUSE_RE = re.compile(
+    r'^\s*(metric\.type|resource\.type|metadata\.user_labels\."([^"]+)")\s*=\s*"([^"]*)"\s*$'
+)
 _ARM_FAMILIES = {"t2a", "c4a", "n4a"}
 _BUILTIN_GPU_FAMILIES = {"a2", "a3", "a4", "g2", "g4"}
 
@@ -82,6 +91,8 @@ class FakeGce:
     operations: dict[str, _Operation] = field(default_factory=dict)
     http_faults: list[HttpFault] = field(default_factory=list)
     operation_faults: list[OperationFault] = field(default_factory=list)
+    # Cloud Monitoring points of sent_bytes_count: (instance id, labels, end time, bytes, loadbalanced)
+    sent_points: list[tuple[str, dict[str, str], datetime, int, bool]] = field(default_factory=list)
     server: JsonHttpServer = field(default_factory=JsonHttpServer)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(4_000_000_000_000_000_001))
 
@@ -98,6 +109,7 @@ class FakeGce:
             "GET", _PREFIX + r"/zones/(?P<zone>[^/]+)/operations/(?P<op>[^/]+)", "operation_get", self._op_get
         )
         s.route("POST", r"/token", "token", self._token)
+        s.route("GET", r"/v3/projects/(?P<project>[^/]+)/timeSeries", "time_series_list", self._time_series)
 
     # -- test controls -------------------------------------------------------------------
 
@@ -133,6 +145,15 @@ class FakeGce:
                 {"name": name, "labels": labels, "machineType": f"zones/{zone}/machineTypes/e2-small"},
             )
             self.instances[(zone, name)]["status"] = "RUNNING"
+
+    def send_bytes(
+        self, zone: str, name: str, count: int, at: datetime, *, loadbalanced: bool = False
+    ) -> None:
+        """A sent_bytes_count point (the bytes of one 60 s sample ending at `at`) for an instance."""
+        with self.server.lock:
+            instance = self.instances[(zone, name)]
+            labels = dict(instance.get("labels") or {})
+            self.sent_points.append((str(instance["id"]), labels, at, count, loadbalanced))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -425,4 +446,83 @@ class FakeGce:
         reply: dict[str, Any] = {"kind": "compute#instanceAggregatedList", "items": items}
         if end < len(rows):
             reply["nextPageToken"] = str(end)
+        return 200, reply
+
+    def _time_series(self, request: Request, m: re.Match[str]) -> Reply:
+        if (problem := self._check(request, "time_series_list")) is not None:
+            return problem
+        p = request.params
+
+        def bad(message: str) -> Reply:
+            return 400, {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
+
+        wanted: dict[str, str] = {}
+        user_labels: dict[str, str] = {}
+        for clause in p.get("filter", "").split(" AND "):
+            match = _TS_CLAUSE_RE.match(clause)
+            if match is None:
+                return bad(f"Could not parse filter clause {clause!r}")
+            if match.group(2) is not None:
+                user_labels[match.group(2)] = match.group(3)
+            else:
+                wanted[match.group(1)] = match.group(3)
+        if wanted.get("metric.type") != SENT_BYTES or wanted.get("resource.type") != "gce_instance":
+            return bad("this fake knows only sent_bytes_count of gce_instance")
+        try:
+            start = datetime.fromisoformat(p["interval.startTime"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(p["interval.endTime"].replace("Z", "+00:00"))
+            period = int(p["aggregation.alignmentPeriod"].removesuffix("s"))
+        except (KeyError, ValueError):
+            return bad("interval.startTime, interval.endTime and aggregation.alignmentPeriod are required")
+        if end > datetime.now(UTC):
+            return bad("The end time of the interval must not be in the future")
+        if period < 60 or p.get("aggregation.perSeriesAligner") != "ALIGN_SUM":
+            return bad("this fake aligns with ALIGN_SUM over periods of at least 60 s")
+        grouped = (
+            p.get("aggregation.crossSeriesReducer") == "REDUCE_SUM"
+            and p.get("aggregation.groupByFields") == "resource.label.instance_id"
+        )
+        # Series key: the instance (grouped), or instance and the metric's loadbalanced label.
+        buckets: dict[tuple[str, bool | None], dict[int, int]] = {}
+        for instance_id, labels, at, count, balanced in self.sent_points:
+            if not start < at <= end or any(labels.get(k) != v for k, v in user_labels.items()):
+                continue
+            key = (instance_id, None if grouped else balanced)
+            slot = int((end - at).total_seconds()) // period  # periods end at `end`, as the API aligns
+            buckets.setdefault(key, {})
+            buckets[key][slot] = buckets[key].get(slot, 0) + count
+        series = []
+        for (instance_id, balanced), slots in sorted(buckets.items(), key=lambda kv: str(kv[0])):
+            points = [
+                {
+                    "interval": {
+                        "startTime": (end - timedelta(seconds=period * (n + 1))).strftime(
+                            "%Y-%m-%dT%H:%M:%SZ"
+                        ),
+                        "endTime": (end - timedelta(seconds=period * n)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    },
+                    "value": {"int64Value": str(total)},
+                }
+                for n, total in sorted(slots.items())
+            ]
+            metric: dict[str, Any] = {"type": SENT_BYTES}
+            if balanced is not None:
+                metric["labels"] = {"loadbalanced": str(balanced).lower()}
+            series.append(
+                {
+                    "metric": metric,
+                    "resource": {
+                        "type": "gce_instance",
+                        "labels": {"project_id": m["project"], "instance_id": instance_id},
+                    },
+                    "metricKind": "DELTA",
+                    "valueType": "INT64",
+                    "points": points,
+                }
+            )
+        size = int(p.get("pageSize", "100000"))
+        first = int(p.get("pageToken") or 0)
+        reply: dict[str, Any] = {"timeSeries": series[first : first + size], "unit": "By"}
+        if first + size < len(series):
+            reply["nextPageToken"] = str(first + size)
         return 200, reply

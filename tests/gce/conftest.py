@@ -29,6 +29,7 @@ def gce_config(fake: FakeGce, **overrides: object) -> GceConfig:
         "project": "p",
         "zones": [ZONE, "europe-west4-b"],
         "api_endpoint": fake.url,
+        "monitoring_endpoint": fake.url,
         "anonymous": True,
         "poll_interval_seconds": 0.01,
         "retry_base_seconds": 0.01,

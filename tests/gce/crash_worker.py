@@ -16,6 +16,7 @@ def crash_config(endpoint: str, **overrides: object) -> GceConfig:
         "project": "p",
         "zones": [ZONE],
         "api_endpoint": endpoint,
+        "monitoring_endpoint": endpoint,
         "anonymous": True,
         "poll_interval_seconds": 0.01,
         "retry_base_seconds": 0.01,
