@@ -104,6 +104,8 @@ class Store:
         self.db = db
         self.clock = clock
         self.broker_id = broker_id
+        # each group as this store last wrote it, and the observed_at it wrote (save_groups)
+        self._saved_groups: dict[str, tuple[DemandGroup, datetime]] = {}
         self.bus = bus
         self.ids: IdSource = ids or RandomIds()
         # Set by the engine while it leads on a shared database (`Leadership.fence`).
@@ -495,27 +497,48 @@ class Store:
     # --- demand, plans and decisions ----------------------------------------------------------
 
     def save_groups(self, groups: Sequence[DemandGroup]) -> None:
-        """Insert or update each group's row in bulk (one query for the ids that exist, one INSERT and one
-        UPDATE statement), not through the ORM's unit of work: every cycle writes every group, and a cycle
-        woken by new demand must reach its first provisioning call in well under a second."""
+        """Insert or update each group's row in bulk, not through the ORM's unit of work: every cycle
+        writes every group, and a cycle woken by new demand must reach its first provisioning call in
+        well under a second. A group unchanged since this store last wrote it only gets its
+        `observed_at` moved, without serialising its spec again, and only where the row still holds
+        what this store wrote (another replica may have led in between: then it is written in full)."""
         now = self.clock.now()
         latest = {g.id: g for g in groups}  # a group listed twice: the last one wins
         if not latest:
             return
-        rows = [
-            {
-                "id": g.id,
-                "experiment": g.experiment,
-                "source": g.source,
-                "jobs": g.jobs,
-                "spec": _jsonable(asdict(g)),
-                "request_id": g.request_id,
-                "observed_at": now,
-            }
-            for g in latest.values()
-        ]
+        seen_again: dict[datetime, list[str]] = {}  # by the observed_at this store last wrote
+        changed: dict[str, DemandGroup] = {}
+        for gid, g in latest.items():
+            saved = self._saved_groups.get(gid)
+            if saved is not None and saved[0] == g:
+                seen_again.setdefault(saved[1], []).append(gid)
+            else:
+                changed[gid] = g
         with self.session() as s:
-            ids = list(latest)
+            for prev, gids in seen_again.items():
+                for start in range(0, len(gids), 500):
+                    chunk = gids[start : start + 500]
+                    moved = s.execute(
+                        update(DemandGroupRow)
+                        .where(col(DemandGroupRow.id).in_(chunk), col(DemandGroupRow.observed_at) == prev)
+                        .values(observed_at=now)
+                        .execution_options(synchronize_session=False)
+                    )
+                    if moved.rowcount != len(chunk):  # type: ignore[attr-defined]
+                        changed.update((gid, latest[gid]) for gid in chunk)  # written since: in full
+            rows = [
+                {
+                    "id": g.id,
+                    "experiment": g.experiment,
+                    "source": g.source,
+                    "jobs": g.jobs,
+                    "spec": _jsonable(asdict(g)),
+                    "request_id": g.request_id,
+                    "observed_at": now,
+                }
+                for g in changed.values()
+            ]
+            ids = [r["id"] for r in rows]
             existing: set[str] = set()
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -527,6 +550,7 @@ class Store:
             if known:
                 s.execute(update(DemandGroupRow), known)  # ORM bulk UPDATE by primary key
             s.commit()
+        self._saved_groups.update((gid, (g, now)) for gid, g in latest.items())
 
     async def save_plan(
         self, plan: Plan, *, policy_sha256: str | None = None, summary: Mapping[str, Any] | None = None

@@ -88,3 +88,40 @@ async def test_bus_outage_does_not_lose_the_stored_event(store: Store, clock: Si
     store.bus = BrokenBus()
     row = await store.record_intent(offering("m1"), group_id=None, experiment=None)
     assert [e.subject for e in store.events(kind="resource.state")] == [row.id]
+
+
+def test_saved_groups_hold_each_cycles_spec_and_when_they_were_last_seen(database_url: str) -> None:
+    from dataclasses import replace
+
+    from provisioner.model import DemandGroupRow
+    from tests.engine.toy import group_jobs, jobs
+
+    db = open_database(database_url)
+    clock = SimulatedClock()
+    store = Store(db, clock, "b1")
+    try:
+        [g] = group_jobs(jobs("atlas", 3))
+        store.save_groups([g])
+        first = clock.now()
+        clock.advance(60)
+        store.save_groups([g])  # unchanged: only seen again
+        clock.advance(60)
+        store.save_groups([replace(g, jobs=7)])  # the same group, grown
+        clock.advance(60)
+        store.save_groups([replace(g, jobs=7)])
+        with store.session() as s:
+            [row] = s.exec(select(DemandGroupRow)).all()
+        assert row.jobs == 7 and row.spec["jobs"] == 7
+        observed = row.observed_at if row.observed_at.tzinfo else row.observed_at.replace(tzinfo=first.tzinfo)
+        assert (observed - first).total_seconds() == 180
+        # another store (a new leader) writes what it sees, whatever the first one cached
+        other = Store(db, clock, "b2")
+        clock.advance(60)
+        other.save_groups([replace(g, jobs=2)])
+        clock.advance(60)
+        store.save_groups([replace(g, jobs=7)])  # leads again, seeing what it saw before: written in full
+        with store.session() as s:
+            [row] = s.exec(select(DemandGroupRow)).all()
+        assert row.jobs == 7 and row.spec["jobs"] == 7
+    finally:
+        db.dispose()
