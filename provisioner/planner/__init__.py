@@ -28,6 +28,7 @@ from provisioner.planner.drain import assess_fleet
 from provisioner.planner.explain import explain_group, explain_quiet, limits_after
 from provisioner.planner.limits import Limits, build_limits
 from provisioner.planner.milp import solve_exact
+from provisioner.planner.pricing import ColumnGenerator
 from provisioner.planner.problem import Problem, Solution, build_problem
 from provisioner.planner.settle import Settler
 from provisioner.planner.solve import solve
@@ -103,8 +104,11 @@ def plan(
         timings=timings,
     )
     clock.last = time.perf_counter()
-    problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
-    clock.lap("model")
+    if method == "exact":
+        problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
+    else:  # the shortlists grown until no offering anywhere in the catalog improves the LP
+        candidates, problem = ColumnGenerator(cols, plan_ctx, compat, constraints, limits).run(candidates)
+    clock.lap("pricing")
     solution: Solution
     if method == "exact":
         solution = solve_exact(problem, time_limit)

@@ -17,7 +17,7 @@ service level, minimise the objective cost of `cost.py` (money plus allocation v
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -63,6 +63,15 @@ class Problem:
     @property
     def pairs(self) -> int:
         return len(self.pair_group)
+
+    def restricted(self, keep: BoolArray) -> Problem:
+        """The same groups and limits over the pairs in `keep` only (pair order, hence group order, kept)."""
+        per_pair = {
+            name: getattr(self, name)[keep]
+            for name in self.__dataclass_fields__
+            if name not in ("candidates", "limits", "demand", "value", "group_exp")
+        }
+        return replace(self, **per_pair)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +184,14 @@ class _Rows:
         self.cols: list[IntArray] = []
         self.vals: list[FloatArray] = []
         self.ub: list[float] = []
+        self.index: dict[str, tuple[IntArray, int]] = {}  # block name → (its keys, its first row)
 
-    def block(self, keys: IntArray, rhs: FloatArray, terms: Sequence[tuple[int, FloatArray]]) -> None:
-        """One row per distinct finite `rhs[keys]`; each pair adds coef·var to its key's row."""
+    def block(
+        self, keys: IntArray, rhs: FloatArray, terms: Sequence[tuple[int, FloatArray]], name: str = ""
+    ) -> None:
+        """One row per distinct finite `rhs[keys]`; each pair adds coef·var to its key's row.
+
+        With a `name`, the block's keys and first row are kept in `index` (to read its duals)."""
         if self.p == 0:
             return
         limit = rhs[keys]
@@ -186,6 +200,8 @@ class _Rows:
             return
         used, row_of = np.unique(keys[active], return_inverse=True)
         base = len(self.ub)
+        if name:
+            self.index[name] = (used, base)
         self.ub.extend(np.maximum(rhs[used], 0.0).tolist())  # a fleet already over a limit leaves 0
         pairs = np.flatnonzero(active)
         for var, coef in terms:
@@ -341,26 +357,45 @@ def _per_job(problem: Problem) -> tuple[FloatArray, FloatArray]:
 
 def job_rows(problem: Problem) -> tuple[sp.csr_matrix, FloatArray]:
     """The limits in terms of jobs only: the LP relaxation with units = jobs / (jobs_per_unit × waves)."""
+    a, ub, _ = job_lp(problem)
+    return a, ub
+
+
+def job_lp(problem: Problem) -> tuple[sp.csr_matrix, FloatArray, dict[str, tuple[IntArray, int]]]:
+    """`job_rows` and, per kind of limit, which keys (group, offering, family, experiment) have a row where."""
     pr, lim = problem, problem.limits
     p = pr.pairs
     per_wave, per_unit = _per_job(pr)
     rows = _Rows(p)
     exp = pr.group_exp[pr.pair_group]
-    rows.block(pr.pair_group, pr.demand.astype(np.float64), [(0, np.ones(p))])
-    rows.block(pr.pair_offering, np.floor(lim.capacity + 1e-9), [(0, per_unit)])
-    rows.block(pr.family, lim.quota, [(0, pr.cores * per_unit)])
+    rows.block(pr.pair_group, pr.demand.astype(np.float64), [(0, np.ones(p))], "demand")
+    rows.block(pr.pair_offering, np.floor(lim.capacity + 1e-9), [(0, per_unit)], "capacity")
+    rows.block(pr.family, lim.quota, [(0, pr.cores * per_unit)], "quota")
     rows.block(
-        np.zeros(p, dtype=np.int64), _shrink(np.array([lim.facility_spend])), [(0, pr.price * per_unit)]
+        np.zeros(p, dtype=np.int64),
+        _shrink(np.array([lim.facility_spend])),
+        [(0, pr.price * per_unit)],
+        "facility",
     )
-    rows.block(exp, _shrink(lim.exp_spend), [(0, pr.price * per_unit)])
+    rows.block(exp, _shrink(lim.exp_spend), [(0, pr.price * per_unit)], "spend")
     money = pr.money_wave * per_wave + pr.money_start * per_unit + pr.egress_budget_job
-    rows.block(exp, _shrink(lim.exp_budget), [(0, money)])
-    rows.block(exp, _shrink(lim.exp_egress), [(0, pr.egress_gb_job)])
-    rows.block(exp, lim.exp_gpus, [(0, pr.gpus * per_unit)])
+    rows.block(exp, _shrink(lim.exp_budget), [(0, money)], "budget")
+    rows.block(exp, _shrink(lim.exp_egress), [(0, pr.egress_gb_job)], "egress")
+    rows.block(exp, lim.exp_gpus, [(0, pr.gpus * per_unit)], "gpus")
     hours = pr.node_hours_wave * per_wave + pr.node_hours_start * per_unit
-    rows.block(pr.pair_offering, _shrink(lim.node_hours), [(0, hours)])
+    rows.block(pr.pair_offering, _shrink(lim.node_hours), [(0, hours)], "node_hours")
     a, ub = rows.matrix()
-    return a[:, :p].tocsr(), ub
+    return a[:, :p].tocsr(), ub, rows.index
+
+
+def job_cost(problem: Problem) -> FloatArray:
+    """Objective cost per job of each pair in the jobs-only relaxation (whole waves for small groups)."""
+    per_wave, per_unit = _per_job(problem)
+    return (
+        problem.objective_wave * per_wave
+        + (problem.objective_start + UNIT_EPSILON) * per_unit
+        + problem.egress_usd_job
+    )
 
 
 def solve_jobs_lp(problem: Problem) -> FloatArray:
@@ -386,12 +421,7 @@ def solve_jobs_lp(problem: Problem) -> FloatArray:
     served = float(value @ first.x)
     if served <= 0:
         return np.zeros(p)
-    per_wave, per_unit = _per_job(problem)
-    cost = (
-        problem.objective_wave * per_wave
-        + (problem.objective_start + UNIT_EPSILON) * per_unit
-        + problem.egress_usd_job
-    )
+    cost = job_cost(problem)
     a2 = sp.vstack([a, sp.csr_matrix(-value)]).tocsr()
     ub2 = np.concatenate([ub, [-(served * (1 - 1e-9))]])
     second = milp(

@@ -17,7 +17,14 @@ from collections.abc import Callable
 import numpy as np
 
 from provisioner.planner.columns import FloatArray, IntArray
-from provisioner.planner.problem import SAFETY, Problem, Solution, solve_jobs_lp, solve_lexicographic
+from provisioner.planner.problem import (
+    SAFETY,
+    Problem,
+    Solution,
+    job_cost,
+    solve_jobs_lp,
+    solve_lexicographic,
+)
 
 MILP_MAX_PAIRS = 600
 MILP_TIME_LIMIT = 2.0
@@ -32,19 +39,52 @@ def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_
         method = "milp" if problem.pairs <= MILP_MAX_PAIRS else "lp"
     if method == "milp":
         r = solve_lexicographic(problem, integral=True, time_limit=time_limit, gap=1e-6)
-        if r.status == "none":  # the time limit struck before any integral point: the repaired LP instead
-            return _lp_repair(problem, "pruned-lp+repair (milp time limit, no incumbent)")
+        if r.status == "none":  # the time limit struck before any integral point: the LP path instead
+            return _lp_path(problem, time_limit, "pruned-lp (milp time limit, no incumbent)")
         if r.status == "optimal":
             return repair(problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp"))
-        # stopped with an incumbent: keep it or the repaired LP, whichever serves more, then costs less
+        # stopped with an incumbent: keep it or the LP path's plan, whichever serves more, then costs less
         incumbent = repair(
             problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp (incumbent at time limit)")
         )
-        fallback = _lp_repair(problem, "pruned-lp+repair (milp time limit, better than its incumbent)")
+        fallback = _lp_path(problem, time_limit, "pruned-lp (milp time limit, better than its incumbent)")
         return max((incumbent, fallback), key=lambda sol: _rank(problem, sol))
     if method == "lp":
-        return _lp_repair(problem, "pruned-lp+repair")
+        return _lp_path(problem, time_limit, "pruned-lp")
     raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
+
+
+CLOSE_ENOUGH = 2e-3  # a repaired LP this close to the LP's bounds on value and cost needs no MILP
+RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the LP's support
+
+
+def _lp_path(problem: Problem, time_limit: float, label: str) -> Solution:
+    """The LP relaxation, made integral: repaired greedily, and, unless that is already within
+    CLOSE_ENOUGH of the LP's bounds, also by the MILP restricted to the LP's support (plus each
+    group's cheapest pairs and the repaired plan's), time-limited; the better plan wins.
+
+    Rounding a relaxation whose limits bind (budgets worth a few waves, quotas of a few units) is a
+    knapsack the greedy repair can miss by a few percent; the restricted MILP is small (about the
+    LP's basis) and solves it exactly or nearly so within the limit."""
+    lp = solve_jobs_lp(problem)
+    repaired = _lp_repair(problem, lp, f"{label}+repair")
+    value = problem.value[problem.pair_group]
+    lp_value, lp_cost = float(value @ lp), float(job_cost(problem) @ lp)
+    served, cost = repaired.served_value(problem), repaired.objective(problem)
+    if served >= lp_value * (1 - CLOSE_ENOUGH) and cost <= lp_cost * (1 + CLOSE_ENOUGH) + 1e-9:
+        return repaired
+    keep = (lp > 1e-7) | (repaired.jobs > 0) | (problem.pair_slot < RESTRICTED_PER_GROUP)
+    sub = problem.restricted(keep)
+    r = solve_lexicographic(sub, integral=True, time_limit=time_limit, gap=1e-6)
+    if r.status == "none":
+        return repaired
+    status = "" if r.status == "optimal" else " (incumbent at time limit)"
+    part = integral_solution(sub, r.x, r.z, r.y, f"{label}+restricted-milp{status}")
+    full = [np.zeros(problem.pairs, dtype=np.int64) for _ in range(3)]
+    for arr, got in zip(full, (part.units, part.unit_waves, part.jobs), strict=True):
+        arr[keep] = got
+    restricted = repair(problem, Solution(full[0], full[1], full[2], part.method))
+    return max((restricted, repaired), key=lambda sol: _rank(problem, sol))
 
 
 def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:
@@ -52,12 +92,11 @@ def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:
     return (round(served, 9), -solution.objective(problem))
 
 
-def _lp_repair(problem: Problem, label: str) -> Solution:
+def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
     """The LP relaxation's jobs as targets, rounded down and (separately) up, each repaired and improved;
     the better plan wins. Rounding up keeps a small, valuable group whose LP share is fractional
     (rounding down would drop it while cheaper groups take its room); rounding down avoids starting
     a unit for a sliver of a job."""
-    lp = solve_jobs_lp(problem)
     empty = np.zeros(problem.pairs, dtype=np.int64)
     best: Solution | None = None
     for targets in (np.floor(lp + 1e-6), np.ceil(lp - 1e-6)):

@@ -1,0 +1,344 @@
+"""Column generation: price the whole compatible catalog against the duals of the jobs-only LP, so no shortlist can exclude the LP optimum.
+
+The shortlists of `candidates.py` are a restricted master: a guess at which offerings matter. Here
+the jobs-only relaxation of `problem.py` (`job_lp`) is solved over them with HiGHS, and every
+compatible offering of every group is priced against its duals: a column (group g, offering o)
+with cost c and limit coefficients a has reduced cost c − Σ_r dual_r · a_r (duals ≤ 0 on the ≤
+rows of a minimisation). Columns with a negative reduced cost join the group's shortlist and the LP
+is solved again, until none is left: the LP is then optimal over the full catalog. Both
+lexicographic phases are priced: phase 1 (most value served: c = −value) then phase 2 (least cost
+at that value: c = the jobs-only cost per job, with the value row's dual).
+
+Pricing is exact but cheap where it can be:
+* phase 1 prices only groups the LP leaves short (a fully served group's demand-row dual already
+  pays its whole value, so no column of it can have a negative reduced cost);
+* phase 2 prices, per group, only offerings whose full-packing cost per job (a lower bound on the
+  LP's per-job cost, from the shared per-shape costs of `candidates.py`) is below the group's
+  threshold −dual_demand + value × (−dual_value): limit rows only add to a column's reduced cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+
+from provisioner.domain import PlanningConstraints
+from provisioner.planner.candidates import GroupCandidates, _BaseCosts, _merge
+from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
+from provisioner.planner.compatibility import CompatContext
+from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, interruption_factor
+from provisioner.planner.limits import Limits
+from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost, job_lp
+
+MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
+PER_GROUP = 4  # columns a group may gain per round (most negative reduced cost first)
+SCREEN_K = 16  # offerings per group per round priced exactly after the screen
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class _Duals:
+    """The LP's row duals spread over what the rows are keyed by (0 where there is no row)."""
+
+    demand: FloatArray  # per group
+    capacity: FloatArray  # per offering
+    quota: FloatArray  # per family code
+    facility: float
+    spend: FloatArray  # per experiment
+    budget: FloatArray
+    egress: FloatArray
+    gpus: FloatArray
+    node_hours: FloatArray  # per offering
+    value: float  # phase 2: the served-value row (−value·y ≤ −served)
+
+
+def _spread(index: dict[str, tuple[IntArray, int]], duals: FloatArray, name: str, size: int) -> FloatArray:
+    out = np.zeros(size)
+    found = index.get(name)
+    if found is not None:
+        keys, base = found
+        out[keys] = duals[base : base + len(keys)]
+    return out
+
+
+def _solve(problem: Problem, served: float | None) -> tuple[FloatArray, _Duals] | None:
+    """Phase 1 (served is None: maximise value) or phase 2 (least cost serving ≥ served) of the jobs LP."""
+    if problem.pairs == 0:  # no group has a usable offering: none can be priced in either
+        return None
+    a, ub, index = job_lp(problem)
+    value = problem.value[problem.pair_group]
+    bounds = np.column_stack([np.zeros(problem.pairs), problem.demand[problem.pair_group]])
+    if served is None:
+        cost = -value
+    else:
+        cost = job_cost(problem)
+        a = _vstack(a, -value)
+        ub = np.concatenate([ub, [-served]])
+    res = linprog(cost, A_ub=a, b_ub=ub, bounds=bounds, method="highs")
+    if res.status != 0 or res.x is None:
+        return None
+    y = np.asarray(res.ineqlin.marginals, dtype=np.float64)
+    lim = problem.limits
+    n_exp = len(lim.experiments)
+    facility = _spread(index, y, "facility", 1)
+    return np.asarray(res.x), _Duals(
+        demand=_spread(index, y, "demand", len(problem.demand)),
+        capacity=_spread(index, y, "capacity", len(lim.capacity)),
+        quota=_spread(index, y, "quota", len(lim.quota)),
+        facility=float(facility[0]),
+        spend=_spread(index, y, "spend", n_exp),
+        budget=_spread(index, y, "budget", n_exp),
+        egress=_spread(index, y, "egress", n_exp),
+        gpus=_spread(index, y, "gpus", n_exp),
+        node_hours=_spread(index, y, "node_hours", len(lim.node_hours)),
+        value=float(y[-1]) if served is not None else 0.0,
+    )
+
+
+def _vstack(a: sp.csr_matrix, row: FloatArray) -> sp.csr_matrix:
+    return sp.vstack([a, sp.csr_matrix(row)]).tocsr()
+
+
+def reduced_costs(
+    priced: Problem, groups: IntArray, value: FloatArray, duals: _Duals, phase2: bool
+) -> FloatArray:
+    """Reduced cost of every pair of `priced` (a problem over candidate columns) in the master's LP.
+
+    `groups[k]` is the master's index of `priced`'s k-th group; `value` is the master's value per job."""
+    per_wave, per_unit = _per_job(priced)
+    g = groups[priced.pair_group]
+    o = priced.pair_offering
+    e = priced.group_exp[priced.pair_group]
+    v = value[g]
+    money = priced.money_wave * per_wave + priced.money_start * per_unit + priced.egress_budget_job
+    hours = priced.node_hours_wave * per_wave + priced.node_hours_start * per_unit
+    dual_sum = (
+        duals.demand[g]
+        + duals.capacity[o] * per_unit
+        + duals.quota[priced.family] * priced.cores * per_unit
+        + (duals.facility + duals.spend[e]) * priced.price * per_unit
+        + duals.budget[e] * money
+        + duals.egress[e] * priced.egress_gb_job
+        + duals.gpus[e] * priced.gpus * per_unit
+        + duals.node_hours[o] * hours
+    )
+    if phase2:
+        return job_cost(priced) - dual_sum + duals.value * v
+    return -v - dual_sum
+
+
+class ColumnGenerator:
+    """Grows the groups' shortlists until the jobs-only LP over them is optimal over the full catalog."""
+
+    def __init__(
+        self,
+        cols: OfferingColumns,
+        ctx: PlanContext,
+        compat: CompatContext,
+        constraints: PlanningConstraints,
+        limits: Limits,
+    ) -> None:
+        self.cols, self.ctx, self.compat = cols, ctx, compat
+        self.constraints, self.limits = constraints, limits
+        self.bases = _BaseCosts(cols, ctx)
+        self.added = 0
+        self.rounds = 0
+        self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
+
+    def run(self, candidates: Sequence[GroupCandidates]) -> tuple[list[GroupCandidates], Problem]:
+        cands = list(candidates)
+        problem = self._problem(cands)
+        served: float | None = None
+        for phase2 in (False, True):
+            for _ in range(MAX_ROUNDS):
+                solved = _solve(problem, served if phase2 else None)
+                self.rounds += 1
+                if solved is None:
+                    return cands, problem
+                x, duals = solved
+                grown = self._price(problem, cands, duals, phase2)
+                if not grown:
+                    if not phase2:
+                        served = float(problem.value[problem.pair_group] @ x) * (1 - 1e-9)
+                    break
+                problem = self._problem(cands)
+            else:
+                if not phase2:  # out of rounds: phase 2 at what the last LP served
+                    solved = _solve(problem, None)
+                    if solved is None:
+                        return cands, problem
+                    served = float(problem.value[problem.pair_group] @ solved[0]) * (1 - 1e-9)
+        return cands, problem
+
+    def _problem(self, cands: Sequence[GroupCandidates]) -> Problem:
+        return build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)
+
+    def _price(self, problem: Problem, cands: list[GroupCandidates], duals: _Duals, phase2: bool) -> bool:
+        """Add every group's most negative reduced-cost columns; False when there are none."""
+        work: list[tuple[int, GroupCosts]] = []
+        for g, cand in enumerate(cands):
+            if cand.group.max_cost_per_hs23_hour is not None:
+                continue  # cost caps are per-pair rows of the MILP, not in the jobs LP: keep the shortlist
+            idx = self._to_price(cand, float(problem.value[g]), duals, g, phase2)
+            if idx is None or len(idx) == 0:
+                continue
+            jpu, _ = self.compat.static_reasons(cand.group)
+            egress = GroupEgress(cand.group, cand.demand, self.cols, self.ctx)
+            costs = group_costs(cand.group, idx, jpu, egress, self.cols, self.ctx)
+            costs = costs.take(
+                (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
+            )
+            if len(costs):
+                work.append((g, costs))
+        if not work:
+            return False
+        priced = build_problem(
+            [
+                GroupCandidates(
+                    cands[g].group,
+                    cands[g].demand,
+                    c,
+                    c.take(np.zeros(0, dtype=np.int64)),
+                    np.zeros(0, dtype=np.int64),
+                    0,
+                )
+                for g, c in work
+            ],
+            self.cols,
+            self.ctx,
+            self.constraints,
+            self.limits,
+        )
+        groups = np.array([g for g, _ in work], dtype=np.int64)
+        rc = reduced_costs(priced, groups, problem.value, duals, phase2)
+        scale = np.maximum(1.0, np.abs(job_cost(priced))) if phase2 else np.ones(len(rc))
+        grew = False
+        starts = np.searchsorted(priced.pair_group, np.arange(len(work)))
+        ends = np.searchsorted(priced.pair_group, np.arange(len(work)), side="right")
+        for k, (g, costs) in enumerate(work):
+            part = rc[starts[k] : ends[k]]
+            good = np.flatnonzero(part < -TOLERANCE * scale[starts[k] : ends[k]])
+            if len(good) == 0:
+                continue
+            best = good[np.argsort(part[good], kind="stable")[:PER_GROUP]]
+            cand = cands[g]
+            cands[g] = GroupCandidates(
+                cand.group,
+                cand.demand,
+                _merge(cand.solver, costs.take(best), cand.demand),
+                cand.rejected,
+                cand.rejected_reason,
+                cand.compatible_count,
+            )
+            self.added += len(best)
+            grew = True
+        return grew
+
+    def _to_price(
+        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool
+    ) -> IntArray | None:
+        """The group's compatible offerings outside its shortlist with the most negative reduced cost, screened
+        over the catalog with the LP's own coefficients (compatibility rules that need the price come after)."""
+        group = cand.group
+        jpu, static = self.compat.static_reasons(group)
+        work = group.hs23_hours_per_job
+        if not phase2:
+            if -value - duals.demand[g] >= -TOLERANCE:
+                return None  # its demand row's dual pays its whole value: nothing can improve it
+            coef = self._everything.get(g)
+            if coef is None:  # a short group is priced again every round: its coefficients are kept
+                coef = self._everything[g] = _Coefficients.of(cand, np.flatnonzero(static == 0), jpu, self)
+        else:
+            # a column's LP cost per job is at least its full-packing cost, and limit rows only add to
+            # its reduced cost: only offerings cheaper than the threshold at full packing can enter
+            threshold = (duals.demand[g] - duals.value * value) / max(work, 1e-300)
+            base = self.bases.get(group, jpu)
+            sorted_total = base.total[base.prefix]
+            if len(sorted_total) == 0 or sorted_total[0] >= threshold:
+                return None
+            count = int(np.searchsorted(sorted_total, threshold))
+            if count < len(sorted_total) or base.bound >= threshold:
+                idx = base.prefix[:count]
+            else:
+                idx = np.flatnonzero(base.total < threshold)
+            idx = idx[static[idx] == 0]
+            if len(idx) == 0:
+                return None
+            coef = _Coefficients.of(cand, idx, jpu, self)
+        rc = coef.reduced_costs(duals, g, value, self.limits.exp_index[group.experiment], phase2)
+        rc[np.isin(coef.idx, cand.solver.offering)] = np.inf
+        good = np.flatnonzero(rc < -TOLERANCE)
+        if len(good) > SCREEN_K:
+            good = good[np.argpartition(rc[good], SCREEN_K - 1)[:SCREEN_K]]
+        return coef.idx[good]
+
+
+@dataclass(frozen=True, slots=True)
+class _Coefficients:
+    """A group's jobs-LP column on offerings `idx`, from the catalog columns: the formulas of
+    `cost.group_costs` and `problem.build_problem`/`job_lp`, vectorised without building a problem."""
+
+    idx: IntArray
+    per_unit: FloatArray
+    money: FloatArray
+    hours: FloatArray
+    cost: FloatArray
+    price: FloatArray
+    cores: FloatArray
+    gpus: FloatArray
+    family: IntArray
+    gb: FloatArray
+
+    @classmethod
+    def of(
+        cls, cand: GroupCandidates, idx: IntArray, jpu_all: IntArray, gen: ColumnGenerator
+    ) -> _Coefficients:
+        group, cols, ctx = cand.group, gen.cols, gen.ctx
+        d = float(max(cand.demand, 1))
+        jpu = np.maximum(jpu_all[idx], 1).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            run = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[idx]
+            wave_hours = run * interruption_factor(cols.interruption[idx], run)
+            waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
+        per_wave = 1.0 / np.minimum(jpu, d)
+        per_unit = 1.0 / np.minimum(jpu * waves, d)
+        price, startup, paid = cols.price[idx], cols.startup_hours[idx], ctx.paid[idx]
+        egress = GroupEgress(group, cand.demand, cols, ctx)
+        loc = cols.location[idx]
+        per_job_hours = wave_hours * per_wave + startup * per_unit
+        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + egress.usd[loc]
+        return cls(
+            idx=idx,
+            per_unit=per_unit,
+            money=price * per_job_hours + egress.budget_usd[loc],
+            hours=np.where(ctx.is_allocation[idx], per_job_hours, 0.0),
+            cost=np.where(np.isfinite(cost), cost, np.inf),
+            price=price,
+            cores=cols.cores[idx].astype(np.float64),
+            gpus=cols.gpu_count[idx].astype(np.float64),
+            family=cols.family[idx],
+            gb=egress.gb[loc],
+        )
+
+    def reduced_costs(self, duals: _Duals, g: int, value: float, e: int, phase2: bool) -> FloatArray:
+        idx = self.idx
+        dual_sum = (
+            duals.demand[g]
+            + (
+                duals.capacity[idx]
+                + duals.quota[self.family] * self.cores
+                + (duals.facility + duals.spend[e]) * self.price
+                + duals.gpus[e] * self.gpus
+            )
+            * self.per_unit
+            + duals.budget[e] * self.money
+            + duals.egress[e] * self.gb
+            + duals.node_hours[idx] * self.hours
+        )
+        if phase2:
+            return self.cost - dual_sum + duals.value * value
+        return np.where(np.isfinite(self.cost), -value - dual_sum, np.inf)
