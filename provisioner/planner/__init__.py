@@ -104,10 +104,13 @@ def plan(
         timings=timings,
     )
     clock.last = time.perf_counter()
+    priced = ""
     if method == "exact":
         problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
     else:  # the shortlists grown until no offering anywhere in the catalog improves the LP
-        candidates, problem = ColumnGenerator(cols, plan_ctx, compat, constraints, limits).run(candidates)
+        generator = ColumnGenerator(cols, plan_ctx, compat, constraints, limits)
+        candidates, problem = generator.run(candidates)
+        priced = "" if generator.complete else ", catalog pricing cut short"
     clock.lap("pricing")
     solution: Solution
     if method == "exact":
@@ -131,7 +134,7 @@ def plan(
         explanations=tuple(explanations),
         total_cost=sum((it.cost for it in items), Decimal(0)),
         spend_rate_per_hour=spend,
-        solver=solution.method,
+        solver=solution.method + priced,
         objective=_objective(groups, items),
         created_at=constraints.now,
     )

@@ -37,6 +37,11 @@ from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_p
 MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
 PER_GROUP = 4  # columns a group may gain per round (most negative reduced cost first)
 SCREEN_K = 16  # offerings per group per round priced exactly after the screen
+# (group, offering) LP coefficients computed in one plan, at most (the screen's cost; re-screening
+# cached ones is cheaper and not counted): every trace instance of benchmarks/planner_gap.py is
+# priced to the end within it, while thousands of groups with limits binding everywhere stop there
+# (`complete` is then False and the plan says so)
+SCREEN_BUDGET = 4_000_000
 TOLERANCE = 1e-9
 
 
@@ -147,6 +152,8 @@ class ColumnGenerator:
         self.bases = _BaseCosts(cols, ctx)
         self.added = 0
         self.rounds = 0
+        self.screened = 0
+        self.complete = True  # False when SCREEN_BUDGET stopped the pricing
         self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
 
     def run(self, candidates: Sequence[GroupCandidates]) -> tuple[list[GroupCandidates], Problem]:
@@ -244,6 +251,9 @@ class ColumnGenerator:
         """The group's compatible offerings outside its shortlist with the most negative reduced cost, screened
         over the catalog with the LP's own coefficients (compatibility rules that need the price come after)."""
         group = cand.group
+        if self.screened >= SCREEN_BUDGET:
+            self.complete = False
+            return None
         jpu, static = self.compat.static_reasons(group)
         work = group.hs23_hours_per_job
         if not phase2:
@@ -252,6 +262,7 @@ class ColumnGenerator:
             coef = self._everything.get(g)
             if coef is None:  # a short group is priced again every round: its coefficients are kept
                 coef = self._everything[g] = _Coefficients.of(cand, np.flatnonzero(static == 0), jpu, self)
+                self.screened += len(coef.idx)
         else:
             # a column's LP cost per job is at least its full-packing cost, and limit rows only add to
             # its reduced cost: only offerings cheaper than the threshold at full packing can enter
@@ -269,6 +280,7 @@ class ColumnGenerator:
             if len(idx) == 0:
                 return None
             coef = _Coefficients.of(cand, idx, jpu, self)
+            self.screened += len(idx)
         rc = coef.reduced_costs(duals, g, value, self.limits.exp_index[group.experiment], phase2)
         rc[np.isin(coef.idx, cand.solver.offering)] = np.inf
         good = np.flatnonzero(rc < -TOLERANCE)

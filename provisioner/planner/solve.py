@@ -12,7 +12,7 @@ the exact MILP on the unpruned instance.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -43,12 +43,14 @@ def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_
             return _lp_path(problem, time_limit, "pruned-lp (milp time limit, no incumbent)")
         if r.status == "optimal":
             return repair(problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp"))
-        # stopped with an incumbent: keep it or the LP path's plan, whichever serves more, then costs less
+        # stopped with an incumbent (often far from the least cost when phase 2 was cut short): polish it,
+        # then keep it or the LP path's plan, whichever serves more, then costs less
         incumbent = repair(
             problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp (incumbent at time limit)")
         )
+        incumbent = repair(problem, improve(problem, incumbent))
         fallback = _lp_path(problem, time_limit, "pruned-lp (milp time limit, better than its incumbent)")
-        return max((incumbent, fallback), key=lambda sol: _rank(problem, sol))
+        return _best(problem, (incumbent, fallback))
     if method == "lp":
         return _lp_path(problem, time_limit, "pruned-lp")
     raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
@@ -84,7 +86,19 @@ def _lp_path(problem: Problem, time_limit: float, label: str) -> Solution:
     for arr, got in zip(full, (part.units, part.unit_waves, part.jobs), strict=True):
         arr[keep] = got
     restricted = repair(problem, Solution(full[0], full[1], full[2], part.method))
-    return max((restricted, repaired), key=lambda sol: _rank(problem, sol))
+    return _best(problem, (restricted, repaired))
+
+
+SERVICE_TIE = 1e-4  # plans serving within this share of the most served value count as serving the same
+
+
+def _best(problem: Problem, plans: Sequence[Solution]) -> Solution:
+    """The plan serving the most value, then costing the least; service within SERVICE_TIE of the most
+    counts as a tie. Without the tie, a time-limited incumbent serving a sliver more (a float or a job
+    of a low-value group) won at twice the cost of a plan serving all but that sliver."""
+    most = max(sol.served_value(problem) for sol in plans)
+    near = [sol for sol in plans if sol.served_value(problem) >= most * (1 - SERVICE_TIE)]
+    return min(near, key=lambda sol: sol.objective(problem))
 
 
 def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:

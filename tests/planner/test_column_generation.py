@@ -1,16 +1,20 @@
-"""Column generation and the restricted MILP: the two ways the fast planner used to miss the optimum.
+"""Column generation, the restricted MILP and the choice between plans: how the fast planner used to miss the optimum.
 
 1. A shortlist (the dozen cheapest offerings per group) cannot see limits: when the cheapest offerings
    hold one unit each, the optimum needs more of them than the shortlist keeps. Pricing the whole
    catalog against the LP's duals brings the missing ones in.
 2. Rounding an LP whose budget buys a few waves is a knapsack: the greedy repair missed service
    (1.8 % on a real trace). The MILP restricted to the LP's support solves it exactly.
+3. A time-limited MILP incumbent serving a sliver more won over a plan at half its cost (+126 %).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import cast
 
+import numpy as np
 import pytest
 
 from benchmarks.plan_check import Usage, check_plan
@@ -19,6 +23,8 @@ from benchmarks.reference_rules import Catalog
 from provisioner.domain import PlanningConstraints
 from provisioner.planner import plan
 from provisioner.planner.candidates import TOP_K
+from provisioner.planner.problem import Problem, Solution
+from provisioner.planner.solve import _best
 from tests.planner.factories import NOW, group, offering
 from tests.planner.instances import random_instance
 
@@ -62,3 +68,24 @@ def test_the_lp_path_rounds_binding_limits_to_the_references_optimum(seed: int) 
     assert check.violations == []
     assert check.value >= ref_check.value * (1 - 1e-9)
     assert check.cost <= ref_check.cost * 1.01
+
+
+def test_a_plan_serving_a_sliver_more_does_not_win_at_twice_the_cost() -> None:
+    # two pairs of one group: the same jobs, one plan 0.001 % more served at double the cost
+    problem = cast(
+        Problem,
+        SimpleNamespace(
+            value=np.array([1.0]),
+            pair_group=np.array([0, 0]),
+            objective_wave=np.array([1.0, 2.0]),
+            objective_start=np.zeros(2),
+            egress_usd_job=np.zeros(2),
+        ),
+    )
+    ones = np.ones(2, dtype=np.int64)
+    cheap = Solution(ones, np.array([100_000, 0]), np.array([100_000, 0]), "cheap")
+    dear = Solution(ones, np.array([0, 100_001]), np.array([0, 100_001]), "dear")
+    assert _best(problem, (dear, cheap)) is cheap
+    # but more service beyond the tie still wins, whatever it costs
+    more = Solution(ones, np.array([0, 101_000]), np.array([0, 101_000]), "more")
+    assert _best(problem, (cheap, more)) is more
