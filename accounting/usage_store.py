@@ -171,18 +171,19 @@ class UsageStore:
             con.execute("CREATE TEMP TABLE other_ids (what VARCHAR, site VARCHAR, ident VARCHAR)")
             if ids:
                 con.executemany("INSERT INTO other_ids VALUES (?, ?, ?)", ids)
-            # three scans of the month's columns, never the month held in memory
+            # Grouped on a 64-bit hash of each id, not the text: a month of millions of job ids fits
+            # in memory; a collision only adds a candidate, which the comparison of times leaves out.
             rows = con.execute(
                 f"""WITH ids AS (
-                        SELECT 'job' AS what, site, local_job_id AS ident {body} AND local_job_id <> ''
+                        SELECT hash('job', site, local_job_id) AS h {body} AND local_job_id <> ''
                         UNION ALL
-                        SELECT 'unit', site, resource_id {body} AND resource_id <> '' AND kind IN ({units})
-                        UNION ALL SELECT * FROM other_ids),
-                    dup AS (SELECT what, site, ident FROM ids GROUP BY what, site, ident HAVING COUNT(*) > 1)
+                        SELECT hash('unit', site, resource_id) {body} AND resource_id <> '' AND kind IN ({units})
+                        UNION ALL SELECT hash(what, site, ident) FROM other_ids),
+                    dup AS (SELECT h FROM ids GROUP BY h HAVING COUNT(*) > 1)
                     SELECT {", ".join(COLUMNS)} {body} AND (
-                        (site, local_job_id) IN (SELECT (site, ident) FROM dup WHERE what = 'job')
-                        OR (kind IN ({units})
-                            AND (site, resource_id) IN (SELECT (site, ident) FROM dup WHERE what = 'unit')))
+                        (local_job_id <> '' AND hash('job', site, local_job_id) IN (SELECT h FROM dup))
+                        OR (kind IN ({units}) AND resource_id <> ''
+                            AND hash('unit', site, resource_id) IN (SELECT h FROM dup)))
                     ORDER BY record_key""",
                 params * 3,
             ).fetchall()
