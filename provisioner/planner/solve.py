@@ -58,6 +58,9 @@ def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_
 
 CLOSE_ENOUGH = 2e-3  # a repaired LP this close to the LP's bounds on value and cost needs no MILP
 RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the LP's support
+# above this many pairs the restricted MILP rarely finishes within its time limit, which it would
+# spend in full twice (4 s by default) for nothing: thousands of groups keep the repaired LP
+RESTRICTED_MAX_PAIRS = 5000
 
 
 def _lp_path(problem: Problem, time_limit: float, label: str) -> Solution:
@@ -76,6 +79,8 @@ def _lp_path(problem: Problem, time_limit: float, label: str) -> Solution:
     if served >= lp_value * (1 - CLOSE_ENOUGH) and cost <= lp_cost * (1 + CLOSE_ENOUGH) + 1e-9:
         return repaired
     keep = (lp > 1e-7) | (repaired.jobs > 0) | (problem.pair_slot < RESTRICTED_PER_GROUP)
+    if int(keep.sum()) > RESTRICTED_MAX_PAIRS:
+        return repaired
     sub = problem.restricted(keep)
     r = solve_lexicographic(sub, integral=True, time_limit=time_limit, gap=1e-6)
     if r.status == "none":
