@@ -1,7 +1,8 @@
 """The planner: pure, synchronous; turns demand groups, offerings, the fleet and constraints into a `Plan`.
 
 Read `cost.py` for the objective (USD per HS23-hour of useful work), `problem.py` for the
-MILP and its limits, `solve.py` for the fast planner, `milp.py` for the exact reference,
+MILP and its limits, `candidates.py` and `pricing.py` for the shortlists (column generation over the
+whole catalog), `solve.py` for the fast planner, `milp.py` for the exact reference,
 `drain.py` for what happens to the running fleet and `explain.py` for the explanations.
 """
 

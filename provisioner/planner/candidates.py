@@ -3,7 +3,8 @@
 Pruning rule of the fast planner: per group, the `top_k` cheapest compatible offerings per
 HS23-hour, taking at most `per_family` from one quota family, so that when the cheapest
 family's quota, capacity or allocation binds the solver still sees the next-best families.
-The exact MILP keeps every compatible offering (`top_k=None`).
+The exact MILP keeps every compatible offering (`top_k=None`). The shortlists are a first guess:
+`pricing.py` then adds every offering the LP's duals say would improve the plan (column generation).
 
 Pricing 40,000 offerings for hundreds of groups: the cost without egress depends only on the
 job shape and run time, so it is computed once per distinct (shape, run time) and shared; a group

@@ -1,14 +1,15 @@
-"""The fast planner: HiGHS on the pruned instance, exactly when it is small, else its LP relaxation rounded and repaired.
+"""The fast planner: HiGHS on the priced shortlists, exactly when they are small, else their LP relaxation rounded.
 
-`candidates.py` prunes each group to a dozen cheapest compatible offerings (spread over quota
-families). A small pruned instance is solved as the MILP of `problem.py` (time-limited); a large one as
-its LP relaxation in jobs only (units = jobs / (jobs per unit × waves), one variable per pair),
-then made integral greedily: groups by value, their offerings cheapest first, each pair first
-taking up to the relaxation's jobs in whole units and waves as far as every limit allows, then
-any job still unserved going to the cheapest pair with room. `benchmarks/planner_gap.py` measures the gap to
-the exact MILP on the unpruned instance.
+`candidates.py` shortlists each group's cheapest compatible offerings (spread over quota families)
+and `pricing.py` grows the shortlists by column generation until the jobs-only LP over them is
+optimal over the whole catalog. A small instance is then solved as the MILP of `problem.py`
+(time-limited); a large one as its LP relaxation in jobs only (units = jobs / (jobs per unit ×
+waves), one variable per pair), made integral two ways: greedily (groups by value, their offerings
+cheapest first, each pair first taking up to the relaxation's jobs in whole units and waves as far
+as every limit allows, then any job still unserved going to the cheapest pair with room), and,
+unless that is already within CLOSE_ENOUGH of the LP's bounds, by the MILP restricted to the LP's
+support; the better plan wins. `benchmarks/planner_gap.py` measures the gap to an independent exact MILP.
 """
-
 from __future__ import annotations
 
 import math
