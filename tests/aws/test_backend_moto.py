@@ -220,7 +220,9 @@ async def test_listing_2500_instances_takes_pages_not_calls_per_instance(
     moto: str, make_config: Callable[..., AwsConfig], amis: dict[str, str]
 ) -> None:
     # Scheduled events off: moto ignores their filter and would dump 2,500 statuses (slow, not wrong).
-    backend = AwsBackend(make_config(moto, watch_scheduled_events=False), CATALOG)
+    # A long read timeout: moto builds a 1,000-instance page slowly on a loaded machine, and this
+    # test counts calls, not seconds.
+    backend = AwsBackend(make_config(moto, watch_scheduled_events=False, read_timeout_s=300), CATALOG)
     bulk_launch(backend, amis["x86_64"], 2500, 500)
     calls = count_calls(backend)
     listed = await backend.list_resources()
