@@ -78,6 +78,9 @@ class BackendResource:
     zone: str | None = None  # availability zone it runs in, where the provider says (spot prices are zonal)
     stopped_at: datetime | None = None  # terminated: when the provider stopped charging, where it says
     egress_bytes: int | None = None  # bytes the unit has sent out so far (a counter), where the provider tells
+    # gone because its own work ended it (a pilot whose payload finished or ran out of work exits 0):
+    # a normal end, not a unit the provider took away
+    ended_by_itself: bool = False
 
 
 @dataclass(frozen=True, slots=True)

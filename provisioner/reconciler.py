@@ -29,6 +29,7 @@ from provisioner.store import Store
 log = structlog.get_logger(__name__)
 
 GONE = frozenset({ProviderState.TERMINATED, ProviderState.FAILED})
+ENDED_BY_ITSELF = "ended by itself: no work left"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class ReconcileReport:
     idle_drained: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     walltime_ended: list[str] = field(default_factory=list)
+    ended_by_itself: list[str] = field(default_factory=list)  # e.g. pilots that ran out of work
     adopted: list[str] = field(default_factory=list)
     orphans_released: list[str] = field(default_factory=list)  # provider ids
     replan_groups: set[str] = field(default_factory=set)
@@ -250,6 +252,14 @@ class Reconciler:
             await self.store.transition(row.id, ResourceState.RELEASED, reason="walltime reached")
             report.walltime_ended.append(row.id)
             self._replan(row, report)
+            return
+        if entry.ended_by_itself:
+            # not replanned: a pilot ends itself when its group has no work left, and demand that is
+            # still there is planned by the next cycle anyway
+            await self.store.transition(
+                row.id, ResourceState.RELEASED, reason=ENDED_BY_ITSELF, stopped_at=entry.stopped_at
+            )
+            report.ended_by_itself.append(row.id)
             return
         if row.market == str(Market.BACKFILL) and entry.state == ProviderState.TERMINATED:
             # backfill ended by anyone but us is its owner taking the node back (Slurm preemption, or

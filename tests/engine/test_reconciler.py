@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 import pytest
 
-from backends.base import TAG_BROKER, TAG_OFFERING, TAG_RESOURCE, ProviderState
+from backends.base import TAG_BROKER, TAG_OFFERING, TAG_RESOURCE, BackendResource, ProviderState
 from backends.simulated import Faults, SimulatedCloud, SimulatedHPC, SimUnit
 from provisioner.clock import SimulatedClock
 from provisioner.domain import LIVE_STATES, Market, ResourceState
 from provisioner.model import ResourceRow
+from provisioner.reconciler import ENDED_BY_ITSELF
 from provisioner.store import Store
 from tests.engine.conftest import BROKER
 from tests.engine.harness import build_engine
@@ -208,6 +210,42 @@ async def test_pilot_reaching_its_walltime_is_released_not_lost(store: Store, cl
     report = await engine.run_cycle()
     assert report.reconcile.walltime_ended == [pilot.id] and not report.reconcile.lost
     assert store.get(pilot.id).state == ResourceState.RELEASED  # type: ignore[union-attr]
+
+
+class PilotsEndingThemselves(SimulatedHPC):
+    """Lists the pilots named in `ended` as Slurm lists a pilot whose wrapper exited 0 (COMPLETED)."""
+
+    ended: set[str]
+
+    async def list_resources(self) -> list[BackendResource]:
+        return [
+            dataclasses.replace(r, state=ProviderState.TERMINATED, ended_by_itself=True)
+            if r.resource_id in self.ended
+            else r
+            for r in await super().list_resources()
+        ]
+
+
+async def test_pilot_that_ends_itself_for_lack_of_work_is_released_not_lost(
+    store: Store, clock: SimulatedClock
+) -> None:
+    node = offering("node", backend="hpc", market=Market.ALLOCATION, price="0", max_walltime_hours=4)
+    hpc = PilotsEndingThemselves("hpc", [node], clock, broker_id=BROKER, queue_wait_seconds=60)
+    hpc.ended = set()
+    engine = build_engine(store, {"hpc": hpc}, StaticSource(jobs=jobs("atlas", 1, walltime=2.0)))
+    await engine.run_cycle()
+    clock.advance(120)
+    await engine.run_cycle()
+    [pilot] = live(store)
+    assert pilot.state == ResourceState.RUNNING
+    hpc.ended.add(pilot.id)
+    clock.advance(600)  # well inside its walltime: the pilot ended itself, nobody took it away
+    report = await engine.run_cycle()
+    assert report.reconcile.ended_by_itself == [pilot.id] and not report.reconcile.lost
+    row = store.get(pilot.id)
+    assert row is not None and row.state == ResourceState.RELEASED and not row.failure_reason
+    reasons = [e.payload.get("reason") for e in store.events(kind="resource.state", subject=pilot.id)]
+    assert ENDED_BY_ITSELF in reasons
 
 
 async def test_failed_intent_whose_unit_exists_after_all_is_released(
