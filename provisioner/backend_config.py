@@ -26,8 +26,9 @@ A Slurm table also says what its pilots run and ask for: `pilot_command` (the si
 HTCondor startd, a PanDA pilot, an experiment's wrapper — it runs on the compute node with
 PROVISIONER_GROUP/EXPERIMENT/RESOURCE and PILOT_END_EPOCH set; without it a placeholder holds the
 slot), `pilot_memory_mb` (--mem; whole-node pilots get all of the node's memory by default), `qos`,
-`constraint` and `pilot_min_minutes` (--time-min: how short Slurm may make a pilot to end it by
-the allocation's end date).
+`constraint`, `pilot_min_minutes` (--time-min: how short Slurm may make a pilot to end it by
+the allocation's end date) and `pilot_idle_exit_seconds` (a pilot whose payload has had no work this
+long ends itself and frees the slot; 0: never).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class SlurmTable(BaseModel):
     qos: str | None = Field(default=None, min_length=1, description="--qos (overrides the allocation's)")
     constraint: str = Field(default="", description="--constraint, e.g. 'x86_64&ib'")
     pilot_min_minutes: int = Field(default=10, ge=1, description="--time-min near the allocation's end")
+    pilot_idle_exit_seconds: int = Field(
+        default=1200, ge=0, description="a pilot with no payload work this long ends itself (0: never)"
+    )
 
     @field_validator("pilot_command")
     @classmethod
@@ -86,6 +90,7 @@ class SlurmTable(BaseModel):
             qos=self.qos,
             constraint=self.constraint,
             min_minutes=self.pilot_min_minutes,
+            idle_exit_seconds=self.pilot_idle_exit_seconds,
         )
 
 

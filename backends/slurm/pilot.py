@@ -6,11 +6,14 @@ and the idempotency token (`k=v;k=v`). The name alone identifies our jobs in the
 
 What a pilot runs is the site's payload (`PilotPayload.command`: an HTCondor startd/glidein, a PanDA
 pilot, an experiment's wrapper), started with its identity in the environment (`PROVISIONER_GROUP`,
-`PROVISIONER_EXPERIMENT`, `PROVISIONER_RESOURCE`, `PILOT_END_EPOCH`). It is expected to exit when its
-group has no work left; when the group's demand is gone the broker drains it and cancels it (SIGTERM,
-then SIGKILL after Slurm's KillWait) unless its heartbeat (`provisioner heartbeat`) says it still
-runs jobs. Without a command the pilot is a placeholder that holds the slot until its
-end time or a stop marker.
+`PROVISIONER_EXPERIMENT`, `PROVISIONER_RESOURCE`, `PILOT_END_EPOCH`). The wrapper around it ends the
+pilot when the payload has had no work for `idle_exit_seconds` (its group has none left), so Slurm frees
+the slot without waiting for the broker; the job then ends COMPLETED and the broker records a normal end.
+Work is CPU used by the payload's processes (a startd or pilot waiting for jobs uses next to none) or a
+touch of `$PILOT_WORK_FILE` (`provisioner heartbeat --busy` does it), for work that waits on I/O.
+When the group's demand is gone the broker also drains the pilot and cancels it (SIGTERM, then SIGKILL
+after Slurm's KillWait) unless its heartbeat says it still runs jobs. Without a command the pilot is a
+placeholder that holds the slot until its end time or a stop marker (it has no work to watch).
 """
 
 from __future__ import annotations
@@ -65,6 +68,50 @@ _PLACEHOLDER = """while [ ! -e "$PILOT_STOP_MARKER" ]; do
 done
 rm -f "$PILOT_STOP_MARKER"
 """
+# The payload in its own session (so its processes can be told from the wrapper's and stopped together),
+# watched for work; the pilot's exit status is the payload's, or 0 when it ended for lack of work.
+_WATCHED_PAYLOAD = """export PILOT_IDLE_EXIT="${{PROVISIONER_PILOT_IDLE_EXIT:-{idle}}}"  # seconds without work; 0: never
+export PILOT_WORK_FILE="${{PILOT_STOP_DIR:-{stop_dir}}}/work-$SLURM_JOB_ID"
+touch "$PILOT_WORK_FILE"
+setsid -w {command} &  # -w: should setsid have to fork, $! still ends with the payload
+payload=$!
+# CPU ticks used so far by the payload's session (live processes and the children they reaped)
+payload_ticks() {{
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v sid="$payload" '
+    {{ line = $0; sub(/^.*\\) /, "", line); split(line, f, " ") }}
+    f[4] == sid {{ t += f[12] + f[13] + f[14] + f[15] }}
+    END {{ print t + 0 }}'
+}}
+stop_payload() {{
+  kill -TERM -- "-$payload" 2>/dev/null
+  for _ in $(seq 30); do kill -0 "$payload" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$payload" 2>/dev/null
+  wait "$payload" 2>/dev/null
+}}
+trap 'stop_payload; rm -f "$PILOT_WORK_FILE"; exit 143' TERM INT
+hz=$(getconf CLK_TCK)
+last_work=$(date +%s) last_look=$last_work ticks=$(payload_ticks)
+while kill -0 "$payload" 2>/dev/null; do
+  sleep 2 & wait $!
+  now=$(date +%s) used=$(payload_ticks)
+  # over 5 % of a core since the last look is work; a daemon waiting for work stays well under
+  if [ $((used - ticks)) -gt $(( (now - last_look) * hz / 20 )) ]; then last_work=$now; fi
+  touched=$(stat -c %Y "$PILOT_WORK_FILE" 2>/dev/null || echo 0)
+  if [ "$touched" -gt "$last_work" ]; then last_work=$touched; fi
+  ticks=$used last_look=$now
+  if [ -e "$PILOT_STOP_MARKER" ]; then
+    echo "pilot: stop marker, stopping the payload" >&2; stop_payload; rm -f "$PILOT_STOP_MARKER"; exit 0
+  fi
+  if [ "$PILOT_IDLE_EXIT" -gt 0 ] && [ $((now - last_work)) -ge "$PILOT_IDLE_EXIT" ]; then
+    echo "pilot: no work for $((now - last_work)) s (limit $PILOT_IDLE_EXIT s), ending" >&2
+    stop_payload; rm -f "$PILOT_WORK_FILE"; exit 0
+  fi
+done
+wait "$payload"
+status=$?
+rm -f "$PILOT_WORK_FILE"
+exit $status
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +123,9 @@ class PilotPayload:
     qos: str | None = None  # overrides the allocation's QOS
     constraint: str = ""  # --constraint, e.g. "x86_64&ib"
     min_minutes: int = 10  # --time-min: Slurm may shorten a pilot to this to end by the deadline
+    # seconds without work before the pilot ends itself (0: never); glideinWMS's GLIDEIN_Max_Idle default.
+    # PROVISIONER_PILOT_IDLE_EXIT in the job's environment on the node overrides it.
+    idle_exit_seconds: int = 1200
 
     def script(self, request: ProvisionRequest, *, stop_dir: str = "/tmp") -> str:
         """The batch script of one pilot: its identity in the environment, then the payload."""
@@ -86,7 +136,11 @@ class PilotPayload:
             experiment=shlex.quote(request.experiment or ""),
             stop_dir=stop_dir,
         )
-        return head + (f"exec {self.command}\n" if self.command else _PLACEHOLDER)
+        if not self.command:
+            return head + _PLACEHOLDER
+        return head + _WATCHED_PAYLOAD.format(
+            command=self.command, idle=self.idle_exit_seconds, stop_dir=stop_dir
+        )
 
 
 _STATE_MAP: Mapping[JobState, ProviderState] = {
@@ -215,6 +269,8 @@ class PilotJobs:
             # payload's heartbeat tells (None: no view from here, never taken for idle on a guess)
             busy=None,
             detail="; ".join(detail),
+            # exit 0 before anyone cancelled it: its payload finished, or the wrapper ended it for lack of work
+            ended_by_itself=job.state is JobState.COMPLETED,
         )
         return PilotStatus(job=job, resource=resource, walltime_left_hours=left)
 

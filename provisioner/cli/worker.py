@@ -2,12 +2,15 @@
 
 Over the API (`--api`, with a token holding `resource:heartbeat`) or on the MQTT bus of the broker
 (`--mqtt`, the broker's own `mqtt_url`). A cron line or the pilot's job wrapper calls it every minute.
+In a Slurm pilot, `--busy` also touches `$PILOT_WORK_FILE`: the pilot wrapper then knows its payload
+has work even when that work uses no CPU, and does not end the pilot as idle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import typer
@@ -29,8 +32,17 @@ def register(root: typer.Typer) -> None:
         mqtt: str | None = typer.Option(None, envvar="PROVISIONER_MQTT_URL", help="mqtt://host:port (bus)"),
         broker_id: str = typer.Option("broker-local", envvar="PROVISIONER_BROKER_ID", help="the broker's id"),
         timeout_s: float = typer.Option(10.0, min=0.1, max=300.0, help="give up after this long"),
+        work_file: Path | None = typer.Option(
+            None, envvar="PILOT_WORK_FILE", help="touched when busy (the pilot wrapper's idle clock)"
+        ),
     ) -> None:
         """Tell the broker whether this unit runs work; exit 1 if it could not be told."""
+        if busy and work_file is not None:
+            # first, and whether or not the broker answers: the pilot must not end itself under work
+            try:
+                work_file.touch()
+            except OSError as exc:
+                typer.echo(f"cannot touch {work_file}: {exc.strerror}", err=True)
         try:
             beat = Heartbeat(
                 resource_id=resource_id, instance_id=instance_id, busy=busy, running_jobs=running_jobs

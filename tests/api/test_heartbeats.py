@@ -53,3 +53,17 @@ def test_heartbeat_needs_a_token(tmp_path: Path) -> None:
         with server.client() as http:
             anonymous = http.post("/v1/heartbeats", json={"resource_id": "r-x", "busy": True})
             assert anonymous.status_code == 401
+
+
+def test_busy_heartbeat_on_a_pilot_touches_its_work_file_even_when_the_broker_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    """The pilot wrapper ends a pilot whose payload has shown no work for its idle time: a payload that
+    says it is busy must reset that clock whether or not the broker hears it."""
+    work = tmp_path / "work-42"
+    args = ["--resource-id", "r-1", "--api", "http://127.0.0.1:9", "--timeout-s", "2"]
+    idle = CliRunner().invoke(cli, ["heartbeat", "--idle", *args], env={"PILOT_WORK_FILE": str(work)})
+    assert idle.exit_code == 1 and not work.exists()  # idle is no work
+    busy = CliRunner().invoke(cli, ["heartbeat", "--busy", *args], env={"PILOT_WORK_FILE": str(work)})
+    assert busy.exit_code == 1 and "not delivered" in busy.output
+    assert work.exists()

@@ -19,7 +19,7 @@ from backends.base import InvalidRequest, ProvisionRequest
 from backends.slurm.allocation import SlurmAllocationBackend, booked_node_hours
 from backends.slurm.backfill import SlurmBackfillBackend
 from backends.slurm.client import JobState, SlurmJob
-from backends.slurm.pilot import PilotPayload
+from backends.slurm.pilot import PilotJobs, PilotPayload
 from provisioner.backend_config import BackendConfigError, load_backends
 from provisioner.domain import AllocationInfo, Arch, Market, Offering
 
@@ -95,7 +95,8 @@ def test_whole_node_pilot_gets_all_its_memory_the_payload_and_the_configured_qos
     spec = backend(offering(), payload=payload)._spec(request(offering()))
     assert spec.nodes == 1 and spec.memory_mb == 0  # --mem=0: the whole node's memory, not half of it
     assert spec.qos == "burst" and spec.features == "x86_64&ib"
-    assert spec.script.rstrip().endswith("exec /opt/glidein/start --factory osg")
+    assert "setsid -w /opt/glidein/start --factory osg &" in spec.script
+    assert 'PILOT_IDLE_EXIT="${PROVISIONER_PILOT_IDLE_EXIT:-1200}"' in spec.script  # the default idle exit
     for line in ("PROVISIONER_GROUP=atlas-8c-2h", "PROVISIONER_RESOURCE=r-1", "PROVISIONER_EXPERIMENT=atlas"):
         assert line in spec.script
     sliced = backend(offering(), core_slices={offering().id}, payload=PilotPayload(memory_mb=4000))
@@ -170,6 +171,12 @@ def test_pilot_keys_in_the_backends_file_reach_the_pilot(tmp_path: Path) -> None
     )
     built = _load(policy, backends)["hpc"]
     assert built.payload == PilotPayload("/opt/panda/pilot.sh -q atlas", 12000, "burst", "ib", 3)
+    backends.write_text(
+        '[hpc]\nkind = "slurm_allocation"\npilot_command = "/opt/p"\npilot_idle_exit_seconds = 90\n'
+    )
+    built = _load(policy, backends)["hpc"]
+    assert built.payload.idle_exit_seconds == 90
+    assert "PROVISIONER_PILOT_IDLE_EXIT:-90}" in built.payload.script(request(offering()))
 
 
 def test_a_typo_or_a_relative_payload_in_the_backends_file_is_an_error_naming_the_key(tmp_path: Path) -> None:
@@ -183,3 +190,19 @@ def test_a_typo_or_a_relative_payload_in_the_backends_file_is_an_error_naming_th
     backends.write_text('[hpc]\nkind = "slurm_allocation"\npilot_command = "start.sh"\n')
     with pytest.raises(BackendConfigError, match=r"\[hpc\] pilot_command: .*absolute path"):
         _load(policy, backends)
+
+
+def test_a_pilot_that_exits_0_ended_itself_one_cancelled_or_killed_did_not() -> None:
+    pilots = PilotJobs(backend_name="hpc", client=NoClient(), broker_id="b-1", kind="pilot")  # type: ignore[arg-type]
+    ended = {
+        state: pilots.status(job(state, 60, started=NOW, comment="provisioner-resource=r-1")).resource
+        for state in (JobState.COMPLETED, JobState.CANCELLED, JobState.TIMEOUT, JobState.RUNNING)
+    }
+    assert ended[JobState.COMPLETED].ended_by_itself
+    assert not any(ended[s].ended_by_itself for s in (JobState.CANCELLED, JobState.TIMEOUT, JobState.RUNNING))
+    assert ended[JobState.COMPLETED].resource_id == "r-1"
+
+
+def test_the_placeholder_has_no_work_to_watch_and_keeps_its_slot() -> None:
+    script = PilotPayload(idle_exit_seconds=5).script(request(offering()))
+    assert "PILOT_IDLE_EXIT" not in script and "PILOT_STOP_MARKER" in script
