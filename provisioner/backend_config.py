@@ -12,7 +12,7 @@ named in its table.
 
     [perlmutter]
     kind = "slurm_allocation"
-    client = "rest"            # or "commands"
+    client = "rest"            # or "commands", "pyslurm"
     rest_url = "http://slurmrestd:6820"
 
     [maxwell]
@@ -60,7 +60,7 @@ class SlurmTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["slurm_allocation", "slurm_backfill"]
-    client: Literal["commands", "rest"] = "commands"
+    client: Literal["commands", "rest", "pyslurm"] = "commands"
     rest_url: str | None = None
     rest_user: str = "root"
     slurm_conf: str | None = None
@@ -109,6 +109,11 @@ def _slurm_client(cfg: SlurmTable) -> Any:
         if not cfg.rest_url:
             raise ValueError("rest_url: needed with client = 'rest'")
         return RestClient(cfg.rest_url, user=cfg.rest_user)
+    if cfg.client == "pyslurm":
+        from backends.slurm.pyslurm_client import PyslurmClient
+
+        # refuses to start (PyslurmUnavailable, naming why) unless pyslurm is built for this Slurm
+        return PyslurmClient.open(slurm_conf=cfg.slurm_conf)
     from backends.slurm.commands import CommandsClient
 
     return CommandsClient(slurm_conf=cfg.slurm_conf)

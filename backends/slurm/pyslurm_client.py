@@ -1,20 +1,26 @@
 """`SlurmClient` over pyslurm, for sites where pyslurm is installed and built for the site's Slurm.
 
-Written against pyslurm's documented API for Slurm 25.11 (pyslurm 25.11.x; the same object API
-exists since 23.x): `pyslurm.Jobs.load()` / `pyslurm.Job(id).cancel()`, `pyslurm.Nodes.load()`,
-`pyslurm.JobSubmitDescription(...).submit()`, `pyslurm.db.Jobs.load(pyslurm.db.JobFilter(...))`.
-pyslurm is version-locked to the Slurm it compiles against (PyPI carries 25.11 only); on Debian 12
-(Slurm 22.05) it cannot be installed, so the tests run this client against a stub module that
-follows that API (`tests/slurm/pyslurm_stub.py`). `PyslurmClient.open()` refuses to start unless
-pyslurm imports and its Slurm major.minor matches `sinfo --version` (pyslurm "24.5.1" is Slurm 24.05).
+Written against pyslurm 22.5.3's object API (the release for Slurm 22.05, which this project's site and
+test cluster run; the same names exist in later releases): `pyslurm.Jobs.load()` /
+`pyslurm.Job(id).cancel()`, `pyslurm.Nodes.load()`, `pyslurm.JobSubmitDescription(...).submit()`,
+`pyslurm.db.Jobs.load(pyslurm.db.JobFilter(...))`. pyslurm is version-locked to the Slurm it compiles
+against and PyPI carries only a few releases (25.11, not 22.5): `scripts/pyslurm.sh` builds it for the
+installed Slurm against libslurm-dev. `PyslurmClient.open()` refuses to start unless pyslurm imports and
+its release matches `sinfo --version` (pyslurm "22.5.3" is Slurm 22.05). Importing pyslurm initialises
+libslurm from `SLURM_CONF`, once per process: `open(slurm_conf=...)` sets it before the first import.
+
+What pyslurm 22.5 does not give: a database job's GPUs (`pyslurm.db.Job` has no TRES there; later
+releases have `gpus`), so accounting records from it carry `gpus=0` unless the release provides them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from types import ModuleType
@@ -55,14 +61,24 @@ def site_slurm_version() -> str:
     return out.split()[-1] if out.split() else ""
 
 
-def load_pyslurm(*, site_version: str | None = None, name: str = "pyslurm") -> ModuleType:
+def load_pyslurm(
+    *, site_version: str | None = None, name: str = "pyslurm", slurm_conf: str | None = None
+) -> ModuleType:
     """Import pyslurm and check it was built for this site's Slurm; raise PyslurmUnavailable if not."""
     site = site_slurm_version() if site_version is None else site_version
+    if slurm_conf is not None:
+        if sys.modules.get(name) is not None and os.environ.get("SLURM_CONF") != slurm_conf:
+            # libslurm read its configuration at the first import: a second cluster cannot be opened
+            raise PyslurmUnavailable(
+                f"pyslurm already initialised with SLURM_CONF={os.environ.get('SLURM_CONF')}"
+            )
+        os.environ["SLURM_CONF"] = slurm_conf
     try:
         module = importlib.import_module(name)
     except ImportError as err:
         raise PyslurmUnavailable(
-            f"pyslurm not importable ({err}); PyPI's pyslurm is built for Slurm 25.11, site has {site or '?'}"
+            f"pyslurm not importable ({err}); build it for the site's Slurm {site or '?'} with scripts/pyslurm.sh"
+            " (PyPI has no pyslurm for Slurm 22.05)"
         ) from None
     built = str(getattr(module, "__version__", ""))
     if major_minor(built) is None or major_minor(site) is None:
@@ -121,8 +137,8 @@ class PyslurmClient:
         self._m = module
 
     @classmethod
-    def open(cls) -> PyslurmClient:
-        return cls(load_pyslurm())
+    def open(cls, *, slurm_conf: str | None = None) -> PyslurmClient:
+        return cls(load_pyslurm(slurm_conf=slurm_conf))
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -131,10 +147,13 @@ class PyslurmClient:
             raise BackendError(BACKEND, f"pyslurm: {err}") from None
 
     def _job(self, j: Any) -> SlurmJob:
+        # pyslurm 22.5 has GPUs only as `gres_per_node` ({'gpu': 1}, {'gpu:a100': 4}); later releases add
+        # the job's total as `gpus`
         gpus, model = _gpu_dict(getattr(j, "gpus", None))
-        per_node, node_model = _gpu_dict(getattr(j, "gres_per_node", None))
-        array_id = _int(getattr(j, "array_id", None))
-        limit = getattr(j, "time_limit", None)
+        per_node, node_model = _gpu_dict(j.gres_per_node)
+        nodes = int(j.num_nodes or 1)
+        array_id = _int(j.array_id)
+        limit = j.time_limit
         return SlurmJob(
             job_id=str(j.id),
             name=str(j.name or ""),
@@ -144,24 +163,24 @@ class PyslurmClient:
             reason=None if j.state_reason in (None, "None") else str(j.state_reason),
             account=j.account,
             qos=j.qos,
-            user=getattr(j, "user_name", None),
-            nodes=int(j.num_nodes or 1),
+            user=j.user_name,
+            nodes=nodes,
             cpus=int(j.cpus or 1),
-            memory_mb=getattr(j, "memory", None),
-            gpus=gpus or per_node,
+            memory_mb=j.memory,
+            gpus=gpus or per_node * nodes,
             gpu_model=model or node_model,
-            features=",".join(_words(getattr(j, "constraints", None))),
+            features=",".join(_words(j.constraints)),
             time_limit_minutes=int(limit) if isinstance(limit, int) else None,
             submit_time=_dt(j.submit_time),
             start_time=_dt(j.start_time),
             end_time=_dt(j.end_time),
             node_list=str(j.allocated_nodes or ""),
             priority=_int(j.priority),
-            exclusive=str(getattr(j, "resource_sharing", "") or "").upper() in _EXCLUSIVE,
+            exclusive=str(j.resource_sharing or "").upper() in _EXCLUSIVE,
             gpus_per_node=per_node or None,
             array_job_id=str(array_id) if array_id else None,
-            array_tasks=str(getattr(j, "array_tasks_waiting", None) or "") if array_id else "",
-            array_max_tasks=_int(getattr(j, "array_tasks_parallel", None)),
+            array_tasks=str(j.array_tasks_waiting or "") if array_id else "",
+            array_max_tasks=_int(j.array_tasks_parallel),
         )
 
     async def submit(self, spec: JobSpec) -> str:
@@ -190,6 +209,10 @@ class PyslurmClient:
             desc["constraints"] = spec.features
         if spec.hold:
             desc["priority"] = 0  # pyslurm documents priority 0 as sbatch's --hold
+        if spec.time_min_minutes is not None:
+            desc["time_limit_min"] = str(spec.time_min_minutes)  # --time-min
+        if spec.deadline is not None:
+            desc["deadline"] = int(spec.deadline.timestamp())  # --deadline; pyslurm takes a unix time
         description = self._m.JobSubmitDescription(**{k: v for k, v in desc.items() if v is not None})
         return str(await self._call(description.submit))
 
@@ -217,7 +240,7 @@ class PyslurmClient:
         for n in loaded.values():
             # `Node.state` is the complete state: "IDLE+CLOUD+POWERED_DOWN"
             base, *flags = str(n.state or "UNKNOWN").split("+")
-            gpus, model = _gpu_dict(getattr(n, "configured_gres", None))
+            gpus, model = _gpu_dict(n.configured_gres)
             out.append(
                 SlurmNode(
                     name=str(n.name),
@@ -254,17 +277,16 @@ class PyslurmClient:
 
 def _record(j: Any) -> AccountingRecord:
     """One `pyslurm.db.Job`; CPU time and peak RSS from its `stats` (`pyslurm.db.JobStatistics`)."""
-    gpus, model = _gpu_dict(getattr(j, "gpus", None))
-    stats = getattr(j, "stats", None)
-    cpu = getattr(stats, "total_cpu_time", None)
-    rss = getattr(stats, "max_resident_memory", None)  # bytes
+    gpus, model = _gpu_dict(getattr(j, "gpus", None))  # not in pyslurm 22.5's db.Job
+    cpu = j.stats.total_cpu_time  # seconds, user + system
+    rss = j.stats.max_resident_memory  # bytes
     return AccountingRecord(
         job_id=str(j.id),
         name=str(j.name or ""),
         state=JobState.parse(str(j.state)),
         partition=str(j.partition or ""),
         account=j.account,
-        user=getattr(j, "user_name", None),
+        user=j.user_name,
         submit_time=_dt(j.submit_time),
         start_time=_dt(j.start_time),
         end_time=_dt(j.end_time),
@@ -272,12 +294,12 @@ def _record(j: Any) -> AccountingRecord:
         cpu_seconds=int(cpu) if isinstance(cpu, int | float) else None,
         nodes=int(j.num_nodes or 1),
         cpus=int(j.cpus or 1),
-        memory_mb=getattr(j, "memory", None),
+        memory_mb=j.memory,
         max_rss_kb=int(rss) // 1024 if isinstance(rss, int | float) and rss > 0 else None,
         gpus=gpus,
         gpu_model=model,
         qos=j.qos,
-        comment=str(getattr(j, "comment", "") or ""),
+        comment=str(j.comment or ""),
         node_list=str(j.nodelist or ""),
         cluster=j.cluster,
     )

@@ -2,7 +2,7 @@
 
 [site-queue]
 kind = "slurm_queue"
-client = "rest"                      # or "commands"
+client = "rest"                      # or "commands", "pyslurm"
 rest_url = "http://slurmrestd:6820"
 partitions = ["debug", "gpu"]        # only these (default: every partition)
 preemptible_partitions = ["scavenger"]
@@ -38,7 +38,7 @@ class SlurmQueueTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["slurm_queue"]
-    client: Literal["commands", "rest"] = "commands"
+    client: Literal["commands", "rest", "pyslurm"] = "commands"
     rest_url: str | None = None
     rest_user: str = "root"
     slurm_conf: str | None = None
@@ -61,6 +61,11 @@ def _client(cfg: SlurmQueueTable) -> Any:
         from backends.slurm.rest import RestClient
 
         return RestClient(str(cfg.rest_url), user=cfg.rest_user)
+    if cfg.client == "pyslurm":
+        from backends.slurm.pyslurm_client import PyslurmClient
+
+        # refuses to start (PyslurmUnavailable, naming why) unless pyslurm is built for this Slurm
+        return PyslurmClient.open(slurm_conf=cfg.slurm_conf)
     from backends.slurm.commands import CommandsClient
 
     return CommandsClient(slurm_conf=cfg.slurm_conf)

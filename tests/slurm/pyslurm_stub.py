@@ -1,4 +1,7 @@
-"""A stand-in for the `pyslurm` module that follows its documented API (pyslurm 25.11), for the client's tests.
+"""A stand-in for the `pyslurm` module that follows its documented API, for the client's tests without Slurm.
+
+The names are pyslurm 22.5.3's (the release the real-cluster contract tests run against) plus what later
+releases add and the client reads when present (`Job.gpus`, `db.Job.gpus` as {'gpu:<type>': GPU}).
 
 Only what `PyslurmClient` uses, with pyslurm's names and value shapes: `Jobs.load()` and
 `Nodes.load()` return maps with `.values()`; `Job` carries the documented attributes (times as
@@ -100,7 +103,7 @@ _DOCUMENTED = frozenset(
         "name", "account", "priority", "comment", "working_directory", "nodes", "constraints",
         "memory_per_cpu", "memory_per_node", "partitions", "qos", "is_requeueable", "script",
         "environment", "resource_sharing", "time_limit", "cpus_per_task", "gres_per_node",
-        "ntasks", "standard_output", "standard_error",
+        "ntasks", "standard_output", "standard_error", "deadline", "time_limit_min",
     }
 )  # fmt: skip
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from backends.slurm import pyslurm_client
 from backends.slurm.client import JobSpec, JobState
 from backends.slurm.pyslurm_client import PyslurmClient, PyslurmUnavailable, load_pyslurm, major_minor
+from provisioner.sources import configured
+from provisioner.sources.configured import SlurmQueueTable
 from provisioner.sources.slurm import SlurmWorkloadSource
 from tests.slurm import pyslurm_stub as stub
 
@@ -102,6 +107,7 @@ async def test_submit_uses_only_documented_submission_attributes_and_cancel_is_i
     spec = JobSpec(
         name="prv.pilot.r1", script="#!/bin/bash\nsleep 1\n", partition="debug", time_limit_minutes=30,
         nodes=1, memory_mb=4000, gpus=2, features="x86_64", hold=True, account="atlas", comment="token=t1",
+        deadline=datetime.fromtimestamp(T0 + 7200, UTC), time_min_minutes=10,
     )  # fmt: skip
     job_id = await client.submit(spec)
     [sent] = stub.SUBMITTED
@@ -110,6 +116,7 @@ async def test_submit_uses_only_documented_submission_attributes_and_cancel_is_i
         "debug", "30", "4000M", "gpu:2",
     )  # fmt: skip
     assert sent["priority"] == 0  # pyslurm's --hold
+    assert (sent["deadline"], sent["time_limit_min"]) == (T0 + 7200, "10")  # --deadline, --time-min
     await client.cancel(job_id)
     assert stub.QUEUE[int(job_id)].state == "CANCELLED"
     await client.cancel("99999")  # unknown: not an error
@@ -136,3 +143,25 @@ async def test_accounting_reads_cpu_time_and_peak_memory_from_the_job_statistics
     )
     assert (record.gpus, record.node_list, record.state) == (1, "vm", JobState.COMPLETED)
     assert stub.FILTERS[-1].start_time == since and stub.FILTERS[-1].accounts == ["atlas"]
+
+
+def test_the_backends_file_can_name_pyslurm_as_a_clusters_client(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`client = "pyslurm"` opens pyslurm with the table's slurm.conf (libslurm reads it at import)."""
+    conf = str(tmp_path / "slurm.conf")
+    module = stub.module("22.5.3")
+    monkeypatch.delitem(sys.modules, "pyslurm", raising=False)
+
+    def import_module(name: str) -> object:  # the import initialises libslurm: it reads SLURM_CONF now
+        assert os.environ["SLURM_CONF"] == conf
+        return sys.modules.setdefault(name, module)
+
+    monkeypatch.setattr(pyslurm_client.importlib, "import_module", import_module)
+    monkeypatch.setattr(pyslurm_client, "site_slurm_version", lambda: "22.05.8")
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/slurm.conf")
+    table = SlurmQueueTable(kind="slurm_queue", client="pyslurm", slurm_conf=conf)
+    opened = configured._client(table)
+    assert isinstance(opened, PyslurmClient) and os.environ["SLURM_CONF"] == conf
+    with pytest.raises(PyslurmUnavailable, match="already initialised"):
+        PyslurmClient.open(slurm_conf="/other/slurm.conf")  # one libslurm per process
