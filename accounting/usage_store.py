@@ -59,6 +59,8 @@ COLUMNS: dict[str, str] = {
     "cloud_image_id": "VARCHAR",
     "cloud_type": "VARCHAR",
 }
+# zstd at level 1: about as small as the default level 3 (+10 %) for a fifth less CPU time to write.
+STORED_FORMAT = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 _MONTH_DIR = re.compile(r"^month=(\d{4}-\d{2})$")
 _BATCH = re.compile(r"^batch-(\d+)")
 
@@ -254,9 +256,18 @@ class UsageStore:
 
     # ---- what importing writes -------------------------------------------------------------
 
-    def replace_batch(self, con: duckdb.DuckDBPyConnection, relation: str, new_keys: str) -> int:
+    def replace_batch(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        relation: str,
+        new_keys: str,
+        *,
+        months: Sequence[Month] | None = None,
+    ) -> int:
         """Store the rows of `relation` (the COLUMNS) as a new batch, after removing the keys in
-        table `new_keys` from older files. Returns the number of older records replaced."""
+        table `new_keys` from older files. `months`: those the rows may end in, when the caller
+        knows them (a superset: a month without rows gets no file). Returns the number of older
+        records replaced."""
         batch = self.next_batch()
         work = self.tmp / f"batch-{batch:08d}"
         work.mkdir(parents=True, exist_ok=True)
@@ -278,24 +289,27 @@ class UsageStore:
                     con.execute(
                         f"COPY (SELECT * FROM read_parquet({_quote(target)}) "
                         f"WHERE record_key NOT IN (SELECT record_key FROM {new_keys})) "
-                        f"TO {_quote(out)} (FORMAT parquet, COMPRESSION zstd)"
+                        f"TO {_quote(out)} ({STORED_FORMAT})"
                     )
                     rewrites.append((out, target))
             cols = ", ".join(COLUMNS)
-            months = [
-                Month.parse(m)
-                for (m,) in con.execute(
-                    f"SELECT DISTINCT strftime(end_time, '%Y-%m') FROM {relation} ORDER BY 1"
-                ).fetchall()
-            ]
+            if months is None:
+                months = [
+                    Month.parse(m)
+                    for (m,) in con.execute(
+                        f"SELECT DISTINCT strftime(end_time, '%Y-%m') FROM {relation} ORDER BY 1"
+                    ).fetchall()
+                ]
             staged: list[tuple[Path, Path]] = []
             for month in months:  # one pass per month: a partitioned COPY buffers every month at once
                 out = work / f"{month}.parquet"
-                con.execute(
+                written = con.execute(
                     f"COPY (SELECT {cols} FROM {relation} WHERE end_time >= ? AND end_time < ?) TO {_quote(out)} "
-                    f"(FORMAT parquet, COMPRESSION zstd)",
+                    f"({STORED_FORMAT})",
                     [month.start, month.end],
-                )
+                ).fetchone()
+                if written is not None and int(written[0]) == 0:
+                    continue  # every record of that month was held back: no empty file
                 staged.append((out, self.month_dir(month) / f"batch-{batch:08d}.parquet"))
             # Older files lose the replaced keys first, then the new batch appears: a crash in between
             # leaves those keys missing until the same import is run again (never counted twice).

@@ -186,6 +186,7 @@ def test_a_conflicting_record_under_a_finished_key_in_the_store_is_refused_namin
         ("UKI-TEST:job:3", 7200),
     ]
     assert store.job_records(Month(2026, 11)) == []
+    assert store.files(Month(2026, 11)) == []  # no empty file for a month whose records were all held back
     # the same finished record again is no conflict: it replaces its stored copy (idempotent)
     same = import_usage_file(session, store, _write(tmp_path / "c.jsonl", [_json(job(1))]), now=NOW)
     assert (same.stored, same.refused, same.replaced) == (1, 0, 1)
