@@ -4,8 +4,8 @@ Written against pyslurm 22.5.3's object API (the release for Slurm 22.05, which 
 test cluster run; the same names exist in later releases): `pyslurm.Jobs.load()` /
 `pyslurm.Job(id).cancel()`, `pyslurm.Nodes.load()`, `pyslurm.JobSubmitDescription(...).submit()`,
 `pyslurm.db.Jobs.load(pyslurm.db.JobFilter(...))`. pyslurm is version-locked to the Slurm it compiles
-against and PyPI carries only a few releases (25.11, not 22.5): `scripts/pyslurm.sh` builds it for the
-installed Slurm against libslurm-dev. `PyslurmClient.open()` refuses to start unless pyslurm imports and
+against and PyPI carries only a few releases (25.11, not 22.5): a site builds it for its Slurm from
+pyslurm's own source against libslurm-dev. `PyslurmClient.open()` refuses to start unless pyslurm imports and
 its release matches `sinfo --version` (pyslurm "22.5.3" is Slurm 22.05). Importing pyslurm initialises
 libslurm from `SLURM_CONF`, once per process: `open(slurm_conf=...)` sets it before the first import.
 
@@ -77,8 +77,8 @@ def load_pyslurm(
         module = importlib.import_module(name)
     except ImportError as err:
         raise PyslurmUnavailable(
-            f"pyslurm not importable ({err}); build it for the site's Slurm {site or '?'} with scripts/pyslurm.sh"
-            " (PyPI has no pyslurm for Slurm 22.05)"
+            f"pyslurm not importable ({err}); build pyslurm for the site's Slurm {site or '?'}"
+            " from its source (PyPI has no pyslurm for Slurm 22.05)"
         ) from None
     built = str(getattr(module, "__version__", ""))
     if major_minor(built) is None or major_minor(site) is None:
