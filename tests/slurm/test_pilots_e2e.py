@@ -16,6 +16,7 @@ import pytest
 
 from tests.slurm.broker_process import (
     BrokerProcess,
+    Job,
     accounted,
     queued_or_running,
     slurm,
@@ -184,6 +185,96 @@ def test_pilots_queued_at_the_allocations_end_are_cancelled_and_none_starts_afte
     reasons = [reason for _, reason in broker_resource_states(tmp_path).values()]
     ending = any("allocation ending" in r for r in reasons)
     assert ending or any(j.state == "DEADLINE" for j in jobs), (reasons, jobs)
+
+
+# A payload like a glidein's startd: it takes work items from a queue until none is left, then waits for
+# more, using no CPU. Each item is 10 s of CPU, then 10 s waiting on I/O (it says so by touching
+# $PILOT_WORK_FILE): longer than the idle time either way, so the wrapper must see both kinds of work.
+WORK_QUEUE_PAYLOAD = """#!/bin/bash
+queue={queue}
+out={out}
+while true; do
+  item=$(ls "$queue" | head -1)
+  if [ -n "$item" ] && mv "$queue/$item" "$out/claimed-$item-$SLURM_JOB_ID" 2>/dev/null; then
+    end=$(( $(date +%s) + 10 )); while [ "$(date +%s)" -lt $end ]; do :; done
+    for _ in $(seq 10); do touch "$PILOT_WORK_FILE"; sleep 1; done
+    touch "$out/done-$item-$SLURM_JOB_ID"
+  fi
+  sleep 1
+done
+"""
+IDLE_EXIT_SECONDS = 8
+
+
+def test_pilots_end_themselves_when_their_group_has_no_work_left_and_the_broker_records_a_normal_end(
+    account: str, tmp_path: Path
+) -> None:
+    """One work item for the group: the first pilot does it (CPU, then I/O, each longer than the idle
+    time) and ends itself once the queue is empty; pilots started after it find nothing and end after the
+    idle time. Slurm frees the slots (COMPLETED, long before the pilots' limits) with the request still
+    open; the broker records each as released, ended by itself — none lost, none cancelled by it."""
+    from provisioner.reconciler import ENDED_BY_ITSELF
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    queue, out = tmp_path / "queue", tmp_path / "out"
+    queue.mkdir()
+    out.mkdir()
+    (queue / "item1").touch()
+    payload = tmp_path / "payload.sh"
+    payload.write_text(WORK_QUEUE_PAYLOAD.format(queue=queue, out=out))
+    payload.chmod(0o755)
+    backend = f"hpc-{account}"
+    broker = BrokerProcess(
+        tmp_path,
+        f"b-{account}",
+        policy(
+            account=account,
+            backend=backend,
+            granted=100,
+            starts=now - timedelta(days=1),
+            ends=now + timedelta(days=1),
+            pacing="asap",
+            horizon_hours=1,
+        ),
+        backends(backend) + f'pilot_command = "{payload}"\npilot_idle_exit_seconds = {IDLE_EXIT_SECONDS}\n',
+    )
+
+    def ended_pilots() -> list[Job]:
+        return [
+            j
+            for j in accounted(account, now - timedelta(minutes=1))
+            if j.name.startswith("prv.pilot.") and j.end is not None
+        ]
+
+    with broker.run(interval=2):
+        request_id = broker.request(
+            "--experiment", "atlas", "--cores", "2", "--cores-per-job", "2", "--duration", "30m"
+        )  # fmt: skip
+        wait_for(
+            lambda: len(ended_pilots()) >= 2,
+            timeout=240, what="two pilots ending by themselves", broker=broker,
+        )  # fmt: skip
+        ended = ended_pilots()
+        time.sleep(6)  # a few cycles for the broker to record what Slurm shows
+        states = broker_resource_states(tmp_path)
+        broker.cli("request", "cancel", request_id)
+    assert all(j.state == "COMPLETED" for j in ended), ended
+    [worker] = [p.name.split("-")[-1] for p in out.glob("done-item1-*")]  # did the whole item
+    assert not list(queue.iterdir())
+    for job in ended:
+        assert job.start is not None and job.end is not None
+        elapsed = (job.end - job.start).total_seconds()
+        # (Slurm's times and the work file's mtime are whole seconds: a second or two either way)
+        if job.job_id == worker:  # 20 s of work, then the idle time
+            assert 20 <= elapsed <= 20 + IDLE_EXIT_SECONDS + 30, (job, elapsed)
+        else:  # nothing to do: the idle time, no less (the 30 min pilot limit is far off)
+            assert IDLE_EXIT_SECONDS - 2 <= elapsed <= IDLE_EXIT_SECONDS + 30, (job, elapsed)
+    assert worker in {j.job_id for j in ended}
+    for job in ended:
+        resource = job.name.removeprefix("prv.pilot.")
+        state, reasons = states[resource]
+        assert state == "released" and ENDED_BY_ITSELF in reasons, (resource, state, reasons, broker.tail())
+    assert not [r for r, (state, _) in states.items() if state == "lost"], states
 
 
 def backfill_policy(backend: str) -> str:
