@@ -48,7 +48,5 @@ fi
 
 if [ -x "$here/slurm-cluster.sh" ]; then
   "$here/slurm-cluster.sh" start
-  # the pyslurm Slurm client's tests need pyslurm built for this Slurm (PyPI has none for 22.05)
-  "$here/pyslurm.sh"
 fi
 echo "services: PostgreSQL :5432, MariaDB :3306, Mosquitto :1883 up"
