@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -24,6 +25,32 @@ BROKER = "broker-test"
 # Distinctive fake credentials: tests grep errors and logs for them.
 KEY_ID = "AKIAZZTESTKEY0000042"
 SECRET = "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tXyZ0"
+
+
+def ec2_client(endpoint: str) -> Any:
+    """A boto3 EC2 client on moto with the test credentials: what a test reads EC2's own view with."""
+    return boto3.client(
+        "ec2",
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+    )
+
+
+def aws_backends_table(endpoint: str, amis: Mapping[str, str], credentials: Path, **extra: str) -> str:
+    """The backends file's [aws] table on moto (the test profile, one region with its AMIs); `extra` keys
+    are written as they are given (TOML values)."""
+    images = ", ".join(f'{k} = "{v}"' for k, v in amis.items())
+    more = "".join(f"{key} = {value}\n" for key, value in extra.items())
+    return f"""
+[aws]
+kind = "aws"
+profile = "broker"
+credentials_file = "{credentials}"
+endpoint_url = "{endpoint}"
+{more}regions = [{{ region = "{REGION}", images = {{ {images} }} }}]
+"""
 
 
 @pytest.fixture(scope="session")
@@ -74,13 +101,7 @@ def credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def amis(moto_server: str) -> dict[str, str]:
     """The AMI ids per architecture, checked to exist in moto with the expected architecture."""
-    ec2 = boto3.client(
-        "ec2",
-        region_name=REGION,
-        endpoint_url=moto_server,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
+    ec2 = ec2_client(moto_server)
     images = {i["ImageId"]: i for i in ec2.describe_images(ImageIds=list(AMIS.values()))["Images"]}
     for key, ami in AMIS.items():
         assert images[ami]["Architecture"] == key.removeprefix("gpu_"), key

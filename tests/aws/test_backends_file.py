@@ -14,19 +14,7 @@ from provisioner.broker import build_broker
 from provisioner.domain import ResourceState
 from provisioner.requests import BurstRequestSpec, cancel
 from provisioner.settings import Settings
-from tests.aws.conftest import KEY_ID, REGION, SECRET
-
-
-def _aws_table(endpoint: str, amis: dict[str, str], credentials: Path) -> str:
-    images = ", ".join(f'{k} = "{v}"' for k, v in amis.items())
-    return f"""
-[aws]
-kind = "aws"
-profile = "broker"
-credentials_file = "{credentials}"
-endpoint_url = "{endpoint}"
-regions = [{{ region = "{REGION}", images = {{ {images} }} }}]
-"""
+from tests.aws.conftest import KEY_ID, REGION, SECRET, aws_backends_table
 
 
 def test_broken_backends_file_names_every_table_and_key_and_builds_nothing(tmp_path: Path) -> None:
@@ -60,7 +48,7 @@ def test_engine_cycle_provisions_on_aws_from_the_backends_file_and_cancel_releas
     import asyncio
 
     path = tmp_path / "backends.toml"
-    path.write_text(_aws_table(moto, amis, credentials_file))
+    path.write_text(aws_backends_table(moto, amis, credentials_file))
     settings = Settings(state_dir=tmp_path, broker_id="broker-file-test", backends_file=path)
     broker = build_broker(settings)
     assert list(broker.backends) == ["aws"]

@@ -18,7 +18,7 @@ from backends.aws_config import AwsConfig
 from backends.base import AuthFailed, BackendError, Throttled
 from backends.egress_counters import MAX_POINTS, lifetime_window
 
-from .conftest import CATALOG, KEY_ID, REGION, SECRET, offering
+from .conftest import CATALOG, KEY_ID, REGION, SECRET, ec2_client, offering
 from .test_backend_moto import request
 
 pytestmark = pytest.mark.moto
@@ -50,14 +50,7 @@ def put(cw: Any, instance_id: str, metric: str, value: float, at: datetime, unit
 
 
 def launch_times(endpoint: str) -> dict[str, datetime]:
-    ec2 = boto3.client(
-        "ec2",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
-    found = ec2.describe_instances()["Reservations"]
+    found = ec2_client(endpoint).describe_instances()["Reservations"]
     return {i["InstanceId"]: i["LaunchTime"].astimezone(UTC) for r in found for i in r["Instances"]}
 
 

@@ -20,7 +20,7 @@ from provisioner.broker import build_broker
 from provisioner.bus import InProcessBus
 from provisioner.model import EventRow, row_time
 from provisioner.settings import Settings
-from tests.aws.conftest import KEY_ID, REGION, SECRET
+from tests.aws.conftest import KEY_ID, REGION, SECRET, aws_backends_table
 
 pytestmark = pytest.mark.moto
 
@@ -54,18 +54,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_networkout_of_running_instances_reaches_ledger_report_and_planner(
     tmp_path: Path, moto: str, amis: dict[str, str], credentials_file: Path
 ) -> None:
-    images = ", ".join(f'{k} = "{v}"' for k, v in amis.items())
     backends = tmp_path / "backends.toml"
-    backends.write_text(
-        f"""
-[aws]
-kind = "aws"
-profile = "broker"
-credentials_file = "{credentials_file}"
-endpoint_url = "{moto}"
-regions = [{{ region = "{REGION}", images = {{ {images} }} }}]
-"""
-    )
+    backends.write_text(aws_backends_table(moto, amis, credentials_file))
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISIONER_", "AWS_"))}
     env.update(

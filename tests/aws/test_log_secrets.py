@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.aws.conftest import KEY_ID, REGION, SECRET
+from tests.aws.conftest import KEY_ID, SECRET, aws_backends_table
 
 pytestmark = pytest.mark.moto
 
@@ -20,23 +21,14 @@ PILOT_TOKEN = "plantedPilotTok3n-8f3a9c71d2"
 USER_DATA = f"#!/bin/bash\nexport PILOT_TOKEN={PILOT_TOKEN}\nexec /opt/pilot/run\n"
 
 
-def _backends(endpoint: str, amis: dict[str, str], credentials: Path) -> str:
-    images = ", ".join(f'{k} = "{v}"' for k, v in amis.items())
-    user_data = USER_DATA.replace("\n", "\\n")
-    return f"""
-[aws]
-kind = "aws"
-profile = "broker"
-credentials_file = "{credentials}"
-endpoint_url = "{endpoint}"
-user_data = "{user_data}"
-regions = [{{ region = "{REGION}", images = {{ {images} }} }}]
-"""
-
-
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "provisioner.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -45,7 +37,7 @@ def test_provisioner_run_at_debug_never_writes_a_planted_secret(
     tmp_path: Path, moto: str, amis: dict[str, str], credentials_file: Path, json_logs: bool
 ) -> None:
     backends = tmp_path / "backends.toml"
-    backends.write_text(_backends(moto, amis, credentials_file))
+    backends.write_text(aws_backends_table(moto, amis, credentials_file, user_data=json.dumps(USER_DATA)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISIONER_", "AWS_"))}
     env.update(
         {

@@ -14,12 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from backends.base import TAG_BROKER, TAG_EXPERIMENT, TAG_GROUP, TAG_OFFERING
 from provisioner.catalog import load_catalog
-from tests.aws.conftest import KEY_ID, REGION, SECRET, amis, credentials_file, moto, moto_server  # noqa: F401
+from tests.aws.conftest import (  # noqa: F401
+    REGION,
+    amis,
+    aws_backends_table,
+    credentials_file,
+    ec2_client,
+    moto,
+    moto_server,
+)
 from tests.slurm.conftest import SLURM_CONF
 from tests.slurm.test_run_e2e import REPO, sbatch, squeue, wait_until
 
@@ -51,15 +58,9 @@ monthly = "500"
 
 
 def backends(endpoint: str, credentials: Path, images: dict[str, str]) -> str:
-    image_table = ", ".join(f'{k} = "{v}"' for k, v in images.items())
-    return f"""
-[aws]
-kind = "aws"
-profile = "broker"
-credentials_file = "{credentials}"
-endpoint_url = "{endpoint}"
-regions = [{{ region = "{REGION}", images = {{ {image_table} }} }}]
-
+    return (
+        aws_backends_table(endpoint, images, credentials)
+        + f"""
 [site-queue]
 kind = "slurm_queue"
 client = "commands"
@@ -69,17 +70,12 @@ accounts = ["atlas"]
 experiments = {{ atlas = "atlas" }}
 poll_seconds = 1
 """
+    )
 
 
 def instances(endpoint: str, broker_id: str) -> list[dict[str, Any]]:
     """EC2's own view of this broker's instances (any state), each with its tags as a dict."""
-    ec2 = boto3.client(
-        "ec2",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
+    ec2 = ec2_client(endpoint)
     found = []
     filters = [{"Name": f"tag:{TAG_BROKER}", "Values": [broker_id]}]
     for reservation in ec2.describe_instances(Filters=filters)["Reservations"]:
