@@ -27,15 +27,20 @@ KEY_ID = "AKIAZZTESTKEY0000042"
 SECRET = "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tXyZ0"
 
 
-def ec2_client(endpoint: str) -> Any:
-    """A boto3 EC2 client on moto with the test credentials: what a test reads EC2's own view with."""
+def moto_client(service: str, endpoint: str) -> Any:
+    """A boto3 client of `service` on moto with the test credentials."""
     return boto3.client(
-        "ec2",
+        service,
         region_name=REGION,
         endpoint_url=endpoint,
         aws_access_key_id=KEY_ID,
         aws_secret_access_key=SECRET,
     )
+
+
+def ec2_client(endpoint: str) -> Any:
+    """What a test reads EC2's own view with."""
+    return moto_client("ec2", endpoint)
 
 
 def aws_backends_table(endpoint: str, amis: Mapping[str, str], credentials: Path, **extra: str) -> str:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
 
 from backends.aws import AwsBackend
@@ -18,20 +17,14 @@ from backends.aws_config import AwsConfig
 from backends.base import AuthFailed, BackendError, Throttled
 from backends.egress_counters import MAX_POINTS, lifetime_window
 
-from .conftest import CATALOG, KEY_ID, REGION, SECRET, ec2_client, offering
+from .conftest import CATALOG, REGION, ec2_client, moto_client, offering
 from .test_backend_moto import request
 
 pytestmark = pytest.mark.moto
 
 
 def cloudwatch(endpoint: str) -> Any:
-    return boto3.client(
-        "cloudwatch",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
+    return moto_client("cloudwatch", endpoint)
 
 
 def put(cw: Any, instance_id: str, metric: str, value: float, at: datetime, unit: str = "Bytes") -> None:
