@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -63,6 +64,11 @@ def make_client(kind: str) -> SlurmClient:
         return CommandsClient(slurm_conf=str(SLURM_CONF))
     if kind == "rest":
         return RestClient(RESTD_URL)
+    loaded = sys.modules.get("pyslurm")
+    if loaded is not None and getattr(loaded, "__file__", None) is None:
+        pytest.fail(
+            "a stub pyslurm was left in sys.modules by an earlier test: it would stand in for the real one"
+        )
     try:
         return PyslurmClient.open(slurm_conf=str(SLURM_CONF))
     except PyslurmUnavailable as err:

@@ -155,7 +155,10 @@ def test_the_backends_file_can_name_pyslurm_as_a_clusters_client(
 
     def import_module(name: str) -> object:  # the import initialises libslurm: it reads SLURM_CONF now
         assert os.environ["SLURM_CONF"] == conf
-        return sys.modules.setdefault(name, module)
+        # through monkeypatch, so the stub leaves sys.modules with the test: a leaked stub once stood in
+        # for the real pyslurm in the live-cluster tests that ran after this one
+        monkeypatch.setitem(sys.modules, name, module)
+        return module
 
     monkeypatch.setattr(pyslurm_client.importlib, "import_module", import_module)
     monkeypatch.setattr(pyslurm_client, "site_slurm_version", lambda: "22.05.8")
