@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from accounting.benchmark import benchmark_problem
-from accounting.duplicates import conflicts
+from accounting.duplicates import FINAL_STATUSES, conflicts
 from provisioner.domain import UsageRecord
 from provisioner.model import UsageRecordRow, row_time
 
@@ -150,16 +150,31 @@ def import_records(
     Records with problems are not stored (so they can never reach a message) and are returned in
     `problems`, each naming the record, its resource and the field at fault. A record whose key
     holds a finished record with other figures is refused too, the problem naming both sources
-    (`accounting.duplicates.conflicts`).
+    (`accounting.duplicates.conflicts`). Within `records` the same holds: a record whose key came
+    earlier as a finished record with other figures is refused (that first one is kept); of the
+    other repeats of a key the last one wins.
     """
     result = ImportResult()
     valid: dict[str, UsageRecord] = {}
-    for record in records:
+    first_final: dict[str, tuple[int, UsageRecord]] = {}  # key → (position, its first final record)
+    for no, record in enumerate(records, start=1):
         problems = validate_record(record, known_vos=known_vos, now=now)
         if problems:
             result.problems.extend(problems)
             continue
-        valid[record.record_key] = record  # last one wins within a batch
+        key = record.record_key
+        if key in first_final:
+            at, final = first_final[key]
+            found = conflicts({key: final}, [record])[1]
+            if found:
+                named = replace(
+                    found[0], first=f"record {at}: {found[0].first}", second=f"record {no}: {found[0].second}"
+                )
+                result.problems.append(UsageProblem(key, record.resource_id, "record_key", str(named)))
+                continue
+        elif record.end_time is not None and record.status in FINAL_STATUSES:
+            first_final[key] = (no, record)
+        valid[key] = record  # of the repeats that do not conflict the last one wins
     keys = list(valid)
     stored = {r.record_key: r for i in range(0, len(keys), UPSERT_BATCH)
               for r in load_records(session, keys[i : i + UPSERT_BATCH])}  # fmt: skip

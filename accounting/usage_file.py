@@ -5,13 +5,15 @@ as Python objects, with every value first as text so a wrong type is a refusal o
 naming the column, not a failed import. The checks are those of `usage.validate_record`. Good
 batch-job records (job, pilot, backfill) go to the columnar `UsageStore`; VM records, few and
 updated while they run, go to the database through `usage.import_records`. A record whose key the
-database already holds is replaced (the newer import wins), as everywhere else.
+database already holds is replaced (the newer import wins), as everywhere else, unless the held
+record is finished and the new one has other figures (`duplicates.conflicts`): that is refused,
+across imports and between two records of one file alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from accounting.usage import (
     import_records,
     load_records,
 )
-from accounting.usage_store import COLUMNS, UsageStore, _aware, _quote
+from accounting.usage_store import COLUMNS, UsageStore, _aware, _quote, _record
 from provisioner.domain import UsageRecord
 
 REQUIRED = ("record_key", "kind", "experiment", "site", "submit_host", "backend", "start_time",
@@ -56,6 +58,7 @@ class FileImport:
     refused: int = 0  # records with at least one problem (none of them stored)
     replaced: int = 0  # older records (store or database) this import replaced by key
     repeated: int = 0  # records whose key came again later in the same file (the last one wins)
+    # (a later record conflicting with the key's first finished one in the file is refused instead)
     problems: list[UsageProblem] = field(default_factory=list)  # the first LISTED_PROBLEMS refusals
 
     @property
@@ -426,9 +429,12 @@ def import_usage_file(
     """Check every record of `path`, store the good ones (idempotent by record_key), list the refusals.
 
     A record whose key holds a finished record with other figures (in the store or the database)
-    is refused, naming both sources; the stored one stays (`duplicates.conflicts`). Nothing is
-    half-written: the store's new files appear by rename once complete, and the database rows the
-    store replaces are deleted in the same transaction that is committed after that rename.
+    is refused, naming both sources; the stored one stays (`duplicates.conflicts`). So is a record
+    whose key came earlier in the file as a finished record with other figures: both lines are
+    named and the first finished one is kept. Nothing is half-written: the store's new files appear
+    by rename once complete, and the database rows the store replaces are deleted in a transaction
+    committed right before those renames, so a crash in between leaves the keys missing until the
+    same import is run again, never counted twice (in the database and the store).
     """
     now = now or datetime.now(UTC)
     result = FileImport()
@@ -483,14 +489,7 @@ def _import_staged(
     where = staged.where(con, sorted({int(r[0]) for r in listed}))
     for no, key, rid, name, problem in listed:
         result.problems.append(UsageProblem(key or "", rid, name, problem, at=where[int(no)]))
-    # The last record of a key in the file wins, as in a database upsert.
-    con.execute(
-        "CREATE TEMP TABLE last_of_key AS SELECT record_key, max(record_no) AS keep, count(*) AS n "
-        "FROM staged WHERE ok GROUP BY record_key HAVING count(*) > 1"
-    )
-    result.repeated = int(
-        (con.execute("SELECT COALESCE(SUM(n - 1), 0) FROM last_of_key").fetchone() or (0,))[0]
-    )
+    result.repeated, in_file, listed_in_file = _repeats(con, staged)
     con.execute(
         """CREATE TEMP VIEW good AS SELECT s.* FROM staged s
             LEFT JOIN last_of_key d ON s.record_key = d.record_key
@@ -502,19 +501,90 @@ def _import_staged(
     con.execute("CREATE TEMP TABLE drop_keys (record_key VARCHAR)")
     in_database, result.replaced = _database_clashes(session, con)
     clashes = _store_clashes(con, store) + in_database
-    clashes.sort(key=lambda c: c[0])
+    result.refused += len(clashes) + in_file
+    clashes = sorted(clashes + listed_in_file, key=lambda c: c[0])[:LISTED_PROBLEMS]
     if clashes:
-        where = staged.where(con, [no for no, _ in clashes[:LISTED_PROBLEMS]])
-        for no, dup in clashes[:LISTED_PROBLEMS]:
+        where = staged.where(con, [no for no, _ in clashes])
+        for no, dup in clashes:
             result.problems.append(UsageProblem(dup.second_key, None, "record_key", str(dup), at=where[no]))
-        result.refused += len(clashes)
     con.execute("CREATE TEMP VIEW to_store AS SELECT * FROM good_jobs ANTI JOIN held_back USING (record_no)")
-    result.replaced += store.replace_batch(
-        con, "to_store", "drop_keys", months=[Month.parse(m) for m in sorted(months or [])]
-    )
     result.stored = int((con.execute("SELECT COUNT(*) FROM to_store").fetchone() or (0,))[0])
-    session.commit()  # the database rows the store now replaces (deleted in `_database_clashes`)
+    # The database rows the store now replaces (deleted in `_database_clashes`) go in a commit right
+    # before the store's renames: a crash between the two leaves keys missing, not counted twice.
+    result.replaced += store.replace_batch(
+        con,
+        "to_store",
+        "drop_keys",
+        months=[Month.parse(m) for m in sorted(months or [])],
+        before_rename=session.commit,
+    )
     return _records(con, "SELECT {cols} FROM good WHERE kind = 'vm' ORDER BY record_no")
+
+
+def _repeats(con: duckdb.DuckDBPyConnection, staged: Staged) -> tuple[int, int, list[tuple[int, Duplicate]]]:
+    """Keys that come more than once among the file's good records: table `last_of_key` (record_key,
+    keep: the record_no stored for it). As across imports, a record whose key came earlier in the
+    file as a finished record (end time, status in FINAL_STATUSES) is refused when it differs from
+    that first finished one in a COMPARED field; of the others the last one wins, as in a database
+    upsert. Only the repeated keys' records are compared. Returns (records superseded by a later
+    one, records refused, the first LISTED_PROBLEMS refusals: record_no and both occurrences)."""
+    con.execute(
+        "CREATE TEMP TABLE last_of_key AS SELECT record_key, max(record_no) AS keep, count(*) AS n "
+        "FROM staged WHERE ok GROUP BY record_key HAVING count(*) > 1"
+    )
+    repeats = int((con.execute("SELECT COALESCE(SUM(n - 1), 0) FROM last_of_key").fetchone() or (0,))[0])
+    if not repeats:
+        return 0, 0, []
+    final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
+    con.execute(
+        f"""CREATE TEMP TABLE repeat_rows AS
+            SELECT record_no, record_key, {", ".join(COMPARED)},
+                   min(CASE WHEN end_time IS NOT NULL AND status IN ({final}) THEN record_no END)
+                       OVER (PARTITION BY record_key) AS first_final
+            FROM staged SEMI JOIN last_of_key USING (record_key) WHERE ok"""
+    )
+    differ = " OR ".join(f"o.{c} IS DISTINCT FROM f.{c}" for c in COMPARED)
+    con.execute(
+        f"""CREATE TEMP TABLE file_conflict AS
+            SELECT o.record_no, f.record_no AS first_no
+            FROM repeat_rows o JOIN repeat_rows f ON f.record_no = o.first_final
+            WHERE o.record_no > o.first_final AND ({differ})"""
+    )
+    refused = int((con.execute("SELECT COUNT(*) FROM file_conflict").fetchone() or (0,))[0])
+    if not refused:
+        return repeats, 0, []
+    # The last record not refused wins: the first finished one when every later one conflicts.
+    con.execute(
+        """UPDATE last_of_key SET keep = k.keep
+           FROM (SELECT record_key, max(record_no) AS keep FROM repeat_rows
+                 ANTI JOIN file_conflict USING (record_no) GROUP BY record_key) k
+           WHERE last_of_key.record_key = k.record_key"""
+    )
+    pairs = [
+        (int(no), int(first))
+        for no, first in con.execute(
+            f"SELECT record_no, first_no FROM file_conflict ORDER BY record_no LIMIT {LISTED_PROBLEMS}"
+        ).fetchall()
+    ]
+    numbers = sorted({n for pair in pairs for n in pair})
+    records = {
+        int(row[0]): _record(row[1:])
+        for row in con.execute(
+            f"SELECT record_no, {', '.join(COLUMNS)} FROM staged WHERE record_no IN (SELECT unnest(?::BIGINT[]))",
+            [numbers],
+        ).fetchall()
+    }
+    where = staged.where(con, numbers)
+    listed = []
+    for no, first_no in pairs:
+        first, later = records[first_no], records[no]
+        found = conflicts({first.record_key: first}, [later])[1]
+        key = later.record_key
+        dup = found[0] if found else Duplicate(CONFLICT, key, key, f"{key} [earlier]", f"{key} [later]")
+        listed.append(
+            (no, replace(dup, first=f"{where[first_no]}: {dup.first}", second=f"{where[no]}: {dup.second}"))
+        )
+    return repeats - refused, refused, listed
 
 
 def _records(

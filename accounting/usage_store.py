@@ -14,7 +14,7 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -263,11 +263,14 @@ class UsageStore:
         new_keys: str,
         *,
         months: Sequence[Month] | None = None,
+        before_rename: Callable[[], None] | None = None,
     ) -> int:
         """Store the rows of `relation` (the COLUMNS) as a new batch, after removing the keys in
         table `new_keys` from older files. `months`: those the rows may end in, when the caller
-        knows them (a superset: a month without rows gets no file). Returns the number of older
-        records replaced."""
+        knows them (a superset: a month without rows gets no file). `before_rename`: called once
+        every file is written, right before the first rename (the caller's database commit of the
+        rows these keys replace: a crash after it leaves keys missing, never in both places).
+        Returns the number of older records replaced."""
         batch = self.next_batch()
         work = self.tmp / f"batch-{batch:08d}"
         work.mkdir(parents=True, exist_ok=True)
@@ -311,8 +314,11 @@ class UsageStore:
                 if written is not None and int(written[0]) == 0:
                     continue  # every record of that month was held back: no empty file
                 staged.append((out, self.month_dir(month) / f"batch-{batch:08d}.parquet"))
-            # Older files lose the replaced keys first, then the new batch appears: a crash in between
-            # leaves those keys missing until the same import is run again (never counted twice).
+            # The caller's other copies of these keys go first (its commit), then older files lose
+            # the replaced keys, then the new batch appears: a crash in between leaves those keys
+            # missing until the same import is run again (never counted twice).
+            if before_rename is not None:
+                before_rename()
             for src, dst in rewrites:
                 os.replace(src, dst)
             for src, dst in staged:

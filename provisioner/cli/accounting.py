@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session
 
@@ -147,7 +148,7 @@ def register(root: typer.Typer) -> None:
             f"{result.replaced} earlier records replaced, {result.repeated} repeated keys in the file)"
         )
         for problem in result.problems:
-            err.print(f"[yellow]not imported[/yellow] {problem}")
+            err.print(f"[yellow]not imported[/yellow] {escape(str(problem))}")
         if result.refused > len(result.problems):
             err.print(f"[yellow]not imported[/yellow] … and {result.refused - len(result.problems)} more records")
         if result.refused:
@@ -209,9 +210,9 @@ def register(root: typer.Typer) -> None:
             )
         console.print(table)
         for problem in result.problems:
-            err.print(f"[yellow]left out[/yellow] {problem}")
+            err.print(f"[yellow]left out[/yellow] {escape(str(problem))}")
         for duplicate in result.duplicates:
-            err.print(f"[red]duplicate[/red] {duplicate}")
+            err.print(f"[red]duplicate[/red] {escape(str(duplicate))}")
 
     @acct.command("show")
     def show_cmd(
@@ -228,7 +229,7 @@ def register(root: typer.Typer) -> None:
             typer.echo(message, nl=False)  # verbatim: no wrapping or markup
         err.print(f"{records} records in {len(messages)} messages")
         for problem in problems:
-            err.print(f"[yellow]left out[/yellow] {problem}")
+            err.print(f"[yellow]left out[/yellow] {escape(str(problem))}")
 
     @acct.command("collect")
     def collect_cmd(
@@ -273,13 +274,13 @@ def register(root: typer.Typer) -> None:
             f"resources; {result.messages} APEL messages queued in {path}"
         )
         for problem in result.problems:
-            err.print(f"[yellow]not imported[/yellow] {problem}")
+            err.print(f"[yellow]not imported[/yellow] {escape(str(problem))}")
         for key in result.superseded:
             console.print(f"[dim]replaced by Slurm's measured record[/dim] {key}")
         for problem in result.left_out:
-            err.print(f"[yellow]left out of APEL[/yellow] {problem}")
+            err.print(f"[yellow]left out of APEL[/yellow] {escape(str(problem))}")
         for duplicate in result.publish.duplicates:
-            err.print(f"[red]duplicate[/red] {duplicate}")
+            err.print(f"[red]duplicate[/red] {escape(str(duplicate))}")
         totals = Table(title=f"Ledger {m} by experiment")
         for col in ("experiment", "spend", "list value", "HS23-h"):
             totals.add_column(col, justify="left" if col == "experiment" else "right")
@@ -318,7 +319,7 @@ def register(root: typer.Typer) -> None:
             f"{parsed.format}: stored {stored.lines} invoice lines for {', '.join(stored.months) or 'no month'}"
         )
         for problem in parsed.problems:
-            err.print(f"[yellow]refused[/yellow] {problem}")
+            err.print(f"[yellow]refused[/yellow] {escape(str(problem))}")
         if parsed.problems:
             raise typer.Exit(code=1)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -146,8 +148,9 @@ def test_a_later_record_with_the_same_key_replaces_an_unfinished_one_even_in_ano
     assert (again.replaced, again.refused) == (1, 0)
     assert sum(g.jobs for g in store.job_groups(OCTOBER)) == 1
     assert sum(g.jobs for g in store.job_groups(Month(2026, 11))) == 1
-    # within one file the last record of a key wins, as in a database upsert
-    twice = [_json(job(3), wall_seconds=7100), _json(job(3), wall_seconds=7000)]
+    # within one file the last record of a key wins, as in a database upsert, when the earlier one is
+    # not final (a conflicting repeat of a finished one: tests/accounting/test_usage_file_repeats.py)
+    twice = [_json(job(3, status="failed"), wall_seconds=7100), _json(job(3), wall_seconds=7000)]
     result = import_usage_file(session, store, _write(tmp_path / "c.jsonl", twice), now=NOW)
     assert (result.stored, result.repeated) == (1, 1)
     assert [r.wall_seconds for r in store.job_records(OCTOBER) if r.record_key == "UKI-TEST:job:3"] == [7000]
@@ -296,38 +299,67 @@ def test_the_file_checks_refuse_exactly_what_record_validation_refuses(
     assert result.stored == len({r.record_key for r in records} - {k for k, _ in expected})
 
 
-def test_an_import_that_fails_while_writing_leaves_the_store_and_database_as_they_were(
-    session: Session, tmp_path: Path, monkeypatch: Any
+def _published_jobs(session: Session, store: UsageStore, month: Month) -> int:
+    """NumberOfJobs summed over the month's summary messages (database and store together)."""
+    _, messages = build_messages(session, month, Kind.SUMMARY, store=store)
+    lines = "".join(messages).splitlines()
+    return sum(int(line.split(": ")[1]) for line in lines if line.startswith("NumberOfJobs"))
+
+
+def _held_keys(session: Session, store: UsageStore) -> tuple[set[str], set[str]]:
+    """Record keys of job records in the store and in the database."""
+    in_store = {r.record_key for m in store.months() for r in store.job_records(m)}
+    in_db = {k for (k,) in session.execute(select(USAGE.c.record_key).where(USAGE.c.kind == "job"))}
+    return in_store, in_db
+
+
+@pytest.mark.parametrize("failing_rename", [1, 2, 3])
+def test_a_crash_between_the_stores_renames_leaves_keys_missing_never_counted_twice(
+    session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_rename: int
 ) -> None:
+    """The renames of this import: 1 the older October file without job 1, 2 the September batch,
+    3 the October batch. Whichever fails (the process dies there), the database rows the file
+    replaces are already gone, so no key is held twice; the same import run again restores all."""
     import accounting.usage_store as usage_store
 
     store = UsageStore(tmp_path / "usage")
     import_usage_file(session, store, _write(tmp_path / "a.jsonl", [_json(job(1, status="failed"))]), now=NOW)
-    import_records(session, [job(2, status="running")], now=NOW)  # the database copy the file replaces
-    before = {f: f.read_bytes() for f in store.files()}
     september = job(3, end_time=OCT - timedelta(hours=1), start_time=OCT - timedelta(hours=3))
+    # the database copies the file replaces (unfinished), one in each month
+    import_records(session, [job(2, status="running"), replace(september, status="running")], now=NOW)
+    before = {f: f.read_bytes() for f in store.files()}
     lines = [_json(job(1)), _json(job(2)), _json(september), _json(job(4))]
+    real_replace = os.replace
+    calls = 0
 
-    def broken(src: Any, dst: Any) -> None:
-        raise OSError("disk full")
+    def crash_at(src: Any, dst: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == failing_rename:
+            raise OSError("killed")
+        real_replace(src, dst)
 
-    monkeypatch.setattr(usage_store.os, "replace", broken)
-    try:
+    monkeypatch.setattr(usage_store.os, "replace", crash_at)
+    with pytest.raises(OSError, match="killed"):
         import_usage_file(session, store, _write(tmp_path / "b.jsonl", lines), now=NOW)
-    except OSError:
-        pass
-    else:
-        raise AssertionError("the import should have failed")
     monkeypatch.undo()
-    assert {f: f.read_bytes() for f in store.files()} == before  # no month half-written, nothing dropped
-    leftovers = [p for p in store.tmp.rglob("*") if p.is_file()]
-    assert leftovers == []
-    assert [r.status for r in load_records(session, ["UKI-TEST:job:2"])] == ["running"]  # not deleted
+    assert [p for p in store.tmp.rglob("*") if p.is_file()] == []  # nothing half-written left behind
+    if failing_rename == 1:
+        assert {f: f.read_bytes() for f in store.files()} == before
+    in_store, in_db = _held_keys(session, store)
+    assert in_store & in_db == set()  # never in both places
+    assert in_db == set()  # the file's keys left the database before the first rename
+    published = _published_jobs(session, store, Month(2026, 9)) + _published_jobs(session, store, OCTOBER)
+    assert published == len(in_store)  # each held job counted once
     # the same import, run again, does it all
     again = import_usage_file(session, store, _write(tmp_path / "b.jsonl", lines), now=NOW)
-    assert (again.stored, again.replaced, again.refused) == (4, 2, 0)
-    assert load_records(session, ["UKI-TEST:job:2"]) == []
-    assert store.count() == 4
+    assert (again.stored, again.refused) == (4, 0)
+    in_store, in_db = _held_keys(session, store)
+    assert (in_store, in_db) == ({f"UKI-TEST:job:{n}" for n in (1, 2, 3, 4)}, set())
+    stored = {r.record_key: r for m in store.months() for r in store.job_records(m)}
+    assert stored == {r.record_key: r for r in (job(1), job(2), september, job(4))}
+    assert _published_jobs(session, store, Month(2026, 9)) == 1
+    assert _published_jobs(session, store, OCTOBER) == 3
 
 
 def test_refusals_name_the_file_line_even_after_blank_lines(session: Session, tmp_path: Path) -> None:
