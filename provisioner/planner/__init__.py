@@ -105,21 +105,22 @@ def plan(
         timings=timings,
     )
     clock.last = time.perf_counter()
-    priced = ""
+    priced, lp = "", None
     if method == "exact":
         problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
     else:  # the shortlists grown until no offering anywhere in the catalog improves the LP
         generator = ColumnGenerator(cols, plan_ctx, compat, constraints, limits)
         candidates, problem = generator.run(candidates)
         priced = "" if generator.complete else ", catalog pricing cut short"
+        lp = generator.lp
     clock.lap("pricing")
     solution: Solution
     if method == "exact":
         solution = solve_exact(problem, time_limit)
     elif time_limit is None:
-        solution = solve(problem, method)
+        solution = solve(problem, method, lp=lp)
     else:
-        solution = solve(problem, method, time_limit)
+        solution = solve(problem, method, time_limit, lp=lp)
     clock.lap("solve")
     items = Settler(problem, cols, plan_ctx, constraints, assessment).settle(solution)
     clock.lap("settle")

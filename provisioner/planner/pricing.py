@@ -155,13 +155,16 @@ class ColumnGenerator:
         self.screened = 0
         self.complete = True  # False when SCREEN_BUDGET stopped the pricing
         self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
+        # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
+        # (phase 2 added no column): the solver reuses it instead of solving the same LP again
+        self.lp: FloatArray | None = None
 
     def run(self, candidates: Sequence[GroupCandidates]) -> tuple[list[GroupCandidates], Problem]:
         cands = list(candidates)
         problem = self._problem(cands)
         served: float | None = None
         for phase2 in (False, True):
-            for _ in range(MAX_ROUNDS):
+            for round_no in range(MAX_ROUNDS):
                 solved = _solve(problem, served if phase2 else None)
                 self.rounds += 1
                 if solved is None:
@@ -171,6 +174,8 @@ class ColumnGenerator:
                 if not grown:
                     if not phase2:
                         served = float(problem.value[problem.pair_group] @ x) * (1 - 1e-9)
+                    elif round_no == 0:  # phase 1 and 2 solved this very problem: its lexicographic LP
+                        self.lp = x
                     break
                 problem = self._problem(cands)
             else:

@@ -31,17 +31,20 @@ MILP_MAX_PAIRS = 600
 MILP_TIME_LIMIT = 2.0
 
 
-def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_LIMIT) -> Solution:
+def solve(
+    problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_LIMIT, lp: FloatArray | None = None
+) -> Solution:
     """method: "auto", "milp" (pruned MILP) or "lp" (LP relaxation + rounding + repair).
 
     A MILP stopped by `time_limit` returns its incumbent, repaired, or the repaired LP when it has
-    none; `Solution.method` says which."""
+    none; `Solution.method` says which. `lp`: the problem's lexicographic jobs LP when the caller
+    has it already (column generation ends with it), else it is solved here."""
     if method == "auto":
         method = "milp" if problem.pairs <= MILP_MAX_PAIRS else "lp"
     if method == "milp":
         r = solve_lexicographic(problem, integral=True, time_limit=time_limit, gap=1e-6)
         if r.status == "none":  # the time limit struck before any integral point: the LP path instead
-            return _lp_path(problem, time_limit, "pruned-lp (milp time limit, no incumbent)")
+            return _lp_path(problem, time_limit, "pruned-lp (milp time limit, no incumbent)", lp)
         if r.status == "optimal":
             return repair(problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp"))
         # stopped with an incumbent (often far from the least cost when phase 2 was cut short): polish it,
@@ -50,21 +53,23 @@ def solve(problem: Problem, method: str = "auto", time_limit: float = MILP_TIME_
             problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp (incumbent at time limit)")
         )
         incumbent = repair(problem, improve(problem, incumbent))
-        fallback = _lp_path(problem, time_limit, "pruned-lp (milp time limit, better than its incumbent)")
+        fallback = _lp_path(problem, time_limit, "pruned-lp (milp time limit, better than its incumbent)", lp)
         return _best(problem, (incumbent, fallback))
     if method == "lp":
-        return _lp_path(problem, time_limit, "pruned-lp")
+        return _lp_path(problem, time_limit, "pruned-lp", lp)
     raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
 
 
 CLOSE_ENOUGH = 2e-3  # a repaired LP this close to the LP's bounds on value and cost needs no MILP
 RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the LP's support
-# above this many pairs the restricted MILP rarely finishes within its time limit, which it would
-# spend in full twice (4 s by default) for nothing: thousands of groups keep the repaired LP
-RESTRICTED_MAX_PAIRS = 5000
+# Above this many pairs the restricted MILP does not finish within its time limit and its incumbent
+# loses to the repaired LP: on the 720-group scale instance (benchmarks/planner_scale.py, 1,881 pairs)
+# it spent 2.9 s for a plan 2 % dearer than the repaired one (15 s got it 0.75 % below). The trace
+# instances of benchmarks/planner_gap.py, where it decides the gap, restrict to at most ~200 pairs.
+RESTRICTED_MAX_PAIRS = 1500
 
 
-def _lp_path(problem: Problem, time_limit: float, label: str) -> Solution:
+def _lp_path(problem: Problem, time_limit: float, label: str, lp: FloatArray | None = None) -> Solution:
     """The LP relaxation, made integral: repaired greedily, and, unless that is already within
     CLOSE_ENOUGH of the LP's bounds, also by the MILP restricted to the LP's support (plus each
     group's cheapest pairs and the repaired plan's), time-limited; the better plan wins.
@@ -72,7 +77,8 @@ def _lp_path(problem: Problem, time_limit: float, label: str) -> Solution:
     Rounding a relaxation whose limits bind (budgets worth a few waves, quotas of a few units) is a
     knapsack the greedy repair can miss by a few percent; the restricted MILP is small (about the
     LP's basis) and solves it exactly or nearly so within the limit."""
-    lp = solve_jobs_lp(problem)
+    if lp is None or len(lp) != problem.pairs:
+        lp = solve_jobs_lp(problem)
     repaired = _lp_repair(problem, lp, f"{label}+repair")
     value = problem.value[problem.pair_group]
     lp_value, lp_cost = float(value @ lp), float(job_cost(problem) @ lp)
