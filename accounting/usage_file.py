@@ -151,8 +151,8 @@ def _integer(col: str, kind: str) -> str:
 def _typed(col: str, kind: str) -> str:
     if kind == "TIMESTAMPTZ":
         return _time(col)
-    if kind == "VARCHAR":
-        return f"r_{col}"
+    if kind == "VARCHAR":  # status only has a default: a record without one is completed, as a UsageRecord
+        return f"COALESCE(r_{col}, {DEFAULTS[col]})" if col in DEFAULTS else f"r_{col}"
     value = _integer(col, kind) if kind in ("BIGINT", "INTEGER") else f"TRY_CAST(r_{col} AS {kind})"
     return f"COALESCE({value}, {DEFAULTS[col]})" if col in DEFAULTS else value
 

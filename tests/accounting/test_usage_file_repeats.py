@@ -5,12 +5,14 @@ and the first finished one is kept; other repeats are superseded by the last one
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -123,6 +125,23 @@ def test_repeats_that_do_not_conflict_are_superseded_by_the_last_one(
     result = import_usage_file(session, store, _write(tmp_path / "u.jsonl", lines), now=NOW)
     assert (result.stored, result.refused, result.repeated, result.problems) == (3, 0, 3, [])
     assert sorted(store.job_records(OCTOBER), key=lambda r: r.record_key) == last
+
+
+def test_a_record_without_a_status_is_a_completed_one_within_a_file_and_across_imports(
+    session: Session, tmp_path: Path
+) -> None:
+    def without_status(record: UsageRecord, **over: Any) -> str:
+        return json.dumps({k: v for k, v in json.loads(_json(record, **over)).items() if k != "status"})
+
+    store = UsageStore(tmp_path / "usage")
+    lines = [without_status(job(1)), without_status(job(1), local_job_id="other")]
+    result = import_usage_file(session, store, _write(tmp_path / "a.jsonl", lines), now=NOW)
+    assert (result.stored, result.refused) == (1, 1)
+    assert "differs in local_job_id" in str(result.problems[0])
+    assert [r.status for r in store.job_records(OCTOBER)] == ["completed"]
+    later = import_usage_file(session, store, _write(tmp_path / "b.jsonl", lines[1:]), now=NOW)
+    assert (later.stored, later.refused) == (0, 1)  # the stored one is finished: kept
+    assert store.job_records(OCTOBER) == [job(1)]
 
 
 def test_import_records_refuses_a_conflicting_repeat_within_one_call(session: Session) -> None:
