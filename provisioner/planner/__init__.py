@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 from provisioner.domain import (
@@ -21,20 +22,20 @@ from provisioner.domain import (
     PlanItem,
     PlanningConstraints,
 )
-from provisioner.planner.candidates import build_candidates
+from provisioner.planner.candidates import GroupCandidates, build_candidates
 from provisioner.planner.columns import HasOfferings, OfferingColumns, as_columns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import PlanContext
-from provisioner.planner.drain import assess_fleet
+from provisioner.planner.drain import FleetAssessment, assess_fleet
 from provisioner.planner.explain import explain_group, explain_quiet, limits_after
 from provisioner.planner.limits import Limits, build_limits
 from provisioner.planner.milp import solve_exact
 from provisioner.planner.pricing import ColumnGenerator
-from provisioner.planner.problem import Problem, Solution, build_problem
+from provisioner.planner.problem import Problem, Solution, build_problem, job_cost
 from provisioner.planner.settle import Settler
 from provisioner.planner.solve import solve
 
-__all__ = ["METHODS", "OfferingColumns", "plan"]
+__all__ = ["METHODS", "LpBound", "OfferingColumns", "lp_bound", "plan"]
 
 METHODS = ("auto", "milp", "lp", "exact")
 Timings = MutableMapping[str, float]
@@ -74,36 +75,9 @@ def plan(
         raise ValueError(f"method: unknown planner method {method!r}, expected one of {METHODS}")
     constraints = constraints or PlanningConstraints()
     clock = _Clock(timings)
-    cols = as_columns(offerings)
-    clock.lap("columns")
-    assessment = assess_fleet(
-        fleet,
-        groups,
-        cols,
-        constraints.horizon_hours,
-        now_ts=constraints.now.timestamp() if constraints.now else None,
-        idle_drain_hours=constraints.idle_drain_hours,
-        out_of_budget=frozenset(
-            name
-            for name, lim in constraints.experiments.items()
-            if lim.budget_remaining is not None and lim.budget_remaining <= 0
-        ),
-    )
-    demand = [max(0, g.jobs - assessment.covered_jobs.get(g.id, 0)) for g in groups]
-    plan_ctx = PlanContext.build(cols, constraints)
-    limits = build_limits(groups, cols, constraints, assessment)
-    compat = CompatContext.build(cols, constraints, plan_ctx, limits)
-    clock.lap("fleet")
-    active = [k for k, jobs in enumerate(demand) if jobs > 0]
-    candidates = build_candidates(
-        [groups[k] for k in active],
-        [demand[k] for k in active],
-        cols,
-        plan_ctx,
-        compat,
-        top_k=None if method == "exact" else 12,
-        timings=timings,
-    )
+    setup = _prepare(groups, offerings, fleet, constraints, clock, exact=method == "exact", timings=timings)
+    cols, assessment, limits, candidates = setup.cols, setup.assessment, setup.limits, setup.candidates
+    plan_ctx, compat, demand = setup.plan_ctx, setup.compat, setup.demand
     clock.last = time.perf_counter()
     priced, lp = "", None
     if method == "exact":
@@ -140,6 +114,108 @@ def plan(
         objective=_objective(groups, items),
         created_at=constraints.now,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    cols: OfferingColumns
+    assessment: FleetAssessment
+    demand: list[int]  # per group: pending jobs the running fleet does not already cover
+    plan_ctx: PlanContext
+    limits: Limits
+    compat: CompatContext
+    candidates: list[GroupCandidates]  # of the groups with demand left
+
+
+def _prepare(
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[Offering] | OfferingColumns | HasOfferings,
+    fleet: Sequence[FleetUnit],
+    constraints: PlanningConstraints,
+    clock: _Clock,
+    *,
+    exact: bool,
+    timings: Timings | None,
+) -> _Setup:
+    """What planning and its bound share: the fleet's assessment, the limits it leaves, the shortlists."""
+    cols = as_columns(offerings)
+    clock.lap("columns")
+    assessment = assess_fleet(
+        fleet,
+        groups,
+        cols,
+        constraints.horizon_hours,
+        now_ts=constraints.now.timestamp() if constraints.now else None,
+        idle_drain_hours=constraints.idle_drain_hours,
+        out_of_budget=frozenset(
+            name
+            for name, lim in constraints.experiments.items()
+            if lim.budget_remaining is not None and lim.budget_remaining <= 0
+        ),
+    )
+    demand = [max(0, g.jobs - assessment.covered_jobs.get(g.id, 0)) for g in groups]
+    plan_ctx = PlanContext.build(cols, constraints)
+    limits = build_limits(groups, cols, constraints, assessment)
+    compat = CompatContext.build(cols, constraints, plan_ctx, limits)
+    clock.lap("fleet")
+    active = [k for k, jobs in enumerate(demand) if jobs > 0]
+    candidates = build_candidates(
+        [groups[k] for k in active],
+        [demand[k] for k in active],
+        cols,
+        plan_ctx,
+        compat,
+        top_k=None if exact else 12,
+        timings=timings,
+    )
+    return _Setup(cols, assessment, demand, plan_ctx, limits, compat, candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class LpBound:
+    """The jobs-only LP relaxation over the whole compatible catalog (column generation run to the end).
+
+    `value` is the most any plan can serve (normalised values, as `job_values`), `cost` the least
+    objective cost (money plus allocation value) of serving `served`: no integral plan serving that
+    much costs less, so (a plan's objective − cost) / cost bounds its gap to the optimum from above."""
+
+    value: float
+    served: float
+    cost: float
+    complete: bool  # False: pricing stopped early, the figures are not bounds
+    job_values: dict[str, float]  # value per job, per group id
+
+
+def lp_bound(
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[Offering] | OfferingColumns | HasOfferings,
+    fleet: Sequence[FleetUnit] = (),
+    constraints: PlanningConstraints | None = None,
+    *,
+    served_at_most: float | None = None,
+) -> LpBound:
+    """A lower bound on the cost of any plan serving `served_at_most` (default: the most possible),
+    for benchmarks and diagnostics: unlike `plan`, pricing is not cut short, so it can take long."""
+    constraints = constraints or PlanningConstraints()
+    setup = _prepare(groups, offerings, fleet, constraints, _Clock(None), exact=False, timings=None)
+    generator = ColumnGenerator(
+        setup.cols,
+        setup.plan_ctx,
+        setup.compat,
+        constraints,
+        setup.limits,
+        screen_budget=float("inf"),
+        max_rounds=10_000,
+        price_capped=True,
+    )
+    _, problem = generator.run(setup.candidates, served_at_most=served_at_most)
+    lp = generator.last
+    cost = float(job_cost(problem) @ lp) if lp is not None else 0.0
+    served = float(problem.value[problem.pair_group] @ lp) if lp is not None else 0.0
+    values = {c.group.id: float(v) for c, v in zip(problem.candidates, problem.value, strict=True)}
+    # no usable pair at all: nothing can be served, which the empty plan does at no cost (a bound too)
+    solved = lp is not None or problem.pairs == 0
+    return LpBound(generator.served, served, cost, generator.complete and solved, values)
 
 
 def _objective(groups: Sequence[DemandGroup], items: Sequence[PlanItem]) -> float:

@@ -146,25 +146,40 @@ class ColumnGenerator:
         compat: CompatContext,
         constraints: PlanningConstraints,
         limits: Limits,
+        *,
+        screen_budget: float = SCREEN_BUDGET,
+        max_rounds: int = MAX_ROUNDS,
+        price_capped: bool = False,
     ) -> None:
+        """`screen_budget`/`max_rounds`: where the planner stops pricing (a bound runs to the end);
+        `price_capped`: price groups with a cost cap too (their caps are not rows of the jobs LP, so
+        the LP is then a relaxation: right for a lower bound, not for the planner's shortlists)."""
         self.cols, self.ctx, self.compat = cols, ctx, compat
         self.constraints, self.limits = constraints, limits
+        self.screen_budget, self.max_rounds, self.price_capped = screen_budget, max_rounds, price_capped
+        self.served = 0.0  # the value phase 1 reached (the most any plan over the priced columns serves)
+        self.last: FloatArray | None = None  # the last phase-2 LP's jobs per pair, on the returned problem
         self.bases = _BaseCosts(cols, ctx)
         self.added = 0
         self.rounds = 0
         self.screened = 0
-        self.complete = True  # False when SCREEN_BUDGET stopped the pricing
+        self.complete = True  # False when the screen budget or the rounds stopped the pricing
         self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
         # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
         # (phase 2 added no column): the solver reuses it instead of solving the same LP again
         self.lp: FloatArray | None = None
 
-    def run(self, candidates: Sequence[GroupCandidates]) -> tuple[list[GroupCandidates], Problem]:
+    def run(
+        self, candidates: Sequence[GroupCandidates], served_at_most: float | None = None
+    ) -> tuple[list[GroupCandidates], Problem]:
+        """Grow the shortlists; the returned problem's LP is optimal over the catalog when `complete`.
+        `served_at_most`: phase 2 asks for at most this value (default: the most phase 1 served)."""
         cands = list(candidates)
+        cap = float("inf") if served_at_most is None else served_at_most
         problem = self._problem(cands)
         served: float | None = None
         for phase2 in (False, True):
-            for round_no in range(MAX_ROUNDS):
+            for round_no in range(self.max_rounds):
                 solved = _solve(problem, served if phase2 else None)
                 self.rounds += 1
                 if solved is None:
@@ -173,17 +188,22 @@ class ColumnGenerator:
                 grown = self._price(problem, cands, duals, phase2)
                 if not grown:
                     if not phase2:
-                        served = float(problem.value[problem.pair_group] @ x) * (1 - 1e-9)
-                    elif round_no == 0:  # phase 1 and 2 solved this very problem: its lexicographic LP
-                        self.lp = x
+                        self.served = float(problem.value[problem.pair_group] @ x)
+                        served = min(self.served, cap) * (1 - 1e-9)
+                    else:
+                        self.last = x
+                        if round_no == 0:  # phase 1 and 2 solved this very problem: its lexicographic LP
+                            self.lp = x
                     break
                 problem = self._problem(cands)
             else:
+                self.complete = False  # out of rounds: columns with a negative reduced cost may be left
                 if not phase2:  # out of rounds: phase 2 at what the last LP served
                     solved = _solve(problem, None)
                     if solved is None:
                         return cands, problem
-                    served = float(problem.value[problem.pair_group] @ solved[0]) * (1 - 1e-9)
+                    self.served = float(problem.value[problem.pair_group] @ solved[0])
+                    served = min(self.served, cap) * (1 - 1e-9)
         return cands, problem
 
     def _problem(self, cands: Sequence[GroupCandidates]) -> Problem:
@@ -193,7 +213,7 @@ class ColumnGenerator:
         """Add every group's most negative reduced-cost columns; False when there are none."""
         work: list[tuple[int, GroupCosts]] = []
         for g, cand in enumerate(cands):
-            if cand.group.max_cost_per_hs23_hour is not None:
+            if cand.group.max_cost_per_hs23_hour is not None and not self.price_capped:
                 continue  # cost caps are per-pair rows of the MILP, not in the jobs LP: keep the shortlist
             idx = self._to_price(cand, float(problem.value[g]), duals, g, phase2)
             if idx is None or len(idx) == 0:
@@ -256,7 +276,7 @@ class ColumnGenerator:
         """The group's compatible offerings outside its shortlist with the most negative reduced cost, screened
         over the catalog with the LP's own coefficients (compatibility rules that need the price come after)."""
         group = cand.group
-        if self.screened >= SCREEN_BUDGET:
+        if self.screened >= self.screen_budget:
             self.complete = False
             return None
         jpu, static = self.compat.static_reasons(group)

@@ -10,6 +10,7 @@ as every limit allows, then any job still unserved going to the cheapest pair wi
 unless that is already within CLOSE_ENOUGH of the LP's bounds, by the MILP restricted to the LP's
 support; the better plan wins. `benchmarks/planner_gap.py` measures the gap to an independent exact MILP.
 """
+
 from __future__ import annotations
 
 import math

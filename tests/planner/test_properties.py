@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.domain import LIVE_STATES, DrainReason, Market, Plan, ResourceState
-from provisioner.planner import plan
+from provisioner.planner import lp_bound, plan
 from provisioner.planner.cost import interruption_factor
 from tests.planner.instances import Instance, random_instance
 
@@ -151,3 +151,18 @@ def test_fast_planner_matches_the_exact_milp_on_small_instances(seed: int) -> No
     served_exact = sum(it.jobs for it in exact.items)
     assert served_fast == served_exact
     assert fast.objective == pytest.approx(exact.objective, rel=1e-3, abs=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds)
+def test_the_lp_bound_never_exceeds_the_exact_optimum(seed: int) -> None:
+    """`lp_bound` (what benchmarks/planner_scale.py bounds the gap with) is a bound: no plan serves
+    more value, and none serving as much as the exact optimum costs less."""
+    inst = random_instance(seed, groups=4, offerings=10, fleet=2)
+    exact = plan(inst.groups, inst.offerings, inst.fleet, inst.constraints, method="exact")
+    most = lp_bound(inst.groups, inst.offerings, inst.fleet, inst.constraints)
+    assert most.complete
+    served = sum(it.jobs * most.job_values[it.group_id] for it in exact.items)
+    assert served <= most.value * (1 + 1e-7) + 1e-9  # HiGHS solves the LP to a 1e-7 tolerance
+    at = lp_bound(inst.groups, inst.offerings, inst.fleet, inst.constraints, served_at_most=served)
+    assert at.cost <= exact.objective * (1 + 1e-6) + 1e-6

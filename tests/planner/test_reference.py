@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.plan_check import Usage, check_plan
@@ -44,6 +44,7 @@ def test_plans_never_break_a_hard_limit_nor_use_an_incompatible_offering_as_the_
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=seeds)
+@example(seed=69)  # free offerings only: the two optima differed by 145 units × the 1e-7 tie-breaker
 def test_reference_dominance_pruning_never_changes_the_optimum(seed: int) -> None:
     inst = _instance(seed)
     cat = Catalog(inst.offerings, inst.constraints)
@@ -53,7 +54,9 @@ def test_reference_dominance_pruning_never_changes_the_optimum(seed: int) -> Non
     )
     assert pruned.status == every.status == "optimal"
     assert abs(pruned.value - every.value) <= 1e-6 * max(1.0, every.value)
-    assert abs(pruned.cost - every.cost) <= 1e-6 * max(1.0, every.cost)
+    # money must agree; the per-unit tie-breaker (UNIT_EPSILON, 1e-7 USD) is at the scale of HiGHS's tolerances, so
+    # a run of free offerings may start more units in one model than the other: a hundredth of a cent
+    assert abs(pruned.cost - every.cost) <= 1e-6 * max(1.0, every.cost) + 1e-4
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
