@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from provisioner.domain import DemandGroup
-from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
+from provisioner.planner.columns import BoolArray, FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
 from provisioner.planner.cost import (
     GroupCosts,
@@ -51,9 +51,9 @@ class GroupCandidates:
     compatible_count: int
 
 
-def _spread_families(costs: GroupCosts, family: IntArray, top_k: int, per_family: int) -> IntArray:
-    """Positions in `costs` (sorted by total) of the shortlist: cheapest first, ≤ per_family per family."""
-    fam = family[costs.offering]
+def _spread_families(fam: IntArray, top_k: int, per_family: int) -> IntArray:
+    """Positions in `fam` (the families of offerings sorted by cost) of the shortlist: cheapest first,
+    ≤ per_family per family."""
     head = fam[:top_k].tolist()
     if max((head.count(f) for f in set(head)), default=0) <= per_family:
         return np.arange(len(head), dtype=np.int64)  # the cheapest top_k already spread enough
@@ -94,15 +94,19 @@ def _bound(priced: GroupCosts, more_left: bool) -> float:
 
 
 def _select(
-    usable: GroupCosts, demand: int, cols: OfferingColumns, top_k: int, per_family: int, bound: float
-) -> tuple[GroupCosts, bool]:
-    """The shortlist by packed cost at the group's size, and whether it is exact (nothing unpriced beats it)."""
-    packed = packed_total(usable, demand)
-    ranked = usable.take(np.argsort(packed, kind="stable"))
-    packed = np.sort(packed, kind="stable")
-    keep = _spread_families(ranked, cols.family, top_k, per_family)
+    usable: GroupCosts, packed: FloatArray, cols: OfferingColumns, top_k: int, per_family: int, bound: float
+) -> tuple[GroupCosts, FloatArray, bool]:
+    """The shortlist by packed cost at the group's size (`packed`: `packed_total` of `usable`), its packed
+    costs, and whether it is exact (nothing unpriced beats it)."""
+    order = np.argsort(packed, kind="stable")
+    packed = packed[order]
+    keep = _spread_families(cols.family[_offering(usable)[order]], top_k, per_family)
     exact = len(keep) == top_k and bool(packed[keep[-1]] <= bound)
-    return ranked.take(keep), exact or bound == float("inf")
+    return usable.take(order[keep]), packed[keep], exact or bound == float("inf")
+
+
+def _offering(costs: GroupCosts) -> IntArray:
+    return costs.data[0].astype(np.int64)
 
 
 def _home(
@@ -115,23 +119,19 @@ def _home(
     cols: OfferingColumns,
     ctx: PlanContext,
     compat: CompatContext,
-    locations: dict[str, IntArray],
+    shared: _Shared,
     per_family: int,
-) -> GroupCosts | None:
+) -> tuple[GroupCosts, FloatArray] | None:
     """The cheapest egress-free offerings (where the group's data sits): what an egress cap leaves usable."""
     if egress.none or group.data_location is None:
         return None
-    here = locations.get(group.data_location)
-    if here is None:
+    idx = shared.home(static, base, group.data_location)
+    if idx is None:
         return None
-    here = here[static[here] == 0]
-    if len(here) == 0:
-        return None
-    idx = _cheapest(base.total, here, 8 * HOME_K)
     costs = group_costs(group, idx, jpu, egress, cols, ctx)
     costs = costs.take(compat.priced_reasons(group, costs) == 0)
-    chosen, _ = _select(costs, demand, cols, HOME_K, per_family, float("inf"))
-    return chosen
+    chosen, packed, _ = _select(costs, packed_total(costs, demand), cols, HOME_K, per_family, float("inf"))
+    return chosen, packed
 
 
 def _light(
@@ -144,16 +144,17 @@ def _light(
     cols: OfferingColumns,
     ctx: PlanContext,
     compat: CompatContext,
+    shared: _Shared,
     per_family: int,
-) -> GroupCosts | None:
+) -> tuple[GroupCosts, FloatArray] | None:
     """Among the cheapest offerings for the job shape, those that serve the whole group for the least
     USD per hour: what a binding spend-rate cap leaves room for."""
-    ok = static[base.prefix] == 0
-    if not ok.any():
+    ok, allowed = shared.prefix_allowed(static, base)
+    if allowed == 0:
         return None
     # USD per hour to run the whole group at once, on the shape's cheapest offerings (inf: not allowed)
     rate = np.where(ok, base.prefix_price * np.ceil(max(demand, 1) / base.prefix_slots), np.inf)
-    take = min(8 * LIGHT_K, int(ok.sum()))
+    take = min(8 * LIGHT_K, allowed)
     near = np.argpartition(rate, take - 1)[:take] if len(rate) > take else np.arange(len(rate))
     near = near[np.isfinite(rate[near])]
     costs = group_costs(group, base.prefix[near], jpu, egress, cols, ctx)
@@ -161,15 +162,31 @@ def _light(
     if len(costs) == 0:
         return None
     units = np.ceil(max(demand, 1) / (np.maximum(costs.jobs_per_unit, 1) * np.maximum(costs.waves, 1)))
-    by_rate = costs.take(np.lexsort((packed_total(costs, demand), cols.price[costs.offering] * units)))
-    return by_rate.take(_spread_families(by_rate, cols.family, LIGHT_K, per_family))
+    offering = _offering(costs)
+    packed = packed_total(costs, demand)
+    by_rate = np.lexsort((packed, cols.price[offering] * units))
+    keep = by_rate[_spread_families(cols.family[offering[by_rate]], LIGHT_K, per_family)]
+    return costs.take(keep), packed[keep]
 
 
 def _merge(shortlist: GroupCosts, extra: GroupCosts, demand: int) -> GroupCosts:
     """Both shortlists, each offering once, cheapest at the group's size first."""
-    new = ~np.isin(extra.offering, shortlist.offering)
-    both = GroupCosts.concat([shortlist, extra.take(new)])
-    return both.take(np.argsort(packed_total(both, demand), kind="stable"))
+    both, _ = _merge_packed(
+        (shortlist, packed_total(shortlist, demand)), (extra, packed_total(extra, demand))
+    )
+    return both
+
+
+def _merge_packed(
+    shortlist: tuple[GroupCosts, FloatArray], extra: tuple[GroupCosts, FloatArray]
+) -> tuple[GroupCosts, FloatArray]:
+    """`_merge` of shortlists that carry their packed costs (`packed_total` is per offering, so it merges too)."""
+    (short, short_packed), (more, more_packed) = shortlist, extra
+    # a dozen offerings against a dozen: one comparison matrix is cheaper than np.isin's sorting
+    new = ~(_offering(more)[:, None] == _offering(short)[None, :]).any(axis=1)
+    packed = np.concatenate((short_packed, more_packed[new]))
+    order = np.argsort(packed, kind="stable")
+    return GroupCosts(np.concatenate((short.data, more.data[:, new]), axis=1)[:, order]), packed[order]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +196,8 @@ class _Base:
     bound: float  # the lowest `total` outside the prefix
     prefix_price: FloatArray  # USD per unit-hour of the prefix's offerings
     prefix_slots: FloatArray  # jobs a unit runs within the window (jobs per unit × waves), ≥ 1
+    prefix_total: FloatArray  # `total` of the prefix
+    prefix_location: IntArray  # location codes of the prefix
 
 
 class _BaseCosts:
@@ -210,9 +229,72 @@ class _BaseCosts:
             wave = run * interruption_factor(self.cols.interruption[prefix], run)
             waves = np.maximum(1.0, np.floor(self.ctx.window_hours(group) / np.maximum(wave, 1e-12)))
             slots = np.maximum(jpu[prefix], 1) * waves
-            found = _Base(total, prefix, bound, self.cols.price[prefix], slots)
+            found = _Base(
+                total,
+                prefix,
+                bound,
+                self.cols.price[prefix],
+                slots,
+                total[prefix],
+                self.cols.location[prefix],
+            )
             self._cache[key] = found
         return found
+
+
+class _Shared:
+    """Per-group selections that depend only on objects cached for the round (a rule set's reasons, a job
+    shape's `_Base`), so the groups sharing them compute them once. Keyed by identity; the values keep
+    the keys' objects alive, so an identity is never reused within the round."""
+
+    def __init__(self, locations: dict[str, IntArray]) -> None:
+        self._locations = locations
+        self._allowed: dict[tuple[int, int], tuple[ReasonArray, _Base, BoolArray, int]] = {}
+        self._home: dict[tuple[int, int, str], tuple[ReasonArray, _Base, IntArray | None]] = {}
+        self._first: dict[int, tuple[_Base, IntArray | None]] = {}
+
+    def prefix_allowed(self, static: ReasonArray, base: _Base) -> tuple[BoolArray, int]:
+        """Which of the shape's cheapest offerings the rules allow, and how many."""
+        key = (id(static), id(base))
+        found = self._allowed.get(key)
+        if found is None:
+            ok = static[base.prefix] == 0
+            found = (static, base, ok, int(ok.sum()))
+            self._allowed[key] = found
+        return found[2], found[3]
+
+    def home(self, static: ReasonArray, base: _Base, location: str) -> IntArray | None:
+        """The allowed offerings at `location` with the lowest cost without egress (egress-free there)."""
+        key = (id(static), id(base), location)
+        found = self._home.get(key)
+        if found is None:
+            here = self._locations.get(location)
+            idx = None
+            if here is not None:
+                here = here[static[here] == 0]
+                idx = _cheapest(base.total, here, 8 * HOME_K) if len(here) else None
+            found = (static, base, idx)
+            self._home[key] = found
+        return found[2]
+
+    def first_without_egress(self, base: _Base) -> IntArray | None:
+        """`_window` for a group without egress: the same for every group of the shape."""
+        found = self._first.get(id(base))
+        if found is None:
+            found = (base, _window(base, base.prefix_total))
+            self._first[id(base)] = found
+        return found[1]
+
+
+def _window(base: _Base, pre_total: FloatArray) -> IntArray | None:
+    """The WINDOW offerings of the prefix with the lowest `pre_total` (the prefix's cost per HS23-hour with
+    the group's egress), cheapest first; None if something outside the prefix might be cheaper."""
+    pre = base.prefix
+    sel = np.argpartition(pre_total, WINDOW - 1)[:WINDOW] if len(pre) > WINDOW else np.arange(len(pre))
+    sel = sel[np.argsort(pre_total[sel], kind="stable")]
+    if len(sel) and pre_total[sel[-1]] <= base.bound:  # nothing outside the prefix is cheaper
+        return pre[sel]
+    return None
 
 
 def _full_total(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> FloatArray:
@@ -254,6 +336,7 @@ def build_candidates(
     locations = {
         cols.locations[int(cols.location[part[0]])]: part for part in np.split(order, cuts) if len(part)
     }
+    shared = _Shared(locations)
     for group, jobs in zip(groups, demand, strict=True):
         t0 = time.perf_counter()
         jpu, static = compat.static_reasons(group)
@@ -264,16 +347,10 @@ def build_candidates(
         with_egress = not egress.none and work > 0
         first = None
         if top_k is not None:  # the cheapest WINDOW offerings, found within the shared prefix when possible
-            pre = base.prefix
-            pre_total = (
-                base.total[pre] + egress.usd[cols.location[pre]] / work if with_egress else base.total[pre]
-            )
-            sel = (
-                np.argpartition(pre_total, WINDOW - 1)[:WINDOW] if len(pre) > WINDOW else np.arange(len(pre))
-            )
-            sel = sel[np.argsort(pre_total[sel], kind="stable")]
-            if len(sel) and pre_total[sel[-1]] <= base.bound:  # nothing outside the prefix is cheaper
-                first = pre[sel]
+            if with_egress:
+                first = _window(base, base.prefix_total + egress.usd[base.prefix_location] / work)
+            else:
+                first = shared.first_without_egress(base)
         n = len(base.total)
 
         if first is None:
@@ -288,7 +365,10 @@ def build_candidates(
         if top_k is None:
             shortlist = usable
         else:
-            shortlist, exact = _select(usable, jobs, cols, top_k, per_family, _bound(priced, len(first) < n))
+            short = _select(
+                usable, packed_total(usable, jobs), cols, top_k, per_family, _bound(priced, len(first) < n)
+            )
+            exact = short[2]
             if not exact:
                 # walk every compatible offering, cheapest at full packing first, in growing batches, until
                 # nothing left unpriced can beat the shortlist at the group's size (full packing is a lower bound)
@@ -300,18 +380,20 @@ def build_candidates(
                     more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
                     bound = _bound(more, len(idx) < len(every_ok))
                     more = more.take(compat.priced_reasons(group, more) == 0)
-                    shortlist, exact = _select(more, jobs, cols, top_k, per_family, bound)
-                    exact = exact or len(idx) >= len(every_ok)
+                    short = _select(more, packed_total(more, jobs), cols, top_k, per_family, bound)
+                    exact = short[2] or len(idx) >= len(every_ok)
                     batch *= 4
-            home = _home(
-                group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, locations, per_family
-            )
+            merged = short[0], short[1]
+            home = _home(group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, shared, per_family)
             if home is not None:
-                shortlist = _merge(shortlist, home, jobs)
+                merged = _merge_packed(merged, home)
             if rate_capped(group.experiment):
-                light = _light(group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, per_family)
+                light = _light(
+                    group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, shared, per_family
+                )
                 if light is not None:
-                    shortlist = _merge(shortlist, light, jobs)
+                    merged = _merge_packed(merged, light)
+            shortlist = merged[0]
         shown = np.flatnonzero((reason != 0) & np.isfinite(priced.total))[:explain_k]
         rejected, rejected_reason = priced.take(shown), reason[shown]
         if len(shown) < 5:  # hardly anything fits: also show the cheapest offerings lacking cores or memory
