@@ -105,7 +105,7 @@ def job_from_openapi(doc: Mapping[str, Any]) -> SlurmJob:
     return SlurmJob(
         job_id=str(doc["job_id"]),
         name=str(doc.get("name") or ""),
-        state=JobState.parse(str(doc.get("job_state") or "")),
+        state=job_state(doc.get("job_state")),  # squeue --json: a list on 23.02+ too
         partition=str(doc.get("partition") or ""),
         comment=str(doc.get("comment") or ""),
         reason=_reason(doc.get("state_reason")),
@@ -166,10 +166,24 @@ def _tres_list(items: Any) -> dict[str, int]:
     return out
 
 
+def job_state(value: Any) -> JobState:
+    """A job's state as 22.05 prints it ("COMPLETED") or as newer data_parser plugins do (23.02+:
+    ["COMPLETED"], flags such as REQUEUED after the base state): a list's first entry is the state."""
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return JobState.parse(str(value) if value is not None else None)
+
+
+def _cpu_seconds(total: Any) -> int | None:
+    """sacct's TotalCPU (`time.total`); None when it is absent: unknown CPU time is not 0 s."""
+    if not isinstance(total, Mapping) or not ({"seconds", "microseconds"} & total.keys()):
+        return None
+    return int(total.get("seconds") or 0) + round(int(total.get("microseconds") or 0) / 1e6)
+
+
 def accounting_from_openapi(doc: Mapping[str, Any]) -> AccountingRecord:
     """One entry of `jobs` in sacct --json / GET /slurmdb/v0.0.38/jobs."""
     time = doc.get("time") or {}
-    total = time.get("total") or {}
     tres = doc.get("tres") or {}
     allocated = _tres_list(tres.get("allocated"))
     requested = _tres_list(tres.get("requested"))
@@ -185,7 +199,7 @@ def accounting_from_openapi(doc: Mapping[str, Any]) -> AccountingRecord:
     return AccountingRecord(
         job_id=str(doc["job_id"]),
         name=str(doc.get("name") or ""),
-        state=JobState.parse(str(state.get("current") if isinstance(state, Mapping) else state)),
+        state=job_state(state.get("current") if isinstance(state, Mapping) else state),
         partition=str(doc.get("partition") or ""),
         account=doc.get("account") or None,
         user=doc.get("user") or None,
@@ -193,7 +207,7 @@ def accounting_from_openapi(doc: Mapping[str, Any]) -> AccountingRecord:
         start_time=epoch(time.get("start")),
         end_time=epoch(time.get("end")),
         elapsed_seconds=int(time.get("elapsed") or 0),
-        cpu_seconds=int(total.get("seconds") or 0) + round(int(total.get("microseconds") or 0) / 1e6),
+        cpu_seconds=_cpu_seconds(time.get("total")),
         nodes=int(doc.get("allocation_nodes") or allocated.get("node") or 1),
         cpus=int(allocated.get("cpu") or requested.get("cpu") or 1),
         memory_mb=requested.get("mem"),
