@@ -51,12 +51,25 @@ class GroupCandidates:
     compatible_count: int
 
 
+SPREAD_SCAN = 64  # shortlist positions `_spread_families` checks in plain Python before ranking with numpy
+
+
 def _spread_families(fam: IntArray, top_k: int, per_family: int) -> IntArray:
     """Positions in `fam` (the families of offerings sorted by cost) of the shortlist: cheapest first,
     ≤ per_family per family."""
-    head = fam[:top_k].tolist()
-    if max((head.count(f) for f in set(head)), default=0) <= per_family:
-        return np.arange(len(head), dtype=np.int64)  # the cheapest top_k already spread enough
+    # the rank of an offering within its family depends only on the cheaper ones, so a plain loop over the
+    # cheapest few (where numpy's fixed cost dominates) settles most shortlists; numpy ranks the rest
+    keep: list[int] = []
+    taken: dict[int, int] = {}
+    for pos, f in enumerate(fam[:SPREAD_SCAN].tolist()):
+        count = taken.get(f, 0)
+        if count < per_family:
+            taken[f] = count + 1
+            keep.append(pos)
+            if len(keep) == top_k:
+                break
+    if len(keep) == top_k or len(fam) <= SPREAD_SCAN:
+        return np.array(keep[:top_k], dtype=np.int64)
     by_family = np.argsort(fam, kind="stable")  # cost order is kept within a family
     sorted_fam = fam[by_family]
     starts = np.flatnonzero(np.concatenate(([True], sorted_fam[1:] != sorted_fam[:-1])))
@@ -247,11 +260,23 @@ class _Shared:
     shape's `_Base`), so the groups sharing them compute them once. Keyed by identity; the values keep
     the keys' objects alive, so an identity is never reused within the round."""
 
-    def __init__(self, locations: dict[str, IntArray]) -> None:
+    def __init__(self, locations: dict[str, IntArray], location: IntArray) -> None:
         self._locations = locations
+        self._location = location
         self._allowed: dict[tuple[int, int], tuple[ReasonArray, _Base, BoolArray, int]] = {}
         self._home: dict[tuple[int, int, str], tuple[ReasonArray, _Base, IntArray | None]] = {}
         self._first: dict[int, tuple[_Base, IntArray | None]] = {}
+        self._every: dict[tuple[int, int], tuple[ReasonArray, _Base, IntArray, FloatArray, IntArray]] = {}
+
+    def allowed(self, static: ReasonArray, base: _Base) -> tuple[IntArray, FloatArray, IntArray]:
+        """Every offering the rules allow, with its cost without egress and its location code."""
+        key = (id(static), id(base))
+        found = self._every.get(key)
+        if found is None:
+            every = np.flatnonzero(static == 0)
+            found = (static, base, every, base.total[every], self._location[every])
+            self._every[key] = found
+        return found[2], found[3], found[4]
 
     def prefix_allowed(self, static: ReasonArray, base: _Base) -> tuple[BoolArray, int]:
         """Which of the shape's cheapest offerings the rules allow, and how many."""
@@ -306,9 +331,15 @@ def _full_total(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> Floa
 
 def _cheapest(values: FloatArray, idx: IntArray, k: int) -> IntArray:
     """The k entries of `idx` with the smallest `values`, cheapest first."""
+    return _cheapest_of(values[idx], idx, k)
+
+
+def _cheapest_of(values: FloatArray, idx: IntArray, k: int) -> IntArray:
+    """`_cheapest` given `values[idx]`."""
     if len(idx) > k:
-        idx = idx[np.argpartition(values[idx], k - 1)[:k]]
-    return idx[np.argsort(values[idx], kind="stable")]
+        part = np.argpartition(values, k - 1)[:k]
+        idx, values = idx[part], values[part]
+    return idx[np.argsort(values, kind="stable")]
 
 
 def build_candidates(
@@ -336,7 +367,7 @@ def build_candidates(
     locations = {
         cols.locations[int(cols.location[part[0]])]: part for part in np.split(order, cuts) if len(part)
     }
-    shared = _Shared(locations)
+    shared = _Shared(locations, cols.location)
     for group, jobs in zip(groups, demand, strict=True):
         t0 = time.perf_counter()
         jpu, static = compat.static_reasons(group)
@@ -372,11 +403,14 @@ def build_candidates(
             if not exact:
                 # walk every compatible offering, cheapest at full packing first, in growing batches, until
                 # nothing left unpriced can beat the shortlist at the group's size (full packing is a lower bound)
-                every_ok = np.flatnonzero(static == 0)
+                every_ok, ok_total, ok_location = shared.allowed(static, base)
                 compatible = len(every_ok)
+                # `_full_total` restricted to the allowed offerings (what `_cheapest` would gather), once
+                if with_egress:
+                    ok_total = ok_total + egress.usd[ok_location] / work
                 batch = 4 * WINDOW
                 while not exact:
-                    idx = _cheapest(_full_total(base, egress, cols), every_ok, batch)
+                    idx = _cheapest_of(ok_total, every_ok, batch)
                     more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
                     bound = _bound(more, len(idx) < len(every_ok))
                     more = more.take(compat.priced_reasons(group, more) == 0)

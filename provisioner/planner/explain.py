@@ -84,14 +84,37 @@ class _Binding:
     detail: str
 
 
-def binding_limit(
-    group: DemandGroup, short: GroupCosts, s: int, cols: OfferingColumns, left: Limits
-) -> _Binding | None:
-    """The limit that stops one more unit (one wave) of shortlist entry `s`, or None if none does."""
-    i = int(short.offering[s])
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One shortlist entry's figures as Python numbers (reading numpy scalars one by one is slow)."""
+
+    offering: int
+    total: float
+    wave_hours: float
+    egress_usd: float
+    egress_gb: float
+
+    @staticmethod
+    def all(costs: GroupCosts) -> list[_Row]:
+        return [
+            _Row(int(i), *rest)
+            for i, *rest in zip(
+                costs.offering.tolist(),
+                costs.total.tolist(),
+                costs.wave_hours.tolist(),
+                costs.egress_usd_per_job.tolist(),
+                costs.egress_gb_per_job.tolist(),
+                strict=True,
+            )
+        ]
+
+
+def binding_limit(group: DemandGroup, row: _Row, cols: OfferingColumns, left: Limits) -> _Binding | None:
+    """The limit that stops one more unit (one wave) of shortlist entry `row`, or None if none does."""
+    i, egress_usd, egress_gb = row.offering, row.egress_usd, row.egress_gb
     o = cols.offerings[i]
     k = left.exp_index[group.experiment]
-    need_hours = float(short.wave_hours[s]) + o.startup_seconds / 3600.0
+    need_hours = row.wave_hours + o.startup_seconds / 3600.0
     price = float(o.price_per_hour)
     if left.capacity[i] < 1:
         return _Binding(RejectReason.CAPACITY, f"no more units of {o.instance_type} available")
@@ -106,13 +129,13 @@ def binding_limit(
         return _Binding(
             RejectReason.SPEND_RATE, f"one more unit at ${price:.4f}/h would exceed the spend-rate cap"
         )
-    one_wave = price * need_hours + float(short.egress_usd_per_job[s])
+    one_wave = price * need_hours + egress_usd
     if one_wave > left.exp_budget[k] + 1e-9:
         return _Binding(
             RejectReason.OVER_BUDGET,
             f"{group.experiment} has ${max(0.0, left.exp_budget[k]):.2f} left, a unit costs ${one_wave:.2f}",
         )
-    if short.egress_gb_per_job[s] > left.exp_egress[k] + 1e-9:
+    if egress_gb > left.exp_egress[k] + 1e-9:
         return _Binding(
             RejectReason.EGRESS_CAP,
             f"{group.experiment} egress cap has {max(0.0, left.exp_egress[k]):.1f} GB left",
@@ -161,11 +184,10 @@ def explain_group(
     chosen_ids = {it.offering_id for it in items}
     served = sum(it.jobs for it in items)
     solver, rejected_short = cand.solver, cand.rejected
-    chosen_costs = [
-        float(solver.total[s])
-        for s in range(len(solver.offering))
-        if cols.offerings[int(solver.offering[s])].id in chosen_ids
-    ]
+    rows = _Row.all(solver)
+    rejected_offering, rejected_total = rejected_short.offering.tolist(), rejected_short.total.tolist()
+    rejected_reason = [reason_of(code) for code in cand.rejected_reason.tolist()]
+    chosen_costs = [row.total for row in rows if cols.offerings[row.offering].id in chosen_ids]
     reference = min(chosen_costs) if chosen_costs else float("inf")
     out: list[Rejection] = []
     shown: set[str] = set()
@@ -180,34 +202,29 @@ def explain_group(
         out.append(Rejection(o.id, reason, rate, detail))
 
     # 1. cheaper, but not usable
-    for s in range(len(rejected_short.offering)):
-        cost = float(rejected_short.total[s])
-        reason = reason_of(int(cand.rejected_reason[s]))
+    for i, cost, reason in zip(rejected_offering, rejected_total, rejected_reason, strict=True):
         if cost < reference and reason not in seen_reasons and len(out) < MAX_CHEAPER_INCOMPATIBLE:
             seen_reasons.add(reason)
-            i = int(rejected_short.offering[s])
             add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
     # 2. usable runners-up, with the limit that stopped them
     unserved_reason: RejectReason | None = None
     unserved_detail = ""
-    for s in range(len(solver.offering)):
-        i = int(solver.offering[s])
-        binding = binding_limit(group, solver, s, cols, left)
+    for row in rows:
+        i = row.offering
+        binding = binding_limit(group, row, cols, left)
         if binding is not None and unserved_reason is None:
             unserved_reason, unserved_detail = binding.reason, f"{cols.offerings[i].id}: {binding.detail}"
         if cols.offerings[i].id in chosen_ids:
             continue
-        cost = float(solver.total[s])
+        cost = row.total
         if binding is None:
             add(i, RejectReason.MORE_EXPENSIVE, cost, _percent(cost, reference))
         else:
             add(i, binding.reason, cost, f"{binding.detail}; {_percent(cost, reference)}".rstrip("; "))
     # 3. fill up with other incompatible reasons, then anything
-    for s in range(len(rejected_short.offering)):
-        reason = reason_of(int(cand.rejected_reason[s]))
+    for i, cost, reason in zip(rejected_offering, rejected_total, rejected_reason, strict=True):
         if reason not in seen_reasons:
             seen_reasons.add(reason)
-            i, cost = int(rejected_short.offering[s]), float(rejected_short.total[s])
             add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
     unserved = max(0, cand.demand - served)
     note = ""
