@@ -1,0 +1,112 @@
+"""`provisioner report cost --as-of` and `accounting invoice import` + `report reconcile` run as the
+operator runs them: `python -m provisioner.cli` subprocesses on an isolated state dir whose SQLite
+database is seeded here in-process (resources and their ledger, dates fixed in October 2026)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from sqlmodel import Session
+
+from accounting.ledger import build_ledger
+from provisioner.db import make_engine, upgrade
+from tests.accounting import test_reconcile as rec
+from tests.accounting.test_ledger import resource
+from tests.accounting.test_reports import ALLOC, NOW, OCT
+
+REPO = Path(__file__).parents[2]
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env |= {"PROVISIONER_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "400", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def _seeded(tmp_path: Path) -> Session:
+    state = tmp_path / "state"
+    state.mkdir()
+    url = f"sqlite:///{(state / 'provisioner.db').resolve()}"
+    upgrade(url)
+    return Session(make_engine(url), expire_on_commit=False)
+
+
+def _figure(out: str, label: str) -> str:
+    """The value on the headline row `label` (rich draws the table with box characters)."""
+    match = re.search(rf"{re.escape(label)}\s*│\s*(.+?)\s*│", out)
+    assert match, f"no {label!r} in:\n{out}"
+    return match.group(1)
+
+
+def test_cost_report_as_of_forecasts_the_running_units_committed_burn(tmp_path: Path) -> None:
+    """A $1/h VM running since 14 October 00:00 and a pilot of 24 h walltime running since 14 October
+    12:00, reported as of 15 October 00:00: spend $24 (the ledger goes on to 20 October, as if the
+    broker had run on: figures after as-of must not count); the VM commits $24 × 17 days = $408 to
+    the month end, above the 7-day trend ($24 / 7 × 17 = $58.29), so the forecast is $24 + $408."""
+    day = timedelta(days=1)
+    live = {"state": "running", "released_at": None}
+    with _seeded(tmp_path) as session:
+        session.add(resource("vm", price_micro_per_hour=1_000_000, launched_at=OCT.start + 13 * day, **live))
+        session.add(
+            resource("pilot", backend="maxwell", offering_id=ALLOC, market="allocation", price_micro_per_hour=0,
+                     launched_at=OCT.start + 13 * day + timedelta(hours=12), walltime_hours=24.0, **live)
+        )  # fmt: skip
+        session.commit()
+        build_ledger(session, OCT.start, OCT.end, now=NOW + 5 * day)
+    got = _cli(tmp_path, "report", "cost", "--month", "2026-10", "--as-of", "2026-10-15T00:00Z")
+    assert got.returncode == 0, got.stderr
+    out = got.stdout
+    assert "Cost report 2026-10, as of 2026-10-15 00:00 UTC" in out
+    assert _figure(out, "As of") == "2026-10-15 00:00 UTC"
+    assert _figure(out, "Spend") == "$24.00"
+    assert _figure(out, "Committed by running units to month end") == "$408.00"
+    assert _figure(out, "Forecast month-end spend") == "$432.00"
+    assert _figure(out, "Forecast method").startswith("committed: units running now")
+    # the pilot as of 15 October 00:00: 12 h settled, 12 h of its walltime in flight
+    header = next(line for line in out.splitlines() if "┃ allocation" in line)
+    row = next(line for line in out.splitlines() if line.startswith(f"│ {ALLOC}"))
+    cells = dict(zip(_cells(header, "┃"), _cells(row, "│"), strict=True))
+    assert (cells["settled"], cells["in flight"], cells["committed"]) == ("12.0", "12.0", "0.0")
+
+
+def test_invoice_import_then_reconcile_prints_estimated_invoiced_and_difference(tmp_path: Path) -> None:
+    """r-aws-1: 10 h at $0.4032 estimated ($4.032); the CUR bills those 10 h and 10 minutes more
+    ($4.0992): +$0.0672 = +1.67 %. The support line, credit, IP, EBS and an untagged instance
+    are listed apart; one line (cost 'abc') is refused: exit 1."""
+    with _seeded(tmp_path) as session:
+        session.add(rec.resource("r-aws-1", "aws", "i-0abc", "atlas", 403_200, 10))
+        session.commit()
+        build_ledger(session, rec.OCTOBER.start, rec.OCTOBER.end, now=rec.NOW)
+    cur = rec.write_cur_csv(tmp_path / "cur.csv", rec.cur_rows())
+    imported = _cli(tmp_path, "accounting", "invoice", "import", str(cur))
+    assert imported.returncode == 1, imported.stderr
+    assert "aws-cur: stored 16 invoice lines for 2026-10" in " ".join(imported.stdout.split())
+    assert "line 17: line_item_unblended_cost: not a number: 'abc'" in " ".join(imported.stderr.split())
+    got = _cli(tmp_path, "report", "reconcile", "--month", "2026-10")
+    assert got.returncode == 0, got.stderr
+    out = got.stdout
+    # the resource table, read by its header: estimated $4.032 and invoiced $4.0992 in cents
+    header = next(line for line in out.splitlines() if "┃ resource" in line)
+    row = next(line for line in out.splitlines() if line.startswith("│ r-aws-1"))
+    cells = dict(zip(_cells(header, "┃"), _cells(row, "│"), strict=True))
+    assert cells == {
+        "resource": "r-aws-1", "experiment": "atlas", "backend": "aws", "estimated": "$4.03",
+        "invoiced": "$4.10", "difference": "$0.07", "%": "+1.67 %",
+    }  # fmt: skip
+    # the other invoice lines: $0.0104 + $0.0267 + $0.05 + $10 − $1.50 = $8.5871; total $12.6863
+    assert (
+        "2026-10: estimated $4.03 vs invoiced $4.10 for the broker's compute and egress: difference $0.07 "
+        "(+1.67 %); $8.59 more on the invoice is listed apart; invoice total $12.69"
+    ) in " ".join(out.split())
+
+
+def _cells(line: str, bar: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip(bar).split(bar)]
