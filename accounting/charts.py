@@ -240,13 +240,59 @@ def spend_by_backend_market(report: CostReport, path: Path) -> Path:
     return path
 
 
+def allocations_against_plan(report: CostReport, path: Path) -> Path:
+    """Per allocation, as shares of its grant (allocations of 30 and 30,000 node-hours read alike):
+    settled, in flight and committed stacked, booked beyond the grant in red, the burn plan at
+    as-of marked; the node-hours written next to each bar."""
+    lines = [a for a in report.allocations if a.node_hours_granted]
+    fig, ax = plt.subplots(figsize=(8, 0.75 * max(1, len(lines)) + 1.6))
+    names = [a.name for a in lines]
+    ax.barh(names, [100.0] * len(lines), color="#ecf0f1", label="granted")
+    left = [0.0] * len(lines)
+    for label, colour, attr in (
+        ("settled", "#8e44ad", "settled"),
+        ("in flight", "#bb8fce", "in_flight"),
+        ("committed", "#d7bde2", "committed"),
+    ):
+        shares = [100 * getattr(a, attr) / (a.node_hours_granted or 1) for a in lines]
+        ax.barh(names, shares, left=left, height=0.5, color=colour, label=label)
+        left = [x + v for x, v in zip(left, shares, strict=True)]
+    over = [100 * a.over_committed / (a.node_hours_granted or 1) for a in lines]
+    if any(over):
+        ax.barh(names, over, left=[100.0] * len(lines), height=0.5, color=OVER, label="over-committed")
+    for i, a in enumerate(lines):
+        if a.burn_plan is not None:
+            ax.plot([100 * a.burn_plan / (a.node_hours_granted or 1)] * 2, [i - 0.4, i + 0.4],
+                    color="#2c3e50", linewidth=2.5)  # fmt: skip
+        plan = "" if a.burn_plan is None else f", plan {a.burn_plan:,.0f}"
+        ax.text(max(100.0, left[i]) + 1.5, i, f"{a.booked:,.0f} of {a.node_hours_granted:,.0f} booked{plan}",
+                va="center", fontsize=8)  # fmt: skip
+    if any(a.burn_plan is not None for a in lines):
+        ax.plot([], [], color="#2c3e50", linewidth=2.5, label="burn plan at as-of")
+    ax.invert_yaxis()  # the table's order, top to bottom
+    ax.set_xlim(0, max([100.0, *left]) + 45)
+    ax.set_xticks(range(0, int(max([100.0, *left])) + 1, 20))  # no ticks under the labels on the right
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0f}%"))
+    ax.set_xlabel("share of the grant (node-hours since the allocation began)")
+    ax.set_title(f"HPC allocations against the burn plan, as of {report.as_of:%Y-%m-%d %H:%M} UTC")
+    fig.legend(fontsize=8, frameon=False, loc="lower center", ncol=6)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def render_all(report: CostReport, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"cost_{report.month}"
     with plt.rc_context(NO_MATH):
-        return {
+        charts = {
             "experiment": spend_by_experiment(report, out_dir / f"{stem}_by_experiment.png"),
             "burn": daily_burn(report, out_dir / f"{stem}_daily_burn.png"),
             "value": value_over_time(report, out_dir / f"{stem}_value_over_time.png"),
             "backend": spend_by_backend_market(report, out_dir / f"{stem}_by_backend_market.png"),
         }
+        if report.allocations:
+            charts["allocations"] = allocations_against_plan(report, out_dir / f"{stem}_allocations.png")
+        return charts

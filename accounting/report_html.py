@@ -9,6 +9,7 @@ from pathlib import Path
 from accounting.charts import render_all
 from accounting.reports import (
     ALLOCATION_COLUMNS,
+    ALLOCATION_NOTE,
     CostReport,
     SpendLine,
     _money,
@@ -102,9 +103,9 @@ def write_html(report: CostReport, out_dir: Path) -> Path:
     if alloc_rows:
         parts += [
             "<h2>HPC allocations (node-hours)</h2>",
-            "<p class='note'>This month: run inside the month. Since the allocation began: settled (run so far), "
-            "in flight (running pilots' remaining walltime), committed (queued pilots' walltime), left.</p>",
-            _table(ALLOCATION_COLUMNS, alloc_rows),
+            f"<p class='note'>{escape(ALLOCATION_NOTE)}</p>",
+            _table(ALLOCATION_COLUMNS, alloc_rows, [a.over_committed > 0 for a in report.allocations]),
+            f"<img src='{charts['allocations'].name}' alt='allocations: node-hours against the burn plan'>",
         ]
     parts.append("</body></html>")
     path = out_dir / f"cost_{report.month}.html"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -19,6 +19,7 @@ from accounting.billing import load_units, slices, usage
 from accounting.ledger import ledger_totals
 from accounting.period import Month
 from accounting.spot_prices import StoredSpotPrices
+from policies.pacing import burn_line
 from provisioner.domain import Market, Offering
 from provisioner.model import ResourceRow
 
@@ -87,7 +88,8 @@ class AllocationLine:
     `node_hours_used`: run inside the report's month up to as-of. Since the allocation started:
     `settled` (run so far, finished pilots and the elapsed part of running ones), `in_flight`
     (running pilots' remaining walltime), `committed` (queued pilots' walltime); `left` = granted −
-    all three.
+    all three. `burn_plan`: what the pacing plan's burn line (`policies.pacing.burn_line`) says should
+    be used by as-of; None when the allocation's period is not known (a grant without its offering).
     """
 
     offering_id: str
@@ -97,6 +99,7 @@ class AllocationLine:
     settled: float = 0.0
     in_flight: float = 0.0
     committed: float = 0.0
+    burn_plan: float | None = None
 
     @property
     def booked(self) -> float:
@@ -105,6 +108,20 @@ class AllocationLine:
     @property
     def left(self) -> float | None:
         return None if self.node_hours_granted is None else max(0.0, self.node_hours_granted - self.booked)
+
+    @property
+    def over_committed(self) -> float:
+        """Booked beyond the grant. The planner never books past it (`node_hours_on_pace` is capped
+        at the hours left), but pilots it did not size (another broker, a hand-submitted pilot, a
+        grant lowered in the policy) can: shown, not hidden behind `left` = 0."""
+        if self.node_hours_granted is None:
+            return 0.0
+        return max(0.0, self.booked - self.node_hours_granted)
+
+    @property
+    def vs_plan(self) -> float | None:
+        """Settled + in flight − the burn plan: > 0 ahead of the plan, < 0 behind it."""
+        return None if self.burn_plan is None else self.settled + self.in_flight - self.burn_plan
 
     @property
     def used_fraction(self) -> float | None:
@@ -291,11 +308,15 @@ def allocation_usage(
     out = []
     for oid in sorted(set(used) | set(granted) | set(committed)):
         known = offerings.get(oid)
-        name = known.allocation.name if known is not None and known.allocation is not None else oid
+        info = known.allocation if known is not None else None
+        plan = None
+        if info is not None and oid in granted:
+            # the grant the report shows (a given figure overrides the policy's) over the policy's period
+            plan = burn_line(replace(info, node_hours_granted=granted[oid]), as_of)
         out.append(
             AllocationLine(
-                oid, name, used.get(oid, 0.0), granted.get(oid),
-                settled.get(oid, 0.0), in_flight.get(oid, 0.0), committed.get(oid, 0.0),
+                oid, info.name if info is not None else oid, used.get(oid, 0.0), granted.get(oid),
+                settled.get(oid, 0.0), in_flight.get(oid, 0.0), committed.get(oid, 0.0), plan,
             )
         )  # fmt: skip
     return out
@@ -488,15 +509,37 @@ ALLOCATION_COLUMNS = (
     "left",
     "granted",
     "settled %",
+    "burn plan",
+    "vs plan",
+)
+ALLOCATION_NOTE = (
+    "Node-hours. This month: run inside the month. Since the allocation began: settled (run so far), "
+    "in flight (running pilots' remaining walltime), committed (queued pilots' walltime), left (granted − "
+    "the three; never negative: booked beyond the grant shows as over-committed, in red). Burn plan: what "
+    "the pacing plan's even burn line says should be used by as-of; vs plan: settled + in flight against it."
 )
 
 
+def _vs_plan(a: AllocationLine) -> str:
+    lead = a.vs_plan
+    if lead is None:
+        return "—"
+    if round(lead, 1) == 0:
+        return "on plan"
+    return f"{lead:+,.1f} {'ahead' if lead > 0 else 'behind'}"
+
+
 def allocation_row(a: AllocationLine) -> list[str]:
-    """One allocation as text: node-hours this month; since it started settled, in flight, committed, left."""
+    """One allocation as text: node-hours this month; since it started settled, in flight, committed,
+    left (or how far over the grant it is booked); the burn plan at as-of and where it stands against it."""
     granted = "—" if a.node_hours_granted is None else f"{a.node_hours_granted:,.0f}"
     left = "—" if a.left is None else f"{a.left:,.1f}"
+    if a.over_committed > 0:
+        left = f"over-committed by {a.over_committed:,.1f}"
+    plan = "—" if a.burn_plan is None else f"{a.burn_plan:,.1f}"
     return [a.name, f"{a.node_hours_used:,.1f}", f"{a.settled:,.1f}", f"{a.in_flight:,.1f}",
-            f"{a.committed:,.1f}", left, granted, _pct(a.used_fraction, small=True)]  # fmt: skip
+            f"{a.committed:,.1f}", left, granted, _pct(a.used_fraction, small=True), plan,
+            _vs_plan(a)]  # fmt: skip
 
 
 def print_report(report: CostReport, console: Console | None = None) -> None:
@@ -532,11 +575,11 @@ def print_report(report: CostReport, console: Console | None = None) -> None:
             table.add_row(line.name, _money(line.spend), _money(line.list_value), f"{line.hs23_hours:,.0f}")
         console.print(table)
     if report.allocations:
-        alloc = RichTable(title="HPC allocations (node-hours)")
+        alloc = RichTable(title="HPC allocations (node-hours)", caption=ALLOCATION_NOTE)
         for col in ALLOCATION_COLUMNS:
             alloc.add_column(col, justify="left" if col == "allocation" else "right")
         for a in report.allocations:
-            alloc.add_row(*allocation_row(a))
+            alloc.add_row(*allocation_row(a), style="bold red" if a.over_committed > 0 else None)
         console.print(alloc)
 
 
@@ -645,6 +688,9 @@ def write_csv(report: CostReport, out_dir: Path) -> list[Path]:
                 "node_hours_committed",
                 "node_hours_left",
                 "node_hours_granted",
+                "node_hours_over_committed",
+                "node_hours_burn_plan",
+                "node_hours_vs_plan",
             ),
             [
                 (
@@ -656,6 +702,9 @@ def write_csv(report: CostReport, out_dir: Path) -> list[Path]:
                     round(a.committed, 3),
                     "" if a.left is None else round(a.left, 3),
                     _opt(a.node_hours_granted),
+                    round(a.over_committed, 3),
+                    "" if a.burn_plan is None else round(a.burn_plan, 3),
+                    "" if a.vs_plan is None else round(a.vs_plan, 3),
                 )
                 for a in report.allocations
             ],

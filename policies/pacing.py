@@ -53,10 +53,8 @@ def pacing_status(
     if tolerance <= 0:
         raise ValueError(f"tolerance must be > 0, got {tolerance}")
     reference = max(Decimal(0), reference_price_per_node_hour)
-    span = (info.ends - info.starts).total_seconds()
-    elapsed = (now - info.starts).total_seconds()
-    fraction = min(1.0, max(0.0, elapsed / span)) if span > 0 else 1.0
-    target = info.node_hours_granted * fraction
+    fraction = elapsed_fraction(info, now)
+    target = burn_line(info, now)  # the one definition the console and the cost report share
     lead = (info.node_hours_used - target) / info.node_hours_granted if info.node_hours_granted > 0 else 0.0
     available = allocation_available(info, now)
     if not available:
@@ -84,13 +82,19 @@ def allocation_hour_value(
     return pacing_status(info, now, reference_price_per_node_hour, tolerance).value_per_node_hour
 
 
-def burn_line(info: AllocationInfo, at: datetime) -> float:
-    """Node-hours an even burn would have used by `at`: grant × elapsed fraction of the period."""
+def elapsed_fraction(info: AllocationInfo, at: datetime) -> float:
+    """How much of the allocation's period has passed at `at`, 0..1 (1 for an empty period)."""
     span = (info.ends - info.starts).total_seconds()
     if span <= 0:
-        return info.node_hours_granted
-    fraction = min(1.0, max(0.0, (at - info.starts).total_seconds() / span))
-    return info.node_hours_granted * fraction
+        return 1.0
+    return min(1.0, max(0.0, (at - info.starts).total_seconds() / span))
+
+
+def burn_line(info: AllocationInfo, at: datetime) -> float:
+    """Node-hours an even burn would have used by `at`: grant × elapsed fraction of the period.
+    The pacing plan's target: the planner (`node_hours_on_pace`), the console's allocation view and
+    the cost report all read it from here."""
+    return info.node_hours_granted * elapsed_fraction(info, at)
 
 
 def node_hours_on_pace(info: AllocationInfo, now: datetime, horizon_hours: float) -> float:

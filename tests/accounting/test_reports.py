@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 from sqlmodel import Session
 from typer.testing import CliRunner
 
 from accounting.ledger import EgressUsage, build_ledger
 from accounting.period import Month
 from accounting.report_html import write_html
-from accounting.reports import cost_report, linear_forecast, report_title, write_csv
-from provisioner.domain import EgressTier
+from accounting.reports import (
+    ALLOCATION_COLUMNS,
+    allocation_row,
+    cost_report,
+    linear_forecast,
+    print_report,
+    report_title,
+    write_csv,
+)
+from policies.pacing import pacing_status
+from provisioner.domain import AllocationInfo, Arch, EgressTier, Market, Offering
+from provisioner.model import ResourceRow
 from tests.accounting.test_ledger import resource
 
 OCT = Month(2026, 10)
@@ -183,3 +196,109 @@ def test_a_small_budget_fraction_stays_readable() -> None:
 
     assert _pct(0.00012, small=True) == "0.012%"
     assert _pct(0.25, small=True) == "25.0%"
+
+
+SMALL = "slurm:small:cpu-node:allocation"
+
+
+def _allocation(oid: str, name: str, granted: float, days: int) -> Offering:
+    return Offering(
+        id=oid, backend=oid.split(":")[1], provider="slurm", region="batch", instance_type="cpu-node",
+        family="slurm:cpu", market=Market.ALLOCATION, cores=32, memory_gb=128, arch=Arch.X86_64,
+        price_per_hour=Decimal(0), hs23_per_core=10.0,
+        allocation=AllocationInfo(name, "cms", "batch", None, granted, 0.0, D, D + timedelta(days=days)),
+    )  # fmt: skip
+
+
+def _pilot(rid: str, oid: str, **over: Any) -> ResourceRow:
+    values: dict[str, Any] = {
+        "experiment": "cms", "backend": oid.split(":")[1], "offering_id": oid, "market": "allocation",
+        "price_micro_per_hour": 0, "cores": 32, "hs23_per_core": 10.0,
+    }  # fmt: skip
+    return resource(rid, **(values | over))
+
+
+def allocation_scenario(session: Session) -> dict[str, Offering]:
+    """Two allocations as of 15 October 00:00 (14 days into both):
+    maxwell: 900 node-hours over 90 days from 1 October → burn plan 900 × 14/90 = 140. A pilot ran
+    1–3 October (48 h), one runs since 13 October 12:00 with 24 h walltime (12 h settled, 12 h in
+    flight), one of 10 h is queued: settled 60, in flight 12, committed 10, left 900 − 82 = 818;
+    settled + in flight = 72, 68 behind the plan.
+    small: 30 over 30 days → plan 14. The same running and queued pilots: settled 12, in flight 12,
+    committed 10 = 34 booked of 30 granted: over-committed by 4 (left 0), 24 − 14 = 10 ahead."""
+    day = timedelta(days=1)
+    running = {"state": "running", "released_at": None, "walltime_hours": 24.0,
+               "launched_at": D + 13 * day + timedelta(hours=12)}  # fmt: skip
+    queued = {"state": "provisioning", "launched_at": None, "released_at": None, "walltime_hours": 10.0}
+    session.add(_pilot("m-done", ALLOC, launched_at=D, released_at=D + 2 * day, walltime_hours=48.0))
+    for oid, tag in ((ALLOC, "m"), (SMALL, "s")):
+        session.add(_pilot(f"{tag}-run", oid, **running))
+        session.add(_pilot(f"{tag}-queued", oid, **queued))
+    session.commit()
+    build_ledger(session, D, OCT.end, now=NOW)
+    return {
+        ALLOC: _allocation(ALLOC, "maxwell-2026", 900.0, 90),
+        SMALL: _allocation(SMALL, "small-2026", 30.0, 30),
+    }
+
+
+def test_allocations_against_the_burn_plan_on_hand_computed_figures(any_session: Session) -> None:
+    offerings = allocation_scenario(any_session)
+    report = cost_report(any_session, OCT, offerings=offerings, now=NOW)
+    lines = {a.offering_id: a for a in report.allocations}
+    maxwell, small = lines[ALLOC], lines[SMALL]
+    assert (maxwell.settled, maxwell.in_flight, maxwell.committed, maxwell.left) == (60.0, 12.0, 10.0, 818.0)
+    assert maxwell.burn_plan == pytest.approx(140.0) and maxwell.vs_plan == pytest.approx(-68.0)
+    assert maxwell.over_committed == 0
+    assert (small.settled, small.in_flight, small.committed, small.left) == (12.0, 12.0, 10.0, 0.0)
+    assert small.burn_plan == pytest.approx(14.0) and small.vs_plan == pytest.approx(10.0)
+    assert small.over_committed == pytest.approx(4.0)
+    # one definition of the plan: the console's target (pacing_status) is the report's burn plan
+    for oid, line in lines.items():
+        info = offerings[oid].allocation
+        assert info is not None
+        assert pacing_status(info, NOW, Decimal(0)).target_used == line.burn_plan
+    # a grant given to the report (not from the policy) moves the plan with it: 450 × 14/90 = 70
+    halved = cost_report(any_session, OCT, offerings=offerings, allocations_granted={ALLOC: 450.0}, now=NOW)
+    assert {a.offering_id: a.burn_plan for a in halved.allocations}[ALLOC] == pytest.approx(70.0)
+    # a grant without its allocation's period: no plan to stand against
+    bare = cost_report(any_session, OCT, allocations_granted={ALLOC: 900.0}, now=NOW)
+    assert [(a.burn_plan, a.vs_plan) for a in bare.allocations if a.offering_id == ALLOC] == [(None, None)]
+
+    rows = {
+        r[0]: dict(zip(ALLOCATION_COLUMNS, r, strict=True)) for r in map(allocation_row, report.allocations)
+    }
+    assert {k: rows["maxwell-2026"][k] for k in ("left", "burn plan", "vs plan")} == {
+        "left": "818.0", "burn plan": "140.0", "vs plan": "-68.0 behind",
+    }  # fmt: skip
+    assert {k: rows["small-2026"][k] for k in ("left", "burn plan", "vs plan")} == {
+        "left": "over-committed by 4.0", "burn plan": "14.0", "vs plan": "+10.0 ahead",
+    }  # fmt: skip
+    console = Console(record=True, width=250)
+    print_report(report, console)
+    text = console.export_text(clear=False)
+    assert "over-committed by 4.0" in text and "-68.0 behind" in text
+    # the over-committed row is red (and bold), the others are not
+    styled = console.export_html(inline_styles=False)
+    red = set(re.findall(r"\.(r\d+) \{color: #800000", styled))
+    cells = {t.strip() for cls, t in re.findall(r'<span class="(r\d+)">([^<]*)</span>', styled) if cls in red}
+    assert {"small-2026", "over-committed by 4.0", "+10.0 ahead"} <= cells
+    assert "maxwell-2026" not in cells
+
+
+def test_html_shows_allocations_against_the_burn_plan(session: Session, tmp_path: Path) -> None:
+    report = cost_report(session, OCT, offerings=allocation_scenario(session), now=NOW)
+    write_csv(report, tmp_path)
+    html = write_html(report, tmp_path).read_text()
+    assert "<th>burn plan</th>" in html and "<th>vs plan</th>" in html
+    over_rows = re.findall(r'<tr class="over">(.*?)</tr>', html)
+    assert len(over_rows) == 1 and "small-2026" in over_rows[0] and "over-committed by 4.0" in over_rows[0]
+    assert "src='cost_2026-10_allocations.png'" in html
+    assert (tmp_path / "cost_2026-10_allocations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (tmp_path / "cost_2026-10_allocations.csv").open() as handle:
+        csv_rows = {r["offering_id"]: r for r in csv.DictReader(handle)}
+    assert csv_rows[SMALL]["node_hours_over_committed"] == "4.0"
+    assert (
+        csv_rows[ALLOC]["node_hours_burn_plan"] == "140.0"
+        and csv_rows[ALLOC]["node_hours_vs_plan"] == "-68.0"
+    )
