@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from accounting.ledger import build_ledger
 from provisioner.db import make_engine, upgrade
+from provisioner.model import ResourceRow
 from tests.accounting import test_reconcile as rec
 from tests.accounting.test_ledger import resource
 from tests.accounting.test_reports import ALLOC, NOW, OCT
@@ -75,6 +76,92 @@ def test_cost_report_as_of_forecasts_the_running_units_committed_burn(tmp_path: 
     row = next(line for line in out.splitlines() if line.startswith(f"│ {ALLOC}"))
     cells = dict(zip(_cells(header, "┃"), _cells(row, "│"), strict=True))
     assert (cells["settled"], cells["in flight"], cells["committed"]) == ("12.0", "12.0", "0.0")
+
+
+POLICY = """version = 1
+
+[facility]
+horizon_hours = 24
+
+[experiments.cms]
+share = 1.0
+backends = ["maxwell", "small"]
+markets = ["allocation"]
+archs = ["x86_64"]
+{allocations}
+[end]
+"""
+ALLOCATION = """
+[allocations.{name}]
+backend = "{backend}"
+site = "batch"
+account = "cms"
+partition = "batch"
+node_hours_granted = {granted}
+node_hours_used = 0
+starts = "2026-10-01T00:00:00Z"
+ends = "{ends}"
+pacing = "even"
+max_walltime_hours = 48
+max_nodes = 8
+
+[allocations.{name}.node]
+name = "cpu-node"
+cores = 32
+memory_gb = 128
+arch = "x86_64"
+hs23_per_core = 10.0
+"""
+
+
+def _pilot(rid: str, backend: str, **over: object) -> ResourceRow:
+    """A pilot on the policy's allocation offering of `backend` (its id: backend:site:node:market)."""
+    values = {"backend": backend, "offering_id": f"{backend}:batch:cpu-node:allocation", "market": "allocation",
+              "price_micro_per_hour": 0, "experiment": "cms", "cores": 32, "hs23_per_core": 10.0}  # fmt: skip
+    return resource(rid, **(values | over))
+
+
+def test_cost_report_shows_allocations_against_the_burn_plan_from_the_policy(tmp_path: Path) -> None:
+    """The policy's allocations (absolute dates) as of 15 October 00:00, 14 days in: maxwell, 900
+    node-hours over 90 days → plan 140; settled 48 + 12, in flight 12, committed 10 → 72 run, 68
+    behind, 818 left. small, 30 over 30 days → plan 14; 12 + 12 run (10 ahead) and 10 queued: 34
+    booked of 30, over-committed by 4."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        POLICY.format(
+            allocations=ALLOCATION.format(name="maxwell-2026", backend="maxwell", granted=900,
+                                          ends="2026-12-30T00:00:00Z")
+            + ALLOCATION.format(name="small-2026", backend="small", granted=30, ends="2026-10-31T00:00:00Z")
+        )
+    )  # fmt: skip
+    day = timedelta(days=1)
+    running = {"state": "running", "released_at": None, "walltime_hours": 24.0,
+               "launched_at": OCT.start + 13 * day + timedelta(hours=12)}  # fmt: skip
+    queued = {"state": "provisioning", "launched_at": None, "released_at": None, "walltime_hours": 10.0}
+    with _seeded(tmp_path) as session:
+        for backend in ("maxwell", "small"):
+            session.add(_pilot(f"{backend}-run", backend, **running))
+            session.add(_pilot(f"{backend}-queued", backend, **queued))
+        session.add(_pilot("maxwell-done", "maxwell", launched_at=OCT.start, released_at=OCT.start + 2 * day,
+                           walltime_hours=48.0))  # fmt: skip
+        session.commit()
+        build_ledger(session, OCT.start, OCT.end, now=NOW)
+    got = _cli(tmp_path, "report", "cost", "--month", "2026-10", "--as-of", "2026-10-15T00:00Z",
+               "--budgets", str(policy))  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    header = _cells(next(line for line in lines if "┃ allocation" in line), "┃")
+    rows = {
+        cells[0]: dict(zip(header, cells, strict=True))
+        for cells in (
+            _cells(line, "│") for line in lines if line.startswith(("│ maxwell-2026", "│ small-2026"))
+        )
+    }
+    pick = ("settled", "in flight", "committed", "left", "granted", "burn plan", "vs plan")
+    assert [rows["maxwell-2026"][k] for k in pick] == ["60.0", "12.0", "10.0", "818.0", "900", "140.0",
+                                                        "-68.0 behind"]  # fmt: skip
+    assert [rows["small-2026"][k] for k in pick] == ["12.0", "12.0", "10.0", "over-committed by 4.0", "30",
+                                                      "14.0", "+10.0 ahead"]  # fmt: skip
 
 
 def test_invoice_import_then_reconcile_prints_estimated_invoiced_and_difference(tmp_path: Path) -> None:
