@@ -31,7 +31,7 @@ from provisioner.planner.explain import explain_group, explain_quiet, limits_aft
 from provisioner.planner.limits import Limits, build_limits
 from provisioner.planner.milp import solve_exact
 from provisioner.planner.pricing import ColumnGenerator
-from provisioner.planner.problem import Problem, Solution, build_problem, job_cost
+from provisioner.planner.problem import UNIT_EPSILON, Problem, Solution, _per_job, build_problem, job_cost
 from provisioner.planner.settle import Settler
 from provisioner.planner.solve import solve
 
@@ -210,7 +210,8 @@ def lp_bound(
     )
     _, problem = generator.run(setup.candidates, served_at_most=served_at_most)
     lp = generator.last
-    cost = float(job_cost(problem) @ lp) if lp is not None else 0.0
+    # without the per-unit tie-breaker of the jobs LP's cost, which plans' objectives leave out
+    cost = float((job_cost(problem) - UNIT_EPSILON * _per_job(problem)[1]) @ lp) if lp is not None else 0.0
     served = float(problem.value[problem.pair_group] @ lp) if lp is not None else 0.0
     values = {c.group.id: float(v) for c, v in zip(problem.candidates, problem.value, strict=True)}
     # no usable pair at all: nothing can be served, which the empty plan does at no cost (a bound too)

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from provisioner.domain import LIVE_STATES, DrainReason, Market, Plan, ResourceState
@@ -155,6 +155,7 @@ def test_fast_planner_matches_the_exact_milp_on_small_instances(seed: int) -> No
 
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds)
+@example(seed=263)  # free backfill only: the bound once counted the LP's per-unit tie-breaker as cost
 def test_the_lp_bound_never_exceeds_the_exact_optimum(seed: int) -> None:
     """`lp_bound` (what benchmarks/planner_scale.py bounds the gap with) is a bound: no plan serves
     more value, and none serving as much as the exact optimum costs less."""
