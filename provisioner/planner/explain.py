@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,8 +85,7 @@ class _Binding:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
+class _Row(NamedTuple):
     """One shortlist entry's figures as Python numbers (reading numpy scalars one by one is slow)."""
 
     offering: int
@@ -96,17 +96,14 @@ class _Row:
 
     @staticmethod
     def all(costs: GroupCosts) -> list[_Row]:
-        return [
-            _Row(int(i), *rest)
-            for i, *rest in zip(
-                costs.offering.tolist(),
-                costs.total.tolist(),
-                costs.wave_hours.tolist(),
-                costs.egress_usd_per_job.tolist(),
-                costs.egress_gb_per_job.tolist(),
-                strict=True,
-            )
-        ]
+        columns = (
+            costs.offering,
+            costs.total,
+            costs.wave_hours,
+            costs.egress_usd_per_job,
+            costs.egress_gb_per_job,
+        )
+        return list(map(_Row._make, zip(*(c.tolist() for c in columns), strict=True)))
 
 
 def binding_limit(group: DemandGroup, row: _Row, cols: OfferingColumns, left: Limits) -> _Binding | None:
@@ -164,16 +161,26 @@ def _incompatible_detail(
     reason: RejectReason, group: DemandGroup, cols: OfferingColumns, i: int, vs: str
 ) -> str:
     o = cols.offerings[i]
-    why = {
-        RejectReason.WRONG_ARCH: f"{o.arch} but the group runs only on {', '.join(sorted(a.value for a in group.archs))}",
-        RejectReason.NO_GPU: f"has {o.gpu_count}× {o.gpu_model or 'no GPU'}, jobs need {group.gpus_per_job}× {group.gpu_model or 'any GPU'}",
-        RejectReason.MEMORY: f"{o.memory_gb:g} GB for jobs needing {group.memory_gb_per_job:g} GB",
-        RejectReason.CORES: f"{o.cores} cores for jobs needing {group.cores_per_job}",
-        RejectReason.WALLTIME: f"max walltime {o.max_walltime_hours} h",
-        RejectReason.NOT_PREEMPTIBLE: "the group's jobs are not preemptible",
-        RejectReason.MARKET_NOT_ALLOWED: f"{o.market} not allowed for {group.experiment}",
-        RejectReason.BACKEND_NOT_ALLOWED: f"backend {o.backend} not allowed for {group.experiment}",
-    }.get(reason, reason.value)
+    # only the reason's own sentence is written (it runs for thousands of groups)
+    why: str
+    if reason is RejectReason.WRONG_ARCH:
+        why = f"{o.arch} but the group runs only on {', '.join(sorted(a.value for a in group.archs))}"
+    elif reason is RejectReason.NO_GPU:
+        why = f"has {o.gpu_count}× {o.gpu_model or 'no GPU'}, jobs need {group.gpus_per_job}× {group.gpu_model or 'any GPU'}"
+    elif reason is RejectReason.MEMORY:
+        why = f"{o.memory_gb:g} GB for jobs needing {group.memory_gb_per_job:g} GB"
+    elif reason is RejectReason.CORES:
+        why = f"{o.cores} cores for jobs needing {group.cores_per_job}"
+    elif reason is RejectReason.WALLTIME:
+        why = f"max walltime {o.max_walltime_hours} h"
+    elif reason is RejectReason.NOT_PREEMPTIBLE:
+        why = "the group's jobs are not preemptible"
+    elif reason is RejectReason.MARKET_NOT_ALLOWED:
+        why = f"{o.market} not allowed for {group.experiment}"
+    elif reason is RejectReason.BACKEND_NOT_ALLOWED:
+        why = f"backend {o.backend} not allowed for {group.experiment}"
+    else:
+        why = reason.value
     return f"{o.instance_type} ({o.market}, {o.region}): {why}" + (f"; {vs}" if vs else "")
 
 
@@ -207,14 +214,17 @@ def explain_group(
             seen_reasons.add(reason)
             add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
     # 2. usable runners-up, with the limit that stopped them
+    unserved = max(0, cand.demand - served)
     unserved_reason: RejectReason | None = None
     unserved_detail = ""
     for row in rows:
+        if len(out) >= MAX_REJECTED and (unserved == 0 or unserved_reason is not None):
+            break  # nothing more to show, and the limit binding the unserved jobs is known (or moot)
         i = row.offering
         binding = binding_limit(group, row, cols, left)
         if binding is not None and unserved_reason is None:
             unserved_reason, unserved_detail = binding.reason, f"{cols.offerings[i].id}: {binding.detail}"
-        if cols.offerings[i].id in chosen_ids:
+        if cols.offerings[i].id in chosen_ids or len(out) >= MAX_REJECTED:
             continue
         cost = row.total
         if binding is None:
@@ -223,10 +233,11 @@ def explain_group(
             add(i, binding.reason, cost, f"{binding.detail}; {_percent(cost, reference)}".rstrip("; "))
     # 3. fill up with other incompatible reasons, then anything
     for i, cost, reason in zip(rejected_offering, rejected_total, rejected_reason, strict=True):
+        if len(out) >= MAX_REJECTED:
+            break  # `add` would refuse it: skip writing its detail
         if reason not in seen_reasons:
             seen_reasons.add(reason)
             add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
-    unserved = max(0, cand.demand - served)
     note = ""
     if unserved:
         if len(solver.offering) == 0 and len(rejected_short.offering):
