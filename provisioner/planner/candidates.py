@@ -128,10 +128,8 @@ def _home(
     static: ReasonArray,
     base: _Base,
     egress: GroupEgress,
-    jpu: IntArray,
+    pricer: _GroupPricer,
     cols: OfferingColumns,
-    ctx: PlanContext,
-    compat: CompatContext,
     shared: _Shared,
     per_family: int,
 ) -> tuple[GroupCosts, FloatArray] | None:
@@ -141,22 +139,17 @@ def _home(
     idx = shared.home(static, base, group.data_location)
     if idx is None:
         return None
-    costs = group_costs(group, idx, jpu, egress, cols, ctx)
-    costs = costs.take(compat.priced_reasons(group, costs) == 0)
+    costs = pricer.usable(idx)
     chosen, packed, _ = _select(costs, packed_total(costs, demand), cols, HOME_K, per_family, float("inf"))
     return chosen, packed
 
 
 def _light(
-    group: DemandGroup,
     demand: int,
     static: ReasonArray,
     base: _Base,
-    egress: GroupEgress,
-    jpu: IntArray,
+    pricer: _GroupPricer,
     cols: OfferingColumns,
-    ctx: PlanContext,
-    compat: CompatContext,
     shared: _Shared,
     per_family: int,
 ) -> tuple[GroupCosts, FloatArray] | None:
@@ -170,8 +163,7 @@ def _light(
     take = min(8 * LIGHT_K, allowed)
     near = np.argpartition(rate, take - 1)[:take] if len(rate) > take else np.arange(len(rate))
     near = near[np.isfinite(rate[near])]
-    costs = group_costs(group, base.prefix[near], jpu, egress, cols, ctx)
-    costs = costs.take(compat.priced_reasons(group, costs) == 0)
+    costs = pricer.usable(base.prefix[near])
     if len(costs) == 0:
         return None
     units = np.ceil(max(demand, 1) / (np.maximum(costs.jobs_per_unit, 1) * np.maximum(costs.waves, 1)))
@@ -253,6 +245,56 @@ class _BaseCosts:
             )
             self._cache[key] = found
         return found
+
+
+class _GroupPricer:
+    """Prices offerings for one group and keeps those its price rules allow. A column of `group_costs` and
+    of `priced_reasons` depends only on its offering, so offerings of the group's first window (`remember`)
+    are taken from it rather than priced again: `_light` and `_home` mostly ask for those."""
+
+    def __init__(
+        self,
+        group: DemandGroup,
+        jpu: IntArray,
+        egress: GroupEgress,
+        cols: OfferingColumns,
+        ctx: PlanContext,
+        compat: CompatContext,
+    ) -> None:
+        self.group, self.jpu, self.egress, self.cols, self.ctx, self.compat = (
+            group,
+            jpu,
+            egress,
+            cols,
+            ctx,
+            compat,
+        )
+        self._costs: GroupCosts | None = None
+        self._reasons: ReasonArray = np.zeros(0, dtype=np.uint8)
+        self._by_offering: IntArray = np.zeros(0, dtype=np.int64)  # positions in `_costs`, by offering
+        self._offerings: IntArray = np.zeros(0, dtype=np.int64)  # sorted
+
+    def price(self, idx: IntArray) -> GroupCosts:
+        return group_costs(self.group, idx, self.jpu, self.egress, self.cols, self.ctx)
+
+    def reasons(self, costs: GroupCosts) -> ReasonArray:
+        return self.compat.priced_reasons(self.group, costs)
+
+    def remember(self, idx: IntArray, costs: GroupCosts, reasons: ReasonArray) -> None:
+        """`costs` = `price(idx)` (distinct offerings) and `reasons` = `reasons(costs)`, for reuse."""
+        self._costs, self._reasons = costs, reasons
+        self._by_offering = np.argsort(idx)
+        self._offerings = idx[self._by_offering]
+
+    def usable(self, idx: IntArray) -> GroupCosts:
+        """`price(idx)` without the offerings the price rules reject."""
+        if self._costs is not None and len(self._offerings):
+            at = np.minimum(np.searchsorted(self._offerings, idx), len(self._offerings) - 1)
+            if bool((self._offerings[at] == idx).all()):  # all priced already
+                pos = self._by_offering[at]
+                return self._costs.take(pos[self._reasons[pos] == 0])
+        costs = self.price(idx)
+        return costs.take(self.reasons(costs) == 0)
 
 
 class _Shared:
@@ -388,9 +430,12 @@ def build_candidates(
             first = _cheapest(
                 _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n
             )
-        priced = group_costs(group, first, jpu, egress, cols, plan_ctx)
+        pricer = _GroupPricer(group, jpu, egress, cols, plan_ctx, compat)
+        priced = pricer.price(first)
+        priced_reason = pricer.reasons(priced)
+        pricer.remember(first, priced, priced_reason)
         status = static[first]
-        reason = np.where(status == 0, compat.priced_reasons(group, priced), status)
+        reason = np.where(status == 0, priced_reason, status)
         usable = priced.take(reason == 0)
         compatible = int(np.count_nonzero(status == 0))
         if top_k is None:
@@ -418,13 +463,11 @@ def build_candidates(
                     exact = short[2] or len(idx) >= len(every_ok)
                     batch *= 4
             merged = short[0], short[1]
-            home = _home(group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, shared, per_family)
+            home = _home(group, jobs, static, base, egress, pricer, cols, shared, per_family)
             if home is not None:
                 merged = _merge_packed(merged, home)
             if rate_capped(group.experiment):
-                light = _light(
-                    group, jobs, static, base, egress, jpu, cols, plan_ctx, compat, shared, per_family
-                )
+                light = _light(jobs, static, base, pricer, cols, shared, per_family)
                 if light is not None:
                     merged = _merge_packed(merged, light)
             shortlist = merged[0]
