@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,7 +89,9 @@ def _store() -> UsageStore:
     return UsageStore(load_settings().resolved_usage_dir())
 
 
-def _policy_figures(policy_file: Path | None) -> tuple[dict[str, Decimal], dict[str, Offering]]:
+def _policy_figures(
+    policy_file: Path | None, today: date
+) -> tuple[dict[str, Decimal], dict[str, Offering]]:
     """Monthly budgets and allocation offerings from a policy file, if the policies package can read it."""
     if policy_file is None:
         return {}, {}
@@ -98,7 +100,9 @@ def _policy_figures(policy_file: Path | None) -> tuple[dict[str, Decimal], dict[
         from policies.site import site_offerings
     except ImportError as exc:  # the policy engine is optional for reports
         raise typer.BadParameter(f"cannot read policy files here: {exc}", param_hint="--budgets") from exc
-    policy = load_policy(policy_file, today=datetime.now(UTC).date())  # the CLI's clock is the wall clock
+    # a policy's relative dates ("today-83d") are read on the report's as-of day, so its allocations'
+    # periods and burn plans are those of that day
+    policy = load_policy(policy_file, today=today)
     budgets = {
         name: e.budgets.monthly for name, e in policy.experiments.items() if e.budgets.monthly is not None
     }
@@ -369,7 +373,7 @@ def register(root: typer.Typer) -> None:
         """
         m = _month(month)
         when = _as_of(as_of) if as_of is not None else SystemClock().now()
-        monthly, offerings = _policy_figures(budgets)
+        monthly, offerings = _policy_figures(budgets, when.date())
         with _session() as session:
             result = cost_report(
                 session,

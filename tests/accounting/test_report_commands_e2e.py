@@ -11,6 +11,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session
 
 from accounting.ledger import build_ledger
@@ -99,7 +100,7 @@ account = "cms"
 partition = "batch"
 node_hours_granted = {granted}
 node_hours_used = 0
-starts = "2026-10-01T00:00:00Z"
+starts = "{starts}"
 ends = "{ends}"
 pacing = "even"
 max_walltime_hours = 48
@@ -121,17 +122,29 @@ def _pilot(rid: str, backend: str, **over: object) -> ResourceRow:
     return resource(rid, **(values | over))
 
 
-def test_cost_report_shows_allocations_against_the_burn_plan_from_the_policy(tmp_path: Path) -> None:
-    """The policy's allocations (absolute dates) as of 15 October 00:00, 14 days in: maxwell, 900
-    node-hours over 90 days → plan 140; settled 48 + 12, in flight 12, committed 10 → 72 run, 68
-    behind, 818 left. small, 30 over 30 days → plan 14; 12 + 12 run (10 ahead) and 10 queued: 34
-    booked of 30, over-committed by 4."""
+# (starts, maxwell's end, small's end): absolute, and relative to the day the policy is read, which
+# for a report is its as-of day (15 October), whatever the wall clock says
+DATES = {
+    "absolute": ("2026-10-01T00:00:00Z", "2026-12-30T00:00:00Z", "2026-10-31T00:00:00Z"),
+    "relative": ("today-14d", "today+76d", "today+16d"),
+}
+
+
+@pytest.mark.parametrize("dates", sorted(DATES))
+def test_cost_report_shows_allocations_against_the_burn_plan_from_the_policy(
+    tmp_path: Path, dates: str
+) -> None:
+    """The policy's allocations as of 15 October 00:00, 14 days in: maxwell, 900 node-hours over 90
+    days → plan 140; settled 48 + 12, in flight 12, committed 10 → 72 run, 68 behind, 818 left.
+    small, 30 over 30 days → plan 14; 12 + 12 run (10 ahead) and 10 queued: 34 booked of 30,
+    over-committed by 4."""
+    starts, maxwell_ends, small_ends = DATES[dates]
     policy = tmp_path / "policy.toml"
     policy.write_text(
         POLICY.format(
             allocations=ALLOCATION.format(name="maxwell-2026", backend="maxwell", granted=900,
-                                          ends="2026-12-30T00:00:00Z")
-            + ALLOCATION.format(name="small-2026", backend="small", granted=30, ends="2026-10-31T00:00:00Z")
+                                          starts=starts, ends=maxwell_ends)
+            + ALLOCATION.format(name="small-2026", backend="small", granted=30, starts=starts, ends=small_ends)
         )
     )  # fmt: skip
     day = timedelta(days=1)
