@@ -176,8 +176,9 @@ class LpBound:
     """The jobs-only LP relaxation over the whole compatible catalog (column generation run to the end).
 
     `value` is the most any plan can serve (normalised values, as `job_values`), `cost` the least
-    objective cost (money plus allocation value) of serving `served`: no integral plan serving that
-    much costs less, so (a plan's objective − cost) / cost bounds its gap to the optimum from above."""
+    objective cost (money plus allocation value; egress left out, as what shared tiers charge is not
+    linear) of serving `served`: no integral plan serving that much costs less, so (a plan's
+    objective − cost) / cost bounds its gap to the optimum from above."""
 
     value: float
     served: float
@@ -207,6 +208,7 @@ def lp_bound(
         screen_budget=float("inf"),
         max_rounds=10_000,
         price_capped=True,
+        egress_cost=False,
     )
     _, problem = generator.run(setup.candidates, served_at_most=served_at_most)
     lp = generator.last

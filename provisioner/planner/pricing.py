@@ -20,7 +20,7 @@ Pricing is exact but cheap where it can be:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -150,13 +150,18 @@ class ColumnGenerator:
         screen_budget: float = SCREEN_BUDGET,
         max_rounds: int = MAX_ROUNDS,
         price_capped: bool = False,
+        egress_cost: bool = True,
     ) -> None:
         """`screen_budget`/`max_rounds`: where the planner stops pricing (a bound runs to the end);
         `price_capped`: price groups with a cost cap too (their caps are not rows of the jobs LP, so
-        the LP is then a relaxation: right for a lower bound, not for the planner's shortlists)."""
+        the LP is then a relaxation: right for a lower bound, not for the planner's shortlists);
+        `egress_cost` False: egress costs nothing in the objective (its money is the surrogate's, the
+        average rate of the group's own volume, which can exceed what shared tiers charge: a bound
+        leaves it out; egress caps and budget rows still hold)."""
         self.cols, self.ctx, self.compat = cols, ctx, compat
         self.constraints, self.limits = constraints, limits
         self.screen_budget, self.max_rounds, self.price_capped = screen_budget, max_rounds, price_capped
+        self.egress_cost = egress_cost
         self.served = 0.0  # the value phase 1 reached (the most any plan over the priced columns serves)
         self.last: FloatArray | None = None  # the last phase-2 LP's jobs per pair, on the returned problem
         self.bases = _BaseCosts(cols, ctx)
@@ -207,7 +212,10 @@ class ColumnGenerator:
         return cands, problem
 
     def _problem(self, cands: Sequence[GroupCandidates]) -> Problem:
-        return build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)
+        problem = build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)
+        if not self.egress_cost:
+            problem = replace(problem, egress_usd_job=np.zeros_like(problem.egress_usd_job))
+        return problem
 
     def _price(self, problem: Problem, cands: list[GroupCandidates], duals: _Duals, phase2: bool) -> bool:
         """Add every group's most negative reduced-cost columns; False when there are none."""
@@ -347,7 +355,7 @@ class _Coefficients:
         egress = GroupEgress(group, cand.demand, cols, ctx)
         loc = cols.location[idx]
         per_job_hours = wave_hours * per_wave + startup * per_unit
-        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + egress.usd[loc]
+        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + (egress.usd[loc] if gen.egress_cost else 0.0)
         return cls(
             idx=idx,
             per_unit=per_unit,

@@ -156,6 +156,7 @@ def test_fast_planner_matches_the_exact_milp_on_small_instances(seed: int) -> No
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds)
 @example(seed=263)  # free backfill only: the bound once counted the LP's per-unit tie-breaker as cost
+@example(seed=18070)  # two groups leaving one region: shared egress tiers charged less than the surrogate
 def test_the_lp_bound_never_exceeds_the_exact_optimum(seed: int) -> None:
     """`lp_bound` (what benchmarks/planner_scale.py bounds the gap with) is a bound: no plan serves
     more value, and none serving as much as the exact optimum costs less."""
