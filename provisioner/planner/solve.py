@@ -119,7 +119,10 @@ def _restricted(problem: Problem, keep: BoolArray, time_limit: float, label: str
     full = [np.zeros(problem.pairs, dtype=np.int64) for _ in range(3)]
     for arr, got in zip(full, (part.units, part.unit_waves, part.jobs), strict=True):
         arr[keep] = got
-    return repair(problem, Solution(full[0], full[1], full[2], part.method))
+    found = repair(problem, Solution(full[0], full[1], full[2], part.method))
+    if r.status != "optimal":  # an incumbent cut short in its cost phase: polish it as the MILP path does
+        found = repair(problem, improve(problem, found))
+    return found
 
 
 SERVICE_TIE = 1e-4  # plans serving within this share of the most served value count as serving the same
@@ -157,14 +160,24 @@ def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
 
 
 def integral_solution(problem: Problem, x: FloatArray, z: FloatArray, y: FloatArray, method: str) -> Solution:
-    """Round down to a consistent integral solution (never breaks a limit the relaxation kept)."""
-    units = np.floor(x + 1e-9).astype(np.int64)
-    unit_waves = np.minimum(np.floor(z + 1e-9).astype(np.int64), problem.waves * units)
-    jobs = np.minimum(np.floor(y + 1e-9).astype(np.int64), problem.jobs_per_unit * unit_waves)
+    """A MILP's point as whole units, waves and jobs: each value to its integer within HiGHS's
+    integrality tolerance, never below 0 (a variable at its bound of 0 comes back as -1e-7, which
+    flooring made -1: a group once showed 11 jobs planned of 10, -1 on another pair), then kept
+    consistent (jobs fit their waves, waves their units)."""
+
+    def whole(v: FloatArray) -> IntArray:
+        return np.maximum(np.floor(v + INTEGRALITY), 0).astype(np.int64)
+
+    units = whole(x)
+    unit_waves = np.minimum(whole(z), problem.waves * units)
+    jobs = np.minimum(whole(y), problem.jobs_per_unit * unit_waves)
     # drop units and waves the jobs do not need
     unit_waves = np.minimum(unit_waves, -(-jobs // np.maximum(problem.jobs_per_unit, 1)))
     units = np.minimum(units, -(-unit_waves // np.maximum(problem.waves, 1)))
     return Solution(units, unit_waves, jobs, method)
+
+
+INTEGRALITY = 1e-6  # HiGHS's mip_feasibility_tolerance: 10.9999995 is 11
 
 
 class _Residual:
