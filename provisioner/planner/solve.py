@@ -311,6 +311,8 @@ def repair(problem: Problem, solution: Solution, targets: IntArray | None = None
             lo, hi = 0, int(left[g]) if targets is None else min(int(left[g]), int(targets[p]) - int(y[p]))
             if hi > 0 and residual.fits(p, *_growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, hi)):
                 lo = hi  # the common case: everything asked for fits
+            elif hi > 1 and not residual.fits(p, *_growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, 1)):
+                hi = 0  # not even one more job (a spent budget, a full quota): no search
             while lo < hi:  # the largest number of extra jobs that fits (fitting is monotone)
                 mid = (lo + hi + 1) // 2
                 if residual.fits(p, *_growth(int(x[p]), int(z[p]), int(y[p]), jpu, waves, mid)):
