@@ -69,8 +69,9 @@ CLOSE_ENOUGH = 2e-3  # a repaired LP this close to the LP's bounds on value and 
 RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the LP's support
 # Above this many pairs the restricted MILP does not finish within its time limit and its incumbent
 # loses to the repaired LP: on the 720-group scale instance (benchmarks/planner_scale.py, 1,881 pairs)
-# it spent 2.9 s for a plan 2 % dearer than the repaired one (15 s got it 0.75 % below). The trace
-# instances of benchmarks/planner_gap.py, where it decides the gap, restrict to at most ~200 pairs.
+# it spent 2.9 s for a plan 2 % dearer than the repaired one (15 s got it 0.75 % below). On the trace
+# instances of benchmarks/planner_gap.py, where it decides the gap, the narrow restriction has at
+# most ~200 pairs and the whole shortlist 550-1,212.
 RESTRICTED_MAX_PAIRS = 1500
 
 
