@@ -103,6 +103,36 @@ def wait_for(check: Callable[[], bool], *, timeout: float, what: str, broker: Br
         time.sleep(1)
 
 
+def allocation_broker(
+    tmp_path: Path,
+    account: str,
+    now: datetime,
+    *,
+    ends: datetime | None = None,
+    backends_extra: str = "",
+    horizon_hours: float = 1 / 60,
+    startup_seconds: int = 0,
+) -> BrokerProcess:
+    """A broker with one ASAP-paced allocation of 100 node-hours on the test's account, begun a day ago
+    and ending `ends` (default: in a day)."""
+    backend = f"hpc-{account}"
+    return BrokerProcess(
+        tmp_path,
+        f"b-{account}",
+        policy(
+            account=account,
+            backend=backend,
+            granted=100,
+            starts=now - timedelta(days=1),
+            ends=ends or now + timedelta(days=1),
+            pacing="asap",
+            horizon_hours=horizon_hours,
+            startup_seconds=startup_seconds,
+        ),
+        backends(backend) + backends_extra,
+    )
+
+
 def pilots(account: str) -> list[str]:
     return [j.job_id for j in queued_or_running(account) if j.name.startswith("prv.pilot.")]
 
@@ -111,21 +141,7 @@ def test_cancelling_a_request_takes_its_allocation_pilots_off_the_queue(account:
     """Allocation pilots cost no money, yet once the request they serve is cancelled they go at once:
     the hours they would hold belong to other work."""
     now = datetime.now(UTC).replace(microsecond=0)
-    backend = f"hpc-{account}"
-    broker = BrokerProcess(
-        tmp_path,
-        f"b-{account}",
-        policy(
-            account=account,
-            backend=backend,
-            granted=100,
-            starts=now - timedelta(days=1),
-            ends=now + timedelta(days=1),
-            pacing="asap",
-            horizon_hours=1,
-        ),
-        backends(backend),
-    )
+    broker = allocation_broker(tmp_path, account, now, horizon_hours=1)
     with broker.run(interval=2):
         request_id = broker.request(
             "--experiment", "atlas", "--cores", "4", "--cores-per-job", "2", "--duration", "30m"
@@ -147,21 +163,8 @@ def test_pilots_queued_at_the_allocations_end_are_cancelled_and_none_starts_afte
     and are gone at the end — none of them ever starts after it."""
     now = datetime.now(UTC).replace(microsecond=0)
     ends = now + timedelta(seconds=100)
-    backend = f"hpc-{account}"
-    broker = BrokerProcess(
-        tmp_path,
-        f"b-{account}",
-        policy(
-            account=account,
-            backend=backend,
-            granted=100,
-            starts=now - timedelta(days=1),
-            ends=ends,
-            pacing="asap",
-            startup_seconds=30,  # queued within a minute of the end: drained as "allocation ending"
-        ),
-        backends(backend),
-    )
+    # queued within a minute of the end: drained as "allocation ending"
+    broker = allocation_broker(tmp_path, account, now, ends=ends, startup_seconds=30)
     # the whole node, for longer than the allocation lasts (charged to the test's account, not a pilot)
     blocker = slurm(
         "sbatch", "--parsable", f"--account={account}", "--partition=debug", "--nodes=1", "--exclusive",
@@ -223,20 +226,12 @@ def test_pilots_end_themselves_when_their_group_has_no_work_left_and_the_broker_
     payload = tmp_path / "payload.sh"
     payload.write_text(WORK_QUEUE_PAYLOAD.format(queue=queue, out=out))
     payload.chmod(0o755)
-    backend = f"hpc-{account}"
-    broker = BrokerProcess(
+    broker = allocation_broker(
         tmp_path,
-        f"b-{account}",
-        policy(
-            account=account,
-            backend=backend,
-            granted=100,
-            starts=now - timedelta(days=1),
-            ends=now + timedelta(days=1),
-            pacing="asap",
-            horizon_hours=1,
-        ),
-        backends(backend) + f'pilot_command = "{payload}"\npilot_idle_exit_seconds = {IDLE_EXIT_SECONDS}\n',
+        account,
+        now,
+        horizon_hours=1,
+        backends_extra=f'pilot_command = "{payload}"\npilot_idle_exit_seconds = {IDLE_EXIT_SECONDS}\n',
     )
 
     def ended_pilots() -> list[Job]:
