@@ -10,10 +10,8 @@ and months stay valid on any date from December 2026 on (the test was written on
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,8 +21,8 @@ from typing import Any
 
 from accounting.dirq_queue import OutgoingQueue
 from tests.accounting.apel_loader import load_message
+from tests.cli_process import isolated_env, run_cli
 
-REPO = Path(__file__).parents[2]
 SITE = "UKI-E2E"
 FQAN = "/atlas/Role=production/Capability=NULL"
 DN = "/DC=ch/DC=cern/CN=atlas prod"
@@ -104,12 +102,7 @@ def _write(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env |= {"PROVISIONER_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "400", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", "accounting", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    return run_cli(["accounting", *args], isolated_env(tmp_path / "state"), cwd=tmp_path)
 
 
 def _flat(text: str) -> str:

@@ -4,10 +4,8 @@ database is seeded here in-process (resources and their ledger, dates fixed in O
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,17 +18,11 @@ from provisioner.model import ResourceRow
 from tests.accounting import test_reconcile as rec
 from tests.accounting.test_ledger import resource
 from tests.accounting.test_reports import ALLOC, NOW, OCT
-
-REPO = Path(__file__).parents[2]
+from tests.cli_process import isolated_env, run_cli
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env |= {"PROVISIONER_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "400", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    return run_cli(args, isolated_env(tmp_path / "state"), cwd=tmp_path)
 
 
 def _seeded(tmp_path: Path) -> Session:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +27,7 @@ from provisioner.db import make_engine, upgrade
 from provisioner.domain import UsageRecord
 from tests.accounting.conftest import job, vm
 from tests.accounting.test_usage_file import NOW, OCTOBER, _json, _write
-
-REPO = Path(__file__).parents[2]
+from tests.cli_process import isolated_env, run_cli
 
 
 def _csv(path: Path, records: list[UsageRecord]) -> Path:
@@ -243,12 +239,7 @@ def test_what_import_records_stores_follows_the_same_rule(seq: list[Occurrence],
 def test_the_import_command_exits_1_naming_both_lines_of_a_conflicting_repeat(tmp_path: Path) -> None:
     changed = replace(job(1), wall_seconds=3600, cpu_seconds=3000)
     usage = _write(tmp_path / "u.jsonl", [_json(job(1)), _json(job(2)), _json(changed)])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env |= {"PROVISIONER_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "400", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", "accounting", "import", str(usage)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    done = run_cli(["accounting", "import", str(usage)], isolated_env(tmp_path / "state"), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     err = " ".join(done.stderr.split())  # whatever the console wrapped
     assert "Traceback" not in err

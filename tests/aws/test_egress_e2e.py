@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +19,7 @@ from provisioner.bus import InProcessBus
 from provisioner.model import EventRow, row_time
 from provisioner.settings import Settings
 from tests.aws.conftest import KEY_ID, REGION, SECRET, aws_backends_table
+from tests.cli_process import run_cli
 
 pytestmark = pytest.mark.moto
 
@@ -29,19 +28,8 @@ BROKER_ID = "broker-egress-e2e"
 SENT_PER_INSTANCE = 2.5e9  # bytes out each instance's NetworkOut reports
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _ok(args: list[str], env: dict[str, str]) -> str:
-    done = _cli(args, env)
+    done = run_cli(args, env)
     assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
     return done.stdout
 

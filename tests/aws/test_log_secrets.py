@@ -7,12 +7,12 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.aws.conftest import KEY_ID, SECRET, aws_backends_table
+from tests.cli_process import run_cli
 
 pytestmark = pytest.mark.moto
 
@@ -22,14 +22,7 @@ USER_DATA = f"#!/bin/bash\nexport PILOT_TOKEN={PILOT_TOKEN}\nexec /opt/pilot/run
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_cli(args, env, timeout=180)
 
 
 @pytest.mark.parametrize("json_logs", [False, True])

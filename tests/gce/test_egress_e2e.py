@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +18,7 @@ from provisioner.broker import build_broker
 from provisioner.bus import InProcessBus
 from provisioner.model import EventRow, row_time
 from provisioner.settings import Settings
+from tests.cli_process import run_cli
 from tests.fakes.gce_server import FakeGce
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,14 +28,7 @@ SENT_PER_VM = 2_500_000_000  # bytes out each VM's sent_bytes_count reports
 
 
 def _ok(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "provisioner.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_cli(args, env)
     assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
     return done.stdout
 

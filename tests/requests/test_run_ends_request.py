@@ -14,17 +14,13 @@ from sqlmodel import Session, col, select
 
 from provisioner.db import open_database
 from provisioner.model import BurstRequestRow, EventRow, ResourceRow, row_time
+from tests.cli_process import isolated_env, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env |= {"PROVISIONER_STATE_DIR": str(state), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-c", "from provisioner.cli import main; main()", *args],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+    return run_cli(args, isolated_env(state, columns=200), timeout=timeout)
 
 
 def _ended_and_released(db: Engine, request_id: str) -> bool:
