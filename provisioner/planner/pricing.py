@@ -236,7 +236,9 @@ class ColumnGenerator:
                 work.append((g, costs))
         if not work:
             return False
-        priced = build_problem(
+        # through `_problem`, so the candidates are priced with the master's own costs (a bound's
+        # pricing once counted the egress its master leaves out, and could miss columns)
+        priced = self._problem(
             [
                 GroupCandidates(
                     cands[g].group,
@@ -247,11 +249,7 @@ class ColumnGenerator:
                     0,
                 )
                 for g, c in work
-            ],
-            self.cols,
-            self.ctx,
-            self.constraints,
-            self.limits,
+            ]
         )
         groups = np.array([g for g, _ in work], dtype=np.int64)
         rc = reduced_costs(priced, groups, problem.value, duals, phase2)
