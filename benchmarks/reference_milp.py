@@ -14,7 +14,11 @@ Budget rows count a transfer at the highest marginal rate its source can reach i
 they never under-estimate money (exact whenever one rate covers the reachable volume).
 
 Lexicographic: first the most served value (share × 2^(priority/10) × HS23-hours per job), then
-the least cost (money + allocation value, egress exact) at that value.
+the least cost (money + allocation value, egress exact) at that value, or at `service_floor` when
+given: benchmarks/planner_gap.py asks for the least cost at the least service any planner path
+reached, so that its cost gaps compare plans serving as much (a cheaper reference serving less, or
+dearer one serving more, would make them meaningless). The floor is only a number: the model, its
+bounds and its search stay the reference's own.
 
 The catalog is reduced per group by a dominance rule that cannot exclude an optimum: offering q
 replaces p for any number of jobs n ≤ the group's demand when, with k and K = k·W capped at the
@@ -76,6 +80,8 @@ class ReferenceResult:
     value_bound: float  # HiGHS's upper bound on the served value
     cost: float  # money + allocation value, egress exact
     cost_bound: float  # HiGHS's lower bound on that cost at the served value (= cost when optimal)
+    service_floor: float  # the value the cost phase had to serve (the served value unless given)
+    at_floor: bool  # the cost phase found a plan serving the floor: `cost` and `assignments` are its
     status: str  # "optimal" or what stopped HiGHS
     assignments: list[Assignment]
     pairs: int
@@ -234,9 +240,11 @@ def solve_reference(
     time_limit: float = 300.0,
     gap: float = 1e-7,
     prune: bool = True,
+    service_floor: float | None = None,
 ) -> ReferenceResult:
     """The exact lexicographic optimum of the instance (no running fleet), with the dominance reduction
-    unless `prune` is false (every compatible offering becomes a column: for tests on small catalogs)."""
+    unless `prune` is false (every compatible offering becomes a column: for tests on small catalogs).
+    `service_floor`: the cost phase serves at least this value instead of what the value phase served."""
     t0 = time.perf_counter()
     if any(g.max_cost_per_hs23_hour is not None for g in groups):
         raise NotImplementedError("group cost caps are not modelled by the reference")
@@ -409,7 +417,7 @@ def solve_reference(
     n = len(m.lb)
     if p == 0:
         return ReferenceResult(
-            0.0, 0.0, 0.0, 0.0, "optimal", [], 0, before, time.perf_counter() - t0, budget_exact
+            0.0, 0.0, 0.0, 0.0, 0.0, True, "optimal", [], 0, before, time.perf_counter() - t0, budget_exact
         )
     values = np.array([job_value(g, constraints) for g, _ in live])
     c1 = np.zeros(n)
@@ -430,18 +438,20 @@ def solve_reference(
     for cols in seg_cols.values():
         for c, _, rate in cols:
             c2[c] = rate
-    # phase 2: at least the served value (less a sliver for float noise), least cost
+    # phase 2: at least the served value or the floor (less a sliver for float noise), least cost
+    floor = served if service_floor is None else service_floor
     h.changeColsCost(n, np.arange(n, dtype=np.int32), c2)
     h.changeObjectiveSense(highspy.ObjSense.kMinimize)
     h.addRow(
-        served * (1 - 1e-9) - 1e-9, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg]
+        floor * (1 - 1e-9) - 1e-9, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg]
     )
     h.run()
     status2 = h.modelStatusToString(h.getModelStatus())
     info2 = h.getInfo()
     sol2 = np.array(h.getSolution().col_value)
-    if len(sol2) == n and float(values[pg] @ sol2[y0 : y0 + p]) >= served * (1 - 1e-6):
-        sol = sol2
+    at_floor = floor <= 0
+    if len(sol2) == n and float(values[pg] @ sol2[y0 : y0 + p]) >= floor * (1 - 1e-6):
+        sol, at_floor = sol2, True
     x = np.rint(sol[x0 : x0 + p]).astype(np.int64)
     z = np.rint(sol[z0 : z0 + p]).astype(np.int64)
     y = np.rint(sol[y0 : y0 + p]).astype(np.int64)
@@ -453,13 +463,19 @@ def solve_reference(
     status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
     cost = float(c2 @ sol)
     cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
-    # phase 2 proven: its cost is the least at the served value; else HiGHS's lower bound on it
-    cost_bound = cost if status2 == "Optimal" else min(cost, max(0.0, cost_bound))
+    # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short
+    # of the floor says nothing about the cost of serving it)
+    if status2 == "Optimal" and at_floor:
+        cost_bound = cost
+    else:
+        cost_bound = max(0.0, cost_bound) if not at_floor else min(cost, max(0.0, cost_bound))
     return ReferenceResult(
         value=float(values[pg] @ y),
         value_bound=bound,
         cost=cost,
         cost_bound=cost_bound,
+        service_floor=floor,
+        at_floor=at_floor,
         status=status,
         assignments=assignments,
         pairs=p,

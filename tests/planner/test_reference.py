@@ -99,3 +99,58 @@ def test_the_checker_flags_an_incompatible_offering_and_a_broken_budget() -> Non
     assert any("over budget" in v for v in over_budget.violations)
     fits = check_plan([g], cat, constraints, [Usage("g", x86.id, 1, 1)])
     assert fits.violations == []
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=seeds)
+def test_the_reference_cost_at_a_lower_service_floor_is_never_dearer(seed: int) -> None:
+    """benchmarks/planner_gap.py compares each path's cost with the reference's at the least value
+    any path served: serving less can only cost less, so that gap is never under-stated."""
+    inst = _instance(seed)
+    cat = Catalog(inst.offerings, inst.constraints)
+    full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
+    assert full.at_floor and abs(full.service_floor - full.value) <= 1e-6 * max(1.0, full.value)
+    half = solve_reference(
+        inst.groups,
+        inst.offerings,
+        inst.constraints,
+        catalog=cat,
+        time_limit=30,
+        service_floor=full.value / 2,
+    )
+    assert half.at_floor and half.value >= full.value / 2 * (1 - 1e-6)
+    assert half.cost <= full.cost * (1 + 1e-6) + 1e-6
+    assert half.value_bound == full.value_bound
+
+
+def test_a_service_floor_no_plan_reaches_gives_no_cost_to_compare_with() -> None:
+    inst = _instance(7)
+    cat = Catalog(inst.offerings, inst.constraints)
+    full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
+    beyond = solve_reference(
+        inst.groups,
+        inst.offerings,
+        inst.constraints,
+        catalog=cat,
+        time_limit=30,
+        service_floor=full.value_bound * 2 + 1,
+    )
+    assert not beyond.at_floor
+
+
+def test_a_plan_serving_less_than_the_stored_floor_has_no_gap_and_fails() -> None:
+    """`--reuse-reference` after a planner change: a reference cost at a higher service than the plan
+    now reaches would under-state the plan's gap, so the row asks for the reference to be solved again."""
+    from benchmarks.plan_check import Check
+    from benchmarks.planner_gap import _compare
+
+    at = _compare(Check(value=100.0, cost=105.0), "auto", 0.1, best_value=100.0, best_cost=100.0, floor=100.0)
+    assert at["cost_gap"] == 0.05 and at["fails"] and not at["reference_stale"]
+    below = _compare(
+        Check(value=99.0, cost=90.0), "auto", 0.1, best_value=100.0, best_cost=100.0, floor=100.0
+    )
+    assert below["reference_stale"] and below["cost_gap"] == float("inf") and below["fails"]
+    no_cost = _compare(
+        Check(value=100.0, cost=90.0), "auto", 0.1, best_value=100.0, best_cost=float("inf"), floor=100.0
+    )
+    assert no_cost["cost_gap"] == float("inf") and no_cost["fails"]
