@@ -176,9 +176,10 @@ class LpBound:
     """The jobs-only LP relaxation over the whole compatible catalog (column generation run to the end).
 
     `value` is the most any plan can serve (normalised values, as `job_values`), `cost` the least
-    objective cost (money plus allocation value; egress left out, as what shared tiers charge is not
-    linear) of serving `served`: no integral plan serving that much costs less, so (a plan's
-    objective − cost) / cost bounds its gap to the optimum from above."""
+    objective cost (money plus allocation value; egress at its floor, the lowest marginal rate left
+    on the source's tiers, as what shared tiers charge is not linear) of serving `served`: no
+    integral plan serving that much costs less, so (a plan's objective − cost) / cost bounds its gap
+    to the optimum from above."""
 
     value: float
     served: float

@@ -39,6 +39,7 @@ objective adds the allocation value. The per-unit quantities the solver needs ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -160,6 +161,25 @@ class EgressPricer:
                 top = max(top, float(tier.usd_per_gb))
         self._memo[key] = top
         return top
+
+    def floor_rate(self, tiers: tuple[EgressTier, ...] | None, source: str) -> float:
+        """The lowest marginal USD per GB any further transfer out of `source` can meet this period:
+        whoever else moves data from it, no GB of this one costs less (what a lower bound may count)."""
+        if not tiers:
+            return 0.0
+        used = self.used_gb.get(source, 0.0)
+        key = (id(tiers), used, -2.0)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        floor = math.inf
+        for k, tier in enumerate(tiers):
+            upper = float("inf") if tier.up_to_gb is None or k == len(tiers) - 1 else tier.up_to_gb
+            if upper > used:
+                floor = min(floor, float(tier.usd_per_gb))
+        floor = 0.0 if floor == math.inf else floor
+        self._memo[key] = floor
+        return floor
 
     def rate(self, tiers: tuple[EgressTier, ...] | None, source: str, gb: float) -> float:
         """Average USD per GB of moving `gb` out of `source` on `tiers`, after this period's use."""
@@ -375,6 +395,7 @@ class GroupEgress:
         self.usd = np.zeros(n)
         self.gb = np.zeros(n)
         self.budget_usd = np.zeros(n)
+        self.floor_usd = np.zeros(n)  # at the lowest rate any of its GB can cost (for lower bounds)
         if self.none or source is None:
             return
         routes = ctx.egress.routes_from(source, cols.locations)
@@ -394,6 +415,12 @@ class GroupEgress:
         out_top = np.array([ctx.egress.top_rate(t, loc) for t, loc in routes.out_tiers])
         self.budget_usd = (
             group.input_gb_per_job * in_top[routes.in_set] + group.output_gb_per_job * out_top[routes.out_set]
+        )
+        in_floor = np.array([ctx.egress.floor_rate(t, source) for t in routes.in_tiers])
+        out_floor = np.array([ctx.egress.floor_rate(t, loc) for t, loc in routes.out_tiers])
+        self.floor_usd = (
+            group.input_gb_per_job * in_floor[routes.in_set]
+            + group.output_gb_per_job * out_floor[routes.out_set]
         )
 
     def per_job(self, location: IntArray) -> tuple[FloatArray, FloatArray, FloatArray]:

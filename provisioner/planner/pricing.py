@@ -155,9 +155,10 @@ class ColumnGenerator:
         """`screen_budget`/`max_rounds`: where the planner stops pricing (a bound runs to the end);
         `price_capped`: price groups with a cost cap too (their caps are not rows of the jobs LP, so
         the LP is then a relaxation: right for a lower bound, not for the planner's shortlists);
-        `egress_cost` False: egress costs nothing in the objective (its money is the surrogate's, the
-        average rate of the group's own volume, which can exceed what shared tiers charge: a bound
-        leaves it out; egress caps and budget rows still hold)."""
+        `egress_cost` False: egress costs only its floor in the objective, the lowest marginal rate of
+        the source's tiers left this period (the surrogate, the average rate of the group's own
+        volume, can exceed what shared tiers charge; no GB costs less than the floor, so a bound
+        counts that; egress caps and budget rows still hold)."""
         self.cols, self.ctx, self.compat = cols, ctx, compat
         self.constraints, self.limits = constraints, limits
         self.screen_budget, self.max_rounds, self.price_capped = screen_budget, max_rounds, price_capped
@@ -213,8 +214,12 @@ class ColumnGenerator:
 
     def _problem(self, cands: Sequence[GroupCandidates]) -> Problem:
         problem = build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)
-        if not self.egress_cost:
-            problem = replace(problem, egress_usd_job=np.zeros_like(problem.egress_usd_job))
+        if not self.egress_cost and problem.pairs:
+            by_group = np.stack(
+                [GroupEgress(c.group, c.demand, self.cols, self.ctx).floor_usd for c in cands]
+            )
+            floor = by_group[problem.pair_group, self.cols.location[problem.pair_offering]]
+            problem = replace(problem, egress_usd_job=floor)
         return problem
 
     def _price(self, problem: Problem, cands: list[GroupCandidates], duals: _Duals, phase2: bool) -> bool:
@@ -353,7 +358,11 @@ class _Coefficients:
         egress = GroupEgress(group, cand.demand, cols, ctx)
         loc = cols.location[idx]
         per_job_hours = wave_hours * per_wave + startup * per_unit
-        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + (egress.usd[loc] if gen.egress_cost else 0.0)
+        cost = (
+            paid * per_job_hours
+            + UNIT_EPSILON * per_unit
+            + (egress.usd if gen.egress_cost else egress.floor_usd)[loc]
+        )
         return cls(
             idx=idx,
             per_unit=per_unit,

@@ -47,3 +47,22 @@ def test_groups_sharing_a_free_first_tier_are_budgeted_at_the_rate_they_will_pay
         assert check.violations == []
         assert p.total_cost <= budget
         assert check.money <= float(budget) + 1e-9
+
+
+def test_the_floor_rate_is_the_cheapest_tier_a_further_gb_can_reach() -> None:
+    """`lp_bound` charges egress at this floor: no GB moved this period costs less, whoever else moves
+    data from the source; tiers already used up no longer count."""
+    from provisioner.planner.cost import EgressPricer
+
+    tiers = (
+        EgressTier(100.0, Decimal("0")),  # the free first 100 GB
+        EgressTier(10_240.0, Decimal("0.09")),
+        EgressTier(51_200.0, Decimal("0.085")),
+        EgressTier(None, Decimal("0.07")),
+    )
+    fresh = EgressPricer((), {}, {})
+    assert fresh.floor_rate(tiers, "aws:us-east-1") == 0.0  # the free tier is still there
+    past_free = EgressPricer((), {}, {"aws:us-east-1": 500.0})
+    assert past_free.floor_rate(tiers, "aws:us-east-1") == 0.07
+    assert past_free.top_rate(tiers, "aws:us-east-1") == 0.09
+    assert fresh.floor_rate((), "aws:us-east-1") == 0.0
