@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import cast
@@ -89,3 +90,31 @@ def test_a_plan_serving_a_sliver_more_does_not_win_at_twice_the_cost() -> None:
     # but more service beyond the tie still wins, whatever it costs
     more = Solution(ones, np.array([0, 101_000]), np.array([0, 101_000]), "more")
     assert _best(problem, (cheap, more)) is more
+
+
+def test_repair_gives_a_scarce_cheap_pool_to_the_large_group_whose_jobs_fill_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool of 4 cheap 16-core units; a valuable group of 20 jobs and a plain one of 40 (1 core each).
+    The LP puts all 60 on the pool (3.75 units); whole units need 5. Going by value, the small group
+    rounds up to 2 units and the large one sends 8 jobs to 2 dear 4-core units; the largest group
+    first sends 4 jobs of the small one to 1 dear unit instead. Without the restricted MILP (it would
+    find that too), the repaired plan alone must be the cheap one."""
+    # the module, not the `solve` function the package exports under the same name
+    monkeypatch.setattr(sys.modules["provisioner.planner.solve"], "_restricted", lambda *args, **kwargs: None)
+    offerings = [
+        offering("pool.4xlarge", cores=16, price="0.16", family="pool", capacity_units=4),
+        offering("dear.xlarge", cores=4, price="0.40", family="dear"),
+    ]
+    groups = [
+        group("small", jobs=20, priority=20, walltime_hours=20.0),
+        group("large", jobs=40, priority=0, walltime_hours=20.0),
+    ]
+    constraints = PlanningConstraints(horizon_hours=24.0, now=NOW)
+    exact = plan(groups, offerings, (), constraints, method="exact")
+    repaired = plan(groups, offerings, (), constraints, method="lp")
+    assert "repair" in repaired.solver
+    assert sum(it.jobs for it in repaired.items) == 60
+    assert repaired.total_cost == exact.total_cost
+    dear = {it.group_id: it.units for it in repaired.items if it.offering_id.startswith("aws:us-east-1:dear")}
+    assert dear == {"small": 1}
