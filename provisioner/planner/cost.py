@@ -39,8 +39,7 @@ objective adds the allocation value. The per-unit quantities the solver needs ar
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,39 +146,37 @@ class EgressPricer:
 
         Budget rows price egress at this rate: other groups leaving the same source move the starting
         point along the tiers, so the group's own average rate could under-estimate its money."""
-        if not tiers:
-            return 0.0
-        used = self.used_gb.get(source, 0.0)
-        key = (id(tiers), used, -1.0)
-        found = self._memo.get(key)
-        if found is not None:
-            return found
-        top = 0.0
-        for k, tier in enumerate(tiers):
-            upper = float("inf") if tier.up_to_gb is None or k == len(tiers) - 1 else tier.up_to_gb
-            if upper > used:
-                top = max(top, float(tier.usd_per_gb))
-        self._memo[key] = top
-        return top
+        return self._reachable(tiers, source, max, -1.0)
 
     def floor_rate(self, tiers: tuple[EgressTier, ...] | None, source: str) -> float:
         """The lowest marginal USD per GB any further transfer out of `source` can meet this period:
         whoever else moves data from it, no GB of this one costs less (what a lower bound may count)."""
+        return self._reachable(tiers, source, min, -2.0)
+
+    def _reachable(
+        self,
+        tiers: tuple[EgressTier, ...] | None,
+        source: str,
+        pick: Callable[[Iterable[float]], float],
+        memo_tag: float,
+    ) -> float:
+        """`pick` of the marginal rates of the tiers not used up this period (0 without tiers)."""
         if not tiers:
             return 0.0
         used = self.used_gb.get(source, 0.0)
-        key = (id(tiers), used, -2.0)
+        key = (id(tiers), used, memo_tag)
         found = self._memo.get(key)
         if found is not None:
             return found
-        floor = math.inf
-        for k, tier in enumerate(tiers):
-            upper = float("inf") if tier.up_to_gb is None or k == len(tiers) - 1 else tier.up_to_gb
-            if upper > used:
-                floor = min(floor, float(tier.usd_per_gb))
-        floor = 0.0 if floor == math.inf else floor
-        self._memo[key] = floor
-        return floor
+        last = len(tiers) - 1
+        rates = [
+            float(tier.usd_per_gb)
+            for k, tier in enumerate(tiers)
+            if (float("inf") if tier.up_to_gb is None or k == last else tier.up_to_gb) > used
+        ]
+        found = pick(rates) if rates else 0.0
+        self._memo[key] = found
+        return found
 
     def rate(self, tiers: tuple[EgressTier, ...] | None, source: str, gb: float) -> float:
         """Average USD per GB of moving `gb` out of `source` on `tiers`, after this period's use."""
