@@ -25,13 +25,15 @@ than 1 % above the reference.
 Run: `python -m benchmarks.planner_gap` → benchmarks/results/planner_gap.json (+ .md).
 `--quick` runs one policy per trace at the small size. On a shared machine the instances can be
 split: `--shard 0/3` … `--shard 2/3` (in parallel) write shard files, `--merge 3` joins them.
-`--reuse-reference` re-measures the planner against the stored references; `--extend` solves the
+`--reuse-reference` re-measures the planner against the stored references; `--resolve NAME` solves one
+reference again (several may run at once); `--extend` solves the
 references of instances the results file lacks (with `--shard`, each shard its part) and adds them.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import statistics
@@ -224,14 +226,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.resolve:
-        stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
         by_name = {inst.name: inst for inst in build_instances(load_catalog().offerings, sizes=SIZES)}
         cols = OfferingColumns.from_offerings(next(iter(by_name.values())).offerings)
-        for k, row in enumerate(stored):
-            if row["instance"] in args.resolve:
-                stored[k] = measure(by_name[str(row["instance"])], cols, args.reference_time_limit)
-                print(f"{row['instance']}: reference {stored[k]['reference']['status']}", flush=True)  # type: ignore[index]
-        write(stored)
+        for name in args.resolve:
+            row = measure(by_name[name], cols, args.reference_time_limit)
+            print(f"{name}: reference {row['reference']['status']}", flush=True)  # type: ignore[index]
+            # read, replace, write under a lock: several --resolve may run at once, one instance each
+            with (RESULTS / "planner_gap.lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
+                write([row if r["instance"] == name else r for r in stored])
         return
     if args.reuse_reference:
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
