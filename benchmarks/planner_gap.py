@@ -16,7 +16,9 @@ HiGHS. Every plan — the planner's and the reference's — is re-priced and che
 Per instance and planner path (`auto`, forced `milp`, forced `lp`): hard-limit violations, items
 stating less money than they need, service shortfall = (reference value − plan value) / reference
 value (served value: share × 2^(priority/10) × HS23-hours), and cost gap = (plan cost − reference
-cost) / reference cost (money + allocation value, egress exact). When HiGHS stops the reference
+cost) / reference cost (money + allocation value, egress exact), where the reference cost is the
+least cost of serving the least value any path served (its cost phase's floor: a plan serving more
+can only cost more, so a gap at the same or lower service is never under-stated). When HiGHS stops the reference
 at its time limit, shortfall is measured against its upper bound on value and the gap against its
 lower bound on cost: both then over-state the planner's distance from the optimum, never under-state
 it. A path FAILS an instance when it breaks a limit, serves more than 1 % less value, or costs more
