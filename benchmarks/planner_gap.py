@@ -257,7 +257,8 @@ def main() -> None:
             rows = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
         for i in range(args.merge):
             rows += json.loads((RESULTS / f"planner_gap.shard{i}.json").read_text())
-        write(rows)
+        # an instance in several shards (a shard stopped and its rest run apart): the later row
+        write(list({str(row["instance"]): row for row in rows}.values()))
         return
     catalog = load_catalog().offerings
     instances = (
