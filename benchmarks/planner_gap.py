@@ -2,11 +2,12 @@
 
 Instances: `benchmarks/trace_instances.py` — three real traces (HPC2N-2002, NASA iPSC/860, NREL
 Eagle) through the project's grouping, the full bundled catalog plus HPC allocations and backfill,
-and five tight policies (budget, spend-rate, family quota, egress cap, all at once), at three sizes
-so that `auto` takes each production path: SMALL and LARGE jobs (up to `MILP_MAX_PAIRS` priced
-pairs: the pruned MILP, or the LP path when its time limit strikes) and XLARGE jobs (above it on two
-of the traces: the LP relaxation, then the restricted MILP or rounding and repair; `Plan.solver`
-in the results says which).
+and five tight policies (budget, spend-rate, family quota, egress cap, all at once), at three sizes:
+150, 300 and 1,000 jobs (38-219 groups, 550-3,158 priced pairs). `auto` takes the pruned MILP on
+them all (`MILP_MAX_PAIRS`), its time limit striking on the largest, with the LP path as fallback;
+forced `lp` measures the LP path (relaxation, restricted MILPs, rounding and repair) on every one.
+`auto` takes the LP path alone above `MILP_MAX_PAIRS`, where this reference cannot solve: there
+`benchmarks/planner_scale.py` bounds it. `Plan.solver` in the results says which path ran.
 
 Reference: `benchmarks/reference_milp.py`, an exact MILP written apart from the planner (own
 compatibility, own exact marginal-tier egress with shared source volumes, own limits), solved by
