@@ -245,6 +245,32 @@ def solve_reference(
     """The exact lexicographic optimum of the instance (no running fleet), with the dominance reduction
     unless `prune` is false (every compatible offering becomes a column: for tests on small catalogs).
     `service_floor`: the cost phase serves at least this value instead of what the value phase served."""
+    floors = None if service_floor is None else [service_floor]
+    return solve_reference_at(
+        groups,
+        offerings,
+        constraints,
+        catalog=catalog,
+        time_limit=time_limit,
+        gap=gap,
+        prune=prune,
+        service_floors=floors,
+    )[0]
+
+
+def solve_reference_at(
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[object],
+    constraints: PlanningConstraints,
+    *,
+    catalog: Catalog | None = None,
+    time_limit: float = 300.0,
+    gap: float = 1e-7,
+    prune: bool = True,
+    service_floors: Sequence[float] | None = None,
+) -> list[ReferenceResult]:
+    """`solve_reference` with one value phase and a cost phase per floor in `service_floors` (default:
+    the served value), one result each: the least cost of serving each plan's own value."""
     t0 = time.perf_counter()
     if any(g.max_cost_per_hs23_hour is not None for g in groups):
         raise NotImplementedError("group cost caps are not modelled by the reference")
@@ -416,9 +442,23 @@ def solve_reference(
 
     n = len(m.lb)
     if p == 0:
-        return ReferenceResult(
-            0.0, 0.0, 0.0, 0.0, 0.0, True, "optimal", [], 0, before, time.perf_counter() - t0, budget_exact
-        )
+        return [
+            ReferenceResult(
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                floor,
+                floor <= 0,
+                "optimal",
+                [],
+                0,
+                before,
+                time.perf_counter() - t0,
+                budget_exact,
+            )
+            for floor in service_floors or [0.0]
+        ]
     values = np.array([job_value(g, constraints) for g, _ in live])
     c1 = np.zeros(n)
     c1[y0 : y0 + p] = values[pg]
@@ -438,51 +478,57 @@ def solve_reference(
     for cols in seg_cols.values():
         for c, _, rate in cols:
             c2[c] = rate
-    # phase 2: at least the served value or the floor (less a sliver for float noise), least cost
-    floor = served if service_floor is None else service_floor
+    # phase 2, per floor: at least that value (less a sliver for float noise), least cost
     h.changeColsCost(n, np.arange(n, dtype=np.int32), c2)
     h.changeObjectiveSense(highspy.ObjSense.kMinimize)
-    h.addRow(
-        floor * (1 - 1e-9) - 1e-9, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg]
-    )
-    h.run()
-    status2 = h.modelStatusToString(h.getModelStatus())
-    info2 = h.getInfo()
-    sol2 = np.array(h.getSolution().col_value)
-    at_floor = floor <= 0
-    if len(sol2) == n and float(values[pg] @ sol2[y0 : y0 + p]) >= floor * (1 - 1e-6):
-        sol, at_floor = sol2, True
-    x = np.rint(sol[x0 : x0 + p]).astype(np.int64)
-    z = np.rint(sol[z0 : z0 + p]).astype(np.int64)
-    y = np.rint(sol[y0 : y0 + p]).astype(np.int64)
-    assignments = [
-        Assignment(live[int(pg[j])][0].id, cat.offerings[int(po[j])].id, int(x[j]), int(z[j]), int(y[j]))
-        for j in range(p)
-        if y[j] > 0 or x[j] > 0
-    ]
-    status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
-    cost = float(c2 @ sol)
-    cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
-    # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short
-    # of the floor says nothing about the cost of serving it)
-    if status2 == "Optimal" and at_floor:
-        cost_bound = cost
-    else:
-        cost_bound = max(0.0, cost_bound) if not at_floor else min(cost, max(0.0, cost_bound))
-    return ReferenceResult(
-        value=float(values[pg] @ y),
-        value_bound=bound,
-        cost=cost,
-        cost_bound=cost_bound,
-        service_floor=floor,
-        at_floor=at_floor,
-        status=status,
-        assignments=assignments,
-        pairs=p,
-        pairs_before_pruning=before,
-        seconds=time.perf_counter() - t0,
-        egress_budget_exact=budget_exact,
-        notes=[
-            f"pruning {t_pruned - t0:.1f} s, model {t_model - t_pruned:.1f} s, solve {time.perf_counter() - t_model:.1f} s"
-        ],
-    )
+    floor_row = h.getNumRow()
+    h.addRow(-highspy.kHighsInf, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg])
+    phase1 = sol
+    out = []
+    for floor in [served] if service_floors is None else list(service_floors):
+        h.changeRowBounds(floor_row, floor * (1 - 1e-9) - 1e-9, highspy.kHighsInf)
+        h.run()
+        status2 = h.modelStatusToString(h.getModelStatus())
+        info2 = h.getInfo()
+        sol2 = np.array(h.getSolution().col_value)
+        sol, at_floor = phase1, floor <= 0
+        if len(sol2) == n and float(values[pg] @ sol2[y0 : y0 + p]) >= floor * (1 - 1e-6):
+            sol, at_floor = sol2, True
+        x = np.rint(sol[x0 : x0 + p]).astype(np.int64)
+        z = np.rint(sol[z0 : z0 + p]).astype(np.int64)
+        y = np.rint(sol[y0 : y0 + p]).astype(np.int64)
+        assignments = [
+            Assignment(live[int(pg[j])][0].id, cat.offerings[int(po[j])].id, int(x[j]), int(z[j]), int(y[j]))
+            for j in range(p)
+            if y[j] > 0 or x[j] > 0
+        ]
+        status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
+        cost = float(c2 @ sol)
+        cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
+        # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short
+        # of the floor says nothing about the cost of serving it)
+        if status2 == "Optimal" and at_floor:
+            cost_bound = cost
+        else:
+            cost_bound = max(0.0, cost_bound) if not at_floor else min(cost, max(0.0, cost_bound))
+        out.append(
+            ReferenceResult(
+                value=float(values[pg] @ y),
+                value_bound=bound,
+                cost=cost,
+                cost_bound=cost_bound,
+                service_floor=floor,
+                at_floor=at_floor,
+                status=status,
+                assignments=assignments,
+                pairs=p,
+                pairs_before_pruning=before,
+                seconds=time.perf_counter() - t0,
+                egress_budget_exact=budget_exact,
+                notes=[
+                    f"pruning {t_pruned - t0:.1f} s, model {t_model - t_pruned:.1f} s, "
+                    f"solve {time.perf_counter() - t_model:.1f} s"
+                ],
+            )
+        )
+    return out
