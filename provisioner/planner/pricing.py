@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from provisioner.domain import DemandGroup, PlanningConstraints
+from provisioner.domain import PlanningConstraints
 from provisioner.planner.candidates import GroupCandidates, _BaseCosts, _merge
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext
@@ -171,7 +171,6 @@ class ColumnGenerator:
         self.screened = 0
         self.complete = True  # False when the screen budget or the rounds stopped the pricing
         self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
-        self._floors: dict[int, FloatArray] = {}  # `_money_floor` per group
         # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
         # (phase 2 added no column): the solver reuses it instead of solving the same LP again
         self.lp: FloatArray | None = None
@@ -282,15 +281,6 @@ class ColumnGenerator:
             grew = True
         return grew
 
-    def _money_floor(self, g: int, group: DemandGroup, jpu: IntArray) -> FloatArray:
-        """Per offering, the least money per job of the group's column: price × run time / jobs per unit
-        (waves re-run after interruptions, part-filled waves, start-up and egress only add)."""
-        found = self._floors.get(g)
-        if found is None:
-            run = group.walltime_hours * group.reference_hs23_per_core / self.cols.hs23_per_core
-            found = self._floors[g] = self.cols.price * run / np.maximum(jpu, 1)
-        return found
-
     def _to_price(
         self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool
     ) -> IntArray | None:
@@ -303,23 +293,10 @@ class ColumnGenerator:
         jpu, static = self.compat.static_reasons(group)
         work = group.hs23_hours_per_job
         if not phase2:
-            room = value + duals.demand[g]  # the demand row's dual is ≤ 0
-            if room <= TOLERANCE:
+            if -value - duals.demand[g] >= -TOLERANCE:
                 return None  # its demand row's dual pays its whole value: nothing can improve it
             coef = self._everything.get(g)
-            # ≥ 0: what a USD of its experiment's budget is worth to the LP
-            worth = -float(duals.budget[self.limits.exp_index[group.experiment]])
-            if coef is None and worth > TOLERANCE:
-                # a column's money per job is at least price × run time / jobs per unit, and every other
-                # limit row only adds to its reduced cost: only offerings under room / worth can enter
-                # (a budget binding everywhere left each group short, and every offering was priced)
-                cheap = (static == 0) & (self._money_floor(g, group, jpu) * worth < room - TOLERANCE)
-                idx = np.flatnonzero(cheap)
-                if len(idx) == 0:
-                    return None
-                coef = _Coefficients.of(cand, idx, jpu, self)
-                self.screened += len(idx)
-            elif coef is None:  # a short group is priced again every round: its coefficients are kept
+            if coef is None:  # a short group is priced again every round: its coefficients are kept
                 coef = self._everything[g] = _Coefficients.of(cand, np.flatnonzero(static == 0), jpu, self)
                 self.screened += len(coef.idx)
         else:
