@@ -500,7 +500,9 @@ def solve_reference_at(
         assignments = [
             Assignment(live[int(pg[j])][0].id, cat.offerings[int(po[j])].id, int(x[j]), int(z[j]), int(y[j]))
             for j in range(p)
-            if y[j] > 0 or x[j] > 0
+            # units without jobs (a tie within HiGHS's gap: a free allocation's start-up) serve nothing,
+            # and every row counts units and waves with non-negative weights: they are left out
+            if y[j] > 0
         ]
         status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
         cost = float(c2 @ sol)

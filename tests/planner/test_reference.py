@@ -62,6 +62,7 @@ def test_reference_dominance_pruning_never_changes_the_optimum(seed: int) -> Non
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=seeds)
+@example(seed=6174)  # the reference's plan started a free allocation unit with no wave and no job
 def test_reference_plans_pass_the_checker_and_no_planner_path_serves_more(seed: int) -> None:
     inst = _instance(seed)
     cat = Catalog(inst.offerings, inst.constraints)
