@@ -14,10 +14,10 @@ Budget rows count a transfer at the highest marginal rate its source can reach i
 they never under-estimate money (exact whenever one rate covers the reachable volume).
 
 Lexicographic: first the most served value (share × 2^(priority/10) × HS23-hours per job), then
-the least cost (money + allocation value, egress exact) at that value, or at `service_floor` when
-given: benchmarks/planner_gap.py asks for the least cost at the least service any planner path
-reached, so that its cost gaps compare plans serving as much (a cheaper reference serving less, or
-dearer one serving more, would make them meaningless). The floor is only a number: the model, its
+the least cost (money + allocation value, egress exact) at that value, or at each given floor
+(`solve_reference_at`): benchmarks/planner_gap.py asks for the least cost at each value a planner
+path served, so that its cost gaps compare plans serving as much (a cheaper reference serving less,
+or a dearer one serving more, would make them meaningless). A floor is only a number: the model, its
 bounds and its search stay the reference's own.
 
 The catalog is reduced per group by a dominance rule that cannot exclude an optimum: offering q

@@ -105,8 +105,9 @@ def test_the_checker_flags_an_incompatible_offering_and_a_broken_budget() -> Non
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=seeds)
 def test_the_reference_cost_at_a_lower_service_floor_is_never_dearer(seed: int) -> None:
-    """benchmarks/planner_gap.py compares each path's cost with the reference's at the least value
-    any path served: serving less can only cost less, so that gap is never under-stated."""
+    """benchmarks/planner_gap.py compares each path's cost with the reference's at that path's value,
+    and a path serving more than every cost phase with the highest one below it: serving less can
+    only cost less, so that gap is never under-stated."""
     inst = _instance(seed)
     cat = Catalog(inst.offerings, inst.constraints)
     full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
