@@ -160,11 +160,14 @@ def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
     (rounding down would drop it while cheaper groups take its room); rounding down avoids starting
     a unit for a sliver of a job."""
     empty = np.zeros(problem.pairs, dtype=np.int64)
+    lists = PairLists(problem)
     best: Solution | None = None
     for targets in (np.floor(lp + 1e-6), np.ceil(lp - 1e-6)):
         start = Solution(empty, empty.copy(), empty.copy(), label)
-        solution = repair(problem, start, targets.astype(np.int64))
-        solution = repair(problem, improve(problem, repair(problem, solution)))  # improving can free room
+        solution = repair(problem, start, targets.astype(np.int64), lists=lists)
+        solution = repair(problem, solution, lists=lists)
+        # improving can free room
+        solution = repair(problem, improve(problem, solution, lists=lists), lists=lists)
         if best is None or _rank(problem, solution) > _rank(problem, best):
             best = solution
     assert best is not None
@@ -178,9 +181,9 @@ def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
     kept = replace(problem, demand=np.minimum(served, problem.demand))
     largest_first = np.lexsort((-problem.value, -served))
     start = Solution(empty, empty.copy(), empty.copy(), label)
-    again = repair(kept, start, np.floor(lp + 1e-6).astype(np.int64), largest_first)
-    again = repair(kept, again, order=largest_first)  # what the targets left out, same order
-    again = repair(problem, improve(problem, again))
+    again = repair(kept, start, np.floor(lp + 1e-6).astype(np.int64), largest_first, lists)
+    again = repair(kept, again, order=largest_first, lists=lists)  # what the targets left out, same order
+    again = repair(problem, improve(problem, again, lists=lists), lists=lists)
     return again if _rank(problem, again) > _rank(problem, best) else best
 
 
@@ -205,10 +208,12 @@ def integral_solution(problem: Problem, x: FloatArray, z: FloatArray, y: FloatAr
 INTEGRALITY = 1e-6  # HiGHS's mip_feasibility_tolerance: 10.9999995 is 11
 
 
-class _PairLists:
+class PairLists:
     """The problem's per-pair figures as plain Python lists (scalar access to numpy arrays is slow in
-    the repair loops), built once per problem: repairing and improving build a `_Residual` a dozen
-    times per plan, and at 5,000 groups (63,536 pairs) converting these each time took 0.2 s."""
+    the repair loops). Built once and passed to each `repair` and `improve` of one rounding: it builds
+    a `_Residual` a dozen times, and at 5,000 groups (63,536 pairs) converting these each time took
+    0.2 s. Only the per-pair arrays are read, so a problem with another `demand` may share them.
+    Not cached beyond the call: at that size they hold about 40 MB."""
 
     def __init__(self, pr: Problem) -> None:
         self.exp_array = pr.group_exp[pr.pair_group]
@@ -229,27 +234,6 @@ class _PairLists:
         self.ends = np.searchsorted(pr.pair_group, np.arange(len(pr.demand)), side="right").tolist()
 
 
-_PAIR_LISTS: list[tuple[Problem, _PairLists]] = []  # the last few problems, by identity
-# what `_PairLists` reads: a problem sharing these arrays (`dataclasses.replace` of its demand, as the
-# second repair pass makes) shares the lists
-_PAIR_FIELDS = (
-    "pair_group", "group_exp", "pair_offering", "family", "cores", "price", "gpus", "money_wave",
-    "money_start", "egress_usd_job", "egress_gb_job", "egress_budget_job", "node_hours_wave",
-    "node_hours_start", "objective_wave", "objective_start", "max_cost_job", "jobs_per_unit", "waves",
-)  # fmt: skip
-
-
-def _pair_lists(pr: Problem) -> _PairLists:
-    for known, lists in _PAIR_LISTS:
-        if known is pr or (
-            len(known.demand) == len(pr.demand) and all(getattr(known, f) is getattr(pr, f) for f in _PAIR_FIELDS)
-        ):
-            return lists
-    lists = _PairLists(pr)
-    _PAIR_LISTS[:] = [*_PAIR_LISTS[-3:], (pr, lists)]
-    return lists
-
-
 def _used(index: IntArray, weights: FloatArray | IntArray, size: int) -> FloatArray:
     """What the pairs use of a limit indexed by `index` (np.bincount: np.subtract.at is 10x slower)."""
     used: FloatArray = np.bincount(index, weights=weights, minlength=size)[:size].astype(np.float64)
@@ -259,9 +243,9 @@ def _used(index: IntArray, weights: FloatArray | IntArray, size: int) -> FloatAr
 class _Residual:
     """What is left of every limit, tracked while repairing."""
 
-    def __init__(self, problem: Problem, solution: Solution) -> None:
+    def __init__(self, problem: Problem, solution: Solution, lists: PairLists | None = None) -> None:
         pr, lim = problem, problem.limits
-        lists = _pair_lists(pr)
+        lists = lists or PairLists(pr)
 
         def shrink(v: FloatArray) -> FloatArray:
             return np.where(np.isfinite(v), np.maximum(v, 0) * (1 - SAFETY) - 1e-9, v)
@@ -269,7 +253,9 @@ class _Residual:
         exp = lists.exp_array
         x, z, y = solution.units, solution.unit_waves, solution.jobs
         n_exp = len(lim.exp_spend)
-        capacity = np.floor(np.maximum(lim.capacity, 0) + 1e-9) - _used(pr.pair_offering, x, len(lim.capacity))
+        capacity = np.floor(np.maximum(lim.capacity, 0) + 1e-9) - _used(
+            pr.pair_offering, x, len(lim.capacity)
+        )
         quota = np.maximum(lim.quota, 0).astype(np.float64) - _used(pr.family, pr.cores * x, len(lim.quota))
         self.facility = float(shrink(np.array([lim.facility_spend]))[0]) - float(np.sum(pr.price * x))
         spend = shrink(lim.exp_spend) - _used(exp, pr.price * x, n_exp)
@@ -346,7 +332,11 @@ def _growth(x: int, z: int, y: int, jpu: int, waves: int, more_jobs: int) -> tup
 
 
 def repair(
-    problem: Problem, solution: Solution, targets: IntArray | None = None, order: IntArray | None = None
+    problem: Problem,
+    solution: Solution,
+    targets: IntArray | None = None,
+    order: IntArray | None = None,
+    lists: PairLists | None = None,
 ) -> Solution:
     """Greedily give unserved jobs to the cheapest pairs that still fit every limit.
 
@@ -357,7 +347,7 @@ def repair(
     left = (pr.demand - np.bincount(pr.pair_group, weights=solution.jobs, minlength=len(pr.demand))).round()
     if not np.any(left > 0):
         return solution
-    res = _Residual(pr, solution)
+    res = _Residual(pr, solution, lists)
     lists = res.lists
     x, z, y = res.l_units, res.l_waves, res.l_jobs  # kept up to date by `res.take`
     jobs_per_unit, waves = lists.jobs_per_unit, lists.waves
@@ -387,7 +377,10 @@ def repair(
                 res.take(p, *growth)
                 unserved[g] -= growth[2]
     return Solution(
-        np.asarray(x, dtype=np.int64), np.asarray(z, dtype=np.int64), np.asarray(y, dtype=np.int64), solution.method
+        np.asarray(x, dtype=np.int64),
+        np.asarray(z, dtype=np.int64),
+        np.asarray(y, dtype=np.int64),
+        solution.method,
     )
 
 
@@ -426,14 +419,16 @@ def _move_remainder(
     return True
 
 
-def improve(problem: Problem, solution: Solution, rounds: int = 2) -> Solution:
+def improve(
+    problem: Problem, solution: Solution, rounds: int = 2, lists: PairLists | None = None
+) -> Solution:
     """Local search: move all of a pair's jobs to another offering of its group when that is cheaper,
     else the jobs of its part-filled last wave (a smaller unit often runs a remainder for less).
 
     Rounding leaves groups split over several offerings with part-empty waves, or on an offering
     the relaxation liked only fractionally; moving a pair's jobs whole removes most of that waste."""
     pr = problem
-    res = _Residual(pr, solution)
+    res = _Residual(pr, solution, lists)
     x, z, y = res.l_units, res.l_waves, res.l_jobs  # kept up to date by `res.take`
     jpu, waves = res.lists.jobs_per_unit, res.lists.waves
 
