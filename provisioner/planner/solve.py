@@ -78,7 +78,7 @@ RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the
 # loses to the repaired LP: on the 720-group scale instance (benchmarks/planner_scale.py, 1,881 pairs)
 # it spent 2.9 s for a plan 2 % dearer than the repaired one (15 s got it 0.75 % below). On the trace
 # instances of benchmarks/planner_gap.py, where it decides the gap, the narrow restriction has at
-# most ~200 pairs and the whole shortlist 550-1,212.
+# most ~500 pairs and the whole shortlist 550-3,158.
 RESTRICTED_MAX_PAIRS = 1500
 
 
@@ -105,10 +105,14 @@ def _lp_path(problem: Problem, time_limit: float, label: str, lp: FloatArray | N
     # a group over pairs the LP left out (trace instances of benchmarks/planner_gap.py: the whole
     # shortlist 1.35 % -> 0.91 % and 1.22 % -> 0.23 %; 8 per group, where the whole shortlist is too
     # large, nasa-ipsc/1000/quota 0.46 % -> 0.20 %)
+    # The first restriction is capped at RESTRICTED_MAX_PAIRS; a wider one follows a proven optimum and
+    # may take up to MILP_MAX_PAIRS, the size `auto` trusts the MILP with: on hpc2n/1000/quota the LP's
+    # support took 0.4 s (512 pairs), then 8 per group (1,769 pairs) was proven in 1.1 s, the whole
+    # shortlist (2,854) gave an incumbent, and forced `lp` went from +1.18 % to +0.20 %
     widths = (RESTRICTED_PER_GROUP, 8, None)
     for width in widths:
         keep = np.ones(problem.pairs, dtype=bool) if width is None else support | (problem.pair_slot < width)
-        if int(keep.sum()) > RESTRICTED_MAX_PAIRS:
+        if int(keep.sum()) > (RESTRICTED_MAX_PAIRS if len(plans) == 1 else MILP_MAX_PAIRS):
             break
         found = _restricted(problem, keep, time_limit, label)
         if found is None:
