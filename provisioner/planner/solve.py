@@ -180,8 +180,7 @@ def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
     # (720-group instance of benchmarks/planner_scale.py: a free pool went to a 266-job group, and two
     # groups of 6,792 and 3,639 jobs paid twice as much). The same jobs per group again, the largest
     # groups first, and the cheaper plan wins (there 1.1 % cheaper; service is kept or it loses).
-    served = np.zeros(len(problem.demand), dtype=np.int64)
-    np.add.at(served, problem.pair_group, best.jobs)
+    served = _jobs_per_group(problem, best.jobs)
     kept = replace(problem, demand=np.minimum(served, problem.demand))
     largest_first = np.lexsort((-problem.value, -served))
     start = Solution(empty, empty.copy(), empty.copy(), label)
@@ -238,6 +237,13 @@ class PairLists:
         self.ends = np.searchsorted(pr.pair_group, np.arange(len(pr.demand)), side="right").tolist()
 
 
+def _jobs_per_group(problem: Problem, jobs: IntArray) -> IntArray:
+    """Jobs planned per group (np.bincount's float sums are exact for any count of jobs)."""
+    counts = np.bincount(problem.pair_group, weights=jobs, minlength=len(problem.demand))
+    per_group: IntArray = np.rint(counts).astype(np.int64)
+    return per_group
+
+
 def _used(index: IntArray, weights: FloatArray | IntArray, size: int) -> FloatArray:
     """What the pairs use of a limit indexed by `index` (np.bincount: np.subtract.at is 10x slower)."""
     used: FloatArray = np.bincount(index, weights=weights, minlength=size)[:size].astype(np.float64)
@@ -274,6 +280,7 @@ class _Residual:
         self.l_spend, self.l_budget = spend.tolist(), budget.tolist()
         self.l_egress, self.l_gpus, self.l_node_hours = egress.tolist(), gpus.tolist(), node_hours.tolist()
         self.lists = lists
+        # the lists again as attributes of their own: `fits` and `take` run ~10^5 times per rounding
         self.p_exp, self.p_offering, self.p_family = lists.p_exp, lists.p_offering, lists.p_family
         self.p_cores, self.p_price, self.p_gpus = lists.p_cores, lists.p_price, lists.p_gpus
         self.p_money_wave, self.p_money_start = lists.p_money_wave, lists.p_money_start
@@ -348,7 +355,7 @@ def repair(
     most its target (the LP relaxation's jobs), so the relaxation's split between groups and
     offerings is kept."""
     pr = problem
-    left = (pr.demand - np.bincount(pr.pair_group, weights=solution.jobs, minlength=len(pr.demand))).round()
+    left = pr.demand - _jobs_per_group(pr, solution.jobs)
     if not np.any(left > 0):
         return solution
     res = _Residual(pr, solution, lists)
@@ -356,7 +363,7 @@ def repair(
     x, z, y = res.l_units, res.l_waves, res.l_jobs  # kept up to date by `res.take`
     jobs_per_unit, waves = lists.jobs_per_unit, lists.waves
     wanted = None if targets is None else targets.tolist()
-    unserved = left.astype(np.int64).tolist()
+    unserved = left.tolist()
     groups = np.argsort(-pr.value, kind="stable") if order is None else order
     for g in groups.tolist():
         for p in range(lists.starts[g], lists.ends[g]):
