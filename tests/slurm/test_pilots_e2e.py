@@ -325,9 +325,11 @@ def test_owner_job_evacuates_backfill_pilots_and_none_return_while_it_runs(
                 lambda: len([j for j in queued_or_running(account) if j.state == "RUNNING"]) >= 2,
                 timeout=90, what="backfill pilots running", broker=broker,
             )  # fmt: skip
+            # the owner outlives the whole watch (cancelled below), so a pilot that starts after it ended
+            # (which is right) cannot be taken for one started under it
             owner = slurm(
-                "sbatch", "--parsable", f"--account={account}", "--partition=owner", "--ntasks=8", "--time=2",
-                "--job-name=owner-work", "--output=/dev/null", "--wrap=sleep 40",
+                "sbatch", "--parsable", f"--account={account}", "--partition=owner", "--ntasks=8", "--time=10",
+                "--job-name=owner-work", "--output=/dev/null", "--wrap=sleep 600",
             ).strip()  # fmt: skip
             wait_for(
                 lambda: not backfill_pilots(account)
