@@ -30,7 +30,9 @@ Run: `python -m benchmarks.planner_gap` → benchmarks/results/planner_gap.json 
 `--quick` runs one policy per trace at the small size. On a shared machine the instances can be
 split: `--shard 0/3` … `--shard 2/3` (in parallel) write shard files, `--merge 3` joins them.
 `--reuse-reference` re-measures the planner against the stored references; `--resolve NAME` solves one
-reference again (several may run at once); `--extend` solves the
+reference again (several may run at once); `--add-floors NAME` adds cost phases at the values the paths
+serve now, where a machine of another speed makes a time-limited path serve a sliver less than every
+stored floor (its gap is otherwise unknown, and counts as a fail); `--extend` solves the
 references of instances the results file lacks (with `--shard`, each shard its part) and adds them.
 """
 
@@ -45,7 +47,7 @@ import time
 from pathlib import Path
 
 from benchmarks.plan_check import Check, Usage, check_plan
-from benchmarks.reference_milp import solve_reference_at
+from benchmarks.reference_milp import ReferenceResult, solve_reference_at
 from benchmarks.reference_rules import Catalog
 from benchmarks.trace_instances import POLICIES, TraceInstance, build_instances
 from provisioner.catalog import load_catalog
@@ -58,6 +60,7 @@ SIZES = (SMALL, LARGE, XLARGE)
 METHODS = ("auto", "milp", "lp")
 TOLERANCE = 0.01
 REFERENCE_TIME_LIMIT = 60.0
+FLOOR_MARGIN = 1e-4  # `--add-floors`: the extra cost phase this far below the least value a path serves
 
 
 def usages(p: Plan) -> list[Usage]:
@@ -86,25 +89,7 @@ def measure(
         time_limit=reference_time_limit,
         service_floors=floors,
     )
-    at_service = []
-    for ref in refs:
-        ref_check = check_plan(
-            inst.groups,
-            cat,
-            inst.constraints,
-            [Usage(a.group_id, a.offering_id, a.units, a.jobs, None, a.unit_waves) for a in ref.assignments],
-        )
-        at_service.append(
-            {
-                "floor": ref.service_floor,
-                "status": ref.status,
-                "value": ref_check.value,
-                # the cost of its plan at the floor; none when the cost phase found no plan serving it
-                "cost": ref_check.cost if ref.at_floor else float("inf"),
-                "cost_bound": ref.cost_bound,
-                "violations": ref_check.violations,
-            }
-        )
+    at_service = _cost_phases(inst, cat, refs)
     first, last = at_service[0], refs[-1]
     reference: dict[str, object] = {
         "status": first["status"],
@@ -131,6 +116,66 @@ def measure(
     }
     _record(row, plans)
     return row
+
+
+def _cost_phases(inst: TraceInstance, cat: Catalog, refs: list[ReferenceResult]) -> list[dict[str, object]]:
+    """One stored cost phase per reference result: its floor, its plan re-priced by the checker, its bound."""
+    out: list[dict[str, object]] = []
+    for ref in refs:
+        ref_check = check_plan(
+            inst.groups,
+            cat,
+            inst.constraints,
+            [Usage(a.group_id, a.offering_id, a.units, a.jobs, None, a.unit_waves) for a in ref.assignments],
+        )
+        out.append(
+            {
+                "floor": ref.service_floor,
+                "status": ref.status,
+                "value": ref_check.value,
+                # the cost of its plan at the floor; none when the cost phase found no plan serving it
+                "cost": ref_check.cost if ref.at_floor else float("inf"),
+                "cost_bound": ref.cost_bound,
+                "violations": ref_check.violations,
+            }
+        )
+    return out
+
+
+def add_floors(
+    row: dict[str, object], inst: TraceInstance, cols: OfferingColumns, reference_time_limit: float
+) -> list[float]:
+    """Cost phases at the values the paths serve now that the stored reference has none for (time-limited
+    solves serve a little more or less on a faster or slower machine), added beside the stored ones;
+    the value phase is kept. Then the paths are re-measured. Returns the floors added."""
+    cat = Catalog(inst.offerings, inst.constraints)
+    plans = _plans(inst, cols, cat)
+    ref = row["reference"]
+    assert isinstance(ref, dict)
+    stored = list(ref["at_service"])
+    known = [float(c["floor"]) for c in stored]
+    values = sorted(chk.value for chk, _, _ in plans.values())
+    # and one a margin below them all, for runs that serve a sliver less still: a plan between two floors
+    # is compared with the lower one's cost, which over-states its gap, never under-states it
+    floors: list[float] = []
+    for value in [values[0] * (1 - FLOOR_MARGIN), *values]:
+        if all(abs(value - f) > 1e-9 * max(1.0, f) for f in known + floors):
+            floors.append(value)
+    if floors:
+        refs = solve_reference_at(
+            inst.groups,
+            inst.offerings,
+            inst.constraints,
+            catalog=cat,
+            time_limit=reference_time_limit,
+            service_floors=floors,
+            value_phase=False,
+        )
+        ref["at_service"] = sorted(stored + _cost_phases(inst, cat, refs), key=lambda c: float(c["floor"]))
+        ref["violations"] = sorted({v for entry in ref["at_service"] for v in entry["violations"]})
+        ref["notes"] = [*ref.get("notes", []), f"cost phases added at {floors} ({refs[-1].seconds:.0f} s)"]
+    _record(row, plans)
+    return floors
 
 
 def _plans(inst: TraceInstance, cols: OfferingColumns, cat: Catalog) -> dict[str, Measured]:
@@ -244,6 +289,13 @@ def main() -> None:
         help="solve this instance's reference again (with --reference-time-limit) and update its row",
     )
     parser.add_argument(
+        "--add-floors",
+        action="append",
+        default=[],
+        metavar="INSTANCE",
+        help="add the reference's cost phases at the values the paths serve now (value phase kept) and update its row",
+    )
+    parser.add_argument(
         "--reference-time-limit", type=float, default=REFERENCE_TIME_LIMIT, help="seconds per phase"
     )
     parser.add_argument(
@@ -252,17 +304,19 @@ def main() -> None:
         help="solve the references of the instances the results file lacks, and add them",
     )
     args = parser.parse_args()
-    if args.resolve:
+    if args.resolve or args.add_floors:
         by_name = {inst.name: inst for inst in build_instances(load_catalog().offerings, sizes=SIZES)}
         cols = OfferingColumns.from_offerings(next(iter(by_name.values())).offerings)
         for name in args.resolve:
             row = measure(by_name[name], cols, args.reference_time_limit)
             print(f"{name}: reference {row['reference']['status']}", flush=True)  # type: ignore[index]
-            # read, replace, write under a lock: several --resolve may run at once, one instance each
-            with (RESULTS / "planner_gap.lock").open("w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
-                write([row if r["instance"] == name else r for r in stored])
+            _replace_row(row)
+        for name in args.add_floors:
+            stored_rows = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
+            row = next(r for r in stored_rows if r["instance"] == name)
+            added = add_floors(row, by_name[name], cols, args.reference_time_limit)
+            print(f"{name}: cost phases added at {added}", flush=True)
+            _replace_row(row)
         return
     if args.reuse_reference:
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
@@ -319,6 +373,14 @@ def main() -> None:
             shard.write_text(json.dumps(rows, indent=1, default=str) + "\n")
     if not args.shard:
         write(stored + rows)
+
+
+def _replace_row(row: dict[str, object]) -> None:
+    """Read, replace, write under a lock: several --resolve or --add-floors may run at once, one instance each."""
+    with (RESULTS / "planner_gap.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
+        write([row if r["instance"] == row["instance"] else r for r in stored])
 
 
 def write(rows: list[dict[str, object]]) -> None:

@@ -268,9 +268,15 @@ def solve_reference_at(
     gap: float = 1e-7,
     prune: bool = True,
     service_floors: Sequence[float] | None = None,
+    value_phase: bool = True,
 ) -> list[ReferenceResult]:
     """`solve_reference` with one value phase and a cost phase per floor in `service_floors` (default:
-    the served value), one result each: the least cost of serving each plan's own value."""
+    the served value), one result each: the least cost of serving each plan's own value.
+
+    `value_phase=False` (needs `service_floors`): cost phases only, for floors added to a stored
+    reference whose value phase is already known; the results' value and value bound are then 0."""
+    if not value_phase and service_floors is None:
+        raise ValueError("value_phase=False needs service_floors")
     t0 = time.perf_counter()
     if any(g.max_cost_per_hs23_hour is not None for g in groups):
         raise NotImplementedError("group cost caps are not modelled by the reference")
@@ -464,14 +470,17 @@ def solve_reference_at(
     c1[y0 : y0 + p] = values[pg]
     t_model = time.perf_counter()
     h = m.highs(c1, True, time_limit, gap)
-    h.run()
-    status1 = h.modelStatusToString(h.getModelStatus())
-    info = h.getInfo()
-    sol = np.array(h.getSolution().col_value)
-    if len(sol) != n:
-        raise RuntimeError(f"reference: no solution in phase 1 ({status1})")
-    served = float(c1 @ sol)
-    bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else served
+    if value_phase:
+        h.run()
+        status1 = h.modelStatusToString(h.getModelStatus())
+        info = h.getInfo()
+        sol = np.array(h.getSolution().col_value)
+        if len(sol) != n:
+            raise RuntimeError(f"reference: no solution in phase 1 ({status1})")
+        served = float(c1 @ sol)
+        bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else served
+    else:  # the empty plan is feasible: the fallback when a cost phase finds nothing at its floor
+        status1, sol, served, bound = "Optimal", np.zeros(n), 0.0, 0.0
     c2 = np.zeros(n)
     c2[x0 : x0 + p] = m_start + v_start + UNIT_EPSILON  # no unit started for nothing
     c2[z0 : z0 + p] = m_wave + v_wave

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.plan_check import Usage, check_plan
-from benchmarks.reference_milp import solve_reference
+from benchmarks.reference_milp import solve_reference, solve_reference_at
 from benchmarks.reference_rules import Catalog
 from provisioner.planner import plan
 from tests.planner.instances import Instance, random_instance
@@ -123,6 +123,25 @@ def test_the_reference_cost_at_a_lower_service_floor_is_never_dearer(seed: int) 
     assert half.at_floor and half.value >= full.value / 2 * (1 - 1e-6)
     assert half.cost <= full.cost * (1 + 1e-6) + 1e-6
     assert half.value_bound == full.value_bound
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=seeds)
+def test_cost_phases_added_without_the_value_phase_cost_what_they_cost_after_it(seed: int) -> None:
+    """`planner_gap --add-floors` solves cost phases alone (the stored value phase is kept): each must
+    reach its floor at the least cost the full solve finds, or the added bound would be wrong."""
+    inst = _instance(seed)
+    cat = Catalog(inst.offerings, inst.constraints)
+    full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
+    floors = [full.value * 0.5, full.value]
+    kw = {"catalog": cat, "time_limit": 30, "service_floors": floors}
+    with_value = solve_reference_at(inst.groups, inst.offerings, inst.constraints, **kw)  # type: ignore[arg-type]
+    alone = solve_reference_at(inst.groups, inst.offerings, inst.constraints, value_phase=False, **kw)  # type: ignore[arg-type]
+    for a, b in zip(with_value, alone, strict=True):
+        assert a.at_floor == b.at_floor
+        if a.at_floor:
+            assert b.value >= b.service_floor * (1 - 1e-6)
+            assert abs(a.cost - b.cost) <= 1e-6 * max(1.0, a.cost), (a.cost, b.cost)
 
 
 def test_a_service_floor_no_plan_reaches_gives_no_cost_to_compare_with() -> None:
