@@ -274,7 +274,8 @@ def solve_reference_at(
     the served value), one result each: the least cost of serving each plan's own value.
 
     `value_phase=False` (needs `service_floors`): cost phases only, for floors added to a stored
-    reference whose value phase is already known; the results' value and value bound are then 0."""
+    reference whose value phase is already known; the results' value bound is then 0 and their status
+    says the value phase was skipped."""
     if not value_phase and service_floors is None:
         raise ValueError("value_phase=False needs service_floors")
     t0 = time.perf_counter()
@@ -480,7 +481,7 @@ def solve_reference_at(
         served = float(c1 @ sol)
         bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else served
     else:  # the empty plan is feasible: the fallback when a cost phase finds nothing at its floor
-        status1, sol, served, bound = "Optimal", np.zeros(n), 0.0, 0.0
+        status1, sol, served, bound = "skipped", np.zeros(n), 0.0, 0.0
     c2 = np.zeros(n)
     c2[x0 : x0 + p] = m_start + v_start + UNIT_EPSILON  # no unit started for nothing
     c2[z0 : z0 + p] = m_wave + v_wave
@@ -513,7 +514,8 @@ def solve_reference_at(
             # and every row counts units and waves with non-negative weights: they are left out
             if y[j] > 0
         ]
-        status = "optimal" if status1 == status2 == "Optimal" else f"phase 1 {status1}, phase 2 {status2}"
+        proven = status2 == "Optimal" and status1 in ("Optimal", "skipped")
+        status = "optimal" if proven else f"phase 1 {status1}, phase 2 {status2}"
         cost = float(c2 @ sol)
         cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
         # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short
