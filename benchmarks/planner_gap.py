@@ -77,19 +77,8 @@ def measure(
     path served, so every path's cost is compared with the least cost of serving as much."""
     cat = Catalog(inst.offerings, inst.constraints)
     plans = _plans(inst, cols, cat)
-    floors: list[float] = []
-    for value in sorted(chk.value for chk, _, _ in plans.values()):
-        if not floors or value > floors[-1] * (1 + 1e-9) + 1e-9:
-            floors.append(value)
-    refs = solve_reference_at(
-        inst.groups,
-        inst.offerings,
-        inst.constraints,
-        catalog=cat,
-        time_limit=reference_time_limit,
-        service_floors=floors,
-    )
-    at_service = _cost_phases(inst, cat, refs)
+    floors = _new_floors(sorted(chk.value for chk, _, _ in plans.values()))
+    refs, at_service = _solve_at(inst, cat, floors, reference_time_limit, value_phase=True)
     first, last = at_service[0], refs[-1]
     reference: dict[str, object] = {
         "status": first["status"],
@@ -116,6 +105,31 @@ def measure(
     }
     _record(row, plans)
     return row
+
+
+def _new_floors(values: list[float], known: list[float] | None = None) -> list[float]:
+    """`values` in order, less those (almost) equal to a known floor or to one kept before them."""
+    floors: list[float] = []
+    for value in values:
+        if all(abs(value - f) > f * 1e-9 + 1e-9 for f in (known or []) + floors):
+            floors.append(value)
+    return floors
+
+
+def _solve_at(
+    inst: TraceInstance, cat: Catalog, floors: list[float], time_limit: float, *, value_phase: bool
+) -> tuple[list[ReferenceResult], list[dict[str, object]]]:
+    """The reference's cost phase at each floor (after its value phase, if asked), and their stored form."""
+    refs = solve_reference_at(
+        inst.groups,
+        inst.offerings,
+        inst.constraints,
+        catalog=cat,
+        time_limit=time_limit,
+        service_floors=floors,
+        value_phase=value_phase,
+    )
+    return refs, _cost_phases(inst, cat, refs)
 
 
 def _cost_phases(inst: TraceInstance, cat: Catalog, refs: list[ReferenceResult]) -> list[dict[str, object]]:
@@ -153,25 +167,13 @@ def add_floors(
     ref = row["reference"]
     assert isinstance(ref, dict)
     stored = list(ref["at_service"])
-    known = [float(c["floor"]) for c in stored]
     values = sorted(chk.value for chk, _, _ in plans.values())
     # and one a margin below them all, for runs that serve a sliver less still: a plan between two floors
     # is compared with the lower one's cost, which over-states its gap, never under-states it
-    floors: list[float] = []
-    for value in [values[0] * (1 - FLOOR_MARGIN), *values]:
-        if all(abs(value - f) > 1e-9 * max(1.0, f) for f in known + floors):
-            floors.append(value)
+    floors = _new_floors([values[0] * (1 - FLOOR_MARGIN), *values], [float(c["floor"]) for c in stored])
     if floors:
-        refs = solve_reference_at(
-            inst.groups,
-            inst.offerings,
-            inst.constraints,
-            catalog=cat,
-            time_limit=reference_time_limit,
-            service_floors=floors,
-            value_phase=False,
-        )
-        ref["at_service"] = sorted(stored + _cost_phases(inst, cat, refs), key=lambda c: float(c["floor"]))
+        refs, added = _solve_at(inst, cat, floors, reference_time_limit, value_phase=False)
+        ref["at_service"] = sorted(stored + added, key=lambda c: float(c["floor"]))
         ref["violations"] = sorted({v for entry in ref["at_service"] for v in entry["violations"]})
         ref["notes"] = [*ref.get("notes", []), f"cost phases added at {floors} ({refs[-1].seconds:.0f} s)"]
     _record(row, plans)

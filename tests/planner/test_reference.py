@@ -134,9 +134,18 @@ def test_cost_phases_added_without_the_value_phase_cost_what_they_cost_after_it(
     cat = Catalog(inst.offerings, inst.constraints)
     full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
     floors = [full.value * 0.5, full.value]
-    kw = {"catalog": cat, "time_limit": 30, "service_floors": floors}
-    with_value = solve_reference_at(inst.groups, inst.offerings, inst.constraints, **kw)  # type: ignore[arg-type]
-    alone = solve_reference_at(inst.groups, inst.offerings, inst.constraints, value_phase=False, **kw)  # type: ignore[arg-type]
+    with_value, alone = (
+        solve_reference_at(
+            inst.groups,
+            inst.offerings,
+            inst.constraints,
+            catalog=cat,
+            time_limit=30,
+            service_floors=floors,
+            value_phase=value_phase,
+        )
+        for value_phase in (True, False)
+    )
     for a, b in zip(with_value, alone, strict=True):
         assert a.at_floor == b.at_floor
         if a.at_floor:
