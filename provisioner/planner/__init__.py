@@ -2,8 +2,9 @@
 
 Read `cost.py` for the objective (USD per HS23-hour of useful work), `problem.py` for the
 MILP and its limits, `candidates.py` and `pricing.py` for the shortlists (column generation over the
-whole catalog), `solve.py` for the fast planner, `milp.py` for the exact reference,
-`drain.py` for what happens to the running fleet and `explain.py` for the explanations.
+whole catalog), `jobs_lp.py` for the LP relaxation that pricing and the fast planner solve,
+`solve.py` for the fast planner, `milp.py` for the exact reference, `drain.py` for what happens to
+the running fleet and `explain.py` for the explanations.
 """
 
 from __future__ import annotations

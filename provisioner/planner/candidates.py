@@ -51,32 +51,27 @@ class GroupCandidates:
     compatible_count: int
 
 
-SPREAD_SCAN = 64  # shortlist positions `_spread_families` checks in plain Python before ranking with numpy
+SPREAD_SCAN = 64  # shortlist positions `_spread_families` reads at first; each further read is 4× longer
 
 
 def _spread_families(fam: IntArray, top_k: int, per_family: int) -> IntArray:
     """Positions in `fam` (the families of offerings sorted by cost) of the shortlist: cheapest first,
     ≤ per_family per family."""
-    # the rank of an offering within its family depends only on the cheaper ones, so a plain loop over the
-    # cheapest few (where numpy's fixed cost dominates) settles most shortlists; numpy ranks the rest
+    # the rank of an offering within its family depends only on the cheaper ones, so a plain loop stops at
+    # the top_k-th kept; read in growing slices, as converting the whole array costs more than the loop
     keep: list[int] = []
     taken: dict[int, int] = {}
-    for pos, f in enumerate(fam[:SPREAD_SCAN].tolist()):
-        count = taken.get(f, 0)
-        if count < per_family:
-            taken[f] = count + 1
-            keep.append(pos)
-            if len(keep) == top_k:
-                break
-    if len(keep) == top_k or len(fam) <= SPREAD_SCAN:
-        return np.array(keep[:top_k], dtype=np.int64)
-    by_family = np.argsort(fam, kind="stable")  # cost order is kept within a family
-    sorted_fam = fam[by_family]
-    starts = np.flatnonzero(np.concatenate(([True], sorted_fam[1:] != sorted_fam[:-1])))
-    run_start = np.repeat(starts, np.diff(np.append(starts, len(fam))))
-    rank = np.empty(len(fam), dtype=np.int64)
-    rank[by_family] = np.arange(len(fam)) - run_start
-    return np.flatnonzero(rank < per_family)[:top_k]
+    start, step = 0, SPREAD_SCAN
+    while start < len(fam) and top_k > 0:
+        for pos, f in enumerate(fam[start : start + step].tolist(), start):
+            count = taken.get(f, 0)
+            if count < per_family:
+                taken[f] = count + 1
+                keep.append(pos)
+                if len(keep) == top_k:
+                    return np.array(keep, dtype=np.int64)
+        start, step = start + step, 4 * step
+    return np.array(keep, dtype=np.int64)
 
 
 HOME_K = 4  # egress-free offerings kept per group whose data sits where offerings are
@@ -297,6 +292,11 @@ class _GroupPricer:
         return costs.take(self.reasons(costs) == 0)
 
 
+# a batch of the walk: the usable offerings of the batch priced, the least full-packing cost of what is
+# left unpriced (`_bound`), and how many offerings the batch priced
+_Batch = tuple[GroupCosts, float, int]
+
+
 class _Shared:
     """Per-group selections that depend only on objects cached for the round (a rule set's reasons, a job
     shape's `_Base`), so the groups sharing them compute them once. Keyed by identity; the values keep
@@ -309,6 +309,26 @@ class _Shared:
         self._home: dict[tuple[int, int, str], tuple[ReasonArray, _Base, IntArray | None]] = {}
         self._first: dict[int, tuple[_Base, IntArray | None]] = {}
         self._every: dict[tuple[int, int], tuple[ReasonArray, _Base, IntArray, FloatArray, IntArray]] = {}
+        self._windows: dict[tuple[int, int, object], tuple[ReasonArray, _Base, _FirstWindow]] = {}
+        self._batches: dict[tuple[int, int, object, int], tuple[ReasonArray, _Base, _Batch]] = {}
+
+    def window(self, static: ReasonArray, base: _Base, cost_cap: object) -> _FirstWindow | None:
+        """The first window kept for this rule set, job shape and cost cap: for a group without egress
+        nothing else changes its costs, price rules or explanation (its pricer, then shared, prices for
+        every group of the key alike)."""
+        found = self._windows.get((id(static), id(base), cost_cap))
+        return None if found is None else found[2]
+
+    def keep_window(self, static: ReasonArray, base: _Base, cost_cap: object, window: _FirstWindow) -> None:
+        self._windows[(id(static), id(base), cost_cap)] = (static, base, window)
+
+    def batch(self, static: ReasonArray, base: _Base, cost_cap: object, size: int) -> _Batch | None:
+        """A batch of the walk over every allowed offering, kept as `window` keeps the first window."""
+        found = self._batches.get((id(static), id(base), cost_cap, size))
+        return None if found is None else found[2]
+
+    def keep_batch(self, static: ReasonArray, base: _Base, cost_cap: object, size: int, walked: _Batch) -> None:
+        self._batches[(id(static), id(base), cost_cap, size)] = (static, base, walked)
 
     def allowed(self, static: ReasonArray, base: _Base) -> tuple[IntArray, FloatArray, IntArray]:
         """Every offering the rules allow, with its cost without egress and its location code."""
@@ -384,6 +404,46 @@ def _cheapest_of(values: FloatArray, idx: IntArray, k: int) -> IntArray:
     return idx[np.argsort(values, kind="stable")]
 
 
+@dataclass(frozen=True, slots=True)
+class _FirstWindow:
+    """A group's first offerings priced (the cheapest WINDOW, or all for the exact MILP), with what the
+    explanation shows of those it rejects."""
+
+    first: IntArray
+    pricer: _GroupPricer  # remembers `priced`
+    priced: GroupCosts
+    usable: GroupCosts  # of `priced`, those compatible and allowed by the price rules
+    compatible: int  # offerings of `first` compatible before pricing
+    rejected: GroupCosts  # the cheapest incompatible offerings
+    rejected_reason: ReasonArray
+
+
+def _price_first(
+    first: IntArray, pricer: _GroupPricer, static: ReasonArray, base: _Base, cols: OfferingColumns, explain_k: int
+) -> _FirstWindow:
+    priced = pricer.price(first)
+    priced_reason = pricer.reasons(priced)
+    pricer.remember(first, priced, priced_reason)
+    status = static[first]
+    reason = np.where(status == 0, priced_reason, status)
+    shown = np.flatnonzero((reason != 0) & np.isfinite(priced.total))[:explain_k]
+    rejected, rejected_reason = priced.take(shown), reason[shown]
+    if len(shown) < 5:  # hardly anything fits: also show the cheapest offerings lacking cores or memory
+        none_fit = np.flatnonzero(~np.isfinite(base.total))
+        extra = _cheapest(cols.price, none_fit, 5 - len(shown))
+        rejected = GroupCosts.concat([rejected, pricer.price(extra)])
+        rejected_reason = np.concatenate([rejected_reason, static[extra]])
+    return _FirstWindow(
+        first,
+        pricer,
+        priced,
+        priced.take(reason == 0),
+        int(np.count_nonzero(status == 0)),
+        rejected,
+        rejected_reason,
+    )
+
+
 def build_candidates(
     groups: Sequence[DemandGroup],
     demand: Sequence[int],
@@ -418,26 +478,29 @@ def build_candidates(
         base = bases.get(group, jpu)
         work = group.hs23_hours_per_job
         with_egress = not egress.none and work > 0
-        first = None
-        if top_k is not None:  # the cheapest WINDOW offerings, found within the shared prefix when possible
-            if with_egress:
-                first = _window(base, base.prefix_total + egress.usd[base.prefix_location] / work)
-            else:
-                first = shared.first_without_egress(base)
         n = len(base.total)
 
-        if first is None:
-            first = _cheapest(
-                _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n
-            )
-        pricer = _GroupPricer(group, jpu, egress, cols, plan_ctx, compat)
-        priced = pricer.price(first)
-        priced_reason = pricer.reasons(priced)
-        pricer.remember(first, priced, priced_reason)
-        status = static[first]
-        reason = np.where(status == 0, priced_reason, status)
-        usable = priced.take(reason == 0)
-        compatible = int(np.count_nonzero(status == 0))
+        # without egress, the same for every group of the rule set, job shape and cost cap
+        shareable = top_k is not None and egress.none
+        cap = group.max_cost_per_hs23_hour
+        window = shared.window(static, base, cap) if shareable else None
+        if window is None:
+            first = None
+            if top_k is not None:  # the cheapest WINDOW offerings, found within the shared prefix when possible
+                if with_egress:
+                    first = _window(base, base.prefix_total + egress.usd[base.prefix_location] / work)
+                else:
+                    first = shared.first_without_egress(base)
+            if first is None:
+                first = _cheapest(
+                    _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n
+                )
+            pricer = _GroupPricer(group, jpu, egress, cols, plan_ctx, compat)
+            window = _price_first(first, pricer, static, base, cols, explain_k)
+            if shareable:
+                shared.keep_window(static, base, cap, window)
+        first, pricer, priced, usable = window.first, window.pricer, window.priced, window.usable
+        compatible = window.compatible
         if top_k is None:
             shortlist = usable
         else:
@@ -455,12 +518,17 @@ def build_candidates(
                     ok_total = ok_total + egress.usd[ok_location] / work
                 batch = 4 * WINDOW
                 while not exact:
-                    idx = _cheapest_of(ok_total, every_ok, batch)
-                    more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
-                    bound = _bound(more, len(idx) < len(every_ok))
-                    more = more.take(compat.priced_reasons(group, more) == 0)
+                    walked = shared.batch(static, base, cap, batch) if shareable else None
+                    if walked is None:
+                        idx = _cheapest_of(ok_total, every_ok, batch)
+                        more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
+                        bound = _bound(more, len(idx) < len(every_ok))
+                        walked = more.take(compat.priced_reasons(group, more) == 0), bound, len(idx)
+                        if shareable:
+                            shared.keep_batch(static, base, cap, batch, walked)
+                    more, bound, priced_count = walked
                     short = _select(more, packed_total(more, jobs), cols, top_k, per_family, bound)
-                    exact = short[2] or len(idx) >= len(every_ok)
+                    exact = short[2] or priced_count >= len(every_ok)
                     batch *= 4
             merged = short[0], short[1]
             home = _home(group, jobs, static, base, egress, pricer, cols, shared, per_family)
@@ -471,20 +539,13 @@ def build_candidates(
                 if light is not None:
                     merged = _merge_packed(merged, light)
             shortlist = merged[0]
-        shown = np.flatnonzero((reason != 0) & np.isfinite(priced.total))[:explain_k]
-        rejected, rejected_reason = priced.take(shown), reason[shown]
-        if len(shown) < 5:  # hardly anything fits: also show the cheapest offerings lacking cores or memory
-            none_fit = np.flatnonzero(~np.isfinite(base.total))
-            extra = _cheapest(cols.price, none_fit, 5 - len(shown))
-            rejected = GroupCosts.concat([rejected, group_costs(group, extra, jpu, egress, cols, plan_ctx)])
-            rejected_reason = np.concatenate([rejected_reason, static[extra]])
         out.append(
             GroupCandidates(
                 group=group,
                 demand=jobs,
                 solver=shortlist,
-                rejected=rejected,
-                rejected_reason=rejected_reason,
+                rejected=window.rejected,
+                rejected_reason=window.rejected_reason,
                 compatible_count=compatible,
             )
         )

@@ -19,21 +19,19 @@ Pricing is exact but cheap where it can be:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import OptimizeWarning, linprog
 
 from provisioner.domain import PlanningConstraints
 from provisioner.planner.candidates import GroupCandidates, _BaseCosts, _merge
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, interruption_factor
+from provisioner.planner.jobs_lp import JobsLp, LpResult
 from provisioner.planner.limits import Limits
-from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost, job_lp
+from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
 
 MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
 PER_GROUP = 4  # columns a group may gain per round (most negative reduced cost first)
@@ -71,38 +69,12 @@ def _spread(index: dict[str, tuple[IntArray, int]], duals: FloatArray, name: str
     return out
 
 
-# Phase 1 starts from serving nothing, which is feasible, so HiGHS's primal simplex needs no phase of
-# its own to get there: at 5,000 groups (benchmarks/planner_scale.py) 0.53 s instead of the dual
-# simplex's 0.83. Phase 2 starts infeasible (its value row), where the dual simplex is the faster
-# (0.65 s against 1.46). scipy passes the option to HiGHS as given, with a warning this silences.
-PRIMAL_SIMPLEX = {"simplex_strategy": 4}
-warnings.filterwarnings(
-    "ignore", message=r"Unrecognized options detected: \{'simplex_strategy'", category=OptimizeWarning
-)
-
-
-def _solve(problem: Problem, served: float | None) -> tuple[FloatArray, _Duals] | None:
-    """Phase 1 (served is None: maximise value) or phase 2 (least cost serving ≥ served) of the jobs LP."""
-    if problem.pairs == 0:  # no group has a usable offering: none can be priced in either
-        return None
-    a, ub, index = job_lp(problem)
-    value = problem.value[problem.pair_group]
-    bounds = np.column_stack([np.zeros(problem.pairs), problem.demand[problem.pair_group]])
-    if served is None:
-        cost = -value
-    else:
-        cost = job_cost(problem)
-        a = _vstack(a, -value)
-        ub = np.concatenate([ub, [-served]])
-    options = PRIMAL_SIMPLEX if served is None else {}
-    res = linprog(cost, A_ub=a, b_ub=ub, bounds=bounds, method="highs", options=options)
-    if res.status != 0 or res.x is None:
-        return None
-    y = np.asarray(res.ineqlin.marginals, dtype=np.float64)
-    lim = problem.limits
+def _duals(problem: Problem, solved: LpResult, phase2: bool) -> _Duals:
+    """The LP's row duals spread over what the rows are keyed by."""
+    y, index, lim = solved.row_duals, solved.index, problem.limits
     n_exp = len(lim.experiments)
     facility = _spread(index, y, "facility", 1)
-    return np.asarray(res.x), _Duals(
+    return _Duals(
         demand=_spread(index, y, "demand", len(problem.demand)),
         capacity=_spread(index, y, "capacity", len(lim.capacity)),
         quota=_spread(index, y, "quota", len(lim.quota)),
@@ -112,12 +84,8 @@ def _solve(problem: Problem, served: float | None) -> tuple[FloatArray, _Duals] 
         egress=_spread(index, y, "egress", n_exp),
         gpus=_spread(index, y, "gpus", n_exp),
         node_hours=_spread(index, y, "node_hours", len(lim.node_hours)),
-        value=float(y[-1]) if served is not None else 0.0,
+        value=float(y[-1]) if phase2 else 0.0,
     )
-
-
-def _vstack(a: sp.csr_matrix, row: FloatArray) -> sp.csr_matrix:
-    return sp.vstack([a, sp.csr_matrix(row)]).tocsr()
 
 
 def reduced_costs(
@@ -186,6 +154,7 @@ class ColumnGenerator:
         # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
         # (phase 2 added no column): the solver reuses it instead of solving the same LP again
         self.lp: FloatArray | None = None
+        self._lp: JobsLp | None = None  # the HiGHS model of the problem solved last
 
     def run(
         self, candidates: Sequence[GroupCandidates], served_at_most: float | None = None
@@ -198,11 +167,11 @@ class ColumnGenerator:
         served: float | None = None
         for phase2 in (False, True):
             for round_no in range(self.max_rounds):
-                solved = _solve(problem, served if phase2 else None)
+                solved = self._solve(problem, served if phase2 else None)
                 self.rounds += 1
                 if solved is None:
                     return cands, problem
-                x, duals = solved
+                x, duals = solved.x, _duals(problem, solved, phase2)
                 grown = self._price(problem, cands, duals, phase2)
                 if not grown:
                     if not phase2:
@@ -217,12 +186,21 @@ class ColumnGenerator:
             else:
                 self.complete = False  # out of rounds: columns with a negative reduced cost may be left
                 if not phase2:  # out of rounds: phase 2 at what the last LP served
-                    solved = _solve(problem, None)
+                    solved = self._solve(problem, None)
                     if solved is None:
                         return cands, problem
-                    self.served = float(problem.value[problem.pair_group] @ solved[0])
+                    self.served = float(problem.value[problem.pair_group] @ solved.x)
                     served = min(self.served, cap) * (1 - 1e-9)
         return cands, problem
+
+    def _solve(self, problem: Problem, served: float | None) -> LpResult | None:
+        """Phase 1 (served is None: the most value) or phase 2 (least cost serving ≥ served) of the jobs LP;
+        phase 2 of the problem phase 1 last solved starts from its basis."""
+        if problem.pairs == 0:  # no group has a usable offering: none can be priced in either
+            return None
+        if self._lp is None or self._lp.problem is not problem:
+            self._lp = JobsLp(problem)
+        return self._lp.solve(served)
 
     def _problem(self, cands: Sequence[GroupCandidates]) -> Problem:
         problem = build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)

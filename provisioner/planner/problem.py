@@ -398,41 +398,5 @@ def job_cost(problem: Problem) -> FloatArray:
     )
 
 
-def solve_jobs_lp(problem: Problem) -> FloatArray:
-    """Jobs per pair of the lexicographic LP relaxation in jobs only (small and fast: one variable a pair)."""
-    p = problem.pairs
-    if p == 0:
-        return np.zeros(0)
-    a, ub = job_rows(problem)
-    demand = problem.demand[problem.pair_group].astype(np.float64)
-    bounds = Bounds(np.zeros(p), demand)
-    integrality = np.zeros(p, dtype=np.int64)
-    options: dict[str, float | bool] = {"disp": False}
-    value = problem.value[problem.pair_group]
-    first = milp(
-        -value,
-        integrality=integrality,
-        bounds=bounds,
-        constraints=LinearConstraint(a, -np.inf, ub),
-        options=options,
-    )
-    if first.x is None:
-        raise PlanningError(f"HiGHS found no feasible LP relaxation in phase 1: {first.message}")
-    served = float(value @ first.x)
-    if served <= 0:
-        return np.zeros(p)
-    cost = job_cost(problem)
-    a2 = sp.vstack([a, sp.csr_matrix(-value)]).tocsr()
-    ub2 = np.concatenate([ub, [-(served * (1 - 1e-9))]])
-    second = milp(
-        cost,
-        integrality=integrality,
-        bounds=bounds,
-        constraints=LinearConstraint(a2, -np.inf, ub2),
-        options=options,
-    )
-    return np.asarray(second.x if second.x is not None else first.x, dtype=np.float64)
-
-
 class PlanningError(RuntimeError):
     """The solver failed on an instance it should always be able to solve (all-zero is always feasible)."""

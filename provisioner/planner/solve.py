@@ -20,12 +20,12 @@ from dataclasses import replace
 import numpy as np
 
 from provisioner.planner.columns import BoolArray, FloatArray, IntArray
+from provisioner.planner.jobs_lp import solve_jobs_lp
 from provisioner.planner.problem import (
     SAFETY,
     Problem,
     Solution,
     job_cost,
-    solve_jobs_lp,
     solve_lexicographic,
 )
 

@@ -3,12 +3,22 @@ phase must not change a single shortlist."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.planner.candidates import _merge, _spread_families, packed_total
+from provisioner.planner import _Clock, _prepare
+from provisioner.planner.candidates import (
+    GroupCandidates,
+    _merge,
+    _spread_families,
+    build_candidates,
+    packed_total,
+)
 from provisioner.planner.cost import FIELDS, GroupCosts
+from tests.planner.instances import random_instance
 
 
 def spread_by_definition(fam: list[int], top_k: int, per_family: int) -> list[int]:
@@ -17,7 +27,8 @@ def spread_by_definition(fam: list[int], top_k: int, per_family: int) -> list[in
     return [pos for pos in range(len(fam)) if rank[pos] < per_family][:top_k]
 
 
-# few families, so that long runs of one family (the numpy path) occur as well as spread ones
+# few families, so that long runs of one family (a shortlist reaching past the first slice read) occur as
+# well as spread ones
 families = st.lists(st.integers(min_value=0, max_value=5), max_size=200)
 
 
@@ -56,3 +67,30 @@ def test_merge_keeps_each_offering_once_cheapest_first(
     both = costs_of([*short, *new], [*short.values(), *(extra[o] for o in new)])
     order = np.argsort(packed_total(both, demand), kind="stable")
     assert np.array_equal(merged.data, both.data[:, order])
+
+
+def _same(a: GroupCandidates, b: GroupCandidates) -> bool:
+    return (
+        a.group == b.group
+        and a.demand == b.demand
+        and np.array_equal(a.solver.data, b.solver.data, equal_nan=True)
+        and np.array_equal(a.rejected.data, b.rejected.data, equal_nan=True)
+        and np.array_equal(a.rejected_reason, b.rejected_reason)
+        and a.compatible_count == b.compatible_count
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000), top_k=st.sampled_from([1, 2, 12]))
+def test_groups_sharing_a_shape_get_the_shortlists_they_get_alone(seed: int, top_k: int) -> None:
+    # groups of one job shape, rules and cost cap share priced windows and walks (without egress): each
+    # twin, with another demand, must get the shortlist it gets when costed on its own
+    inst = random_instance(seed, groups=5, offerings=300, fleet=0)  # > WINDOW: walks too
+    twins = [replace(g, id=f"{g.id}:twin", jobs=3 * g.jobs + 1) for g in inst.groups]
+    groups = [*inst.groups, *twins]
+    setup = _prepare(groups, inst.offerings, (), inst.constraints, _Clock(None), exact=False, timings=None)
+    demand = [g.jobs for g in groups]
+    together = build_candidates(groups, demand, setup.cols, setup.plan_ctx, setup.compat, top_k=top_k)
+    for k, g in enumerate(groups):
+        alone = build_candidates([g], [demand[k]], setup.cols, setup.plan_ctx, setup.compat, top_k=top_k)
+        assert _same(together[k], alone[0]), g.id

@@ -1,0 +1,87 @@
+"""The jobs LP in one HiGHS model: the cost phase warm-started from the value phase's basis must reach the
+same optimum as solving it from scratch (scipy's own HiGHS, a separate build, as the independent check),
+and running the planner must not print HiGHS's banner or leave HiGHS unusable for other models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+from provisioner.planner import _Clock, _prepare
+from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp
+from provisioner.planner.problem import Problem, build_problem, job_cost, job_lp
+from tests.planner.instances import random_instance
+
+
+def _problem(seed: int) -> Problem:
+    inst = random_instance(seed, groups=8, offerings=20, fleet=0)
+    setup = _prepare(inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=True, timings=None)
+    return build_problem(setup.candidates, setup.cols, setup.plan_ctx, inst.constraints, setup.limits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000))
+def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
+    problem = _problem(seed)
+    if problem.pairs == 0:
+        return
+    a, ub, _ = job_lp(problem)
+    value = problem.value[problem.pair_group]
+    bounds = np.column_stack([np.zeros(problem.pairs), problem.demand[problem.pair_group]])
+
+    lp = JobsLp(problem)
+    first = lp.solve(None)
+    assert first is not None
+    cold1 = linprog(-value, A_ub=a, b_ub=ub, bounds=bounds, method="highs")
+    assert cold1.status == 0
+    served = float(value @ first.x)
+    assert served == np.float64(-cold1.fun) or abs(served + cold1.fun) <= 1e-7 * max(1.0, served)
+
+    floor = served * (1 - SERVED_SLACK)
+    second = lp.solve(floor)
+    assert second is not None
+    a2 = np.vstack([a.toarray(), -value])
+    cold2 = linprog(
+        job_cost(problem), A_ub=a2, b_ub=np.append(ub, -floor), bounds=bounds, method="highs"
+    )
+    assert cold2.status == 0
+    cost = float(job_cost(problem) @ second.x)
+    # equal within HiGHS's feasibility tolerance (1e-7 on each row)
+    assert abs(cost - cold2.fun) <= 1e-6 * max(1.0, abs(cold2.fun)), (cost, cold2.fun)
+    # the warm plan keeps every limit and the value it was asked for
+    assert (a @ second.x <= ub + 1e-6 * np.maximum(1.0, np.abs(ub))).all()
+    assert float(value @ second.x) >= floor * (1 - 1e-9) - 1e-9
+    # duals of ≤ rows in a minimisation are ≤ 0: the value row's, last, prices the served value
+    assert second.row_duals[-1] <= 1e-9
+    assert len(second.row_duals) == a.shape[0] + 1
+
+
+def test_planning_prints_nothing_and_leaves_highs_usable_for_the_reference() -> None:
+    # a fresh interpreter: HiGHS prints its banner once per process, and its thread pool is sized once
+    code = textwrap.dedent(
+        """
+        from benchmarks.reference_milp import solve_reference
+        from benchmarks.reference_rules import Catalog
+        from provisioner.planner import plan
+        from tests.planner.instances import random_instance
+
+        inst = random_instance(7, groups=8, offerings=20, fleet=0)
+        plan(inst.groups, inst.offerings, (), inst.constraints, method="lp")
+        print("planned", flush=True)
+        groups = [g for g in inst.groups if g.max_cost_per_hs23_hour is None]
+        ref = solve_reference(
+            groups, inst.offerings, inst.constraints, catalog=Catalog(inst.offerings, inst.constraints)
+        )
+        assert ref.status == "optimal", ref.status
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    # nothing before the marker: the reference's `highspy.Highs()` prints the banner after it
+    assert out.stdout.startswith("planned\n"), out.stdout
