@@ -29,7 +29,7 @@ from provisioner.planner.candidates import GroupCandidates, _BaseCosts, _merge
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, interruption_factor
-from provisioner.planner.jobs_lp import JobsLp, LpResult
+from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp, LpResult
 from provisioner.planner.limits import Limits
 from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
 
@@ -176,7 +176,7 @@ class ColumnGenerator:
                 if not grown:
                     if not phase2:
                         self.served = float(problem.value[problem.pair_group] @ x)
-                        served = min(self.served, cap) * (1 - 1e-9)
+                        served = min(self.served, cap) * (1 - SERVED_SLACK)
                     else:
                         self.last = x
                         if round_no == 0:  # phase 1 and 2 solved this very problem: its lexicographic LP
@@ -190,7 +190,7 @@ class ColumnGenerator:
                     if solved is None:
                         return cands, problem
                     self.served = float(problem.value[problem.pair_group] @ solved.x)
-                    served = min(self.served, cap) * (1 - 1e-9)
+                    served = min(self.served, cap) * (1 - SERVED_SLACK)
         return cands, problem
 
     def _solve(self, problem: Problem, served: float | None) -> LpResult | None:
