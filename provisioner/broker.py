@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -44,6 +45,7 @@ from provisioner.grouping import group_jobs
 from provisioner.ids import IdSource
 from provisioner.leader import Leadership, LeaseSettings
 from provisioner.planner import plan
+from provisioner.planner.workers import Workers
 from provisioner.policy_source import PolicySource
 from provisioner.policy_versions import PolicyKeeper
 from provisioner.reconciler import ReconcileSettings
@@ -282,7 +284,8 @@ def build_broker(
         backends=backends,
         sources=sources,
         group=group_jobs,
-        planner=planner or plan,
+        # worker processes kept for the broker's life, started at its first plan
+        planner=planner or partial(plan, workers=Workers(settings.planner_workers)),
         constraints=constraints,
         demand=demand_fn,
         settings=replace(

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         description="absolute MQTT topics whose messages are new demand (JSON list), e.g. a storage "
         "system's file-arrival events",
     )
+    planner_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="processes the planner splits each round's costing over (workers from a fork "
+        "server; 1: the broker's own process only)",
+    )
     usage_dir: Path | None = Field(
         default=None,
         description="columnar store of imported usage files (Parquet); default state_dir/usage. "

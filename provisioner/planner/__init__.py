@@ -1,9 +1,11 @@
-"""The planner: pure, synchronous; turns demand groups, offerings, the fleet and constraints into a `Plan`.
+"""The planner: pure (the same plan wherever its costing ran), synchronous; turns demand groups, offerings,
+the fleet and constraints into a `Plan`.
 
 Read `cost.py` for the objective (USD per HS23-hour of useful work), `problem.py` for the
 MILP and its limits, `candidates.py` and `pricing.py` for the shortlists (column generation over the
 whole catalog), `jobs_lp.py` for the LP relaxation that pricing and the fast planner solve,
-`solve.py` for the fast planner, `milp.py` for the exact reference, `drain.py` for what happens to
+`costing_parts.py` and `workers.py` for the costing split over worker processes, `solve.py` for the
+fast planner, `milp.py` for the exact reference, `drain.py` for what happens to
 the running fleet and `explain.py` for the explanations.
 """
 
@@ -23,10 +25,11 @@ from provisioner.domain import (
     PlanItem,
     PlanningConstraints,
 )
-from provisioner.planner.candidates import GroupCandidates, build_candidates
+from provisioner.planner.candidates import GroupCandidates
 from provisioner.planner.columns import HasOfferings, OfferingColumns, as_columns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import PlanContext
+from provisioner.planner.costing_parts import build_candidates_on
 from provisioner.planner.drain import FleetAssessment, assess_fleet
 from provisioner.planner.explain import explain_group, explain_quiet, limits_after
 from provisioner.planner.limits import Limits, build_limits
@@ -35,6 +38,7 @@ from provisioner.planner.pricing import ColumnGenerator
 from provisioner.planner.problem import UNIT_EPSILON, Problem, Solution, _per_job, build_problem, job_cost
 from provisioner.planner.settle import Settler
 from provisioner.planner.solve import solve
+from provisioner.planner.workers import Workers
 
 __all__ = ["METHODS", "LpBound", "OfferingColumns", "lp_bound", "plan"]
 
@@ -63,6 +67,7 @@ def plan(
     method: str = "auto",
     timings: Timings | None = None,
     time_limit: float | None = None,
+    workers: int | Workers = 1,
 ) -> Plan:
     """Plan one round.
 
@@ -70,13 +75,22 @@ def plan(
     "exact" (the unpruned MILP, for tests and benchmarks). `timings`, if given, receives
     seconds per phase. `time_limit` (seconds per MILP phase; default 2 s for "milp", none for
     "exact"): when it strikes, the plan is the solver's incumbent or the repaired LP, never an
-    error, and `Plan.solver` says which.
+    error, and `Plan.solver` says which. `workers`: processes the groups' costing is split over
+    (`workers.py`; the same plan as with 1): a `Workers` the caller keeps keeps its worker processes
+    for the next rounds, a number starts them for this plan only.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown planner method {method!r}, expected one of {METHODS}")
     constraints = constraints or PlanningConstraints()
     clock = _Clock(timings)
-    setup = _prepare(groups, offerings, fleet, constraints, clock, exact=method == "exact", timings=timings)
+    pool = workers if isinstance(workers, Workers) else Workers(workers)
+    try:
+        setup = _prepare(
+            groups, offerings, fleet, constraints, clock, exact=method == "exact", timings=timings, workers=pool
+        )
+    finally:
+        if pool is not workers:
+            pool.close()
     cols, assessment, limits, candidates = setup.cols, setup.assessment, setup.limits, setup.candidates
     plan_ctx, compat, demand = setup.plan_ctx, setup.compat, setup.demand
     clock.last = time.perf_counter()
@@ -137,6 +151,7 @@ def _prepare(
     *,
     exact: bool,
     timings: Timings | None,
+    workers: Workers,
 ) -> _Setup:
     """What planning and its bound share: the fleet's assessment, the limits it leaves, the shortlists."""
     cols = as_columns(offerings)
@@ -160,7 +175,8 @@ def _prepare(
     compat = CompatContext.build(cols, constraints, plan_ctx, limits)
     clock.lap("fleet")
     active = [k for k, jobs in enumerate(demand) if jobs > 0]
-    candidates = build_candidates(
+    candidates = build_candidates_on(
+        workers,
         [groups[k] for k in active],
         [demand[k] for k in active],
         cols,
@@ -200,7 +216,9 @@ def lp_bound(
     """A lower bound on the cost of any plan serving `served_at_most` (default: the most possible),
     for benchmarks and diagnostics: unlike `plan`, pricing is not cut short, so it can take long."""
     constraints = constraints or PlanningConstraints()
-    setup = _prepare(groups, offerings, fleet, constraints, _Clock(None), exact=False, timings=None)
+    setup = _prepare(
+        groups, offerings, fleet, constraints, _Clock(None), exact=False, timings=None, workers=Workers(1)
+    )
     generator = ColumnGenerator(
         setup.cols,
         setup.plan_ctx,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -62,7 +62,11 @@ class OfferingColumns:
     allocation_starts: FloatArray  # POSIX seconds, -inf for non-allocation offerings
 
     def __len__(self) -> int:
-        return len(self.offerings)
+        return len(self.price)
+
+    def without_offerings(self) -> OfferingColumns:
+        """The columns alone, for a worker process: the offering objects and the id index stay here."""
+        return replace(self, offerings=(), index={})
 
     @classmethod
     def from_offerings(cls, offerings: Sequence[Offering]) -> OfferingColumns:
