@@ -151,9 +151,10 @@ def _prepare(
     *,
     exact: bool,
     timings: Timings | None,
-    workers: Workers,
+    workers: Workers | None = None,
 ) -> _Setup:
-    """What planning and its bound share: the fleet's assessment, the limits it leaves, the shortlists."""
+    """What planning and its bound share: the fleet's assessment, the limits it leaves, the shortlists
+    (costed in this process alone unless `workers` says otherwise)."""
     cols = as_columns(offerings)
     clock.lap("columns")
     assessment = assess_fleet(
@@ -176,7 +177,7 @@ def _prepare(
     clock.lap("fleet")
     active = [k for k, jobs in enumerate(demand) if jobs > 0]
     candidates = build_candidates_on(
-        workers,
+        workers or Workers(1),
         [groups[k] for k in active],
         [demand[k] for k in active],
         cols,
@@ -216,9 +217,7 @@ def lp_bound(
     """A lower bound on the cost of any plan serving `served_at_most` (default: the most possible),
     for benchmarks and diagnostics: unlike `plan`, pricing is not cut short, so it can take long."""
     constraints = constraints or PlanningConstraints()
-    setup = _prepare(
-        groups, offerings, fleet, constraints, _Clock(None), exact=False, timings=None, workers=Workers(1)
-    )
+    setup = _prepare(groups, offerings, fleet, constraints, _Clock(None), exact=False, timings=None)
     generator = ColumnGenerator(
         setup.cols,
         setup.plan_ctx,
