@@ -109,10 +109,12 @@ def build_candidates_on(
     """`build_candidates` with the groups split over `workers`, groups of one `shape_key` together (they
     share their costing). The same candidates: each group's depend only on the group and the round.
     `timings`: the whole phase's wall time, as costing."""
-    parts = split([shape_key(g) for g in groups], PARTS_PER_WORKER * workers.count, PART_MIN_GROUPS)
-    if workers.count == 1:
-        parts = [list(range(len(groups)))]
-    if len(parts) == 1:
+    parts = (
+        split([shape_key(g) for g in groups], PARTS_PER_WORKER * workers.count, PART_MIN_GROUPS)
+        if workers.count > 1
+        else []
+    )
+    if len(parts) <= 1:  # one process, or too few groups to split
         return build_candidates(groups, demand, cols, plan_ctx, compat, top_k=top_k, timings=timings)
     t0 = time.perf_counter()
     jobs = [
