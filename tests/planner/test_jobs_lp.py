@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
@@ -17,6 +17,8 @@ from provisioner.planner import _Clock, _prepare
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp
 from provisioner.planner.problem import Problem, build_problem, job_cost, job_lp
 from tests.planner.instances import random_instance
+
+DUAL_TOLERANCE = 1e-7  # HiGHS's dual_feasibility_tolerance, its default in both builds
 
 
 def _problem(seed: int) -> Problem:
@@ -27,6 +29,9 @@ def _problem(seed: int) -> Problem:
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(min_value=0, max_value=10_000))
+# two pairs costing 5e-9 and 1.25e-8 per job: both reduced costs are within HiGHS's dual tolerance, so
+# the cold solve kept the dearer one for 300 jobs (2.25e-6 more); the warm phase found the cheaper
+@example(seed=181)
 def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
     problem = _problem(seed)
     if problem.pairs == 0:
@@ -52,8 +57,10 @@ def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
     )
     assert cold2.status == 0
     cost = float(job_cost(problem) @ second.x)
-    # equal within HiGHS's feasibility tolerance (1e-7 on each row)
-    assert abs(cost - cold2.fun) <= 1e-6 * max(1.0, abs(cold2.fun)), (cost, cold2.fun)
+    # equal within HiGHS's tolerances: either optimum may keep a column whose reduced cost is within the
+    # dual tolerance (1e-7) of pricing out, costing up to that much per job of its bound
+    slack = 1e-6 * max(1.0, abs(cold2.fun)) + DUAL_TOLERANCE * float(bounds[:, 1].sum())
+    assert abs(cost - cold2.fun) <= slack, (cost, cold2.fun)
     # the warm plan keeps every limit and the value it was asked for
     assert (a @ second.x <= ub + 1e-6 * np.maximum(1.0, np.abs(ub))).all()
     assert float(value @ second.x) >= floor * (1 - 1e-9) - 1e-9
