@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import highspy
 import numpy as np
-import scipy.sparse as sp
-from highspy._core import _Highs
 
 from provisioner.planner.columns import FloatArray, IntArray
+from provisioner.planner.highs import model, solver
 from provisioner.planner.problem import PlanningError, Problem, job_cost, job_lp
 
 PRIMAL_SIMPLEX = 4  # HiGHS's simplex_strategy for the primal simplex
@@ -42,23 +41,14 @@ class JobsLp:
         self.value = problem.value[problem.pair_group]
         self._solved = False  # a basis is there to start from
         self._value_row: int | None = None
-        h = _Highs()  # the bare solver: `highspy.Highs()` prints its banner before output_flag can be set
-        h.setOptionValue("output_flag", False)
-        # HiGHS's thread pool is per process and refuses a model asking for another size once it runs:
-        # one thread, as the simplex uses, and as benchmarks/reference_milp.py asks in the same process
-        h.setOptionValue("threads", 1)
-        csc = sp.csc_matrix(a)
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = problem.pairs, csc.shape[0]
-        lp.col_cost_ = -self.value
-        lp.col_lower_ = np.zeros(problem.pairs)
-        lp.col_upper_ = problem.demand[problem.pair_group].astype(np.float64)
-        lp.row_lower_ = np.full(csc.shape[0], -highspy.kHighsInf)
-        lp.row_upper_ = np.asarray(ub, dtype=np.float64)
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = csc.indices.astype(np.int32)
-        lp.a_matrix_.value_ = csc.data.astype(np.float64)
+        h = solver()
+        lp = model(
+            -self.value,
+            a,
+            np.asarray(ub, dtype=np.float64),
+            np.zeros(problem.pairs),
+            problem.demand[problem.pair_group].astype(np.float64),
+        )
         h.passModel(lp)
         self._h = h
 
