@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,8 +21,8 @@ from backends.base import TAG_EXPERIMENT, TAG_GROUP
 from provisioner.planner.costing_parts import PART_MIN_GROUPS
 from tests.aws.conftest import amis, credentials_file, moto, moto_server  # noqa: F401
 from tests.slurm.conftest import SLURM_CONF
-from tests.slurm.test_queue_to_aws_e2e import LIVE_EC2, POLICY, backends, instances
-from tests.slurm.test_run_e2e import REPO, sbatch, squeue, wait_until
+from tests.slurm.test_queue_to_aws_e2e import POLICY, backends, live_instances, start_run
+from tests.slurm.test_run_e2e import sbatch, squeue, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -97,25 +95,11 @@ def test_the_running_broker_costs_on_a_kept_worker_and_starts_the_plan_on_ec2(
     waiting = [j for j in squeue() if j[1] == shapes and j[2] == "PENDING" and j[3] == "atlas"]
     assert len(waiting) == SHAPES, f"{len(waiting)} of {SHAPES} jobs waiting"
     (tmp_path / "policy.toml").write_text(POLICY)
-    (tmp_path / "backends.toml").write_text(backends(moto, credentials_file, amis).replace("poll_seconds = 1", "poll_seconds = 0"))
+    # no wake on new submissions: the one cycle seen is the first
+    (tmp_path / "backends.toml").write_text(backends(moto, credentials_file, amis, poll_seconds=0))
     broker_id = f"e2e-split-{tag}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISIONER_", "AWS_"))} | {
-        "PROVISIONER_STATE_DIR": str(tmp_path),
-        "PROVISIONER_BROKER_ID": broker_id,
-        "PROVISIONER_POLICY_FILE": str(tmp_path / "policy.toml"),
-        "PROVISIONER_BACKENDS_FILE": str(tmp_path / "backends.toml"),
-        "PROVISIONER_PLANNER_WORKERS": "2",
-        "PROVISIONER_LOG_LEVEL": "INFO",
-        "SLURM_CONF": str(SLURM_CONF),
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("SLURM_JWT", None)
-    log = tmp_path / "run.log"
     # one cycle, then none for an hour: what is seen afterwards is that cycle's
-    run = subprocess.Popen(
-        [sys.executable, "-c", "from provisioner.cli import main; main()", "run", "--interval", "3600"],
-        env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    run, log = start_run(tmp_path, broker_id, interval=3600, planner_workers="2")
     worker: int | None = None
     try:
         wait_until(lambda: "cycle.done" in log.read_text(), "the first cycle", timeout=240)
@@ -125,10 +109,7 @@ def test_the_running_broker_costs_on_a_kept_worker_and_starts_the_plan_on_ec2(
         assert len(workers) == 1, _children(run.pid)
         worker = workers[0][0]
 
-        def live() -> list[dict[str, Any]]:
-            return [i for i in instances(moto, broker_id) if i["State"]["Name"] in LIVE_EC2]
-
-        started = live()
+        started = live_instances(moto, broker_id)
         assert started, log.read_text()[-4000:]
         groups = {i["TagMap"][TAG_GROUP] for i in started}
         assert {i["TagMap"][TAG_EXPERIMENT] for i in started} == {"atlas"}

@@ -28,7 +28,7 @@ from tests.aws.conftest import (  # noqa: F401
     moto_server,
 )
 from tests.slurm.conftest import SLURM_CONF
-from tests.slurm.test_run_e2e import REPO, sbatch, squeue, wait_until
+from tests.slurm.test_run_e2e import REPO, sbatch, slurm, squeue, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -57,7 +57,7 @@ monthly = "500"
 """
 
 
-def backends(endpoint: str, credentials: Path, images: dict[str, str]) -> str:
+def backends(endpoint: str, credentials: Path, images: dict[str, str], poll_seconds: float = 1) -> str:
     return (
         aws_backends_table(endpoint, images, credentials)
         + f"""
@@ -68,7 +68,7 @@ slurm_conf = "{SLURM_CONF}"
 partitions = ["debug"]
 accounts = ["atlas"]
 experiments = {{ atlas = "atlas" }}
-poll_seconds = 1
+poll_seconds = {poll_seconds:g}
 """
     )
 
@@ -83,6 +83,34 @@ def instances(endpoint: str, broker_id: str) -> list[dict[str, Any]]:
             inst["TagMap"] = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
             found.append(inst)
     return found
+
+
+def live_instances(endpoint: str, broker_id: str) -> list[dict[str, Any]]:
+    """EC2's own view of this broker's pending or running instances."""
+    return [i for i in instances(endpoint, broker_id) if i["State"]["Name"] in LIVE_EC2]
+
+
+def start_run(
+    directory: Path, broker_id: str, interval: float, **settings: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`provisioner run --interval N` as an operator starts it, with `directory`'s policy.toml and
+    backends.toml and these PROVISIONER_* `settings`; its output goes to the log returned."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISIONER_", "AWS_"))} | {
+        "PROVISIONER_STATE_DIR": str(directory),
+        "PROVISIONER_BROKER_ID": broker_id,
+        "PROVISIONER_POLICY_FILE": str(directory / "policy.toml"),
+        "PROVISIONER_BACKENDS_FILE": str(directory / "backends.toml"),
+        "PROVISIONER_LOG_LEVEL": "INFO",
+        "SLURM_CONF": str(SLURM_CONF),
+        "PYTHONPATH": str(REPO),
+    } | {f"PROVISIONER_{name.upper()}": value for name, value in settings.items()}
+    env.pop("SLURM_JWT", None)
+    log = directory / "run.log"
+    run = subprocess.Popen(
+        [sys.executable, "-c", "from provisioner.cli import main; main()", "run", "--interval", f"{interval:g}"],
+        env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return run, log
 
 
 @pytest.fixture
@@ -118,25 +146,11 @@ def test_queued_jobs_become_ec2_instances_and_scancel_terminates_them(
     ]
     jobs += waiting
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVISIONER_", "AWS_"))} | {
-        "PROVISIONER_STATE_DIR": str(tmp_path),
-        "PROVISIONER_BROKER_ID": broker_id,
-        "PROVISIONER_POLICY_FILE": str(tmp_path / "policy.toml"),
-        "PROVISIONER_BACKENDS_FILE": str(tmp_path / "backends.toml"),
-        "PROVISIONER_LOG_LEVEL": "INFO",
-        "SLURM_CONF": str(SLURM_CONF),
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("SLURM_JWT", None)
-    log = tmp_path / "run.log"
-    run = subprocess.Popen(
-        [sys.executable, "-c", "from provisioner.cli import main; main()", "run", "--interval", "2"],
-        env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    run, log = start_run(tmp_path, broker_id, interval=2)
     try:
 
         def live() -> list[dict[str, Any]]:
-            return [i for i in instances(moto, broker_id) if i["State"]["Name"] in LIVE_EC2]
+            return live_instances(moto, broker_id)
 
         offerings = {o.id: o for o in load_catalog().offerings}
 
@@ -166,7 +180,7 @@ def test_queued_jobs_become_ec2_instances_and_scancel_terminates_them(
         assert {i["InstanceId"] for i in live()} == ids
 
         for job_id in waiting:
-            subprocess.run(["scancel", job_id], check=True, env={**env, "SLURM_CONF": str(SLURM_CONF)})
+            slurm("scancel", job_id)
         # no demand left for the group: the broker terminates its VMs (EC2 says so)
         wait_until(lambda: not live(), "EC2 to show the instances terminated after scancel", timeout=120)
         gone = {
