@@ -1,13 +1,15 @@
 """How far the planner is from the true optimum, measured by a reference that can disagree with it.
 
-Instances: `benchmarks/trace_instances.py` — three real traces (HPC2N-2002, NASA iPSC/860, NREL
-Eagle) through the project's grouping, the full bundled catalog plus HPC allocations and backfill,
-and five tight policies (budget, spend-rate, family quota, egress cap, all at once), at three sizes:
-150, 300 and 1,000 jobs (38-219 groups, 550-3,158 priced pairs). `auto` takes the pruned MILP on
-them all (`MILP_MAX_PAIRS`), its time limit striking on the largest, with the LP path as fallback;
-forced `lp` measures the LP path (relaxation, restricted MILPs, rounding and repair) on every one.
-`auto` takes the LP path alone above `MILP_MAX_PAIRS`, where this reference cannot solve: there
-`benchmarks/planner_scale.py` bounds it. `Plan.solver` in the results says which path ran.
+Instances: `benchmarks/trace_instances.py` — real traces through the project's grouping, the full
+bundled catalog plus HPC allocations and backfill, and five tight policies (budget, spend-rate, family
+quota, egress cap, all at once). Three traces (HPC2N-2002, NASA iPSC/860, NREL Eagle) at three sizes:
+150, 300 and 1,000 jobs (38-219 groups, 550-3,158 priced pairs), where `auto` takes the pruned MILP
+(`MILP_MAX_PAIRS`), its time limit striking on the largest, with the LP path as fallback; and the
+class "lp-alone": HPC2N (2,000 jobs), NASA (6,000) and KTH SP2 (1,000), 318-350 groups and more than
+`MILP_MAX_PAIRS` priced pairs, where `auto` takes the LP path alone, as on large inputs in production.
+Forced `lp` measures the LP path (relaxation, restricted MILPs, rounding and repair) on every one.
+`Plan.solver` in the results says which path ran. The lp-alone references are large (some 60,000 pairs
+after pruning): they need `--reference-time-limit` of many minutes to prove bounds.
 
 Reference: `benchmarks/reference_milp.py`, an exact MILP written apart from the planner (own
 compatibility, own exact marginal-tier egress with shared source volumes, own limits), solved by
@@ -21,19 +23,21 @@ cost) / reference cost (money + allocation value, egress exact), where the refer
 least cost of serving what the path served: the reference runs its cost phase once per distinct
 value the paths served (a path serving a sliver more than another is not charged for it, and a
 reference serving less, or more, than a path is never compared with it). When HiGHS stops the reference
-at its time limit, shortfall is measured against its upper bound on value and the gap against its
-lower bound on cost: both then over-state the planner's distance from the optimum, never under-state
-it. A path FAILS an instance when it breaks a limit, serves more than 1 % less value, or costs more
+at its time limit, shortfall is measured against its upper bound on value (HiGHS's, else the LP
+relaxation's) and the gap against its lower bound on cost: both then over-state the planner's distance
+from the optimum, never under-state it; with no bound, the shortfall or gap is unknown and a fail.
+A path FAILS an instance when it breaks a limit, serves more than 1 % less value, or costs more
 than 1 % above the reference.
 
 Run: `python -m benchmarks.planner_gap` → benchmarks/results/planner_gap.json (+ .md).
 `--quick` runs one policy per trace at the small size. On a shared machine the instances can be
 split: `--shard 0/3` … `--shard 2/3` (in parallel) write shard files, `--merge 3` joins them.
 `--reuse-reference` re-measures the planner against the stored references; `--resolve NAME` solves one
-reference again (several may run at once); `--add-floors NAME` adds cost phases at the values the paths
+reference (again: its row is replaced, or added; several may run at once); `--add-floors NAME` adds cost phases at the values the paths
 serve now, where a machine of another speed makes a time-limited path serve a sliver less than every
 stored floor (its gap is otherwise unknown, and counts as a fail); `--extend` solves the
-references of instances the results file lacks (with `--shard`, each shard its part) and adds them.
+references of instances the results file lacks (with `--shard`, each shard its part) and adds them;
+`--policy P` keeps the instances under policy P (repeatable).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from pathlib import Path
 from benchmarks.plan_check import Check, Usage, check_plan
 from benchmarks.reference_milp import ReferenceResult, solve_reference_at
 from benchmarks.reference_rules import Catalog
-from benchmarks.trace_instances import POLICIES, TraceInstance, build_instances
+from benchmarks.trace_instances import POLICIES, TRACE_NAMES, TraceInstance, build_instances
 from provisioner.catalog import load_catalog
 from provisioner.domain import Plan
 from provisioner.planner import OfferingColumns, plan
@@ -57,6 +61,8 @@ from provisioner.planner import OfferingColumns, plan
 RESULTS = Path(__file__).resolve().parent / "results"
 SMALL, LARGE, XLARGE = 150, 300, 1000
 SIZES = (SMALL, LARGE, XLARGE)
+# the instances of `LP_ALONE_JOBS` (above `MILP_MAX_PAIRS`) are the class "lp-alone"
+SIZE_CLASSES = ("small", "large", "xlarge", "lp-alone")
 METHODS = ("auto", "milp", "lp")
 TOLERANCE = 0.01
 REFERENCE_TIME_LIMIT = 60.0
@@ -204,10 +210,16 @@ def _record(row: dict[str, object], plans: dict[str, Measured]) -> None:
             chk,
             solver,
             seconds,
-            best_value=max(float(ref["value"]), float(ref["value_bound"])),
+            best_value=_value_bound(float(ref["value"]), float(ref["value_bound"])),
             best_cost=min(float(at["cost"]), float(at["cost_bound"])),
             floor=float(at["floor"]),
         )
+
+
+def _value_bound(value: float, bound: float) -> float:
+    """The reference's upper bound on value; infinite (unknown) when its bound is below its own plan's
+    value, as rows stored before `reference_milp` checked that say of a value phase stopped early."""
+    return bound if bound >= value * (1 - 1e-9) - 1e-9 else float("inf")
 
 
 def remeasure(row: dict[str, object], inst: TraceInstance, cols: OfferingColumns) -> None:
@@ -222,7 +234,11 @@ def _compare(
 ) -> dict[str, object]:
     """best_value: the reference's upper bound on value; best_cost: its lower bound on the cost of
     serving `floor`, which is no more than what the plan serves, so the gap is never under-stated."""
-    shortfall = (best_value - chk.value) / best_value if best_value > 0 else 0.0
+    # no bound on value: the shortfall is unknown, and counts as a fail
+    if best_value == float("inf"):
+        shortfall = float("inf")
+    else:
+        shortfall = (best_value - chk.value) / best_value if best_value > 0 else 0.0
     stale = chk.value < floor * (1 - 1e-6) - 1e-9  # the reference's cost is of serving more than this plan
     if stale or best_cost == float("inf"):
         gap = float("inf")
@@ -242,6 +258,13 @@ def _compare(
         "reference_stale": stale,
         "fails": bool(chk.violations) or shortfall > TOLERANCE or gap > TOLERANCE,
     }
+
+
+def size_class(row: dict[str, object]) -> str:
+    trace, jobs = str(row["instance"]).split("/")[:2]
+    if trace in TRACE_NAMES and int(jobs) in SIZES:
+        return SIZE_CLASSES[SIZES.index(int(jobs))]
+    return "lp-alone"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -288,7 +311,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="INSTANCE",
-        help="solve this instance's reference again (with --reference-time-limit) and update its row",
+        help="solve this instance's reference (again; with --reference-time-limit) and update or add its row",
     )
     parser.add_argument(
         "--add-floors",
@@ -301,13 +324,19 @@ def main() -> None:
         "--reference-time-limit", type=float, default=REFERENCE_TIME_LIMIT, help="seconds per phase"
     )
     parser.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICIES,
+        help="only instances under this policy (repeatable): solve the quick references first",
+    )
+    parser.add_argument(
         "--extend",
         action="store_true",
         help="solve the references of the instances the results file lacks, and add them",
     )
     args = parser.parse_args()
     if args.resolve or args.add_floors:
-        by_name = {inst.name: inst for inst in build_instances(load_catalog().offerings, sizes=SIZES)}
+        by_name = _every_instance()
         cols = OfferingColumns.from_offerings(next(iter(by_name.values())).offerings)
         for name in args.resolve:
             row = measure(by_name[name], cols, args.reference_time_limit)
@@ -322,7 +351,7 @@ def main() -> None:
         return
     if args.reuse_reference:
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
-        by_name = {inst.name: inst for inst in build_instances(load_catalog().offerings, sizes=SIZES)}
+        by_name = _every_instance()
         cols = OfferingColumns.from_offerings(next(iter(by_name.values())).offerings)
         for row in stored:
             remeasure(row, by_name[str(row["instance"])], cols)
@@ -345,8 +374,10 @@ def main() -> None:
     instances = (
         build_instances(catalog, sizes=(SMALL,), policies=("all",))
         if args.quick
-        else build_instances(catalog, sizes=SIZES, policies=POLICIES)
+        else build_instances(catalog, sizes=SIZES, policies=POLICIES, lp_alone=True)
     )
+    if args.policy:
+        instances = [inst for inst in instances if inst.policy in args.policy]
     stored: list[dict[str, object]] = []
     if args.extend:
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
@@ -358,7 +389,7 @@ def main() -> None:
     cols = OfferingColumns.from_offerings(instances[0].offerings)
     rows = []
     for inst in instances:
-        row = measure(inst, cols)
+        row = measure(inst, cols, args.reference_time_limit)
         rows.append(row)
         ref = row["reference"]
         brief = ", ".join(
@@ -377,12 +408,18 @@ def main() -> None:
         write(stored + rows)
 
 
+def _every_instance() -> dict[str, TraceInstance]:
+    return {inst.name: inst for inst in build_instances(load_catalog().offerings, sizes=SIZES, lp_alone=True)}
+
+
 def _replace_row(row: dict[str, object]) -> None:
-    """Read, replace, write under a lock: several --resolve or --add-floors may run at once, one instance each."""
+    """Read, replace (or add), write under a lock: several --resolve or --add-floors may run at once, one
+    instance each."""
     with (RESULTS / "planner_gap.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
-        write([row if r["instance"] == row["instance"] else r for r in stored])
+        known = any(r["instance"] == row["instance"] for r in stored)
+        write([row if r["instance"] == row["instance"] else r for r in stored] + ([] if known else [row]))
 
 
 def write(rows: list[dict[str, object]]) -> None:
@@ -392,9 +429,9 @@ def write(rows: list[dict[str, object]]) -> None:
         "cpu_count": os.cpu_count(),
         "summary": {m: summarise(rows, m) for m in METHODS},
         "by_size": {
-            size: {m: summarise([r for r in rows if r["jobs"] == n], m) for m in METHODS}
-            for size, n in (("small", SMALL), ("large", LARGE), ("xlarge", XLARGE))
-            if any(r["jobs"] == n for r in rows)
+            size: {m: summarise([r for r in rows if size_class(r) == size], m) for m in METHODS}
+            for size in SIZE_CLASSES
+            if any(size_class(r) == size for r in rows)
         },
         "instances": rows,
     }
@@ -403,7 +440,7 @@ def write(rows: list[dict[str, object]]) -> None:
     lines = [
         "# Planner gap vs an independent exact MILP",
         "",
-        f"{len(rows)} instances from 3 real traces × the full catalog × tight policies "
+        f"{len(rows)} instances from {len({r['trace'] for r in rows})} real traces × the full catalog × tight policies "
         f"(load average {report['load_average_1min']:.2f} on {os.cpu_count()} cores). "
         "Fails: a broken limit, >1 % less value served, or >1 % dearer than the reference.",
         "",
@@ -426,14 +463,14 @@ def write(rows: list[dict[str, object]]) -> None:
             )
     lines += [
         "",
-        "| instance | groups | reference | auto gap | auto shortfall | lp gap | milp gap |",
-        "|---|---|---|---|---|---|---|",
+        "| instance | groups | reference | auto path | auto gap | auto shortfall | lp gap | milp gap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = r["reference"]
         lines.append(
             f"| {r['instance']} | {r['groups']} | {ref['status']} {ref['seconds']:.0f} s, {ref['pairs']} pairs | "  # type: ignore[index]
-            f"{r['auto']['cost_gap']:+.2%} | {r['auto']['service_shortfall']:+.2%} | "  # type: ignore[index]
+            f"{r['auto']['solver']} | {r['auto']['cost_gap']:+.2%} | {r['auto']['service_shortfall']:+.2%} | "  # type: ignore[index]
             f"{r['lp']['cost_gap']:+.2%} | {r['milp']['cost_gap']:+.2%} |"  # type: ignore[index]
         )
     (RESULTS / "planner_gap.md").write_text("\n".join(lines) + "\n")

@@ -77,7 +77,7 @@ class Assignment:
 @dataclass(slots=True)
 class ReferenceResult:
     value: float  # served value
-    value_bound: float  # HiGHS's upper bound on the served value
+    value_bound: float  # an upper bound on the served value (HiGHS's, else the LP relaxation's; inf: none)
     cost: float  # money + allocation value, egress exact
     cost_bound: float  # HiGHS's lower bound on that cost at the served value (= cost when optimal)
     service_floor: float  # the value the cost phase had to serve (the served value unless given)
@@ -199,7 +199,10 @@ class _Model:
             self.r_lo.append(lo)
             self.r_hi.append(hi)
 
-    def highs(self, cost: Floats, maximise: bool, time_limit: float, gap: float) -> highspy.Highs:
+    def highs(
+        self, cost: Floats, maximise: bool, time_limit: float, gap: float, *, relaxed: bool = False
+    ) -> highspy.Highs:
+        """The model in HiGHS; `relaxed`: its LP relaxation (no integrality)."""
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit))
@@ -211,7 +214,7 @@ class _Model:
         ub = np.array([inf if v == INF else v for v in self.ub])
         h.addVars(n, lb, ub)
         integer = np.flatnonzero(np.array(self.integer))
-        if len(integer):
+        if len(integer) and not relaxed:
             h.changeColsIntegrality(
                 len(integer), integer.astype(np.int32), np.full(len(integer), highspy.HighsVarType.kInteger)
             )
@@ -229,6 +232,15 @@ class _Model:
         h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
         h.changeObjectiveSense(highspy.ObjSense.kMaximize if maximise else highspy.ObjSense.kMinimize)
         return h
+
+
+def _relaxation_bound(m: _Model, c1: Floats, time_limit: float) -> float:
+    """The LP relaxation's most value: an upper bound on the MILP's; infinite when not solved in time."""
+    h = m.highs(c1, True, time_limit, 0.0, relaxed=True)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return math.inf
+    return float(h.getInfo().objective_function_value)
 
 
 def solve_reference(
@@ -479,7 +491,13 @@ def solve_reference_at(
         if len(sol) != n:
             raise RuntimeError(f"reference: no solution in phase 1 ({status1})")
         served = float(c1 @ sol)
-        bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else served
+        bound = float(info.mip_dual_bound)
+        if status1 == "Optimal":
+            bound = bound if math.isfinite(bound) else served
+        elif not math.isfinite(bound) or bound < served * (1 - 1e-9) - 1e-9:
+            # stopped before HiGHS had a bound (or with one below its own incumbent): the relaxation's
+            # optimum bounds the value from above; none, if that is cut short too
+            bound = _relaxation_bound(m, c1, time_limit)
     else:  # the empty plan is feasible: the fallback when a cost phase finds nothing at its floor
         status1, sol, served, bound = "skipped", np.zeros(n), 0.0, 0.0
     c2 = np.zeros(n)

@@ -1,12 +1,17 @@
 """Planning instances built from the real batch traces in `data/traces/`, the full bundled catalog and tight policies.
 
-Jobs: a window of consecutive jobs of one trace (HPC2N-2002 and NASA iPSC/860 in SWF, NREL Eagle in
-Slurm CSV), mapped deterministically to this broker's jobs: experiment from the trace's user, cores
+Jobs: a window of consecutive jobs of one trace (HPC2N-2002, NASA iPSC/860 and KTH SP2 in SWF, NREL
+Eagle in Slurm CSV), mapped deterministically to this broker's jobs: experiment from the trace's user, cores
 (capped at 64) and requested time (run time where none) from the trace, 2 GB per core (the trace's
 requested memory where it has one), GPUs from NREL's requests; input data for three experiments
 (AWS us-east-1, GCE europe-west4, CERN), 0.5-6.5 GB per job with a quarter of it coming back;
 a third of the jobs preemptible, a fifth of the users at priority 10. The jobs then go through the
 project's own grouping (`provisioner.grouping.group_jobs`).
+
+Sizes: 150, 300 and 1,000 jobs of HPC2N, NASA and NREL; and, so that `auto` takes the LP path alone
+(more than `MILP_MAX_PAIRS` priced pairs), the first window of each trace that groups into some 320-350
+groups (`LP_ALONE_JOBS`): 2,000 HPC2N jobs, 6,000 NASA jobs, 1,000 KTH jobs. NREL's sample has 1,000
+jobs (113 groups), too few for that path.
 
 Offerings: the bundled catalog (39,401) plus two HPC allocations and a backfill pool.
 
@@ -50,6 +55,9 @@ EXPERIMENTS = ("atlas", "cms", "lhcb", "dune")
 HOME = {"atlas": "aws:us-east-1", "cms": "gce:europe-west4", "lhcb": "onprem:cern"}
 POLICIES = ("budget", "spend-rate", "quota", "egress", "all")
 TRACE_NAMES = ("hpc2n", "nasa-ipsc", "nrel-eagle")
+# jobs per trace for instances above `MILP_MAX_PAIRS` (4,000): 318, 350 and 336 groups, 4,169-4,267
+# priced pairs under the budget policy
+LP_ALONE_JOBS = {"hpc2n": 2000, "nasa-ipsc": 6000, "kth-sp2": 1000}
 CERN_TIERS = (EgressTier(400.0, Decimal("0.05")), EgressTier(None, Decimal("0.02")))
 
 
@@ -68,6 +76,8 @@ def trace_jobs(name: str) -> list[TraceJob]:
         return _swf(TRACES / "alea_hpc2n_subset.swf")
     if name == "nasa-ipsc":
         return _swf(TRACES / "NASA-iPSC-1993-3.1-cln.swf.gz")
+    if name == "kth-sp2":
+        return _swf(TRACES / "KTH-SP2-1996-2.1-cln.first2000.swf.gz")
     if name == "nrel-eagle":
         return _nrel(TRACES / "nrel_eagle_sample_1000jobs.csv")
     raise ValueError(f"unknown trace {name!r}")
@@ -199,23 +209,31 @@ def policy_constraints(
 
 
 def build_instances(
-    catalog: tuple[Offering, ...], sizes: tuple[int, ...] = (300, 1000), policies: tuple[str, ...] = POLICIES
+    catalog: tuple[Offering, ...],
+    sizes: tuple[int, ...] = (300, 1000),
+    policies: tuple[str, ...] = POLICIES,
+    *,
+    lp_alone: bool = False,
 ) -> list[TraceInstance]:
+    """Every trace of `TRACE_NAMES` at each size, under each policy; with `lp_alone`, then every trace of
+    `LP_ALONE_JOBS` at its size."""
     offerings = [*catalog, *hpc_offerings()]
+    windows = [(trace, size) for trace in TRACE_NAMES for size in sizes]
+    if lp_alone:
+        windows += list(LP_ALONE_JOBS.items())
     out = []
-    for trace in TRACE_NAMES:
-        for size in sizes:
-            groups = group_jobs(pending_jobs(trace, 0, size))
-            groups = [replace(g) for g in groups]
-            for policy in policies:
-                out.append(
-                    TraceInstance(
-                        name=f"{trace}/{size}/{policy}",
-                        trace=trace,
-                        policy=policy,
-                        groups=groups,
-                        offerings=offerings,
-                        constraints=policy_constraints(policy, groups, offerings),
-                    )
+    for trace, size in windows:
+        groups = group_jobs(pending_jobs(trace, 0, size))
+        groups = [replace(g) for g in groups]
+        for policy in policies:
+            out.append(
+                TraceInstance(
+                    name=f"{trace}/{size}/{policy}",
+                    trace=trace,
+                    policy=policy,
+                    groups=groups,
+                    offerings=offerings,
+                    constraints=policy_constraints(policy, groups, offerings),
                 )
+            )
     return out

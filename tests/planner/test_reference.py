@@ -217,3 +217,27 @@ def test_each_path_is_compared_with_the_reference_cost_at_its_own_service() -> N
     assert row["auto"]["cost_gap"] == 0.0  # type: ignore[index]
     assert abs(row["lp"]["cost_gap"] - (38.72 / 38.06 - 1)) < 1e-12  # type: ignore[index]
     assert row["milp"]["reference_stale"] and row["milp"]["fails"]  # type: ignore[index]
+
+
+def test_a_reference_without_a_bound_on_value_leaves_the_shortfall_unknown_and_fails() -> None:
+    """A value phase stopped before HiGHS had a bound stored its own value or 0 as the bound (hpc2n/1000/
+    spend-rate: 0.0 under a plan of 2,220,282): measured against that, a path serving less than the
+    optimum showed no shortfall. A bound below the reference's own plan is none."""
+    from benchmarks.plan_check import Check
+    from benchmarks.planner_gap import _record
+
+    row: dict[str, object] = {
+        "reference": {
+            "value": 100.0,
+            "value_bound": 0.0,
+            "cost": 40.0,
+            "cost_bound": 40.0,
+            "service_floor": 100.0,
+        }
+    }
+    plans = {m: (Check(value=100.0, cost=40.0), "pruned-milp", 1.0) for m in ("auto", "lp", "milp")}
+    _record(row, plans)
+    assert row["auto"]["service_shortfall"] == float("inf") and row["auto"]["fails"]  # type: ignore[index]
+    row["reference"]["value_bound"] = 100.5  # type: ignore[index]
+    _record(row, plans)
+    assert abs(row["auto"]["service_shortfall"] - 0.5 / 100.5) < 1e-12 and not row["auto"]["fails"]  # type: ignore[index]
