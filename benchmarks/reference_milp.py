@@ -79,7 +79,7 @@ class ReferenceResult:
     value: float  # served value
     value_bound: float  # an upper bound on the served value (HiGHS's, else the LP relaxation's; inf: none)
     cost: float  # money + allocation value, egress exact
-    cost_bound: float  # HiGHS's lower bound on that cost at the served value (= cost when optimal)
+    cost_bound: float  # lower bound at the floor (HiGHS's or the LP relaxation's; = cost if optimal)
     service_floor: float  # the value the cost phase had to serve (the served value unless given)
     at_floor: bool  # the cost phase found a plan serving the floor: `cost` and `assignments` are its
     status: str  # "optimal" or what stopped HiGHS
@@ -200,12 +200,21 @@ class _Model:
             self.r_hi.append(hi)
 
     def highs(
-        self, cost: Floats, maximise: bool, time_limit: float, gap: float, *, relaxed: bool = False
+        self,
+        cost: Floats,
+        maximise: bool,
+        time_limit: float,
+        gap: float,
+        *,
+        relaxed: bool = False,
+        node_limit: int | None = None,
     ) -> highspy.Highs:
         """The model in HiGHS; `relaxed`: its LP relaxation (no integrality)."""
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit))
+        if node_limit is not None:
+            h.setOptionValue("mip_max_nodes", node_limit)
         h.setOptionValue("mip_rel_gap", gap)
         h.setOptionValue("threads", 1)
         n = len(self.lb)
@@ -234,12 +243,26 @@ class _Model:
         return h
 
 
-def _relaxation_bound(m: _Model, c1: Floats, time_limit: float) -> float:
-    """The LP relaxation's most value: an upper bound on the MILP's; infinite when not solved in time."""
-    h = m.highs(c1, True, time_limit, 0.0, relaxed=True)
+def _relaxation_bound(
+    m: _Model,
+    cost: Floats,
+    maximise: bool,
+    time_limit: float,
+    floor: tuple[float, Ints, Floats] | None = None,
+) -> float | None:
+    """The LP relaxation's optimum, a bound on the MILP's (from above when maximising, from below when
+    minimising); None when not solved in time. `floor` (value, columns, weights): with the cost phase's
+    row, weights·columns ≥ value; infinite when no plan, integral or not, serves it."""
+    h = m.highs(cost, maximise, time_limit, 0.0, relaxed=True)
+    if floor is not None:
+        value, idx, weights = floor
+        h.addRow(value * (1 - 1e-9) - 1e-9, highspy.kHighsInf, len(idx), idx.astype(np.int32), weights)
     h.run()
-    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        return math.inf
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return -math.inf if maximise else math.inf
+    if status != highspy.HighsModelStatus.kOptimal:
+        return None
     return float(h.getInfo().objective_function_value)
 
 
@@ -281,13 +304,15 @@ def solve_reference_at(
     prune: bool = True,
     service_floors: Sequence[float] | None = None,
     value_phase: bool = True,
+    node_limit: int | None = None,
 ) -> list[ReferenceResult]:
     """`solve_reference` with one value phase and a cost phase per floor in `service_floors` (default:
     the served value), one result each: the least cost of serving each plan's own value.
 
     `value_phase=False` (needs `service_floors`): cost phases only, for floors added to a stored
     reference whose value phase is already known; the results' value bound is then 0 and their status
-    says the value phase was skipped."""
+    says the value phase was skipped. `node_limit`: HiGHS's branch-and-bound nodes per phase, a stop
+    that does not depend on the machine's speed (tests of the bounds a stopped reference states)."""
     if not value_phase and service_floors is None:
         raise ValueError("value_phase=False needs service_floors")
     t0 = time.perf_counter()
@@ -482,7 +507,7 @@ def solve_reference_at(
     c1 = np.zeros(n)
     c1[y0 : y0 + p] = values[pg]
     t_model = time.perf_counter()
-    h = m.highs(c1, True, time_limit, gap)
+    h = m.highs(c1, True, time_limit, gap, node_limit=node_limit)
     if value_phase:
         h.run()
         status1 = h.modelStatusToString(h.getModelStatus())
@@ -494,10 +519,13 @@ def solve_reference_at(
         bound = float(info.mip_dual_bound)
         if status1 == "Optimal":
             bound = bound if math.isfinite(bound) else served
-        elif not math.isfinite(bound) or bound < served * (1 - 1e-9) - 1e-9:
-            # stopped before HiGHS had a bound (or with one below its own incumbent): the relaxation's
-            # optimum bounds the value from above; none, if that is cut short too
-            bound = _relaxation_bound(m, c1, time_limit)
+        else:
+            # stopped early: HiGHS's bound (none, or one below its own incumbent, when it stopped before
+            # having one) or the LP relaxation's, the tighter; infinite (unknown) when neither is had
+            if not math.isfinite(bound) or bound < served * (1 - 1e-9) - 1e-9:
+                bound = math.inf
+            relaxed = _relaxation_bound(m, c1, True, time_limit)
+            bound = min(bound, math.inf if relaxed is None else relaxed)
     else:  # the empty plan is feasible: the fallback when a cost phase finds nothing at its floor
         status1, sol, served, bound = "skipped", np.zeros(n), 0.0, 0.0
     c2 = np.zeros(n)
@@ -536,6 +564,10 @@ def solve_reference_at(
         status = "optimal" if proven else f"phase 1 {status1}, phase 2 {status2}"
         cost = float(c2 @ sol)
         cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
+        if status2 != "Optimal":  # the LP relaxation at the floor bounds the cost from below too: the tighter
+            y_cols = np.arange(y0, y0 + p, dtype=np.int32)
+            relaxed = _relaxation_bound(m, c2, False, time_limit, (floor, y_cols, values[pg]))
+            cost_bound = max(cost_bound, -math.inf if relaxed is None else relaxed)
         # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short
         # of the floor says nothing about the cost of serving it)
         if status2 == "Optimal" and at_floor:

@@ -241,3 +241,28 @@ def test_a_reference_without_a_bound_on_value_leaves_the_shortfall_unknown_and_f
     row["reference"]["value_bound"] = 100.5  # type: ignore[index]
     _record(row, plans)
     assert abs(row["auto"]["service_shortfall"] - 0.5 / 100.5) < 1e-12 and not row["auto"]["fails"]  # type: ignore[index]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=seeds)
+@example(seed=39)  # stopped at the root: value bound 8,621 over the optimum 6,760, cost 9.21 under 80.36
+def test_a_reference_stopped_early_states_bounds_the_optimum_keeps(seed: int) -> None:
+    """planner_gap measures a path against a stopped reference's bounds (HiGHS's, or the LP relaxation's
+    where HiGHS has none): an upper bound on value under the optimum, or a lower bound on cost over it,
+    would under-state the path's distance. Stopped by a node limit, not a time limit, so the test does
+    not depend on the machine's speed."""
+    inst = _instance(seed, groups=6, offerings=16)
+    cat = Catalog(inst.offerings, inst.constraints)
+    full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
+    assert full.status == "optimal"
+    (early,) = solve_reference_at(
+        inst.groups,
+        inst.offerings,
+        inst.constraints,
+        catalog=cat,
+        time_limit=30,
+        node_limit=0,
+        service_floors=[full.value],
+    )
+    assert early.value_bound >= full.value * (1 - 1e-6) - 1e-6
+    assert early.cost_bound <= full.cost * (1 + 1e-6) + 1e-6
