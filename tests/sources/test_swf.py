@@ -36,6 +36,14 @@ def test_the_bundled_hpc2n_trace_reads_every_job_with_work() -> None:
     assert len(jobs) > 3000 and all(j.run_s > 0 and j.processors > 0 for j in jobs)
 
 
+def test_the_bundled_kth_subset_reads_its_2000_jobs_from_gzip() -> None:
+    """The planner gap benchmark's lp-alone class reads it (benchmarks/trace_instances.py)."""
+    trace = Path(__file__).resolve().parents[2] / "data" / "traces" / "KTH-SP2-1996-2.1-cln.first2000.swf.gz"
+    jobs = list(read_swf(trace))
+    assert len(jobs) == 2000 and jobs[0].job_number == 15 and jobs[-1].job_number == 2014
+    assert all(j.run_s > 0 and 0 < j.processors <= 100 for j in jobs)  # the SP2 had 100 processors
+
+
 @pytest.mark.parametrize(
     ("run_time", "field"),
     [("inf", "run time"), ("-inf", "run time"), ("nan", "run time"), ("1e400", "run time"), ("1e30", "run time"),
