@@ -53,7 +53,14 @@ from pathlib import Path
 from benchmarks.plan_check import Check, Usage, check_plan
 from benchmarks.reference_milp import ReferenceResult, solve_reference_at
 from benchmarks.reference_rules import Catalog
-from benchmarks.trace_instances import LP_ALONE_JOBS, POLICIES, TRACE_NAMES, TraceInstance, build_instances
+from benchmarks.trace_instances import (
+    POLICIES,
+    TRACE_NAMES,
+    TraceInstance,
+    build_instances,
+    instance_name,
+    windows,
+)
 from provisioner.catalog import load_catalog
 from provisioner.domain import Plan
 from provisioner.planner import OfferingColumns, plan
@@ -411,8 +418,7 @@ def main() -> None:
 def _unmeasured(rows: list[dict[str, object]]) -> list[str]:
     """The lines naming the instances of the benchmark with no stored reference yet (so not in the tables)."""
     names = {str(r["instance"]) for r in rows}
-    every = [f"{t}/{n}/{p}" for t in TRACE_NAMES for n in SIZES for p in POLICIES]
-    every += [f"{t}/{n}/{p}" for t, n in LP_ALONE_JOBS.items() for p in POLICIES]
+    every = [instance_name(t, n, p) for t, n in windows(SIZES, lp_alone=True) for p in POLICIES]
     missing = [name for name in every if name not in names]
     if not missing:
         return []
@@ -433,8 +439,8 @@ def _replace_row(row: dict[str, object]) -> None:
     with (RESULTS / "planner_gap.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
-        known = any(r["instance"] == row["instance"] for r in stored)
-        write([row if r["instance"] == row["instance"] else r for r in stored] + ([] if known else [row]))
+        by_name = {r["instance"]: r for r in stored} | {row["instance"]: row}  # in place, or added last
+        write(list(by_name.values()))
 
 
 def write(rows: list[dict[str, object]]) -> None:

@@ -538,7 +538,8 @@ def solve_reference_at(
     h.changeColsCost(n, np.arange(n, dtype=np.int32), c2)
     h.changeObjectiveSense(highspy.ObjSense.kMinimize)
     floor_row = h.getNumRow()
-    h.addRow(-highspy.kHighsInf, highspy.kHighsInf, p, np.arange(y0, y0 + p, dtype=np.int32), values[pg])
+    y_cols = np.arange(y0, y0 + p, dtype=np.int32)
+    h.addRow(-highspy.kHighsInf, highspy.kHighsInf, p, y_cols, values[pg])
     phase1 = sol
     out = []
     for floor in [served] if service_floors is None else list(service_floors):
@@ -565,7 +566,6 @@ def solve_reference_at(
         cost = float(c2 @ sol)
         cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
         if status2 != "Optimal":  # the LP relaxation at the floor bounds the cost from below too: the tighter
-            y_cols = np.arange(y0, y0 + p, dtype=np.int32)
             relaxed = _relaxation_bound(m, c2, False, time_limit, (floor, y_cols, values[pg]))
             cost_bound = max(cost_bound, -math.inf if relaxed is None else relaxed)
         # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short

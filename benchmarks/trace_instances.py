@@ -9,7 +9,7 @@ a third of the jobs preemptible, a fifth of the users at priority 10. The jobs t
 project's own grouping (`provisioner.grouping.group_jobs`).
 
 Sizes: 150, 300 and 1,000 jobs of HPC2N, NASA and NREL; and, so that `auto` takes the LP path alone
-(more than `MILP_MAX_PAIRS` priced pairs), the first window of each trace that groups into some 320-350
+(more than `MILP_MAX_PAIRS` priced pairs), the first window of each trace that groups into 318-350
 groups (`LP_ALONE_JOBS`): 2,000 HPC2N jobs, 6,000 NASA jobs, 1,000 KTH jobs. NREL's sample has 1,000
 jobs (113 groups), too few for that path.
 
@@ -208,6 +208,17 @@ def policy_constraints(
     )
 
 
+def windows(sizes: tuple[int, ...], *, lp_alone: bool = False) -> list[tuple[str, int]]:
+    """(trace, jobs): every trace of `TRACE_NAMES` at each size; with `lp_alone`, then every trace of
+    `LP_ALONE_JOBS` at its size."""
+    out = [(trace, size) for trace in TRACE_NAMES for size in sizes]
+    return out + list(LP_ALONE_JOBS.items()) if lp_alone else out
+
+
+def instance_name(trace: str, jobs: int, policy: str) -> str:
+    return f"{trace}/{jobs}/{policy}"
+
+
 def build_instances(
     catalog: tuple[Offering, ...],
     sizes: tuple[int, ...] = (300, 1000),
@@ -215,20 +226,16 @@ def build_instances(
     *,
     lp_alone: bool = False,
 ) -> list[TraceInstance]:
-    """Every trace of `TRACE_NAMES` at each size, under each policy; with `lp_alone`, then every trace of
-    `LP_ALONE_JOBS` at its size."""
+    """An instance per window of `windows` and policy."""
     offerings = [*catalog, *hpc_offerings()]
-    windows = [(trace, size) for trace in TRACE_NAMES for size in sizes]
-    if lp_alone:
-        windows += list(LP_ALONE_JOBS.items())
     out = []
-    for trace, size in windows:
+    for trace, size in windows(sizes, lp_alone=lp_alone):
         groups = group_jobs(pending_jobs(trace, 0, size))
         groups = [replace(g) for g in groups]
         for policy in policies:
             out.append(
                 TraceInstance(
-                    name=f"{trace}/{size}/{policy}",
+                    name=instance_name(trace, size, policy),
                     trace=trace,
                     policy=policy,
                     groups=groups,
