@@ -76,6 +76,12 @@ class JobsLp:
             strategy = PRIMAL_SIMPLEX if self._solved else DUAL_SIMPLEX
         h.setOptionValue("simplex_strategy", strategy)
         h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal and self._solved:
+            # the warm start can stall ("Unknown" from the primal simplex, tests/planner/test_jobs_lp.py
+            # seed 192) where the same LP solved from nothing is optimal: retry from nothing once
+            h.clearSolver()
+            h.setOptionValue("simplex_strategy", DUAL_SIMPLEX)
+            h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return None
         self._solved = True

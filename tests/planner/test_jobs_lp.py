@@ -32,6 +32,7 @@ def _problem(seed: int) -> Problem:
 # two pairs costing 5e-9 and 1.25e-8 per job: both reduced costs are within HiGHS's dual tolerance, so
 # the cold solve kept the dearer one for 300 jobs (2.25e-6 more); the warm phase found the cheaper
 @example(seed=181)
+@example(seed=192)  # the warm primal simplex ended "Unknown" where the cold solve is optimal: retried cold
 def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
     problem = _problem(seed)
     if problem.pairs == 0:
