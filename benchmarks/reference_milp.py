@@ -10,6 +10,9 @@ and limits; nothing of `provisioner/planner/`) and solves, over every compatible
   egress exactly: per source, the GB leaving it (all groups and directions together) split into
   the marginal tier segments after this period's use, filled in order (binaries), priced per tier.
 
+The volume a source can reach is what every job of every group would move, but never more than an
+experiment's egress cap lets it cross, nor than its budget pays for at the source's first marginal
+rate (no budget row bills a GB for less): a bound every feasible plan keeps, held by the tier columns.
 Budget rows count a transfer at the highest marginal rate its source can reach in this round, so
 they never under-estimate money (exact whenever one rate covers the reachable volume).
 
@@ -22,12 +25,16 @@ bounds and its search stay the reference's own.
 
 The catalog is reduced per group by a dominance rule that cannot exclude an optimum: offering q
 replaces p for any number of jobs n ≤ the group's demand when, with k and K = k·W capped at the
-demand, k_q ≥ k_p, K_q ≥ K_p, and price, money per unit-wave and per start, allocation value and
-GPUs per unit are no larger, q touches no limit row p does not (its quota family is unlimited or
-p's with no more cores; its egress flows are the same as p's or none) and q has unbounded capacity
-and no allocation (units and waves are then ceil(n/k) and ceil(n/K), both no larger, and every row
-and the objective are sums of non-negative multiples of them, so swapping p's jobs onto q never
-breaks a limit nor raises the cost; ties go to the earlier offering).
+demand, k_q ≥ k_p, K_q ≥ K_p, and money per unit-wave and per start and allocation value are no
+larger (so are price and GPUs per unit where a spend-rate or GPU row counts the group's units), q
+touches no limit row p does not (its quota family is unlimited or p's with no more cores), q has
+unbounded capacity and no allocation, and q moves no more egress: no transfer at all, or the same
+input out of the data's home and the same GB crossing, with q's output leaving the same place as p's
+or billed at its source's dearest reachable rate no higher than p's source's cheapest. Units and
+waves are then ceil(n/k) and ceil(n/K), both no larger, and every row and the objective are sums of
+non-negative multiples of them and of the GB per source, whose marginal cost lies between those two
+rates; so swapping p's jobs onto q never breaks a limit nor raises the cost (ties go to the earlier
+offering).
 """
 
 from __future__ import annotations
@@ -97,10 +104,32 @@ class _Pairs:
     econ: list[Economics] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Egress:
+    """A group's egress on each of its compatible offerings, as the dominance rule compares it: `cls`, the
+    transfers out of the data's home and the GB crossing (0: none at all); `up` and `low`, the USD per
+    job of the output leaving the offering's own location at the highest and the lowest marginal rate
+    its source can reach; `location`, that location's code."""
+
+    cls: Ints
+    up: Floats
+    low: Floats
+    location: Ints
+
+
 def _dominance_keep(
-    econ: Economics, demand: int, cat: Catalog, quota_family: Sequence[int], egress_class: Sequence[int]
+    econ: Economics,
+    demand: int,
+    cat: Catalog,
+    quota_family: Ints,
+    egress: _Egress,
+    *,
+    rate_rows: bool,
+    gpu_rows: bool,
 ) -> Bools:
-    """Which of the group's compatible offerings survive the exact dominance rule (module docstring)."""
+    """Which of the group's compatible offerings survive the exact dominance rule (module docstring).
+    `rate_rows`, `gpu_rows`: a spend-rate or a GPU row counts the group's units (else price and GPUs
+    per unit touch no row and are not compared)."""
     idx = econ.idx
     n = len(idx)
     fixed = np.isfinite(cat.capacity[idx]) | cat.is_allocation[idx]
@@ -110,34 +139,40 @@ def _dominance_keep(
         return keep
     k = np.minimum(econ.k[free], demand).astype(np.float64)
     big_k = np.minimum(econ.k[free] * econ.waves[free], demand).astype(np.float64)
-    dims = np.column_stack(
-        [
-            cat.price[idx[free]],
-            econ.money_wave[free],
-            econ.money_start[free],
-            econ.value_wave[free],
-            econ.value_start[free],
-            cat.gpus[idx[free]].astype(np.float64),
-            -k,
-            -big_k,
-        ]
-    )
+    columns = [
+        econ.money_wave[free],
+        econ.money_start[free],
+        econ.value_wave[free],
+        econ.value_start[free],
+        egress.up[free],  # implied by the egress test in `may`; sorts a replacement before what it replaces
+        -k,
+        -big_k,
+    ]
+    if rate_rows:
+        columns.append(cat.price[idx[free]])
+    if gpu_rows:
+        columns.append(cat.gpus[idx[free]].astype(np.float64))
+    dims = np.column_stack(columns)
     dims = dims[:, np.any(dims != dims[:1], axis=0) | np.any(dims != 0, axis=0)]  # drop all-zero columns
-    qf = np.asarray(quota_family, dtype=np.int64)[free]
-    ec = np.asarray(egress_class, dtype=np.int64)[free]
     cores = cat.cores[idx[free]].astype(np.float64)
     order = np.lexsort(tuple(dims[:, j] for j in reversed(range(dims.shape[1]))))
-    d, q, e, c = dims[order], qf[order], ec[order], cores[order]
+    d, q, c = dims[order], quota_family[free][order], cores[order]
+    e, up, low, loc = (getattr(egress, f)[free][order] for f in ("cls", "up", "low", "location"))
 
-    def may(dq: Floats, qq: Ints, eq: Ints, cq: Floats, dp: Floats, qp: Ints, ep: Ints, cp: Floats) -> Bools:
-        """[i, j]: offering i may replace offering j (all dimensions no worse, no extra limit row)."""
-        le = np.ones((len(dq), len(dp)), dtype=bool)
-        for col in range(dq.shape[1]):
-            le &= dq[:, col, None] <= dp[None, :, col]
-        rows = ((qq[:, None] < 0) | ((qq[:, None] == qp[None, :]) & (cq[:, None] <= cp[None, :]))) & (
-            (eq[:, None] == 0) | (eq[:, None] == ep[None, :])
+    def may(i: Ints, j: Ints) -> Bools:
+        """[a, b]: offering i[a] may replace offering j[b] (all dimensions no worse, no extra limit row,
+        its own output billed at no more than the other's cheapest marginal rate, or at the same place)."""
+        le = np.ones((len(i), len(j)), dtype=bool)
+        di, dj = d[i], d[j]
+        for col in range(d.shape[1]):
+            le &= di[:, col, None] <= dj[None, :, col]
+        qi, qj = q[i][:, None], q[j][None, :]
+        quota_ok = (qi < 0) | ((qi == qj) & (c[i][:, None] <= c[j][None, :]))
+        ei, ej = e[i][:, None], e[j][None, :]
+        egress_ok = ((ei == 0) | (ei == ej)) & (
+            (loc[i][:, None] == loc[j][None, :]) | (up[i][:, None] <= low[j][None, :])
         )
-        return le & rows
+        return le & quota_ok & egress_ok
 
     frontier: list[int] = []  # positions in the sorted order
 
@@ -148,8 +183,8 @@ def _dominance_keep(
             dominated = np.zeros(len(chunk), dtype=bool)
             if frontier:
                 f = np.asarray(frontier)
-                dominated |= may(d[f], q[f], e[f], c[f], d[chunk], q[chunk], e[chunk], c[chunk]).any(axis=0)
-            inner = may(d[chunk], q[chunk], e[chunk], c[chunk], d[chunk], q[chunk], e[chunk], c[chunk])
+                dominated |= may(f, chunk).any(axis=0)
+            inner = may(chunk, chunk)
             dominated |= np.triu(inner, k=1).any(axis=0)  # only earlier offerings dominate later ones
             frontier.extend(chunk[~dominated].tolist())
 
@@ -161,14 +196,74 @@ def _dominance_keep(
         alive = np.ones(len(rest), dtype=bool)
         for start in range(0, len(rest), BLOCK):
             part = rest[start : start + BLOCK]
-            alive[start : start + BLOCK] = ~may(
-                d[f], q[f], e[f], c[f], d[part], q[part], e[part], c[part]
-            ).any(axis=0)
+            alive[start : start + BLOCK] = ~may(f, part).any(axis=0)
         sweep(rest[alive])
     survivors = [order[np.asarray(frontier, dtype=np.int64)]]
     keep[free[np.concatenate(survivors)]] = True
     assert len(keep) == n
     return keep
+
+
+def _egress_segments(
+    live: Sequence[tuple[DemandGroup, int]], cat: Catalog, constraints: PlanningConstraints, *, bounded: bool
+) -> dict[str, list[tuple[float, float]]]:
+    """(width GB, USD/GB) of the marginal tiers each billed source can reach this round: the volume of
+    every job of every group anywhere; `bounded`: no more than each experiment's egress cap and budget
+    let it move (the model then holds the volume under it; module docstring)."""
+    locations = sorted(set(cat.location.tolist()))
+    destinations: dict[str, set[str]] = defaultdict(set)
+    raw: dict[tuple[str, str], float] = defaultdict(float)  # (experiment, source): GB if every job went
+    # each transfer a group's job may make: (group, source, GB per job, the source of the input the
+    # same job moves out of the data's home, if billed and not this transfer)
+    moves: list[tuple[DemandGroup, str, float, str | None]] = []
+    for g, jobs in live:
+        home = g.data_location
+        if home is None:
+            continue
+        away = [loc for loc in locations if loc != home]
+        if g.input_gb_per_job > 0 and any(cat.tiers(home, loc) for loc in away):
+            raw[(g.experiment, home)] += jobs * g.input_gb_per_job
+            destinations[home].update(loc for loc in away if cat.tiers(home, loc))
+            moves.append((g, home, g.input_gb_per_job, None))
+        if g.output_gb_per_job > 0:
+            for loc in away:
+                if cat.tiers(loc, home):
+                    raw[(g.experiment, loc)] += jobs * g.output_gb_per_job
+                    destinations[loc].add(home)
+                    billed_in = g.input_gb_per_job > 0 and cat.tiers(home, loc)
+                    moves.append((g, loc, g.output_gb_per_job, home if billed_in else None))
+    tables = {src: source_table(cat, src, sorted(dest)) for src, dest in destinations.items()}
+    used = {src: constraints.egress_used_gb.get(src, 0.0) for src in tables}
+    # the rate of each source's first reachable GB: no budget row bills a GB leaving it for less
+    first = {src: tier_segments(tables[src], used[src], 1e-9)[0][1] for src in tables}
+    volume = dict(raw)
+    if bounded:
+        per_gb_capped: dict[tuple[str, str], float] = defaultdict(float)  # at most, over the group's jobs
+        per_usd: dict[tuple[str, str], float] = defaultdict(float)
+        for g, src, gb, input_src in moves:
+            key = (g.experiment, src)
+            # a job away from the data's home crosses its input and output GB, all counted by the cap
+            per_gb_capped[key] = max(per_gb_capped[key], gb / (g.input_gb_per_job + g.output_gb_per_job))
+            # and puts at least its transfers at their first rates on the budget row
+            usd = gb * first[src] + (g.input_gb_per_job * first[input_src] if input_src else 0.0)
+            per_usd[key] = max(per_usd[key], gb / usd if usd > 0 else math.inf)
+        for (experiment, src), gb in raw.items():
+            lim = constraints.experiments.get(experiment)
+            if lim is None:
+                continue
+            if lim.egress_cap_gb is not None:
+                gb = min(gb, max(0.0, lim.egress_cap_gb) * per_gb_capped[(experiment, src)])
+            budget = None if lim.budget_remaining is None else max(0.0, float(lim.budget_remaining))
+            if budget is not None and math.isfinite(per_usd[(experiment, src)]):
+                gb = min(gb, budget * per_usd[(experiment, src)])
+            volume[(experiment, src)] = gb
+    reach: dict[str, float] = defaultdict(float)
+    for (_, src), gb in volume.items():
+        reach[src] += gb
+    return {
+        src: tier_segments(tables[src], used[src], gb * (1 + 1e-9)) or [(0.0, first[src])]
+        for src, gb in reach.items()
+    }
 
 
 class _Model:
@@ -324,31 +419,12 @@ def solve_reference_at(
     quota_family = np.array([family_code.get(f, -1) for f in cat.family], dtype=np.int64)
     live = [(g, g.jobs) for g in groups if g.jobs > 0]
 
-    # reachable volume per billed source (every job of every group anywhere), for segments and budgets
-    reach: dict[str, float] = defaultdict(float)
-    destinations: dict[str, set[str]] = defaultdict(set)
-    locations = sorted(set(cat.location.tolist()))
-    for g, jobs in live:
-        s = g.data_location
-        if s is None:
-            continue
-        away = [loc for loc in locations if loc != s]
-        if g.input_gb_per_job > 0 and any(cat.tiers(s, loc) for loc in away):
-            reach[s] += jobs * g.input_gb_per_job
-            destinations[s].update(loc for loc in away if cat.tiers(s, loc))
-        if g.output_gb_per_job > 0:
-            for loc in away:
-                if cat.tiers(loc, s):
-                    reach[loc] += jobs * g.output_gb_per_job
-                    destinations[loc].add(s)
-    segments: dict[str, list[tuple[float, float]]] = {}
-    for src, gb in reach.items():
-        table = source_table(cat, src, sorted(destinations[src]))
-        segments[src] = tier_segments(table, constraints.egress_used_gb.get(src, 0.0), gb * (1 + 1e-9))
+    segments = _egress_segments(live, cat, constraints, bounded=prune)
     top_rate = {src: max(r for _, r in segs) for src, segs in segments.items()}
+    low_rate = {src: min(r for _, r in segs) for src, segs in segments.items()}
     budget_exact = all(len({r for _, r in segs}) == 1 for segs in segments.values())
-    flat = {src: segs[0][1] for src, segs in segments.items() if len({r for _, r in segs}) == 1}
-    location_key: dict[tuple[object, ...], tuple[object, ...]] = {}
+    location_code = {loc: i for i, loc in enumerate(sorted(set(cat.location.tolist())))}
+    egress_at: dict[tuple[object, ...], tuple[tuple[object, ...], float, float]] = {}
 
     # pairs, reduced by dominance
     pairs = _Pairs()
@@ -357,26 +433,47 @@ def solve_reference_at(
         idx = np.flatnonzero(compatible(g, cat, constraints)).astype(np.int64)
         before += len(idx)
         econ = economics(g, idx, cat, constraints)
-        classes: dict[tuple[object, ...], int] = {(): 0}
-        ec = []
-        for loc in cat.location[idx].tolist():
-            key = location_key.get((g.data_location, g.input_gb_per_job, g.output_gb_per_job, loc))
-            if key is None:
-                flows = tuple(
-                    (src, gbj, ("rate", flat[src]) if src in flat else ("source", src))
-                    for src, gbj in egress_per_job(g, loc, cat)
-                )
-                gb = crossing_gb_per_job(g, loc)
-                # a source billed at one rate over all it can reach costs the same wherever the GB come
-                # from: offerings there are interchangeable for egress; otherwise the source is its own class
-                key = () if not flows and gb == 0 else (tuple((f[2], f[1]) for f in flows), gb)
-                location_key[(g.data_location, g.input_gb_per_job, g.output_gb_per_job, loc)] = key
-            ec.append(classes.setdefault(key, len(classes)))
-        keep = (
-            _dominance_keep(econ, jobs, cat, quota_family[idx].tolist(), ec)
-            if prune
-            else np.ones(len(idx), dtype=bool)
-        )
+        if prune:
+            lim = constraints.experiments.get(g.experiment)
+            classes: dict[tuple[object, ...], int] = {(): 0}
+            cls, up, low = [], [], []
+            for loc in cat.location[idx].tolist():
+                where = (g.data_location, g.input_gb_per_job, g.output_gb_per_job, loc)
+                if where not in egress_at:
+                    flows = egress_per_job(g, loc, cat)
+                    gb = crossing_gb_per_job(g, loc)
+                    # the input leaving the data's home is the same wherever the job goes: a class; the
+                    # output leaving the job's own place is priced at its source's dearest and cheapest
+                    # marginal rates, so that a place billing less than another's cheapest may replace it
+                    home = tuple((src, gbj) for src, gbj in flows if src != loc)
+                    own = [(src, gbj) for src, gbj in flows if src == loc]
+                    egress_at[where] = (
+                        () if not flows and gb == 0 else (home, gb),
+                        sum(gbj * top_rate[src] for src, gbj in own),
+                        sum(gbj * low_rate[src] for src, gbj in own),
+                    )
+                key, usd_up, usd_low = egress_at[where]
+                cls.append(classes.setdefault(key, len(classes)))
+                up.append(usd_up)
+                low.append(usd_low)
+            egress = _Egress(
+                np.array(cls, dtype=np.int64),
+                np.array(up, dtype=np.float64),
+                np.array(low, dtype=np.float64),
+                np.array([location_code[loc] for loc in cat.location[idx].tolist()], dtype=np.int64),
+            )
+            keep = _dominance_keep(
+                econ,
+                jobs,
+                cat,
+                quota_family[idx],
+                egress,
+                rate_rows=constraints.spend_rate_cap_per_hour is not None
+                or (lim is not None and lim.spend_rate_cap_per_hour is not None),
+                gpu_rows=lim is not None and lim.max_gpus is not None,
+            )
+        else:
+            keep = np.ones(len(idx), dtype=bool)
         sel = np.flatnonzero(keep)
         pairs.group.append(np.full(len(sel), gi, dtype=np.int64))
         pairs.econ.append(
