@@ -28,13 +28,13 @@ replaces p for any number of jobs n ≤ the group's demand when, with k and K = 
 demand, k_q ≥ k_p, K_q ≥ K_p, and money per unit-wave and per start and allocation value are no
 larger (so are price and GPUs per unit where a spend-rate or GPU row counts the group's units), q
 touches no limit row p does not (its quota family is unlimited or p's with no more cores), q has
-unbounded capacity and no allocation, and q moves no more egress: no transfer at all, or the same
-input out of the data's home and the same GB crossing, with q's output leaving the same place as p's
-or billed at its source's dearest reachable rate no higher than p's source's cheapest. Units and
-waves are then ceil(n/k) and ceil(n/K), both no larger, and every row and the objective are sums of
-non-negative multiples of them and of the GB per source, whose marginal cost lies between those two
-rates; so swapping p's jobs onto q never breaks a limit nor raises the cost (ties go to the earlier
-offering).
+unbounded capacity and no allocation, and q's transfers are none, or the same input out of the
+data's home and the same GB crossing, with q's output leaving the same place as p's, or costing so
+little more that q's money per unit-wave plus k_p × (its output's dearest reachable marginal USD per
+job − p's cheapest) is still no more than p's. Units and waves are then ceil(n/k) and ceil(n/K),
+both no larger, n ≤ k_p·ceil(n/k_p), and every row and the objective are sums of non-negative
+multiples of them and of the GB per source, whose marginal cost lies between those two rates; so
+swapping p's jobs onto q never breaks a limit nor raises the cost (ties go to the earlier offering).
 """
 
 from __future__ import annotations
@@ -144,7 +144,6 @@ def _dominance_keep(
         econ.money_start[free],
         econ.value_wave[free],
         econ.value_start[free],
-        egress.up[free],  # implied by the egress test in `may`; sorts a replacement before what it replaces
         -k,
         -big_k,
     ]
@@ -158,10 +157,12 @@ def _dominance_keep(
     order = np.lexsort(tuple(dims[:, j] for j in reversed(range(dims.shape[1]))))
     d, q, c = dims[order], quota_family[free][order], cores[order]
     e, up, low, loc = (getattr(egress, f)[free][order] for f in ("cls", "up", "low", "location"))
+    wave_usd, jobs_per_unit = econ.money_wave[free][order], k[order]
 
     def may(i: Ints, j: Ints) -> Bools:
-        """[a, b]: offering i[a] may replace offering j[b] (all dimensions no worse, no extra limit row,
-        its own output billed at no more than the other's cheapest marginal rate, or at the same place)."""
+        """[a, b]: offering i[a] may replace offering j[b]: all dimensions no worse, no extra limit row,
+        and its output leaving the same place, or its dearest egress on a wave of j's jobs (k_j of
+        them, at most n of n ≤ k_j·ceil(n/k_j)) paid for by what i saves per wave at j's cheapest."""
         le = np.ones((len(i), len(j)), dtype=bool)
         di, dj = d[i], d[j]
         for col in range(d.shape[1]):
@@ -170,7 +171,12 @@ def _dominance_keep(
         quota_ok = (qi < 0) | ((qi == qj) & (c[i][:, None] <= c[j][None, :]))
         ei, ej = e[i][:, None], e[j][None, :]
         egress_ok = ((ei == 0) | (ei == ej)) & (
-            (loc[i][:, None] == loc[j][None, :]) | (up[i][:, None] <= low[j][None, :])
+            (loc[i][:, None] == loc[j][None, :])
+            | (
+                wave_usd[i][:, None]
+                + jobs_per_unit[j][None, :] * np.maximum(0.0, up[i][:, None] - low[j][None, :])
+                <= wave_usd[j][None, :]
+            )
         )
         return le & quota_ok & egress_ok
 
@@ -373,7 +379,8 @@ def solve_reference(
     service_floor: float | None = None,
 ) -> ReferenceResult:
     """The exact lexicographic optimum of the instance (no running fleet), with the dominance reduction
-    unless `prune` is false (every compatible offering becomes a column: for tests on small catalogs).
+    and the bounded egress reach unless `prune` is false (every compatible offering becomes a column and
+    every source may reach every job's GB: for tests on small catalogs that both change no optimum).
     `service_floor`: the cost phase serves at least this value instead of what the value phase served."""
     floors = None if service_floor is None else [service_floor]
     return solve_reference_at(

@@ -8,7 +8,9 @@ more value than the reference proves possible.
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
+from decimal import Decimal
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from benchmarks.plan_check import Usage, check_plan
 from benchmarks.reference_milp import solve_reference, solve_reference_at
 from benchmarks.reference_rules import Catalog
+from provisioner.domain import EgressTier
 from provisioner.planner import plan
 from tests.planner.instances import Instance, random_instance
 
@@ -57,6 +60,53 @@ def test_reference_dominance_pruning_never_changes_the_optimum(seed: int) -> Non
     assert abs(pruned.value - every.value) <= 1e-6 * max(1.0, every.value)
     # money must agree; the per-unit tie-breaker (UNIT_EPSILON, 1e-7 USD) is at the scale of HiGHS's tolerances, so
     # a run of free offerings may start more units in one model than the other: a hundredth of a cent
+    assert abs(pruned.cost - every.cost) <= 1e-6 * max(1.0, every.cost) + 1e-4
+
+
+# egress tables per cloud place: dear-then-cheaper tiers crossed within a round, a flat cheap rate, a
+# flat dear one; so that one place's output may be dearer at the margin than another's and caps and
+# budgets bound what a source can reach (benchmarks/reference_milp.py's pruning rules)
+_PLACES = {
+    "aws:us-east-1": (EgressTier(30.0, Decimal("0.12")), EgressTier(None, Decimal("0.11"))),
+    "aws:eu-west-1": (EgressTier(None, Decimal("0.02")),),
+    "gce:europe-west4": (EgressTier(30.0, Decimal("0.12")), EgressTier(None, Decimal("0.11"))),
+    "gce:us-central1": (EgressTier(None, Decimal("0.14")),),
+}
+
+
+def _egress_instance(seed: int) -> Instance:
+    rng = random.Random(seed)
+    inst = _instance(seed, groups=5, offerings=20)
+    offerings = []
+    for o in inst.offerings:
+        if o.provider in ("aws", "gce"):
+            place = rng.choice([p for p in _PLACES if p.startswith(o.provider)])
+            o = replace(o, region=place.split(":")[1], id=f"{place}:{o.instance_type}:{o.market.value}")
+            o = replace(o, egress_tiers=_PLACES[place])
+        offerings.append(o)
+    groups = [
+        replace(
+            g,
+            data_location=rng.choice([None, *_PLACES, "onprem:cern"]),
+            input_gb_per_job=rng.choice([0.0, 1.0, 4.0]),
+            output_gb_per_job=rng.choice([0.5, 2.0, 6.0]),
+        )
+        for g in inst.groups
+    ]
+    return replace(inst, groups=groups, offerings=offerings)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=seeds)
+def test_reference_pruning_across_egress_places_and_reach_bounds_never_changes_the_optimum(seed: int) -> None:
+    inst = _egress_instance(seed)
+    cat = Catalog(inst.offerings, inst.constraints)
+    pruned = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
+    every = solve_reference(
+        inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30, prune=False
+    )
+    assert pruned.status == every.status == "optimal"
+    assert abs(pruned.value - every.value) <= 1e-6 * max(1.0, every.value)
     assert abs(pruned.cost - every.cost) <= 1e-6 * max(1.0, every.cost) + 1e-4
 
 
