@@ -23,18 +23,21 @@ path served, so that its cost gaps compare plans serving as much (a cheaper refe
 or a dearer one serving more, would make them meaningless). A floor is only a number: the model, its
 bounds and its search stay the reference's own.
 
-The catalog is reduced per group by a dominance rule that cannot exclude an optimum: offering q
-replaces p for any number of jobs n ≤ the group's demand when, with k and K = k·W capped at the
-demand, k_q ≥ k_p, K_q ≥ K_p, and money per unit-wave and per start and allocation value are no
-larger (so are price and GPUs per unit where a spend-rate or GPU row counts the group's units), q
-touches no limit row p does not (its quota family is unlimited or p's with no more cores), q has
-unbounded capacity and no allocation, and q's transfers are none, or the same input out of the
-data's home and the same GB crossing, with q's output leaving the same place as p's, or costing so
-little more that q's money per unit-wave plus k_p × (its output's dearest reachable marginal USD per
-job − p's cheapest) is still no more than p's. Units and waves are then ceil(n/k) and ceil(n/K),
-both no larger, n ≤ k_p·ceil(n/k_p), and every row and the objective are sums of non-negative
-multiples of them and of the GB per source, whose marginal cost lies between those two rates; so
-swapping p's jobs onto q never breaks a limit nor raises the cost (ties go to the earlier offering).
+The catalog is reduced per group by a dominance rule that cannot exclude an optimum. Offering q
+replaces p for any number of jobs n ≤ the group's demand when q has unbounded capacity and no
+allocation and, with k (jobs per unit) and K = k·W (per unit over its waves) capped at the demand,
+m = ceil(k_p/k_q) and M = ceil(K_p/K_q), q needs at most m times p's unit-waves and M times its units
+(ceil(n/k_q) ≤ m·ceil(n/k_p)); so it suffices that: q's money and allocation value per unit-wave × m
+and per unit started × M are no larger than p's (so are price and GPUs per unit × M where a
+spend-rate or GPU row counts the group's units); q touches no limit row p does not (its quota family
+is unlimited, or p's with cores × M no more); and q's transfers are none, or the same input out of
+the data's home and the same GB crossing, with q's output leaving the same place as p's, or costing
+so little more that q's money per unit-wave × m plus k_p × (its output's dearest reachable marginal
+USD per job − p's cheapest) is still no more than p's (n ≤ k_p·ceil(n/k_p)). Every row and the
+objective are sums of non-negative multiples of units, unit-waves and GB per source, whose marginal
+cost lies between those two rates: swapping p's jobs onto q never breaks a limit nor raises the money
+(only the 1e-7 USD per unit that keeps units from starting idle may grow with M; ties go to the
+earlier offering).
 """
 
 from __future__ import annotations
@@ -137,48 +140,43 @@ def _dominance_keep(
     free = np.flatnonzero(~fixed)
     if len(free) == 0:
         return keep
-    k = np.minimum(econ.k[free], demand).astype(np.float64)
-    big_k = np.minimum(econ.k[free] * econ.waves[free], demand).astype(np.float64)
-    columns = [
-        econ.money_wave[free],
-        econ.money_start[free],
-        econ.value_wave[free],
-        econ.value_start[free],
-        -k,
-        -big_k,
-    ]
+    # per wave: USD and allocation value; per unit started: USD, value, and what a spend-rate or GPU row
+    # counts; jobs per unit and per unit's waves, capped at the demand (the same ceil(n/k) for n ≤ it)
+    per_wave = [econ.money_wave[free], econ.value_wave[free]]
+    per_unit = [econ.money_start[free], econ.value_start[free]]
     if rate_rows:
-        columns.append(cat.price[idx[free]])
+        per_unit.append(cat.price[idx[free]])
     if gpu_rows:
-        columns.append(cat.gpus[idx[free]].astype(np.float64))
-    dims = np.column_stack(columns)
-    dims = dims[:, np.any(dims != dims[:1], axis=0) | np.any(dims != 0, axis=0)]  # drop all-zero columns
-    cores = cat.cores[idx[free]].astype(np.float64)
+        per_unit.append(cat.gpus[idx[free]].astype(np.float64))
+    dims = np.column_stack(per_wave + per_unit)
+    # a replacement is no larger in any of these: sorted first, it is met before what it replaces
     order = np.lexsort(tuple(dims[:, j] for j in reversed(range(dims.shape[1]))))
-    d, q, c = dims[order], quota_family[free][order], cores[order]
+    wave_d, unit_d = dims[order, : len(per_wave)], dims[order, len(per_wave) :]
+    unit_d = unit_d[:, np.any(unit_d != 0, axis=0)]
+    k = np.minimum(econ.k[free], demand).astype(np.float64)[order]
+    big_k = np.minimum(econ.k[free] * econ.waves[free], demand).astype(np.float64)[order]
+    q, c = quota_family[free][order], cat.cores[idx[free]].astype(np.float64)[order]
     e, up, low, loc = (getattr(egress, f)[free][order] for f in ("cls", "up", "low", "location"))
-    wave_usd, jobs_per_unit = econ.money_wave[free][order], k[order]
 
     def may(i: Ints, j: Ints) -> Bools:
-        """[a, b]: offering i[a] may replace offering j[b]: all dimensions no worse, no extra limit row,
-        and its output leaving the same place, or its dearest egress on a wave of j's jobs (k_j of
-        them, at most n of n ≤ k_j·ceil(n/k_j)) paid for by what i saves per wave at j's cheapest."""
-        le = np.ones((len(i), len(j)), dtype=bool)
-        di, dj = d[i], d[j]
-        for col in range(d.shape[1]):
-            le &= di[:, col, None] <= dj[None, :, col]
+        """[a, b]: offering i[a] may replace offering j[b] for any n ≤ demand jobs. i runs them in at most
+        m = ceil(k_j/k_i) times j's waves and M = ceil(K_j/K_i) times j's units (ceil(n/k_i) ≤
+        ceil(n/k_j)·m): each per-wave figure × m and per-unit figure × M no larger than j's, no extra
+        limit row (a quota family's cores × M no more), and its output leaving the same place or its
+        dearer egress on j's waves (k_j jobs each, n ≤ k_j·ceil(n/k_j)) paid for by what it saves."""
+        m = np.ceil(k[j][None, :] / k[i][:, None])
+        big_m = np.ceil(big_k[j][None, :] / big_k[i][:, None])
+        same_place = loc[i][:, None] == loc[j][None, :]
+        dearer = np.where(same_place, 0.0, k[j][None, :] * np.maximum(0.0, up[i][:, None] - low[j][None, :]))
+        ok = wave_d[i, 0][:, None] * m + dearer <= wave_d[j, 0][None, :]
+        for col in range(1, wave_d.shape[1]):
+            ok &= wave_d[i, col][:, None] * m <= wave_d[j, col][None, :]
+        for col in range(unit_d.shape[1]):
+            ok &= unit_d[i, col][:, None] * big_m <= unit_d[j, col][None, :]
         qi, qj = q[i][:, None], q[j][None, :]
-        quota_ok = (qi < 0) | ((qi == qj) & (c[i][:, None] <= c[j][None, :]))
+        ok &= (qi < 0) | ((qi == qj) & (c[i][:, None] * big_m <= c[j][None, :]))
         ei, ej = e[i][:, None], e[j][None, :]
-        egress_ok = ((ei == 0) | (ei == ej)) & (
-            (loc[i][:, None] == loc[j][None, :])
-            | (
-                wave_usd[i][:, None]
-                + jobs_per_unit[j][None, :] * np.maximum(0.0, up[i][:, None] - low[j][None, :])
-                <= wave_usd[j][None, :]
-            )
-        )
-        return le & quota_ok & egress_ok
+        return ok & ((ei == 0) | (ei == ej))
 
     frontier: list[int] = []  # positions in the sorted order
 
