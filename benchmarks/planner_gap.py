@@ -8,8 +8,9 @@ quota, egress cap, all at once). Three traces (HPC2N-2002, NASA iPSC/860, NREL E
 class "lp-alone": HPC2N (2,000 jobs), NASA (6,000) and KTH SP2 (1,000), 318-350 groups and more than
 `MILP_MAX_PAIRS` priced pairs, where `auto` takes the LP path alone, as on large inputs in production.
 Forced `lp` measures the LP path (relaxation, restricted MILPs, rounding and repair) on every one.
-`Plan.solver` in the results says which path ran. The lp-alone references are large (some 60,000 pairs
-after pruning): they need `--reference-time-limit` of many minutes to prove bounds.
+`Plan.solver` in the results says which path ran. The lp-alone references are the largest (5,000-50,000
+pairs after pruning): they need `--reference-time-limit` of several minutes per phase to prove their
+bounds, and HiGHS may run past its time limit on large MILPs (ERGO-Code/HiGHS#885).
 
 Reference: `benchmarks/reference_milp.py`, an exact MILP written apart from the planner (own
 compatibility, own exact marginal-tier egress with shared source volumes, own limits), solved by

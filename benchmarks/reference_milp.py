@@ -510,10 +510,14 @@ def solve_reference_at(
         for width, rate in segs:
             cols.append((m.cols(1, 0.0, width, False), width, rate))
         seg_cols[src] = cols
-    # linking jobs, waves, units
+    # linking jobs, waves, units: y ≤ min(k, D)·z and z ≤ min(W, ceil(D/k))·x, the same integer points as
+    # y ≤ k·z and z ≤ W·x under the bounds y ≤ D and z ≤ ceil(D/k), with a tighter LP relaxation (a
+    # unit-wave of a group smaller than a unit then costs whole in the relaxation too)
+    k_rows = np.minimum(k, d_pair.astype(np.int64))
+    w_rows = np.minimum(w, np.ceil(d_pair / np.maximum(k, 1)).astype(np.int64))
     for j in range(p):
-        m.row([y0 + j, z0 + j], [1.0, -float(k[j])], hi=0.0)
-        m.row([z0 + j, x0 + j], [1.0, -float(w[j])], hi=0.0)
+        m.row([y0 + j, z0 + j], [1.0, -float(k_rows[j])], hi=0.0)
+        m.row([z0 + j, x0 + j], [1.0, -float(w_rows[j])], hi=0.0)
     by_group: dict[int, list[int]] = defaultdict(list)
     for j, gi in enumerate(pg.tolist()):
         by_group[gi].append(j)
