@@ -501,7 +501,8 @@ def solve_reference_at(
     demand = np.array([jobs for _, jobs in live], dtype=np.float64)
     d_pair = demand[pg] if p else np.zeros(0)
     x0 = m.cols(p, 0.0, np.ceil(d_pair / np.maximum(k * w, 1)).tolist(), True)
-    z0 = m.cols(p, 0.0, np.ceil(d_pair / np.maximum(k, 1)).tolist(), True)
+    z_max = np.ceil(d_pair / np.maximum(k, 1))  # unit-waves the group's jobs can fill
+    z0 = m.cols(p, 0.0, z_max.tolist(), True)
     y0 = m.cols(p, 0.0, d_pair.tolist(), True)
     # egress segment columns
     seg_cols: dict[str, list[tuple[int, float, float]]] = {}
@@ -514,7 +515,7 @@ def solve_reference_at(
     # y ≤ k·z and z ≤ W·x under the bounds y ≤ D and z ≤ ceil(D/k), with a tighter LP relaxation (a
     # unit-wave of a group smaller than a unit then costs whole in the relaxation too)
     k_rows = np.minimum(k, d_pair.astype(np.int64))
-    w_rows = np.minimum(w, np.ceil(d_pair / np.maximum(k, 1)).astype(np.int64))
+    w_rows = np.minimum(w, z_max.astype(np.int64))
     for j in range(p):
         m.row([y0 + j, z0 + j], [1.0, -float(k_rows[j])], hi=0.0)
         m.row([z0 + j, x0 + j], [1.0, -float(w_rows[j])], hi=0.0)
