@@ -36,7 +36,10 @@ split: `--shard 0/3` … `--shard 2/3` (in parallel) write shard files, `--merge
 `--reuse-reference` re-measures the planner against the stored references; `--resolve NAME` solves one
 reference (again: its row is replaced, or added; several may run at once); `--add-floors NAME` adds cost phases at the values the paths
 serve now, where a machine of another speed makes a time-limited path serve a sliver less than every
-stored floor (its gap is otherwise unknown, and counts as a fail); `--extend` solves the
+stored floor (its gap is otherwise unknown, and counts as a fail); `--prove NAME` solves cost phases
+at the values the paths serve now, each with a cutoff at the least cost a path pays for it, so that
+HiGHS searches only for cheaper plans: it finds one (the reference disagrees, with the plan to show)
+or its bound rises toward the path's cost, and either is merged into the stored row; `--extend` solves the
 references of instances the results file lacks (with `--shard`, each shard its part) and adds them;
 `--policy P` keeps the instances under policy P (repeatable).
 """
@@ -131,9 +134,16 @@ def _new_floors(values: list[float], known: list[float] | None = None) -> list[f
 
 
 def _solve_at(
-    inst: TraceInstance, cat: Catalog, floors: list[float], time_limit: float, *, value_phase: bool
+    inst: TraceInstance,
+    cat: Catalog,
+    floors: list[float],
+    time_limit: float,
+    *,
+    value_phase: bool,
+    cutoffs: list[float] | None = None,
 ) -> tuple[list[ReferenceResult], list[dict[str, object]]]:
-    """The reference's cost phase at each floor (after its value phase, if asked), and their stored form."""
+    """The reference's cost phase at each floor (after its value phase, if asked; with a cost cutoff
+    each, if given), and their stored form."""
     refs = solve_reference_at(
         inst.groups,
         inst.offerings,
@@ -142,6 +152,7 @@ def _solve_at(
         time_limit=time_limit,
         service_floors=floors,
         value_phase=value_phase,
+        cost_cutoffs=cutoffs,
     )
     return refs, _cost_phases(inst, cat, refs)
 
@@ -192,6 +203,58 @@ def add_floors(
         ref["notes"] = [*ref.get("notes", []), f"cost phases added at {floors} ({refs[-1].seconds:.0f} s)"]
     _record(row, plans)
     return floors
+
+
+def prove(
+    row: dict[str, object], inst: TraceInstance, cols: OfferingColumns, reference_time_limit: float
+) -> list[float]:
+    """Cost phases at the values the paths serve now, each searched with a cutoff at the least cost a
+    path pays for that value (`solve_reference_at`'s `cost_cutoffs`): HiGHS then drops every branch
+    dearer than the plan to beat and fixes columns by reduced cost, where a search with no good plan of
+    its own cannot. Either it finds a cheaper plan, or its bound rises to the cutoff at most: a proof
+    either way. Merged with the stored cost phases: at a floor stored already, the higher of the two
+    bounds and the cheaper of the two plans. Then the paths are re-measured. Returns the floors."""
+    cat = Catalog(inst.offerings, inst.constraints)
+    plans = _plans(inst, cols, cat)
+    least: dict[float, float] = {}
+    for chk, _, _ in plans.values():
+        least[chk.value] = min(least.get(chk.value, float("inf")), chk.cost)
+    floors = sorted(least)
+    # a sliver over the path's cost, so its own plan stays in the search: the reference's objective adds
+    # 1e-7 USD per unit started, and the checker rounds
+    cutoffs = [least[f] * (1 + 1e-6) + 1e-4 for f in floors]
+    refs, proved = _solve_at(inst, cat, floors, reference_time_limit, value_phase=False, cutoffs=cutoffs)
+    ref = row["reference"]
+    assert isinstance(ref, dict)
+    ref["at_service"] = merge_cost_phases(list(ref["at_service"]), proved)
+    ref["violations"] = sorted({v for entry in ref["at_service"] for v in entry["violations"]})
+    ref["notes"] = [*ref.get("notes", []), f"cost phases with cutoffs at {floors} ({refs[-1].seconds:.0f} s)"]
+    _record(row, plans)
+    return floors
+
+
+def merge_cost_phases(
+    stored: list[dict[str, object]], added: list[dict[str, object]]
+) -> list[dict[str, object]]:
+    """`added` cost phases into `stored`, lowest floor first: at a floor stored already (to 1e-9), both
+    are proofs of the same least cost, so the higher bound and the cheaper plan (with its status) are
+    kept, the statuses joined."""
+    merged = list(stored)
+    for entry in added:
+        floor = float(entry["floor"])  # type: ignore[arg-type]
+        same = [i for i, c in enumerate(merged) if abs(float(c["floor"]) - floor) <= 1e-9 * floor + 1e-9]  # type: ignore[arg-type]
+        if not same:
+            merged.append(entry)
+            continue
+        old = merged[same[0]]
+        cheaper = entry if float(entry["cost"]) < float(old["cost"]) else old  # type: ignore[arg-type]
+        merged[same[0]] = {
+            **cheaper,
+            "floor": old["floor"],
+            "status": f"{old['status']}; {entry['status']}",
+            "cost_bound": max(float(old["cost_bound"]), float(entry["cost_bound"])),  # type: ignore[arg-type]
+        }
+    return sorted(merged, key=lambda c: float(c["floor"]))  # type: ignore[arg-type]
 
 
 def _plans(inst: TraceInstance, cols: OfferingColumns, cat: Catalog) -> dict[str, Measured]:
@@ -329,6 +392,13 @@ def main() -> None:
         help="add the reference's cost phases at the values the paths serve now (value phase kept) and update its row",
     )
     parser.add_argument(
+        "--prove",
+        action="append",
+        default=[],
+        metavar="INSTANCE",
+        help="cost phases at the values the paths serve now, each with a cutoff at a path's cost, merged into its row",
+    )
+    parser.add_argument(
         "--reference-time-limit", type=float, default=REFERENCE_TIME_LIMIT, help="seconds per phase"
     )
     parser.add_argument(
@@ -343,7 +413,7 @@ def main() -> None:
         help="solve the references of the instances the results file lacks, and add them",
     )
     args = parser.parse_args()
-    if args.resolve or args.add_floors:
+    if args.resolve or args.add_floors or args.prove:
         by_name = _every_instance()
         cols = OfferingColumns.from_offerings(next(iter(by_name.values())).offerings)
         for name in args.resolve:
@@ -355,6 +425,12 @@ def main() -> None:
             row = next(r for r in stored_rows if r["instance"] == name)
             added = add_floors(row, by_name[name], cols, args.reference_time_limit)
             print(f"{name}: cost phases added at {added}", flush=True)
+            _replace_row(row)
+        for name in args.prove:
+            stored_rows = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
+            row = next(r for r in stored_rows if r["instance"] == name)
+            floors = prove(row, by_name[name], cols, args.reference_time_limit)
+            print(f"{name}: cost phases with cutoffs at {floors}", flush=True)
             _replace_row(row)
         return
     if args.reuse_reference:

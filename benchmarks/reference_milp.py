@@ -21,7 +21,9 @@ the least cost (money + allocation value, egress exact) at that value, or at eac
 (`solve_reference_at`): benchmarks/planner_gap.py asks for the least cost at each value a planner
 path served, so that its cost gaps compare plans serving as much (a cheaper reference serving less,
 or a dearer one serving more, would make them meaningless). A floor is only a number: the model, its
-bounds and its search stay the reference's own.
+bounds and its search stay the reference's own. So is a cost cutoff (`cost_cutoffs`, a path's own
+cost): HiGHS then drops every branch that cannot beat it, and what the reference states is a plan
+cheaper than the cutoff or a bound no higher than it, a proof either way.
 
 The catalog is reduced per group by a dominance rule that cannot exclude an optimum. Offering q
 replaces p for any number of jobs n ≤ the group's demand when q has unbounded capacity and no
@@ -69,6 +71,10 @@ from benchmarks.reference_rules import (
 )
 from provisioner.domain import DemandGroup, PlanningConstraints
 
+# a cost phase serves at least its floor less this share: at 1e-9, HiGHS 1.16 called a phase infeasible
+# that the value phase's own point serves (tests/planner/test_reference.py, seed 3716327); serving a
+# sliver less can only cost less, so the gaps measured against it are never under-stated
+FLOOR_SLACK = 1e-7
 CHUNK = 64
 UNIT_EPSILON = 1e-7  # USD per unit started, so free units are never started idle
 SEED = 1024
@@ -355,7 +361,7 @@ def _relaxation_bound(
     h = m.highs(cost, maximise, time_limit, 0.0, relaxed=True)
     if floor is not None:
         value, idx, weights = floor
-        h.addRow(value * (1 - 1e-9) - 1e-9, highspy.kHighsInf, len(idx), idx.astype(np.int32), weights)
+        h.addRow(value * (1 - FLOOR_SLACK) - 1e-9, highspy.kHighsInf, len(idx), idx.astype(np.int32), weights)
     h.run()
     status = h.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:
@@ -405,6 +411,7 @@ def solve_reference_at(
     service_floors: Sequence[float] | None = None,
     value_phase: bool = True,
     node_limit: int | None = None,
+    cost_cutoffs: Sequence[float] | None = None,
 ) -> list[ReferenceResult]:
     """`solve_reference` with one value phase and a cost phase per floor in `service_floors` (default:
     the served value), one result each: the least cost of serving each plan's own value.
@@ -412,9 +419,15 @@ def solve_reference_at(
     `value_phase=False` (needs `service_floors`): cost phases only, for floors added to a stored
     reference whose value phase is already known; the results' value bound is then 0 and their status
     says the value phase was skipped. `node_limit`: HiGHS's branch-and-bound nodes per phase, a stop
-    that does not depend on the machine's speed (tests of the bounds a stopped reference states)."""
+    that does not depend on the machine's speed (tests of the bounds a stopped reference states).
+    `cost_cutoffs` (one per floor, inf: none): the search at that floor drops every branch that cannot
+    cost less than the cutoff (HiGHS's `objective_bound`, which also fixes columns by reduced cost), to
+    prove a known plan's cost within reach: either it finds a cheaper plan, or its bound holds up to
+    the cutoff (no plan costs less: the least cost is at least the cutoff). The bound stays a proof."""
     if not value_phase and service_floors is None:
         raise ValueError("value_phase=False needs service_floors")
+    if cost_cutoffs is not None and (service_floors is None or len(cost_cutoffs) != len(service_floors)):
+        raise ValueError("cost_cutoffs needs one cutoff per service floor")
     t0 = time.perf_counter()
     if any(g.max_cost_per_hs23_hour is not None for g in groups):
         raise NotImplementedError("group cost caps are not modelled by the reference")
@@ -649,8 +662,11 @@ def solve_reference_at(
     h.addRow(-highspy.kHighsInf, highspy.kHighsInf, p, y_cols, values[pg])
     phase1 = sol
     out = []
-    for floor in [served] if service_floors is None else list(service_floors):
-        h.changeRowBounds(floor_row, floor * (1 - 1e-9) - 1e-9, highspy.kHighsInf)
+    floors = [served] if service_floors is None else list(service_floors)
+    cutoffs = [math.inf] * len(floors) if cost_cutoffs is None else list(cost_cutoffs)
+    for floor, cutoff in zip(floors, cutoffs, strict=True):
+        h.changeRowBounds(floor_row, floor * (1 - FLOOR_SLACK) - 1e-9, highspy.kHighsInf)
+        h.setOptionValue("objective_bound", float(cutoff))
         h.run()
         status2 = h.modelStatusToString(h.getModelStatus())
         info2 = h.getInfo()
@@ -668,19 +684,26 @@ def solve_reference_at(
             # and every row counts units and waves with non-negative weights: they are left out
             if y[j] > 0
         ]
-        proven = status2 == "Optimal" and status1 in ("Optimal", "skipped")
-        status = "optimal" if proven else f"phase 1 {status1}, phase 2 {status2}"
         cost = float(c2 @ sol)
-        cost_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
-        if status2 != "Optimal":  # the LP relaxation at the floor bounds the cost from below too: the tighter
-            relaxed = _relaxation_bound(m, c2, False, time_limit, (floor, y_cols, values[pg]))
-            cost_bound = max(cost_bound, -math.inf if relaxed is None else relaxed)
-        # phase 2 proven: its cost is the least at the floor; else HiGHS's lower bound on it (a plan short
-        # of the floor says nothing about the cost of serving it)
-        if status2 == "Optimal" and at_floor:
+        # a cutoff drops every branch costing at least it: the least cost is at least the cutoff or the
+        # bound of the branches left, the less. When the cutoff is below the optimum, HiGHS 1.16 states
+        # bounds, and even "Optimal", above the true optimum: only that minimum is a proof
+        cut = math.isfinite(cutoff)
+        solved = status2 == "Optimal" and at_floor and (not cut or cost < cutoff)
+        mip_bound = float(info2.mip_dual_bound) if math.isfinite(info2.mip_dual_bound) else 0.0
+        # (and "Infeasible" proves nothing: HiGHS 1.16 has said it of a phase the value phase's point serves)
+        mip_bound = min(mip_bound, cutoff)
+        if solved:  # phase 2 proven: its cost is the least at the floor
             cost_bound = cost
         else:
-            cost_bound = max(0.0, cost_bound) if not at_floor else min(cost, max(0.0, cost_bound))
+            # else HiGHS's lower bound or the LP relaxation's at the floor, the tighter (a plan short of the
+            # floor says nothing about the cost of serving it)
+            relaxed = _relaxation_bound(m, c2, False, time_limit, (floor, y_cols, values[pg]))
+            cost_bound = max(0.0, mip_bound, -math.inf if relaxed is None else relaxed)
+            cost_bound = min(cost, cost_bound) if at_floor else cost_bound
+        proven = solved and status1 in ("Optimal", "skipped")
+        status = "optimal" if proven else f"phase 1 {status1}, phase 2 {status2}"
+        status += f" (cutoff {cutoff:.6g})" if cut else ""
         out.append(
             ReferenceResult(
                 value=float(values[pg] @ y),

@@ -317,3 +317,93 @@ def test_a_reference_stopped_early_states_bounds_the_optimum_keeps(seed: int) ->
     )
     assert early.value_bound >= full.value * (1 - 1e-6) - 1e-6
     assert early.cost_bound <= full.cost * (1 + 1e-6) + 1e-6
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=seeds, ratio=st.sampled_from([0.0, 0.5, 0.99, 1.0 + 1e-6, 1.5]))
+# HiGHS called the cost phase infeasible at the floor value × (1 − 1e-9) that the value phase's own point
+# serves, and the reference then took the plan it had as proven: now the floor gives way by 1e-7
+@example(seed=3716327, ratio=0.0)
+def test_a_cost_cutoff_never_lifts_the_bound_over_the_optimum_and_above_it_finds_the_optimum(
+    seed: int, ratio: float
+) -> None:
+    """`planner_gap --prove` solves cost phases with a cutoff at a path's own cost, so that HiGHS drops
+    every branch dearer than it. Below the optimum HiGHS 1.16 states bounds, and "Optimal", above the
+    optimum: the reference must then state no more than the cutoff (or the LP relaxation's bound, a
+    proof of its own); at or above the optimum, the optimum itself."""
+    inst = _instance(seed, groups=6, offerings=16)
+    cat = Catalog(inst.offerings, inst.constraints)
+    full = solve_reference(inst.groups, inst.offerings, inst.constraints, catalog=cat, time_limit=30)
+    assert full.status == "optimal" and full.at_floor
+    cutoff = full.cost * ratio + (1e-6 if ratio > 1 else 0.0)
+    (cut,) = solve_reference_at(
+        inst.groups,
+        inst.offerings,
+        inst.constraints,
+        catalog=cat,
+        time_limit=30,
+        service_floors=[full.value],
+        value_phase=False,
+        cost_cutoffs=[cutoff],
+    )
+    assert cut.cost_bound <= full.cost * (1 + 1e-6) + 1e-6, (cut.cost_bound, full.cost, cutoff)
+    if ratio > 1:
+        assert cut.at_floor and abs(cut.cost - full.cost) <= 1e-6 * max(1.0, full.cost)
+        assert cut.status.startswith("optimal")
+    else:
+        assert not cut.status.startswith("optimal")
+
+
+def test_proved_cost_phases_keep_the_higher_bound_and_the_cheaper_plan_at_each_floor() -> None:
+    """`planner_gap --prove` merges its cost phases into the stored ones: at the same floor both are
+    proofs, so the higher bound and the cheaper plan stand; a new floor is added in order."""
+    from benchmarks.planner_gap import merge_cost_phases
+
+    stored = [
+        {
+            "floor": 100.0,
+            "status": "stopped",
+            "value": 100.0,
+            "cost": 900.0,
+            "cost_bound": 40.0,
+            "violations": [],
+        },
+        {
+            "floor": 200.0,
+            "status": "optimal",
+            "value": 200.0,
+            "cost": 60.0,
+            "cost_bound": 60.0,
+            "violations": [],
+        },
+    ]
+    added = [
+        {
+            "floor": 100.0 * (1 + 1e-12),
+            "status": "cut",
+            "value": 100.0,
+            "cost": 45.0,
+            "cost_bound": 44.0,
+            "violations": [],
+        },
+        {
+            "floor": 150.0,
+            "status": "cut",
+            "value": 150.0,
+            "cost": float("inf"),
+            "cost_bound": 50.0,
+            "violations": [],
+        },
+        {
+            "floor": 200.0,
+            "status": "cut",
+            "value": 0.0,
+            "cost": float("inf"),
+            "cost_bound": 59.0,
+            "violations": [],
+        },
+    ]
+    merged = merge_cost_phases(stored, added)
+    assert [c["floor"] for c in merged] == [100.0, 150.0, 200.0]
+    assert (merged[0]["cost"], merged[0]["cost_bound"], merged[0]["status"]) == (45.0, 44.0, "stopped; cut")
+    assert (merged[2]["cost"], merged[2]["cost_bound"], merged[2]["value"]) == (60.0, 60.0, 200.0)
