@@ -33,6 +33,7 @@ from provisioner.planner.cost import (
     group_costs,
     interruption_factor,
 )
+from provisioner.planner.numerics import smallest
 
 TOP_K = 12
 PER_FAMILY = 3
@@ -156,7 +157,7 @@ def _light(
     # USD per hour to run the whole group at once, on the shape's cheapest offerings (inf: not allowed)
     rate = np.where(ok, base.prefix_price * np.ceil(max(demand, 1) / base.prefix_slots), np.inf)
     take = min(8 * LIGHT_K, allowed)
-    near = np.argpartition(rate, take - 1)[:take] if len(rate) > take else np.arange(len(rate))
+    near = smallest(rate, take) if len(rate) > take else np.arange(len(rate))
     near = near[np.isfinite(rate[near])]
     costs = pricer.usable(base.prefix[near])
     if len(costs) == 0:
@@ -220,8 +221,7 @@ class _BaseCosts:
         if found is None:
             total = base_total(group, jpu, self.cols, self.ctx)
             if len(total) > PREFIX:
-                part = np.argpartition(total, PREFIX)
-                prefix, bound = part[:PREFIX], float(total[part[PREFIX]])
+                prefix, bound = smallest(total, PREFIX), float(np.partition(total, PREFIX)[PREFIX])
             else:
                 prefix, bound = np.arange(len(total)), float("inf")
             prefix = prefix[np.argsort(total[prefix], kind="stable")]
@@ -377,7 +377,7 @@ def _window(base: _Base, pre_total: FloatArray) -> IntArray | None:
     """The WINDOW offerings of the prefix with the lowest `pre_total` (the prefix's cost per HS23-hour with
     the group's egress), cheapest first; None if something outside the prefix might be cheaper."""
     pre = base.prefix
-    sel = np.argpartition(pre_total, WINDOW - 1)[:WINDOW] if len(pre) > WINDOW else np.arange(len(pre))
+    sel = smallest(pre_total, WINDOW) if len(pre) > WINDOW else np.arange(len(pre))
     sel = sel[np.argsort(pre_total[sel], kind="stable")]
     if len(sel) and pre_total[sel[-1]] <= base.bound:  # nothing outside the prefix is cheaper
         return pre[sel]
@@ -399,7 +399,7 @@ def _cheapest(values: FloatArray, idx: IntArray, k: int) -> IntArray:
 def _cheapest_of(values: FloatArray, idx: IntArray, k: int) -> IntArray:
     """`_cheapest` given `values[idx]`."""
     if len(idx) > k:
-        part = np.argpartition(values, k - 1)[:k]
+        part = smallest(values, k)
         idx, values = idx[part], values[part]
     return idx[np.argsort(values, kind="stable")]
 

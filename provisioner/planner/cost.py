@@ -46,6 +46,7 @@ import numpy as np
 
 from provisioner.domain import DemandGroup, EgressRoute, EgressTier, Market, PlanningConstraints
 from provisioner.planner.columns import MARKETS, BoolArray, FloatArray, IntArray, OfferingColumns
+from provisioner.planner.numerics import expm1
 
 MAX_INTERRUPTION_EXPONENT = 50.0  # beyond λT = 50 the work effectively never finishes
 
@@ -277,7 +278,7 @@ def interruption_factor(rate_per_hour: FloatArray, hours: FloatArray) -> FloatAr
     """Expected wall time to finish a `hours` job under restart-on-interruption, as a multiple of `hours`."""
     x = np.minimum(rate_per_hour * hours, MAX_INTERRUPTION_EXPONENT)
     safe = np.where(x > 1e-12, x, 1.0)
-    return np.where(x > 1e-12, np.expm1(safe) / safe, 1.0 + x / 2.0)
+    return np.where(x > 1e-12, expm1(safe) / safe, 1.0 + x / 2.0)
 
 
 FIELDS = (

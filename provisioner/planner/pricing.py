@@ -31,6 +31,7 @@ from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, interruption_factor
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp, LpResult
 from provisioner.planner.limits import Limits
+from provisioner.planner.numerics import smallest
 from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
 
 MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
@@ -311,7 +312,7 @@ class ColumnGenerator:
         rc[np.isin(coef.idx, cand.solver.offering)] = np.inf
         good = np.flatnonzero(rc < -TOLERANCE)
         if len(good) > SCREEN_K:
-            good = good[np.argpartition(rc[good], SCREEN_K - 1)[:SCREEN_K]]
+            good = good[smallest(rc[good], SCREEN_K)]
         return coef.idx[good]
 
 
