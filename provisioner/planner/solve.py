@@ -41,7 +41,9 @@ MILP_TIME_LIMIT = 2.0
 # The MILP restricted to the LP's support gets longer per phase: it runs only on inputs of at most
 # RESTRICTED_MAX_PAIRS restricted pairs (the trace instances of benchmarks/planner_gap.py, not the scale
 # instances), where at 2 s its first restriction stopped at an incumbent and the wider ones never ran:
-# hpc2n/2000/quota cost 441.99 at 2 s, 436.66 at 5 s (the proven optimum 435.13), on a busy machine
+# hpc2n/2000/quota cost 441.99 at 2 s, 436.66 at 5 s on a busy machine, against the reference's bound
+# of 434.92 (`planner_gap --prove`). Still an incumbent at 5 s: one benchmark run gave `lp` +0.40 % and
+# `auto` (the same path there) +1.61 %
 RESTRICTED_TIME_LIMIT = 5.0
 
 
