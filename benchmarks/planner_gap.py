@@ -198,9 +198,7 @@ def add_floors(
     floors = _new_floors([values[0] * (1 - FLOOR_MARGIN), *values], [float(c["floor"]) for c in stored])
     if floors:
         refs, added = _solve_at(inst, cat, floors, reference_time_limit, value_phase=False)
-        ref["at_service"] = sorted(stored + added, key=lambda c: float(c["floor"]))
-        ref["violations"] = sorted({v for entry in ref["at_service"] for v in entry["violations"]})
-        ref["notes"] = [*ref.get("notes", []), f"cost phases added at {floors} ({refs[-1].seconds:.0f} s)"]
+        _keep_cost_phases(ref, added, f"cost phases added at {floors} ({refs[-1].seconds:.0f} s)")
     _record(row, plans)
     return floors
 
@@ -226,11 +224,16 @@ def prove(
     refs, proved = _solve_at(inst, cat, floors, reference_time_limit, value_phase=False, cutoffs=cutoffs)
     ref = row["reference"]
     assert isinstance(ref, dict)
-    ref["at_service"] = merge_cost_phases(list(ref["at_service"]), proved)
-    ref["violations"] = sorted({v for entry in ref["at_service"] for v in entry["violations"]})
-    ref["notes"] = [*ref.get("notes", []), f"cost phases with cutoffs at {floors} ({refs[-1].seconds:.0f} s)"]
+    _keep_cost_phases(ref, proved, f"cost phases with cutoffs at {floors} ({refs[-1].seconds:.0f} s)")
     _record(row, plans)
     return floors
+
+
+def _keep_cost_phases(ref: dict[str, object], added: list[dict[str, object]], note: str) -> None:
+    """`added` merged into the stored reference's cost phases, its violations and notes brought along."""
+    ref["at_service"] = merge_cost_phases(list(ref["at_service"]), added)
+    ref["violations"] = sorted({v for entry in ref["at_service"] for v in entry["violations"]})
+    ref["notes"] = [*ref.get("notes", []), note]
 
 
 def merge_cost_phases(
@@ -420,18 +423,17 @@ def main() -> None:
             row = measure(by_name[name], cols, args.reference_time_limit)
             print(f"{name}: reference {row['reference']['status']}", flush=True)  # type: ignore[index]
             _replace_row(row)
-        for name in args.add_floors:
-            stored_rows = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
-            row = next(r for r in stored_rows if r["instance"] == name)
-            added = add_floors(row, by_name[name], cols, args.reference_time_limit)
-            print(f"{name}: cost phases added at {added}", flush=True)
-            _replace_row(row)
-        for name in args.prove:
-            stored_rows = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
-            row = next(r for r in stored_rows if r["instance"] == name)
-            floors = prove(row, by_name[name], cols, args.reference_time_limit)
-            print(f"{name}: cost phases with cutoffs at {floors}", flush=True)
-            _replace_row(row)
+        # cost phases added to a stored row, read afresh: other runs may have replaced theirs meanwhile
+        for names, update, did in (
+            (args.add_floors, add_floors, "added"),
+            (args.prove, prove, "with cutoffs"),
+        ):
+            for name in names:
+                stored_rows = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
+                row = next(r for r in stored_rows if r["instance"] == name)
+                floors = update(row, by_name[name], cols, args.reference_time_limit)
+                print(f"{name}: cost phases {did} at {floors}", flush=True)
+                _replace_row(row)
         return
     if args.reuse_reference:
         stored = json.loads((RESULTS / "planner_gap.json").read_text())["instances"]
