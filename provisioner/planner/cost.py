@@ -277,8 +277,12 @@ def base_total(group: DemandGroup, jpu: IntArray, cols: OfferingColumns, ctx: Pl
 def interruption_factor(rate_per_hour: FloatArray, hours: FloatArray) -> FloatArray:
     """Expected wall time to finish a `hours` job under restart-on-interruption, as a multiple of `hours`."""
     x = np.minimum(rate_per_hour * hours, MAX_INTERRUPTION_EXPONENT)
-    safe = np.where(x > 1e-12, x, 1.0)
-    return np.where(x > 1e-12, expm1(safe) / safe, 1.0 + x / 2.0)
+    out = 1.0 + x / 2.0
+    risky = np.flatnonzero(x > 1e-12)  # most offerings are not interruptible: expm1 only where it counts
+    if len(risky):
+        at = x[risky]
+        out[risky] = expm1(at) / at
+    return out
 
 
 FIELDS = (

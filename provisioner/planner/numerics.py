@@ -26,13 +26,23 @@ def expm1(x: FloatArray) -> FloatArray:
     expm1(x) = 2^k·expm1(r) + (2^k − 1)."""
     x = np.asarray(x, dtype=np.float64)
     k = np.rint(x / (_LN2_HI + _LN2_LO))
-    r = (x - k * _LN2_HI) - k * _LN2_LO
-    poly = np.full_like(r, _TAYLOR[-1])
-    for c in reversed(_TAYLOR[:-1]):
-        poly = poly * r + c
-    small = r + (r * r) * poly  # expm1(r)
+    # in place where it can be: the same operations in the same order (the same bits), fewer arrays
+    r = x - k * _LN2_HI
+    r -= k * _LN2_LO
+    poly = r * _TAYLOR[-1]
+    poly += _TAYLOR[-2]
+    for c in reversed(_TAYLOR[:-2]):
+        poly *= r
+        poly += c
+    small = r * r
+    small *= poly
+    small += r  # expm1(r)
     ki = k.astype(np.int64)
-    return np.ldexp(small, ki) + (np.ldexp(np.ones_like(r), ki) - 1.0)
+    out = np.ldexp(small, ki)
+    scale = np.ldexp(1.0, ki)
+    scale -= 1.0
+    out += scale
+    return out
 
 
 def smallest(values: FloatArray, k: int) -> IntArray:
