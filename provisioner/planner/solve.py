@@ -456,10 +456,8 @@ def improve(
     x, z, y = res.l_units, res.l_waves, res.l_jobs  # kept up to date by `res.take`
     jpu, waves = res.lists.jobs_per_unit, res.lists.waves
 
-    obj_wave, obj_start, egress_usd = res.p_obj_wave, res.p_obj_start, res.p_egress_usd
-
     def cost(p: int, units: int, unit_waves: int, jobs: int) -> float:
-        return obj_wave[p] * unit_waves + obj_start[p] * units + egress_usd[p] * jobs
+        return res.p_obj_wave[p] * unit_waves + res.p_obj_start[p] * units + res.p_egress_usd[p] * jobs
 
     starts, ends = res.lists.starts, res.lists.ends
     for _ in range(rounds):
@@ -476,13 +474,11 @@ def improve(
                 for q in pairs:
                     if q == p:
                         continue
-                    # `_growth` written out: this loop runs ~10^5 times per rounding at 5,000 groups
-                    zq, xq = z[q], x[q]
-                    new_z = max(zq, math.ceil((y[q] + jobs) / jpu[q]))
-                    dx, dz = max(xq, math.ceil(new_z / waves[q])) - xq, new_z - zq
-                    delta = obj_wave[q] * dz + obj_start[q] * dx + egress_usd[q] * jobs
-                    if delta < best_delta and res.fits(q, dx, dz, jobs) and res.under_cap(q, dx, dz, jobs):
-                        best, best_delta, best_growth = q, delta, (dx, dz, jobs)
+                    growth = _growth(x[q], z[q], y[q], jpu[q], waves[q], jobs)
+                    dx, dz, dy = growth
+                    delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
+                    if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
+                        best, best_delta, best_growth = q, delta, growth
                 if best >= 0:
                     res.take(best, *best_growth)
                     changed = True
