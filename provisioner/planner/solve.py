@@ -64,7 +64,9 @@ def solve(
         milp_limit = MILP_TIME_LIMIT if time_limit is None else time_limit
         r = solve_lexicographic(problem, integral=True, time_limit=milp_limit, gap=1e-6)
         if r.status == "none":  # the time limit struck before any integral point: the LP path instead
-            return _lp_path(problem, restricted_limit, "pruned-lp (milp time limit, no incumbent)", lp)
+            return _lp_path(
+                problem, restricted_limit, "pruned-lp (milp time limit, no incumbent)", lp, whole=False
+            )
         if r.status == "optimal":
             return repair(problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp"))
         # stopped with an incumbent (often far from the least cost when phase 2 was cut short): polish it,
@@ -74,7 +76,7 @@ def solve(
         )
         incumbent = repair(problem, improve(problem, incumbent))
         fallback = _lp_path(
-            problem, restricted_limit, "pruned-lp (milp time limit, better than its incumbent)", lp
+            problem, restricted_limit, "pruned-lp (milp time limit, better than its incumbent)", lp, whole=False
         )
         return _best(problem, (incumbent, fallback))
     if method == "lp":
@@ -95,10 +97,15 @@ RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the
 RESTRICTED_MAX_PAIRS = 1500
 
 
-def _lp_path(problem: Problem, time_limit: float, label: str, lp: FloatArray | None = None) -> Solution:
+def _lp_path(
+    problem: Problem, time_limit: float, label: str, lp: FloatArray | None = None, *, whole: bool = True
+) -> Solution:
     """The LP relaxation, made integral: repaired greedily, and, unless that is already within
     CLOSE_ENOUGH of the LP's bounds, also by the MILP restricted to the LP's support (plus each
-    group's cheapest pairs and the repaired plan's), time-limited; the better plan wins.
+    group's cheapest pairs and the repaired plan's), time-limited; the better plan wins. `whole`
+    False: the restriction never widens to the whole shortlist, the MILP the pruned MILP path has
+    just run out of time on (the 60 trace instances of benchmarks/planner_gap.py took 243 s on `auto`
+    with it, against 156 s before the fallback widened at all).
 
     Rounding a relaxation whose limits bind (budgets worth a few waves, quotas of a few units) is a
     knapsack the greedy repair can miss by a few percent; the restricted MILP is small (about the
@@ -122,7 +129,7 @@ def _lp_path(problem: Problem, time_limit: float, label: str, lp: FloatArray | N
     # may take up to MILP_MAX_PAIRS, the size `auto` trusts the MILP with: on hpc2n/1000/quota the LP's
     # support took 0.4 s (512 pairs), then 8 per group (1,769 pairs) was proven in 1.1 s, the whole
     # shortlist (2,854) gave an incumbent, and forced `lp` went from +1.18 % to +0.20 %
-    widths = (RESTRICTED_PER_GROUP, 8, None)
+    widths = (RESTRICTED_PER_GROUP, 8, None) if whole else (RESTRICTED_PER_GROUP, 8)
     for width in widths:
         keep = np.ones(problem.pairs, dtype=bool) if width is None else support | (problem.pair_slot < width)
         if int(keep.sum()) > (RESTRICTED_MAX_PAIRS if len(plans) == 1 else MILP_MAX_PAIRS):
