@@ -25,7 +25,7 @@ from provisioner.domain import (
     PlanItem,
     PlanningConstraints,
 )
-from provisioner.planner.candidates import GroupCandidates
+from provisioner.planner.candidates import BaseCosts, GroupCandidates
 from provisioner.planner.columns import HasOfferings, OfferingColumns, as_columns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import PlanContext
@@ -86,7 +86,14 @@ def plan(
     pool = workers if isinstance(workers, Workers) else Workers(workers)
     try:
         setup = _prepare(
-            groups, offerings, fleet, constraints, clock, exact=method == "exact", timings=timings, workers=pool
+            groups,
+            offerings,
+            fleet,
+            constraints,
+            clock,
+            exact=method == "exact",
+            timings=timings,
+            workers=pool,
         )
     finally:
         if pool is not workers:
@@ -98,7 +105,7 @@ def plan(
     if method == "exact":
         problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
     else:  # the shortlists grown until no offering anywhere in the catalog improves the LP
-        generator = ColumnGenerator(cols, plan_ctx, compat, constraints, limits)
+        generator = ColumnGenerator(cols, plan_ctx, compat, constraints, limits, bases=setup.bases)
         candidates, problem = generator.run(candidates)
         priced = "" if generator.complete else ", catalog pricing cut short"
         lp = generator.lp
@@ -138,6 +145,7 @@ class _Setup:
     limits: Limits
     compat: CompatContext
     candidates: list[GroupCandidates]  # of the groups with demand left
+    bases: BaseCosts  # the costs without egress costing kept (those of the parts costed in this process)
 
 
 def _prepare(
@@ -172,6 +180,7 @@ def _prepare(
     plan_ctx = PlanContext.build(cols, constraints)
     limits = build_limits(groups, cols, constraints, assessment)
     compat = CompatContext.build(cols, constraints, plan_ctx, limits)
+    bases = BaseCosts(cols, plan_ctx)
     clock.lap("fleet")
     active = [k for k, jobs in enumerate(demand) if jobs > 0]
     candidates = build_candidates_on(
@@ -183,8 +192,9 @@ def _prepare(
         compat,
         top_k=None if exact else 12,
         timings=timings,
+        bases=bases,
     )
-    return _Setup(cols, assessment, demand, plan_ctx, limits, compat, candidates)
+    return _Setup(cols, assessment, demand, plan_ctx, limits, compat, candidates, bases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +236,7 @@ def lp_bound(
         max_rounds=10_000,
         price_capped=True,
         egress_cost=False,
+        bases=setup.bases,
     )
     _, problem = generator.run(setup.candidates, served_at_most=served_at_most)
     lp = generator.last

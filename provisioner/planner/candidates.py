@@ -31,9 +31,8 @@ from provisioner.planner.cost import (
     PlanContext,
     base_total,
     group_costs,
-    interruption_factor,
 )
-from provisioner.planner.numerics import smallest
+from provisioner.planner.numerics import smallest, smallest_and_next
 
 TOP_K = 12
 PER_FAMILY = 3
@@ -201,8 +200,10 @@ class _Base:
     prefix_location: IntArray  # location codes of the prefix
 
 
-class _BaseCosts:
-    """Cost per HS23-hour without egress, per job shape and run time (cached for the round)."""
+class BaseCosts:
+    """Cost per HS23-hour without egress, per job shape and run time, cached for the round: costing and
+    then catalog pricing (`pricing.py`) ask for the same shapes, so in one process they share it (on the
+    720-group instance of benchmarks/planner_scale.py pricing asked for 111 shapes, all costed before)."""
 
     def __init__(self, cols: OfferingColumns, ctx: PlanContext) -> None:
         self.cols, self.ctx = cols, ctx
@@ -219,14 +220,12 @@ class _BaseCosts:
         )
         found = self._cache.get(key)
         if found is None:
-            total = base_total(group, jpu, self.cols, self.ctx)
+            total, wave_hours = base_total(group, jpu, self.cols, self.ctx)
             if len(total) > PREFIX:
-                prefix, bound = smallest(total, PREFIX), float(np.partition(total, PREFIX)[PREFIX])
+                prefix, bound = smallest_and_next(total, PREFIX)
             else:
-                prefix, bound = np.arange(len(total)), float("inf")
-            prefix = prefix[np.argsort(total[prefix], kind="stable")]
-            run = group.walltime_hours * group.reference_hs23_per_core / self.cols.hs23_per_core[prefix]
-            wave = run * interruption_factor(self.cols.interruption[prefix], run)
+                prefix, bound = np.argsort(total, kind="stable"), float("inf")
+            wave = wave_hours[prefix]
             waves = np.maximum(1.0, np.floor(self.ctx.window_hours(group) / np.maximum(wave, 1e-12)))
             slots = np.maximum(jpu[prefix], 1) * waves
             found = _Base(
@@ -327,7 +326,9 @@ class _Shared:
         found = self._batches.get((id(static), id(base), cost_cap, size))
         return None if found is None else found[2]
 
-    def keep_batch(self, static: ReasonArray, base: _Base, cost_cap: object, size: int, walked: _Batch) -> None:
+    def keep_batch(
+        self, static: ReasonArray, base: _Base, cost_cap: object, size: int, walked: _Batch
+    ) -> None:
         self._batches[(id(static), id(base), cost_cap, size)] = (static, base, walked)
 
     def allowed(self, static: ReasonArray, base: _Base) -> tuple[IntArray, FloatArray, IntArray]:
@@ -376,12 +377,30 @@ class _Shared:
 def _window(base: _Base, pre_total: FloatArray) -> IntArray | None:
     """The WINDOW offerings of the prefix with the lowest `pre_total` (the prefix's cost per HS23-hour with
     the group's egress), cheapest first; None if something outside the prefix might be cheaper."""
+    sel, exact = _prefix_window(base, pre_total)
+    return base.prefix[sel] if exact else None
+
+
+def _prefix_window(base: _Base, pre_total: FloatArray) -> tuple[IntArray, bool]:
+    """`_window`'s positions in the prefix, and whether nothing outside the prefix is cheaper."""
     pre = base.prefix
     sel = smallest(pre_total, WINDOW) if len(pre) > WINDOW else np.arange(len(pre))
     sel = sel[np.argsort(pre_total[sel], kind="stable")]
-    if len(sel) and pre_total[sel[-1]] <= base.bound:  # nothing outside the prefix is cheaper
-        return pre[sel]
-    return None
+    return sel, bool(len(sel) and pre_total[sel[-1]] <= base.bound)
+
+
+def _egress_window(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> IntArray:
+    """`_cheapest(_full_total(base, egress, cols), every offering, WINDOW)` for a group with egress, from the
+    prefix where it can be. Where it cannot, only offerings costing at most the prefix's WINDOW-th cheapest
+    with egress are priced with it: the answer's last costs no more, and egress never costs less than
+    nothing, so a dearer offering before egress is dearer after (the same window as pricing all 40,000)."""
+    pre_total = base.prefix_total + egress.usd[base.prefix_location] / egress.work
+    sel, exact = _prefix_window(base, pre_total)
+    if exact:
+        return base.prefix[sel]
+    limit = pre_total[sel[-1]] if len(sel) else np.nan
+    near = np.flatnonzero(base.total <= limit) if not np.isnan(limit) else np.arange(len(base.total))
+    return _cheapest_of(base.total[near] + egress.usd[cols.location[near]] / egress.work, near, WINDOW)
 
 
 def _full_total(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> FloatArray:
@@ -419,7 +438,12 @@ class _FirstWindow:
 
 
 def _price_first(
-    first: IntArray, pricer: _GroupPricer, static: ReasonArray, base: _Base, cols: OfferingColumns, explain_k: int
+    first: IntArray,
+    pricer: _GroupPricer,
+    static: ReasonArray,
+    base: _Base,
+    cols: OfferingColumns,
+    explain_k: int,
 ) -> _FirstWindow:
     priced = pricer.price(first)
     priced_reason = pricer.reasons(priced)
@@ -454,11 +478,13 @@ def build_candidates(
     per_family: int = PER_FAMILY,
     explain_k: int = EXPLAIN_K,
     timings: MutableMapping[str, float] | None = None,
+    bases: BaseCosts | None = None,
 ) -> list[GroupCandidates]:
-    """One `GroupCandidates` per group; `timings` receives seconds spent checking and pricing."""
+    """One `GroupCandidates` per group; `timings` receives seconds spent checking and pricing; `bases`: the
+    round's costs without egress, when it keeps them for later phases."""
     out: list[GroupCandidates] = []
     spent = {"compatibility": 0.0, "costing": 0.0}
-    bases = _BaseCosts(cols, plan_ctx)
+    bases = bases if bases is not None else BaseCosts(cols, plan_ctx)
     order = np.argsort(cols.location, kind="stable")
     cuts = np.flatnonzero(np.diff(cols.location[order])) + 1
     lim = compat.limits
@@ -486,11 +512,11 @@ def build_candidates(
         window = shared.window(static, base, cap) if shareable else None
         if window is None:
             first = None
-            if top_k is not None:  # the cheapest WINDOW offerings, found within the shared prefix when possible
-                if with_egress:
-                    first = _window(base, base.prefix_total + egress.usd[base.prefix_location] / work)
-                else:
-                    first = shared.first_without_egress(base)
+            # the cheapest WINDOW offerings, found within the shared prefix when possible
+            if top_k is not None:
+                first = (
+                    _egress_window(base, egress, cols) if with_egress else shared.first_without_egress(base)
+                )
             if first is None:
                 first = _cheapest(
                     _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n

@@ -202,7 +202,6 @@ class PlanContext:
     is_allocation: BoolArray
     unavailable: BoolArray  # circuit breaker open
     paid: FloatArray  # price + allocation value, USD per unit-hour
-    interruptible: IntArray  # offerings with an interruption rate
     egress: EgressPricer
 
     def window_hours(self, group: DemandGroup) -> float:
@@ -233,7 +232,6 @@ class PlanContext:
                 unavailable[i] = True
         return cls(
             paid=cols.price + value,
-            interruptible=np.flatnonzero(cols.interruption > 0),
             unavailable=unavailable,
             horizon_hours=constraints.horizon_hours,
             now_ts=constraints.now.timestamp() if constraints.now else None,
@@ -253,8 +251,11 @@ def jobs_per_unit(group: DemandGroup, cols: OfferingColumns) -> IntArray:
     return fit
 
 
-def base_total(group: DemandGroup, jpu: IntArray, cols: OfferingColumns, ctx: PlanContext) -> FloatArray:
-    """Total cost per HS23-hour on every offering without egress; inf where no job fits.
+def base_total(
+    group: DemandGroup, jpu: IntArray, cols: OfferingColumns, ctx: PlanContext
+) -> tuple[FloatArray, FloatArray]:
+    """Total cost per HS23-hour on every offering without egress (inf where no job fits), and the hours a
+    wave of jobs takes on it, re-runs after interruptions included (T × F, as `group_costs`'s wave_hours).
 
     It only depends on the job shape and run time, so groups differing in data or priority share it.
     Same maths as `group_costs`, rearranged: with P = price + allocation value,
@@ -262,16 +263,19 @@ def base_total(group: DemandGroup, jpu: IntArray, cols: OfferingColumns, ctx: Pl
     start-up = P × startup_hours / (W × jpu × work_per_job).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        run_hours = (group.walltime_hours * group.reference_hs23_per_core) / cols.hs23_per_core
+        work_hours = group.walltime_hours * group.reference_hs23_per_core
+        run_hours = work_hours / cols.hs23_per_core
         factor = np.ones(len(cols))
-        risky = ctx.interruptible
-        factor[risky] = interruption_factor(cols.interruption[risky], run_hours[risky])
-        waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / (run_hours * factor)))
+        # elementwise maths on the distinct pairs, then gathered: the same bits as on every offering
+        risk = cols.risk
+        factor[risk.offerings] = interruption_factor(risk.rate, work_hours / risk.hs23_per_core)[risk.pair]
+        wave_hours = run_hours * factor
+        waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
         per_job = factor / (max(group.cores_per_job, 1) * cols.hs23_per_core)
         per_job += cols.startup_hours / (waves * group.hs23_hours_per_job)
         total = ctx.paid / jpu * per_job
     total[jpu <= 0] = np.inf
-    return total
+    return total, wave_hours
 
 
 def interruption_factor(rate_per_hour: FloatArray, hours: FloatArray) -> FloatArray:

@@ -12,7 +12,7 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from provisioner.domain import DemandGroup, PlanningConstraints
-from provisioner.planner.candidates import TOP_K, GroupCandidates, build_candidates
+from provisioner.planner.candidates import TOP_K, BaseCosts, GroupCandidates, build_candidates
 from provisioner.planner.columns import FloatArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
 from provisioner.planner.cost import GroupCosts, PlanContext
@@ -22,7 +22,7 @@ from provisioner.planner.workers import Workers, split
 
 def shape_key(group: DemandGroup) -> tuple[object, ...]:
     """What groups sharing costing work have in common: job shape and run time, the key of the cost without
-    egress (`candidates._BaseCosts`), the dearest work a group can share. Not its experiment: groups of one
+    egress (`candidates.BaseCosts`), the dearest work a group can share. Not its experiment: groups of one
     shape in several experiments share that cost, and with the experiment in the key the 5,000-group
     instance of benchmarks/planner_scale.py (340 shapes, 645 with the experiment) costed 511 shapes over its 12
     parts, and 351 without."""
@@ -108,17 +108,21 @@ def build_candidates_on(
     compat: CompatContext,
     top_k: int | None = TOP_K,
     timings: MutableMapping[str, float] | None = None,
+    bases: BaseCosts | None = None,
 ) -> list[GroupCandidates]:
     """`build_candidates` with the groups split over `workers`, groups of one `shape_key` together (they
     share their costing). The same candidates: each group's depend only on the group and the round.
-    `timings`: the whole phase's wall time, as costing."""
+    `timings`: the whole phase's wall time, as costing; `bases`: where groups costed here keep their costs
+    without egress for the phases after (catalog pricing asks for the same shapes)."""
     parts = (
         split([shape_key(g) for g in groups], PARTS_PER_WORKER * workers.count, PART_MIN_GROUPS)
         if workers.count > 1
         else []
     )
     if len(parts) <= 1:  # one process, or too few groups to split
-        return build_candidates(groups, demand, cols, plan_ctx, compat, top_k=top_k, timings=timings)
+        return build_candidates(
+            groups, demand, cols, plan_ctx, compat, top_k=top_k, timings=timings, bases=bases
+        )
     t0 = time.perf_counter()
     jobs = [
         _CostingPart([groups[k] for k in part], [demand[k] for k in part], cols, plan_ctx, compat, top_k)

@@ -58,3 +58,13 @@ def smallest(values: FloatArray, k: int) -> IntArray:
         return np.argsort(values, kind="stable")[:k]
     near = np.flatnonzero(values <= kth)
     return near[np.argsort(values[near], kind="stable")][:k]
+
+
+def smallest_and_next(values: FloatArray, k: int) -> tuple[IntArray, float]:
+    """`smallest(values, k)` and the (k+1)-th smallest value, from one partition (k < len(values))."""
+    part = np.partition(values, (k - 1, k))
+    kth, after = part[k - 1], float(part[k])
+    if np.isnan(kth):
+        return np.argsort(values, kind="stable")[:k], after
+    near = np.flatnonzero(values <= kth)
+    return near[np.argsort(values[near], kind="stable")][:k], after

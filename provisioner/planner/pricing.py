@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from provisioner.domain import PlanningConstraints
-from provisioner.planner.candidates import GroupCandidates, _BaseCosts, _merge
+from provisioner.planner.candidates import BaseCosts, GroupCandidates, _merge
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, interruption_factor
@@ -132,8 +132,10 @@ class ColumnGenerator:
         max_rounds: int = MAX_ROUNDS,
         price_capped: bool = False,
         egress_cost: bool = True,
+        bases: BaseCosts | None = None,
     ) -> None:
-        """`screen_budget`/`max_rounds`: where the planner stops pricing (a bound runs to the end);
+        """`bases`: the round's costs without egress, if costing kept them (else computed here as asked);
+        `screen_budget`/`max_rounds`: where the planner stops pricing (a bound runs to the end);
         `price_capped`: price groups with a cost cap too (their caps are not rows of the jobs LP, so
         the LP is then a relaxation: right for a lower bound, not for the planner's shortlists);
         `egress_cost` False: egress costs only its floor in the objective, the lowest marginal rate of
@@ -146,12 +148,13 @@ class ColumnGenerator:
         self.egress_cost = egress_cost
         self.served = 0.0  # the value phase 1 reached (the most any plan over the priced columns serves)
         self.last: FloatArray | None = None  # the last phase-2 LP's jobs per pair, on the returned problem
-        self.bases = _BaseCosts(cols, ctx)
+        self.bases = bases if bases is not None else BaseCosts(cols, ctx)
         self.added = 0
         self.rounds = 0
         self.screened = 0
         self.complete = True  # False when the screen budget or the rounds stopped the pricing
         self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
+        self._egress: dict[int, GroupEgress] = {}  # per group
         # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
         # (phase 2 added no column): the solver reuses it instead of solving the same LP again
         self.lp: FloatArray | None = None
@@ -203,6 +206,17 @@ class ColumnGenerator:
             self._lp = JobsLp(problem)
         return self._lp.solve(served)
 
+    def _group_egress(self, cand: GroupCandidates, g: int) -> GroupEgress:
+        """The group's egress per location (its demand does not change while pricing: kept per group)."""
+        found = self._egress.get(g)
+        if found is None:
+            found = self._egress[g] = GroupEgress(cand.group, cand.demand, self.cols, self.ctx)
+        return found
+
+    def _egress_cost(self, egress: GroupEgress) -> FloatArray:
+        """Egress USD per job per location, as the master's objective counts it."""
+        return egress.usd if self.egress_cost else egress.floor_usd
+
     def _problem(self, cands: Sequence[GroupCandidates]) -> Problem:
         problem = build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)
         if not self.egress_cost and problem.pairs:
@@ -223,7 +237,7 @@ class ColumnGenerator:
             if idx is None or len(idx) == 0:
                 continue
             jpu, _ = self.compat.static_reasons(cand.group)
-            egress = GroupEgress(cand.group, cand.demand, self.cols, self.ctx)
+            egress = self._group_egress(cand, g)
             costs = group_costs(cand.group, idx, jpu, egress, self.cols, self.ctx)
             costs = costs.take(
                 (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
@@ -283,19 +297,34 @@ class ColumnGenerator:
             return None
         jpu, static = self.compat.static_reasons(group)
         work = group.hs23_hours_per_job
+        egress = self._group_egress(cand, g)
+        # limit rows only add to a column's reduced cost (duals ≤ 0, coefficients ≥ 0); the egress cap's
+        # term depends only on the offering's location, so it screens before any coefficient is computed
+        egress_term = -duals.egress[self.limits.exp_index[group.experiment]] * egress.gb
         if not phase2:
             if -value - duals.demand[g] >= -TOLERANCE:
                 return None  # its demand row's dual pays its whole value: nothing can improve it
-            coef = self._everything.get(g)
-            if coef is None:  # a short group is priced again every round: its coefficients are kept
-                coef = self._everything[g] = _Coefficients.of(cand, np.flatnonzero(static == 0), jpu, self)
+            if np.any(egress_term > 0):  # only the offerings the egress cap's dual leaves room for
+                ok = np.flatnonzero(static == 0)
+                ok = ok[-value - duals.demand[g] + egress_term[self.cols.location[ok]] < -TOLERANCE]
+                if len(ok) == 0:
+                    return None
+                coef = _Coefficients.of(cand, ok, jpu, self, egress)
+                self.screened += len(ok)
+            # a short group is priced again every round: its coefficients are kept
+            elif g in self._everything:
+                coef = self._everything[g]
+            else:
+                coef = self._everything[g] = _Coefficients.of(
+                    cand, np.flatnonzero(static == 0), jpu, self, egress
+                )
                 self.screened += len(coef.idx)
         else:
-            # a column's LP cost per job is at least its full-packing cost, and limit rows only add to
-            # its reduced cost: only offerings cheaper than the threshold at full packing can enter
+            # a column's LP cost per job is at least its full-packing cost plus its egress, and the egress
+            # cap's term only adds to its reduced cost: only offerings under the threshold can enter
             threshold = (duals.demand[g] - duals.value * value) / max(work, 1e-300)
             base = self.bases.get(group, jpu)
-            sorted_total = base.total[base.prefix]
+            sorted_total = base.prefix_total
             if len(sorted_total) == 0 or sorted_total[0] >= threshold:
                 return None
             count = int(np.searchsorted(sorted_total, threshold))
@@ -304,12 +333,20 @@ class ColumnGenerator:
             else:
                 idx = np.flatnonzero(base.total < threshold)
             idx = idx[static[idx] == 0]
+            if not egress.none:
+                extra = (self._egress_cost(egress) + egress_term) / max(work, 1e-300)
+                idx = idx[base.total[idx] + extra[self.cols.location[idx]] < threshold]
             if len(idx) == 0:
                 return None
-            coef = _Coefficients.of(cand, idx, jpu, self)
+            coef = _Coefficients.of(cand, idx, jpu, self, egress)
             self.screened += len(idx)
         rc = coef.reduced_costs(duals, g, value, self.limits.exp_index[group.experiment], phase2)
-        rc[np.isin(coef.idx, cand.solver.offering)] = np.inf
+        # already on the shortlist (a dozen offerings: one comparison matrix is cheaper than np.isin's sort)
+        shortlist = cand.solver.offering
+        if len(coef.idx) * len(shortlist) <= 1 << 16:
+            rc[(coef.idx[:, None] == shortlist[None, :]).any(axis=1)] = np.inf
+        else:
+            rc[np.isin(coef.idx, shortlist)] = np.inf
         good = np.flatnonzero(rc < -TOLERANCE)
         if len(good) > SCREEN_K:
             good = good[smallest(rc[good], SCREEN_K)]
@@ -334,8 +371,14 @@ class _Coefficients:
 
     @classmethod
     def of(
-        cls, cand: GroupCandidates, idx: IntArray, jpu_all: IntArray, gen: ColumnGenerator
+        cls,
+        cand: GroupCandidates,
+        idx: IntArray,
+        jpu_all: IntArray,
+        gen: ColumnGenerator,
+        egress: GroupEgress,
     ) -> _Coefficients:
+        """`egress`: the group's (`GroupEgress` of its group and demand)."""
         group, cols, ctx = cand.group, gen.cols, gen.ctx
         d = float(max(cand.demand, 1))
         jpu = np.maximum(jpu_all[idx], 1).astype(np.float64)
@@ -346,14 +389,9 @@ class _Coefficients:
         per_wave = 1.0 / np.minimum(jpu, d)
         per_unit = 1.0 / np.minimum(jpu * waves, d)
         price, startup, paid = cols.price[idx], cols.startup_hours[idx], ctx.paid[idx]
-        egress = GroupEgress(group, cand.demand, cols, ctx)
         loc = cols.location[idx]
         per_job_hours = wave_hours * per_wave + startup * per_unit
-        cost = (
-            paid * per_job_hours
-            + UNIT_EPSILON * per_unit
-            + (egress.usd if gen.egress_cost else egress.floor_usd)[loc]
-        )
+        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + gen._egress_cost(egress)[loc]
         return cls(
             idx=idx,
             per_unit=per_unit,

@@ -76,7 +76,11 @@ def solve(
         )
         incumbent = repair(problem, improve(problem, incumbent))
         fallback = _lp_path(
-            problem, restricted_limit, "pruned-lp (milp time limit, better than its incumbent)", lp, whole=False
+            problem,
+            restricted_limit,
+            "pruned-lp (milp time limit, better than its incumbent)",
+            lp,
+            whole=False,
         )
         return _best(problem, (incumbent, fallback))
     if method == "lp":

@@ -17,14 +17,18 @@ from typing import cast
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.plan_check import Usage, check_plan
 from benchmarks.reference_milp import solve_reference
 from benchmarks.reference_rules import Catalog
 from provisioner.domain import PlanningConstraints
-from provisioner.planner import plan
-from provisioner.planner.candidates import TOP_K
-from provisioner.planner.problem import Problem, Solution
+from provisioner.planner import _Clock, _prepare, plan, pricing
+from provisioner.planner.candidates import TOP_K, GroupCandidates
+from provisioner.planner.columns import IntArray
+from provisioner.planner.pricing import SCREEN_K, ColumnGenerator, _Coefficients, _Duals
+from provisioner.planner.problem import Problem, Solution, job_cost
 from provisioner.planner.solve import _best
 from tests.planner.factories import NOW, group, offering
 from tests.planner.instances import random_instance
@@ -118,3 +122,54 @@ def test_repair_gives_a_scarce_cheap_pool_to_the_large_group_whose_jobs_fill_it(
     assert repaired.total_cost == exact.total_cost
     dear = {it.group_id: it.units for it in repaired.items if it.offering_id.startswith("aws:us-east-1:dear")}
     assert dear == {"small": 1}
+
+
+class _Unscreened(ColumnGenerator):
+    """Column generation pricing every compatible offering of every group each round: no screen at all."""
+
+    def _to_price(
+        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool
+    ) -> IntArray | None:
+        jpu, static = self.compat.static_reasons(cand.group)
+        egress = self._group_egress(cand, g)
+        coef = _Coefficients.of(cand, np.flatnonzero(static == 0), jpu, self, egress)
+        rc = coef.reduced_costs(duals, g, value, self.limits.exp_index[cand.group.experiment], phase2)
+        rc[np.isin(coef.idx, cand.solver.offering)] = np.inf
+        good = np.flatnonzero(rc < -pricing.TOLERANCE)
+        return coef.idx[good[np.argsort(rc[good], kind="stable")[:SCREEN_K]]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=100_000))
+def test_the_pricing_screens_skip_no_column_that_pricing_everything_would_add(seed: int) -> None:
+    """The screens of `pricing.py` (full-packing cost, the group's egress cost, the egress cap's dual, the
+    demand dual) skip only columns that cannot improve the LP: run to the end from the shortlists, column
+    generation reaches the same most value, and the same least cost at it, as pricing every compatible
+    offering of every group each round."""
+    inst = random_instance(seed, groups=6, offerings=120, fleet=0)  # 10× the shortlist
+    inst = replace(inst, groups=[replace(g, jobs=g.jobs * 50) for g in inst.groups])  # limits bind
+    short = _prepare(
+        inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=False, timings=None
+    )
+    found = []
+    for kind in (ColumnGenerator, _Unscreened):
+        generator = kind(
+            short.cols,
+            short.plan_ctx,
+            short.compat,
+            inst.constraints,
+            short.limits,
+            screen_budget=float("inf"),
+            max_rounds=10_000,
+            price_capped=True,
+        )
+        _, problem = generator.run(short.candidates)
+        assert generator.complete
+        cost = float(job_cost(problem) @ generator.last) if generator.last is not None else 0.0
+        found.append((generator.served, cost))
+    (served, cost), (served_all, cost_all) = found
+    # HiGHS solves each LP to 1e-7, and a column whose reduced cost per job is above −TOLERANCE does not
+    # enter: either may stop that much apart per job; a wrongly skipped column would cost more than that
+    slack = pricing.TOLERANCE * sum(c.demand for c in short.candidates)
+    assert served == pytest.approx(served_all, rel=1e-6, abs=slack)
+    assert cost == pytest.approx(cost_all, rel=1e-5, abs=slack)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from policies.egress import marginal_egress_cost
+from provisioner.catalog import load_catalog
 from provisioner.domain import (
     Arch,
     EgressRoute,
@@ -19,8 +20,15 @@ from provisioner.domain import (
 )
 from provisioner.planner import plan
 from provisioner.planner.columns import OfferingColumns
-from provisioner.planner.cost import interruption_factor, jobs_per_unit, marginal_egress_cost_float
+from provisioner.planner.cost import (
+    PlanContext,
+    base_total,
+    interruption_factor,
+    jobs_per_unit,
+    marginal_egress_cost_float,
+)
 from tests.planner.factories import NOW, allocation_offering, group, offering
+from tests.planner.instances import random_instance
 
 TIERS = (
     EgressTier(10.0, Decimal("0.10")),
@@ -168,3 +176,19 @@ def test_arm_capable_group_takes_the_cheaper_arm_offering() -> None:
     arm = offering("m7g", price="0.60", arch=Arch.ARM64)
     g = group(archs=frozenset({Arch.X86_64, Arch.ARM64}), jobs=16)
     assert only_item(plan([g], [x86, arm], (), PlanningConstraints(now=NOW))).offering_id == arm.id
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_shapes_interruption_factors_by_distinct_pair_are_those_of_every_offering_to_the_bit(
+    seed: int,
+) -> None:
+    """`base_total` computes the factors once per distinct (rate, HS23 per core) and gathers them: the same
+    bits as computing them offering by offering (plans must not depend on how the catalog is laid out)."""
+    inst = random_instance(seed, groups=6, offerings=4, fleet=0)  # its groups, on the bundled catalog
+    cols = OfferingColumns.from_offerings(load_catalog().offerings)
+    assert 0 < 100 * len(cols.risk.rate) < len(cols.risk.offerings)  # 76 pairs for 18,678 offerings
+    ctx = PlanContext.build(cols, inst.constraints)
+    for g in inst.groups:
+        _, wave_hours = base_total(g, jobs_per_unit(g, cols), cols, ctx)
+        run = g.walltime_hours * g.reference_hs23_per_core / cols.hs23_per_core
+        assert np.array_equal(wave_hours, run * interruption_factor(cols.interruption, run))

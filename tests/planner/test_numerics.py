@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from provisioner.planner.numerics import expm1, smallest
+from provisioner.planner.numerics import expm1, smallest, smallest_and_next
 
 exponents = st.floats(min_value=0.0, max_value=50.0, allow_nan=False, allow_infinity=False)
 
@@ -48,3 +48,13 @@ def test_smallest_is_a_stable_sorts_first_k_ties_by_position(values: list[float]
     v = np.array(values, dtype=np.float64)
     want = np.argsort(v, kind="stable")[: max(k, 0)]
     assert smallest(v, k).tolist() == want.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=costs, k=st.integers(1, 70))
+def test_smallest_and_next_is_smallest_and_the_value_after_its_last(values: list[float], k: int) -> None:
+    assume(k < len(values))
+    v = np.array(values, dtype=np.float64)
+    got, after = smallest_and_next(v, k)
+    assert got.tolist() == smallest(v, k).tolist()
+    assert after == float(np.sort(v)[k])

@@ -4,20 +4,30 @@ phase must not change a single shortlist."""
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import cast
+from unittest.mock import patch
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from provisioner.planner import _Clock, _prepare
+from provisioner.planner import _Clock, _prepare, candidates
 from provisioner.planner.candidates import (
     GroupCandidates,
+    _Base,
+    _cheapest,
+    _egress_window,
+    _full_total,
     _merge,
     _spread_families,
+    _window,
     build_candidates,
     packed_total,
 )
-from provisioner.planner.cost import FIELDS, GroupCosts
+from provisioner.planner.columns import OfferingColumns
+from provisioner.planner.cost import FIELDS, GroupCosts, GroupEgress
+from provisioner.planner.numerics import smallest_and_next
 from tests.planner.instances import random_instance
 
 
@@ -94,3 +104,38 @@ def test_groups_sharing_a_shape_get_the_shortlists_they_get_alone(seed: int, top
     for k, g in enumerate(groups):
         alone = build_candidates([g], [demand[k]], setup.cols, setup.plan_ctx, setup.compat, top_k=top_k)
         assert _same(together[k], alone[0]), g.id
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    totals=st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0, np.inf]), min_size=1, max_size=60),
+    egress_by_location=st.lists(st.sampled_from([0.0, 0.25, 1.0, 4.0]), min_size=3, max_size=3),
+    seed=st.integers(0, 2**16),
+    prefix=st.integers(1, 30),
+    window=st.integers(1, 12),
+)
+def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
+    totals: list[float], egress_by_location: list[float], seed: int, prefix: int, window: int
+) -> None:
+    """`_egress_window` looks beyond the prefix only at offerings no dearer before egress than the prefix's
+    window-th with egress: where the prefix cannot tell, the same window, ties by position, as pricing
+    every offering."""
+    assume(window < prefix)  # as WINDOW < PREFIX
+    total = np.array(totals)
+    n = len(total)
+    rng = np.random.default_rng(seed)
+    location = rng.integers(0, 3, n)
+    cols = SimpleNamespace(location=location)
+    egress = SimpleNamespace(none=False, work=2.0, usd=np.array(egress_by_location))
+    if n > prefix:
+        first, bound = smallest_and_next(total, prefix)
+    else:
+        first, bound = np.argsort(total, kind="stable"), float("inf")
+    base = _Base(total, first, bound, total[first], np.ones(len(first)), total[first], location[first])
+    with patch.object(candidates, "WINDOW", window):
+        got = _egress_window(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
+        want = _window(base, base.prefix_total + egress.usd[base.prefix_location] / egress.work)
+        if want is None:  # something outside the prefix may be cheaper: the cheapest of every offering
+            full = _full_total(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
+            want = _cheapest(full, np.arange(n), window)
+    assert got.tolist() == want.tolist()
