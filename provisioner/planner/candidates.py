@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from provisioner.domain import DemandGroup
-from provisioner.planner.columns import BoolArray, FloatArray, IntArray, OfferingColumns
+from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
 from provisioner.planner.cost import (
     GroupCosts,
@@ -150,15 +150,10 @@ def _light(
 ) -> tuple[GroupCosts, FloatArray] | None:
     """Among the cheapest offerings for the job shape, those that serve the whole group for the least
     USD per hour: what a binding spend-rate cap leaves room for."""
-    ok, allowed = shared.prefix_allowed(static, base)
-    if allowed == 0:
+    allowed = shared.light_index(static, base)
+    if allowed is None:
         return None
-    # USD per hour to run the whole group at once, on the shape's cheapest offerings (inf: not allowed)
-    rate = np.where(ok, base.prefix_price * np.ceil(max(demand, 1) / base.prefix_slots), np.inf)
-    take = min(8 * LIGHT_K, allowed)
-    near = smallest(rate, take) if len(rate) > take else np.arange(len(rate))
-    near = near[np.isfinite(rate[near])]
-    costs = pricer.usable(base.prefix[near])
+    costs = pricer.usable(base.prefix[allowed.least_rates(max(demand, 1), 8 * LIGHT_K)])
     if len(costs) == 0:
         return None
     units = np.ceil(max(demand, 1) / (np.maximum(costs.jobs_per_unit, 1) * np.maximum(costs.waves, 1)))
@@ -291,6 +286,46 @@ class _GroupPricer:
         return costs.take(self.reasons(costs) == 0)
 
 
+@dataclass(frozen=True, slots=True)
+class _RateIndex:
+    """Offerings (`pos`: positions in a shape's prefix, ascending) with their USD per unit-hour and jobs a
+    unit runs in the window, sorted two ways, so that the least USD per hour of running a group whole
+    (price × ⌈jobs / slots⌉) is found without computing it for every offering: that rate is at least the
+    price and at least jobs × price / slots, so beyond the first few by either nothing can be among the least."""
+
+    pos: IntArray
+    price: FloatArray
+    slots: FloatArray
+    by_price: IntArray  # into `pos`, cheapest first
+    by_ratio: IntArray  # into `pos`, least price per slot first
+    sorted_price: FloatArray
+    sorted_ratio: FloatArray
+
+    @classmethod
+    def of(cls, pos: IntArray, price: FloatArray, slots: FloatArray) -> _RateIndex:
+        ratio = price / slots
+        by_price, by_ratio = np.argsort(price, kind="stable"), np.argsort(ratio, kind="stable")
+        return cls(pos, price, slots, by_price, by_ratio, price[by_price], ratio[by_ratio])
+
+    def least_rates(self, jobs: int, take: int) -> IntArray:
+        """The positions of the `take` least rates for `jobs` jobs, least first, equal rates by position: what
+        `smallest` over every offering's rate gives."""
+        if len(self.pos) <= take:
+            near = np.arange(len(self.pos))
+        else:
+            # the take-th least rate of a few offerings bounds the take-th least of all
+            seed = np.union1d(self.by_price[:take], self.by_ratio[:take])
+            bound = float(
+                np.partition(self.price[seed] * np.ceil(jobs / self.slots[seed]), take - 1)[take - 1]
+            )
+            bound *= 1 + 1e-12  # the ratio's rounding: keep anything the bound might not exclude
+            by_price = int(np.searchsorted(self.sorted_price, bound, side="right"))
+            by_ratio = int(np.searchsorted(self.sorted_ratio, bound / jobs, side="right"))
+            near = np.sort(self.by_price[:by_price] if by_price <= by_ratio else self.by_ratio[:by_ratio])
+        rate = self.price[near] * np.ceil(jobs / self.slots[near])
+        return self.pos[near[smallest(rate, take)]]
+
+
 # a batch of the walk: the usable offerings of the batch priced, the least full-packing cost of what is
 # left unpriced (`_bound`), and how many offerings the batch priced
 _Batch = tuple[GroupCosts, float, int]
@@ -304,7 +339,7 @@ class _Shared:
     def __init__(self, locations: dict[str, IntArray], location: IntArray) -> None:
         self._locations = locations
         self._location = location
-        self._allowed: dict[tuple[int, int], tuple[ReasonArray, _Base, BoolArray, int]] = {}
+        self._allowed: dict[tuple[int, int], tuple[ReasonArray, _Base, _RateIndex | None]] = {}
         self._home: dict[tuple[int, int, str], tuple[ReasonArray, _Base, IntArray | None]] = {}
         self._first: dict[int, tuple[_Base, IntArray | None]] = {}
         self._every: dict[tuple[int, int], tuple[ReasonArray, _Base, IntArray, FloatArray, IntArray]] = {}
@@ -341,15 +376,16 @@ class _Shared:
             self._every[key] = found
         return found[2], found[3], found[4]
 
-    def prefix_allowed(self, static: ReasonArray, base: _Base) -> tuple[BoolArray, int]:
-        """Which of the shape's cheapest offerings the rules allow, and how many."""
+    def light_index(self, static: ReasonArray, base: _Base) -> _RateIndex | None:
+        """The shape's cheapest offerings the rules allow, indexed for `_light` (None: none allowed)."""
         key = (id(static), id(base))
         found = self._allowed.get(key)
         if found is None:
-            ok = static[base.prefix] == 0
-            found = (static, base, ok, int(ok.sum()))
+            pos = np.flatnonzero(static[base.prefix] == 0)
+            index = _RateIndex.of(pos, base.prefix_price[pos], base.prefix_slots[pos]) if len(pos) else None
+            found = (static, base, index)
             self._allowed[key] = found
-        return found[2], found[3]
+        return found[2]
 
     def home(self, static: ReasonArray, base: _Base, location: str) -> IntArray | None:
         """The allowed offerings at `location` with the lowest cost without egress (egress-free there)."""

@@ -37,8 +37,10 @@ def shape_key(group: DemandGroup) -> tuple[object, ...]:
 
 # fewer groups are costed in one process: groups of one shape share their costing, which a part of its own
 # costs again, and a part travels with the catalog's columns; on the 720-group instance of
-# benchmarks/planner_scale.py (24 workflow types) 11 parts of 65 groups took 2.94 s against 2.60 s in one
-PART_MIN_GROUPS = 400
+# benchmarks/planner_scale.py (24 workflow types) 11 parts of 65 groups took 2.94 s against 2.60 s in one,
+# and 2 parts of 360 (one costed here, one in the worker) 0.61 s against 0.94 s in one (2026-12-02, median
+# of 8 interleaved in one process; pricing then pays 0.10 s for the shapes the worker costed)
+PART_MIN_GROUPS = 360
 # parts per process, taken as each finishes one: costs differ between groups (egress, the first group of a
 # shape pays for the shape), so parts of equal size are not equal work
 PARTS_PER_WORKER = 8
@@ -60,6 +62,7 @@ class _CostingPart:
     plan_ctx: PlanContext
     compat: CompatContext
     top_k: int | None
+    bases: BaseCosts | None = None  # costed here: where its costs without egress are kept (they stay here)
 
     def __reduce__(self) -> tuple[object, ...]:
         compat = self.compat
@@ -94,7 +97,7 @@ def _travelled(
 
 def _cost_part(part: _CostingPart) -> list[_Found]:
     found = build_candidates(
-        part.groups, part.demand, part.cols, part.plan_ctx, part.compat, top_k=part.top_k
+        part.groups, part.demand, part.cols, part.plan_ctx, part.compat, top_k=part.top_k, bases=part.bases
     )
     return [(c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count) for c in found]
 
@@ -125,7 +128,9 @@ def build_candidates_on(
         )
     t0 = time.perf_counter()
     jobs = [
-        _CostingPart([groups[k] for k in part], [demand[k] for k in part], cols, plan_ctx, compat, top_k)
+        _CostingPart(
+            [groups[k] for k in part], [demand[k] for k in part], cols, plan_ctx, compat, top_k, bases
+        )
         for part in parts
     ]
     results = workers.map(_cost_part, jobs)

@@ -20,6 +20,7 @@ from provisioner.planner.candidates import (
     _egress_window,
     _full_total,
     _merge,
+    _RateIndex,
     _spread_families,
     _window,
     build_candidates,
@@ -139,3 +140,28 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
             full = _full_total(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
             want = _cheapest(full, np.arange(n), window)
     assert got.tolist() == want.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    offerings=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.1, 0.25, 1.0, 3.0, 7.5]), st.sampled_from([1.0, 2.0, 3.0, 8.0, 64.0])
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    jobs=st.sampled_from([1, 2, 3, 7, 64, 65, 1000]),
+    take=st.integers(1, 30),
+)
+def test_the_least_rates_are_those_of_computing_every_rate(
+    offerings: list[tuple[float, float]], jobs: int, take: int
+) -> None:
+    """`_RateIndex.least_rates` computes price × ⌈jobs / slots⌉ only for offerings its bounds cannot rule
+    out: the same positions, in the same order (equal rates by position), as computing it for all."""
+    price = np.array([p for p, _ in offerings])
+    slots = np.array([s for _, s in offerings])
+    pos = np.arange(len(offerings)) * 3  # positions in a prefix: ascending, not contiguous
+    rate = price * np.ceil(jobs / slots)
+    want = pos[np.argsort(rate, kind="stable")[:take]]
+    assert _RateIndex.of(pos, price, slots).least_rates(jobs, take).tolist() == want.tolist()
