@@ -38,12 +38,13 @@ def shape_key(group: DemandGroup) -> tuple[object, ...]:
 # fewer groups are costed in one process: groups of one shape share their costing, which a part of its own
 # costs again, and a part travels with the catalog's columns; on the 720-group instance of
 # benchmarks/planner_scale.py (24 workflow types) 11 parts of 65 groups took 2.94 s against 2.60 s in one,
-# and 2 parts of 360 (one costed here, one in the worker) 0.61 s against 0.94 s in one (2026-12-02, median
-# of 8 interleaved in one process; pricing then pays 0.10 s for the shapes the worker costed)
-PART_MIN_GROUPS = 360
+# and 2 parts of 347 (its 694 groups with demand left; one part costed here, one in the worker) 0.73 s
+# against 0.90 s in one, pricing then paying 0.09 s more for the shapes the worker costed (2026-12-02,
+# medians of 8 interleaved in one process; another such run: no difference, so noisy is this machine)
+PART_MIN_GROUPS = 300
 # parts per process, taken as each finishes one: costs differ between groups (egress, the first group of a
-# shape pays for the shape), so parts of equal size are not equal work
-PARTS_PER_WORKER = 8
+# shape pays for the shape), so parts of equal size are not equal work (5,000 groups: 12 parts of 417)
+PARTS_PER_WORKER = 6
 
 # a group's candidates without its group (the caller has it): what a worker sends back
 _Found = tuple[int, FloatArray, FloatArray, ReasonArray, int]

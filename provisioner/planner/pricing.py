@@ -155,6 +155,8 @@ class ColumnGenerator:
         self.complete = True  # False when the screen budget or the rounds stopped the pricing
         self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
         self._egress: dict[int, GroupEgress] = {}  # per group
+        # per group: offerings the rules that need the price reject (they depend on the group and the round only)
+        self._rejected: dict[int, IntArray] = {}
         # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
         # (phase 2 added no column): the solver reuses it instead of solving the same LP again
         self.lp: FloatArray | None = None
@@ -233,17 +235,21 @@ class ColumnGenerator:
         for g, cand in enumerate(cands):
             if cand.group.max_cost_per_hs23_hour is not None and not self.price_capped:
                 continue  # cost caps are per-pair rows of the MILP, not in the jobs LP: keep the shortlist
-            idx = self._to_price(cand, float(problem.value[g]), duals, g, phase2)
-            if idx is None or len(idx) == 0:
-                continue
             jpu, _ = self.compat.static_reasons(cand.group)
             egress = self._group_egress(cand, g)
-            costs = group_costs(cand.group, idx, jpu, egress, self.cols, self.ctx)
-            costs = costs.take(
-                (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
-            )
-            if len(costs):
-                work.append((g, costs))
+            # the rules that need the price come after the screen: offerings they reject are left out of
+            # the group's next screens, and the group screened again, until one passes or none is left (a
+            # screen full of rejected offerings once hid one that improved the LP)
+            while (
+                idx := self._to_price(cand, float(problem.value[g]), duals, g, phase2)
+            ) is not None and len(idx):
+                costs = group_costs(cand.group, idx, jpu, egress, self.cols, self.ctx)
+                ok = (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
+                if not ok.all():
+                    self._rejected[g] = np.union1d(self._rejected.get(g, idx[:0]), idx[~ok])
+                if ok.any():
+                    work.append((g, costs.take(ok)))
+                    break
         if not work:
             return False
         # through `_problem`, so the candidates are priced with the master's own costs (a bound's
@@ -347,6 +353,9 @@ class ColumnGenerator:
             rc[(coef.idx[:, None] == shortlist[None, :]).any(axis=1)] = np.inf
         else:
             rc[np.isin(coef.idx, shortlist)] = np.inf
+        rejected = self._rejected.get(g)
+        if rejected is not None:
+            rc[np.isin(coef.idx, rejected)] = np.inf
         good = np.flatnonzero(rc < -TOLERANCE)
         if len(good) > SCREEN_K:
             good = good[smallest(rc[good], SCREEN_K)]
