@@ -14,7 +14,12 @@ Pricing is exact but cheap where it can be:
   pays its whole value, so no column of it can have a negative reduced cost);
 * phase 2 prices, per group, only offerings whose full-packing cost per job (a lower bound on the
   LP's per-job cost, from the shared per-shape costs of `candidates.py`) is below the group's
-  threshold −dual_demand + value × (−dual_value): limit rows only add to a column's reduced cost.
+  threshold −dual_demand + value × (−dual_value): limit rows only add to a column's reduced cost;
+* both screen with the group's egress (its cost, and the egress cap's dual times its GB), which depends
+  only on the offering's location, before any other coefficient is computed.
+The rules that need the price (budget for a wave, pacing, caps) are checked on the SCREEN_K offerings the
+screen picks; a group whose picks they all reject is screened again without them, four times as many
+picked each time, so that rejected offerings cannot hide one that improves the LP.
 """
 
 from __future__ import annotations
@@ -240,8 +245,9 @@ class ColumnGenerator:
             # the rules that need the price come after the screen: offerings they reject are left out of
             # the group's next screens, and the group screened again, until one passes or none is left (a
             # screen full of rejected offerings once hid one that improved the LP)
+            take = SCREEN_K
             while (
-                idx := self._to_price(cand, float(problem.value[g]), duals, g, phase2)
+                idx := self._to_price(cand, float(problem.value[g]), duals, g, phase2, take)
             ) is not None and len(idx):
                 costs = group_costs(cand.group, idx, jpu, egress, self.cols, self.ctx)
                 ok = (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
@@ -250,6 +256,7 @@ class ColumnGenerator:
                 if ok.any():
                     work.append((g, costs.take(ok)))
                     break
+                take *= 4  # all rejected: a few rounds reach every offering the screen passes
         if not work:
             return False
         # through `_problem`, so the candidates are priced with the master's own costs (a bound's
@@ -293,10 +300,11 @@ class ColumnGenerator:
         return grew
 
     def _to_price(
-        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool
+        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool, take: int = SCREEN_K
     ) -> IntArray | None:
-        """The group's compatible offerings outside its shortlist with the most negative reduced cost, screened
-        over the catalog with the LP's own coefficients (compatibility rules that need the price come after)."""
+        """The group's `take` compatible offerings outside its shortlist with the most negative reduced cost,
+        screened over the catalog with the LP's own coefficients (compatibility rules that need the price come
+        after)."""
         group = cand.group
         if self.screened >= self.screen_budget:
             self.complete = False
@@ -357,8 +365,8 @@ class ColumnGenerator:
         if rejected is not None:
             rc[np.isin(coef.idx, rejected)] = np.inf
         good = np.flatnonzero(rc < -TOLERANCE)
-        if len(good) > SCREEN_K:
-            good = good[smallest(rc[good], SCREEN_K)]
+        if len(good) > take:
+            good = good[smallest(rc[good], take)]
         return coef.idx[good]
 
 

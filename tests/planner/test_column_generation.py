@@ -129,7 +129,7 @@ class _Unscreened(ColumnGenerator):
     """Column generation pricing every compatible offering of every group each round: no screen at all."""
 
     def _to_price(
-        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool
+        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool, take: int = SCREEN_K
     ) -> IntArray | None:
         jpu, static = self.compat.static_reasons(cand.group)
         egress = self._group_egress(cand, g)
@@ -138,7 +138,7 @@ class _Unscreened(ColumnGenerator):
         rc[np.isin(coef.idx, cand.solver.offering)] = np.inf
         rc[np.isin(coef.idx, self._rejected.get(g, coef.idx[:0]))] = np.inf  # as the screened one does
         good = np.flatnonzero(rc < -pricing.TOLERANCE)
-        return coef.idx[good[np.argsort(rc[good], kind="stable")[:SCREEN_K]]]
+        return coef.idx[good[np.argsort(rc[good], kind="stable")[:take]]]
 
 
 @settings(max_examples=40, deadline=None)
