@@ -24,7 +24,7 @@ from benchmarks.plan_check import Usage, check_plan
 from benchmarks.reference_milp import solve_reference
 from benchmarks.reference_rules import Catalog
 from provisioner.domain import PlanningConstraints
-from provisioner.planner import _Clock, _prepare, plan, pricing
+from provisioner.planner import _Clock, _prepare, _Setup, plan, pricing
 from provisioner.planner.candidates import TOP_K, GroupCandidates
 from provisioner.planner.columns import IntArray
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp
@@ -32,7 +32,7 @@ from provisioner.planner.pricing import SCREEN_K, ColumnGenerator, _Coefficients
 from provisioner.planner.problem import Problem, Solution, build_problem, job_cost
 from provisioner.planner.solve import _best
 from tests.planner.factories import NOW, group, offering
-from tests.planner.instances import random_instance
+from tests.planner.instances import Instance, random_instance
 
 
 def test_pricing_the_catalog_finds_offerings_beyond_the_shortlist_when_capacity_binds() -> None:
@@ -141,6 +141,31 @@ class _Unscreened(ColumnGenerator):
         return coef.idx[good[np.argsort(rc[good], kind="stable")[:take]]]
 
 
+def _binding_instance(seed: int) -> Instance:
+    """A random instance whose catalog is 10× the shortlist and whose limits bind."""
+    inst = random_instance(seed, groups=6, offerings=120, fleet=0)
+    return replace(inst, groups=[replace(g, jobs=g.jobs * 50) for g in inst.groups])
+
+
+def _run_to_the_end(
+    kind: type[ColumnGenerator], short: _Setup, constraints: PlanningConstraints
+) -> tuple[ColumnGenerator, Problem]:
+    """Column generation from the shortlists with no screen budget nor round limit, finished."""
+    generator = kind(
+        short.cols,
+        short.plan_ctx,
+        short.compat,
+        constraints,
+        short.limits,
+        screen_budget=float("inf"),
+        max_rounds=10_000,
+        price_capped=True,  # cost caps are not rows of the jobs LP: priced like the others, as the full LP has them
+    )
+    _, problem = generator.run(short.candidates)
+    assert generator.complete
+    return generator, problem
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(min_value=0, max_value=100_000))
 def test_the_pricing_screens_skip_no_column_that_pricing_everything_would_add(seed: int) -> None:
@@ -148,25 +173,13 @@ def test_the_pricing_screens_skip_no_column_that_pricing_everything_would_add(se
     demand dual) skip only columns that cannot improve the LP: run to the end from the shortlists, column
     generation reaches the same most value, and the same least cost at it, as pricing every compatible
     offering of every group each round."""
-    inst = random_instance(seed, groups=6, offerings=120, fleet=0)  # 10× the shortlist
-    inst = replace(inst, groups=[replace(g, jobs=g.jobs * 50) for g in inst.groups])  # limits bind
+    inst = _binding_instance(seed)
     short = _prepare(
         inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=False, timings=None
     )
     found = []
     for kind in (ColumnGenerator, _Unscreened):
-        generator = kind(
-            short.cols,
-            short.plan_ctx,
-            short.compat,
-            inst.constraints,
-            short.limits,
-            screen_budget=float("inf"),
-            max_rounds=10_000,
-            price_capped=True,
-        )
-        _, problem = generator.run(short.candidates)
-        assert generator.complete
+        generator, problem = _run_to_the_end(kind, short, inst.constraints)
         cost = float(job_cost(problem) @ generator.last) if generator.last is not None else 0.0
         found.append((generator.served, cost))
     (served, cost), (served_all, cost_all) = found
@@ -184,23 +197,11 @@ def test_pricing_run_to_the_end_reaches_the_lp_over_every_compatible_offering(se
     """From the shortlists, column generation run to the end serves what the jobs LP over every compatible
     offering serves, at no more cost: the rules that need the price (budget for a wave, pacing, caps) reject
     offerings only after the screen, and a group whose screened offerings they all reject is screened again."""
-    inst = random_instance(seed, groups=6, offerings=120, fleet=0)  # 10× the shortlist
-    inst = replace(inst, groups=[replace(g, jobs=g.jobs * 50) for g in inst.groups])  # limits bind
+    inst = _binding_instance(seed)
     args = (inst.groups, inst.offerings, (), inst.constraints, _Clock(None))
     short = _prepare(*args, exact=False, timings=None)
     every = _prepare(*args, exact=True, timings=None)
-    generator = ColumnGenerator(
-        short.cols,
-        short.plan_ctx,
-        short.compat,
-        inst.constraints,
-        short.limits,
-        screen_budget=float("inf"),
-        max_rounds=10_000,
-        price_capped=True,  # cost caps are not rows of the jobs LP: priced like the others, as the full LP has them
-    )
-    _, priced = generator.run(short.candidates)
-    assert generator.complete
+    generator, priced = _run_to_the_end(ColumnGenerator, short, inst.constraints)
     full = build_problem(every.candidates, every.cols, every.plan_ctx, inst.constraints, every.limits)
     if full.pairs == 0:
         assert priced.pairs == 0
