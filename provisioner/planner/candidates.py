@@ -31,6 +31,7 @@ from provisioner.planner.cost import (
     PlanContext,
     base_total,
     group_costs,
+    risk_factors,
 )
 from provisioner.planner.numerics import smallest, smallest_and_next
 
@@ -193,6 +194,15 @@ class _Base:
     prefix_slots: FloatArray  # jobs a unit runs within the window (jobs per unit × waves), ≥ 1
     prefix_total: FloatArray  # `total` of the prefix
     prefix_location: IntArray  # location codes of the prefix
+    risk_factor: FloatArray  # the shape's interruption factor per pair of `cols.risk` (`risk_factors`)
+    prefix_jpu: FloatArray  # jobs per unit on the prefix's offerings, at least 1
+
+    def below(self, limit: float) -> IntArray:
+        """Offerings whose `total` is below `limit`, from the sorted prefix while the limit is within it."""
+        count = int(np.searchsorted(self.prefix_total, limit))
+        if count < len(self.prefix_total) or self.bound >= limit:
+            return self.prefix[:count]
+        return np.flatnonzero(self.total < limit)
 
 
 class BaseCosts:
@@ -215,14 +225,16 @@ class BaseCosts:
         )
         found = self._cache.get(key)
         if found is None:
-            total, wave_hours = base_total(group, jpu, self.cols, self.ctx)
+            factors = risk_factors(group, self.cols)
+            total, wave_hours = base_total(group, jpu, self.cols, self.ctx, factors)
             if len(total) > PREFIX:
                 prefix, bound = smallest_and_next(total, PREFIX)
             else:
                 prefix, bound = np.argsort(total, kind="stable"), float("inf")
             wave = wave_hours[prefix]
             waves = np.maximum(1.0, np.floor(self.ctx.window_hours(group) / np.maximum(wave, 1e-12)))
-            slots = np.maximum(jpu[prefix], 1) * waves
+            fit = np.maximum(jpu[prefix], 1).astype(np.float64)
+            slots = fit * waves
             found = _Base(
                 total,
                 prefix,
@@ -231,6 +243,8 @@ class BaseCosts:
                 slots,
                 total[prefix],
                 self.cols.location[prefix],
+                factors,
+                fit,
             )
             self._cache[key] = found
         return found
@@ -249,7 +263,9 @@ class _GroupPricer:
         cols: OfferingColumns,
         ctx: PlanContext,
         compat: CompatContext,
+        factors: FloatArray,
     ) -> None:
+        """`factors`: the group's `risk_factors`."""
         self.group, self.jpu, self.egress, self.cols, self.ctx, self.compat = (
             group,
             jpu,
@@ -258,13 +274,14 @@ class _GroupPricer:
             ctx,
             compat,
         )
+        self.factors = factors
         self._costs: GroupCosts | None = None
         self._reasons: ReasonArray = np.zeros(0, dtype=np.uint8)
         self._by_offering: IntArray = np.zeros(0, dtype=np.int64)  # positions in `_costs`, by offering
         self._offerings: IntArray = np.zeros(0, dtype=np.int64)  # sorted
 
     def price(self, idx: IntArray) -> GroupCosts:
-        return group_costs(self.group, idx, self.jpu, self.egress, self.cols, self.ctx)
+        return group_costs(self.group, idx, self.jpu, self.egress, self.cols, self.ctx, self.factors)
 
     def reasons(self, costs: GroupCosts) -> ReasonArray:
         return self.compat.priced_reasons(self.group, costs)
@@ -557,7 +574,7 @@ def build_candidates(
                 first = _cheapest(
                     _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n
                 )
-            pricer = _GroupPricer(group, jpu, egress, cols, plan_ctx, compat)
+            pricer = _GroupPricer(group, jpu, egress, cols, plan_ctx, compat, base.risk_factor)
             window = _price_first(first, pricer, static, base, cols, explain_k)
             if shareable:
                 shared.keep_window(static, base, cap, window)
@@ -583,7 +600,7 @@ def build_candidates(
                     walked = shared.batch(static, base, cap, batch) if shareable else None
                     if walked is None:
                         idx = _cheapest_of(ok_total, every_ok, batch)
-                        more = group_costs(group, idx, jpu, egress, cols, plan_ctx)
+                        more = group_costs(group, idx, jpu, egress, cols, plan_ctx, base.risk_factor)
                         bound = _bound(more, len(idx) < len(every_ok))
                         walked = more.take(compat.priced_reasons(group, more) == 0), bound, len(idx)
                         if shareable:

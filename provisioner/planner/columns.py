@@ -42,6 +42,7 @@ class Interruptible:
     rate: FloatArray  # per pair, per hour
     hs23_per_core: FloatArray  # per pair
     pair: IntArray  # per offering of `offerings`, its pair
+    pair_of: IntArray  # per catalog offering, its pair (-1: not interruptible)
 
     @classmethod
     def of(cls, interruption: FloatArray, hs23_per_core: FloatArray) -> Interruptible:
@@ -51,7 +52,10 @@ class Interruptible:
         speeds, speed_of = np.unique(hs23_per_core[offerings], return_inverse=True)
         codes, pair = np.unique(rate_of * len(speeds) + speed_of, return_inverse=True)
         width = max(len(speeds), 1)
-        return cls(offerings, rates[codes // width], speeds[codes % width], pair.reshape(-1).astype(np.int64))
+        pair = pair.reshape(-1).astype(np.int64)
+        pair_of = np.full(len(interruption), -1, dtype=np.int64)
+        pair_of[offerings] = pair
+        return cls(offerings, rates[codes // width], speeds[codes % width], pair, pair_of)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -251,8 +251,21 @@ def jobs_per_unit(group: DemandGroup, cols: OfferingColumns) -> IntArray:
     return fit
 
 
+def risk_factors(group: DemandGroup, cols: OfferingColumns) -> FloatArray:
+    """The group's interruption factor per distinct (rate, HS23 per core) pair of `cols.risk`: elementwise
+    maths, so gathered by `cols.risk.pair_of` (1 where that is −1) it has the same bits as computed on every
+    offering."""
+    work_hours = group.walltime_hours * group.reference_hs23_per_core
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return interruption_factor(cols.risk.rate, work_hours / cols.risk.hs23_per_core)
+
+
 def base_total(
-    group: DemandGroup, jpu: IntArray, cols: OfferingColumns, ctx: PlanContext
+    group: DemandGroup,
+    jpu: IntArray,
+    cols: OfferingColumns,
+    ctx: PlanContext,
+    factors: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Total cost per HS23-hour on every offering without egress (inf where no job fits), and the hours a
     wave of jobs takes on it, re-runs after interruptions included (T × F, as `group_costs`'s wave_hours).
@@ -260,7 +273,8 @@ def base_total(
     It only depends on the job shape and run time, so groups differing in data or priority share it.
     Same maths as `group_costs`, rearranged: with P = price + allocation value,
     compute + allocation value + interruption = P × F / (jpu × cores × hs23_per_core) and
-    start-up = P × startup_hours / (W × jpu × work_per_job).
+    start-up = P × startup_hours / (W × jpu × work_per_job). `factors`: `risk_factors(group, cols)`, if
+    the caller has them.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         work_hours = group.walltime_hours * group.reference_hs23_per_core
@@ -268,7 +282,7 @@ def base_total(
         factor = np.ones(len(cols))
         # elementwise maths on the distinct pairs, then gathered: the same bits as on every offering
         risk = cols.risk
-        factor[risk.offerings] = interruption_factor(risk.rate, work_hours / risk.hs23_per_core)[risk.pair]
+        factor[risk.offerings] = (risk_factors(group, cols) if factors is None else factors)[risk.pair]
         wave_hours = run_hours * factor
         waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
         per_job = factor / (max(group.cores_per_job, 1) * cols.hs23_per_core)
@@ -444,10 +458,12 @@ def group_costs(
     egress_of: GroupEgress | None,
     cols: OfferingColumns,
     ctx: PlanContext,
+    factors: FloatArray | None = None,
 ) -> GroupCosts:
     """Price one HS23-hour of `group`'s work on the offerings `idx` (see the module docstring).
 
-    `jpu` is `jobs_per_unit` over the whole catalog."""
+    `jpu` is `jobs_per_unit` over the whole catalog; `factors`: `risk_factors(group, cols)`, if the caller
+    has them (gathered, the same bits as computing each offering's)."""
     fit = jpu[idx]
     fits = fit > 0
     work_per_job = group.hs23_hours_per_job
@@ -455,7 +471,13 @@ def group_costs(
     value = ctx.allocation_value[idx]
     with np.errstate(divide="ignore", invalid="ignore"):
         run_hours = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[idx]
-        factor = interruption_factor(cols.interruption[idx], run_hours)
+        if factors is None:
+            factor = interruption_factor(cols.interruption[idx], run_hours)
+        else:
+            factor = np.ones(len(idx))
+            pair = cols.risk.pair_of[idx]
+            risky = pair >= 0
+            factor[risky] = factors[pair[risky]]
         wave_hours = run_hours * factor
         waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
         work_per_wave = np.where(fits, fit * work_per_job, np.nan)

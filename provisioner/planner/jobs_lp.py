@@ -24,6 +24,39 @@ DUAL_SIMPLEX = 1
 SERVED_SLACK = 1e-9  # the cost phase serves at least this much less than asked, for float noise
 
 
+_STATUSES = {int(v): v for v in highspy.HighsBasisStatus.__members__.values()}
+_BASIC = int(highspy.HighsBasisStatus.kBasic)
+_LOWER = int(highspy.HighsBasisStatus.kLower)
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """A solved model's simplex basis keyed by what its columns and rows stand for, so that the model of a
+    problem with more pairs (column generation's next round) can start from it: its pairs as
+    group × offerings + offering (sorted), its rows per kind of limit by key, the served-value row's."""
+
+    pair_keys: IntArray
+    pair_status: IntArray  # per sorted key
+    rows: dict[str, tuple[IntArray, IntArray]]  # per kind of limit: its keys, their rows' statuses
+    value_row: int | None  # the served-value row's status (cost phase), None without one
+
+
+def _statuses(found: list[highspy.HighsBasisStatus]) -> IntArray:
+    return np.fromiter(map(int, found), dtype=np.int64, count=len(found))
+
+
+def _pair_keys(problem: Problem) -> IntArray:
+    return problem.pair_group * len(problem.limits.capacity) + problem.pair_offering
+
+
+def _carried(keys: IntArray, old_keys: IntArray, old_status: IntArray, missing: int) -> IntArray:
+    """The statuses of `keys` in a sorted `old_keys`, `missing` for keys it lacks."""
+    if len(old_keys) == 0:
+        return np.full(len(keys), missing, dtype=np.int64)
+    at = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
+    return np.where(old_keys[at] == keys, old_status[at], missing)
+
+
 @dataclass(frozen=True, slots=True)
 class LpResult:
     x: FloatArray  # jobs per pair
@@ -35,8 +68,15 @@ class JobsLp:
     """One problem's jobs LP: `solve(None)` for the most value, then `solve(served)` for the least cost
     of serving at least `served` (warm when the value phase ran on this model)."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, start: Basis | None = None) -> None:
+        """`start`: the basis of an earlier model whose pairs this problem's include (pairs and rows it
+        lacks start nonbasic at 0 and basic), where the first solve starts: the old optimum with the new
+        pairs at 0 is feasible, so the primal simplex only prices the new pairs in (on the 5,000-group
+        instance of benchmarks/planner_scale.py, 63,062 pairs, a re-solve after 21 added pairs took
+        1.2 s from nothing)."""
         self.problem = problem
+        self._start = start
+        self.started_warm = False  # HiGHS took `start` as the first solve's basis
         a, ub, self.index = job_lp(problem)
         self.value = problem.value[problem.pair_group]
         self._solved = False  # a basis is there to start from
@@ -74,9 +114,13 @@ class JobsLp:
             # from the value phase's basis the primal simplex starts feasible; from nothing, the value row
             # makes the start infeasible, where the dual simplex is the faster
             strategy = PRIMAL_SIMPLEX if self._solved else DUAL_SIMPLEX
+        warm = self._solved
+        if not self._solved and self._start is not None:
+            warm = self.started_warm = self._warm(self._start, served is not None)
+            strategy = PRIMAL_SIMPLEX if warm else strategy
         h.setOptionValue("simplex_strategy", strategy)
         h.run()
-        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal and self._solved:
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal and warm:
             # the warm start can stall ("Unknown" from the primal simplex, tests/planner/test_jobs_lp.py
             # seed 192) where the same LP solved from nothing is optimal: retry from nothing once
             h.clearSolver()
@@ -91,6 +135,35 @@ class JobsLp:
             np.asarray(solution.row_dual, dtype=np.float64),
             self.index,
         )
+
+    def basis(self) -> Basis | None:
+        """This model's basis after a solve, keyed for a bigger model (None before one)."""
+        if not self._solved:
+            return None
+        found = self._h.getBasis()
+        cols, rows = _statuses(found.col_status), _statuses(found.row_status)
+        keys = _pair_keys(self.problem)
+        order = np.argsort(keys, kind="stable")
+        by_kind = {name: (k, rows[base : base + len(k)]) for name, (k, base) in self.index.items()}
+        value_row = None if self._value_row is None else int(rows[self._value_row])
+        return Basis(keys[order], cols[order], by_kind, value_row)
+
+    def _warm(self, start: Basis, cost_phase: bool) -> bool:
+        """Set `start` mapped onto this model as its basis; False when HiGHS refuses it."""
+        h = self._h
+        cols = _carried(_pair_keys(self.problem), start.pair_keys, start.pair_status, _LOWER)
+        rows = np.full(h.getNumRow(), _BASIC, dtype=np.int64)
+        for name, (keys, base) in self.index.items():
+            old = start.rows.get(name)
+            if old is not None:
+                rows[base : base + len(keys)] = _carried(keys, old[0], old[1], _BASIC)
+        if self._value_row is not None and cost_phase and start.value_row is not None:
+            rows[self._value_row] = start.value_row
+        basis = highspy.HighsBasis()
+        basis.col_status = [_STATUSES[v] for v in cols.tolist()]
+        basis.row_status = [_STATUSES[v] for v in rows.tolist()]
+        basis.valid = True
+        return h.setBasis(basis) == highspy.HighsStatus.kOk
 
 
 def solve_jobs_lp(problem: Problem) -> FloatArray:

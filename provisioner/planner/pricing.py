@@ -12,14 +12,18 @@ at that value: c = the jobs-only cost per job, with the value row's dual).
 Pricing is exact but cheap where it can be:
 * phase 1 prices only groups the LP leaves short (a fully served group's demand-row dual already
   pays its whole value, so no column of it can have a negative reduced cost);
-* phase 2 prices, per group, only offerings whose full-packing cost per job (a lower bound on the
-  LP's per-job cost, from the shared per-shape costs of `candidates.py`) is below the group's
-  threshold −dual_demand + value × (−dual_value): limit rows only add to a column's reduced cost;
-* both screen with the group's egress (its cost, and the egress cap's dual times its GB), which depends
-  only on the offering's location, before any other coefficient is computed.
+* a lower bound on each column's reduced cost screens the catalog before any coefficient is computed:
+  its cost per job (phase 2) is at least its full-packing cost (`total` × work, from the per-shape costs
+  of `candidates.py`) plus egress, the money the budget's dual weighs at least `total` × work × price /
+  paid plus the egress the budget counts, the egress cap's term its dual × the GB, all ≤ 0 duals against
+  ≥ 0 coefficients; where the phase's cost or a budget's dual counts, only a prefix of the shape's
+  offerings by `total` can pass, so only that is read;
+* the coefficients of what passes are computed for all groups' pairs at once (numpy over the pairs,
+  not a loop over thousands of groups).
 The rules that need the price (budget for a wave, pacing, caps) are checked on the SCREEN_K offerings the
 screen picks; a group whose picks they all reject is screened again without them, four times as many
-picked each time, so that rejected offerings cannot hide one that improves the LP.
+picked each time, so that rejected offerings cannot hide one that improves the LP. Each round's LP starts
+from the last round's basis (`JobsLp`'s `start`).
 """
 
 from __future__ import annotations
@@ -30,13 +34,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from provisioner.domain import PlanningConstraints
-from provisioner.planner.candidates import BaseCosts, GroupCandidates, _merge
+from provisioner.planner.candidates import BaseCosts, GroupCandidates, _Base, _merge
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
-from provisioner.planner.compatibility import CompatContext
-from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, interruption_factor
+from provisioner.planner.compatibility import CompatContext, ReasonArray
+from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp, LpResult
 from provisioner.planner.limits import Limits
-from provisioner.planner.numerics import smallest
 from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
 
 MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
@@ -158,12 +161,19 @@ class ColumnGenerator:
         self.rounds = 0
         self.screened = 0
         self.complete = True  # False when the screen budget or the rounds stopped the pricing
-        self._everything: dict[int, _Coefficients] = {}  # phase 1: every compatible offering of a short group
+        self._whole: set[int] = set()  # groups whose every compatible offering was priced (and counted) once
+        self._bases: dict[int, _Base] = {}  # per group: its job shape's costs
+        self._groups: _GroupTable | None = None  # built for the candidates `run` is given
+        # (group × offerings + offering, sorted) offerings the rules that need the price reject for a group
+        # (they depend on the group and the round only)
+        self._rejected_keys: IntArray = np.zeros(0, dtype=np.int64)
         self._egress: dict[int, GroupEgress] = {}  # per group
-        # per group: offerings the rules that need the price reject (they depend on the group and the round only)
-        self._rejected: dict[int, IntArray] = {}
-        # the lexicographic jobs LP of the returned problem, when the last solves were of that problem
-        # (phase 2 added no column): the solver reuses it instead of solving the same LP again
+        # offerings paying an allocation's value on top of their price, and the share of paid that is money
+        self._valued = np.flatnonzero(ctx.allocation_value > 0)
+        self._money_share = np.ones(len(cols))  # money's share of what an offering is paid: price / paid
+        self._money_share[self._valued] = cols.price[self._valued] / ctx.paid[self._valued]
+        # the lexicographic jobs LP of the returned problem, when the last solves were of that problem or
+        # phase 1 was priced to the end: the solver reuses it instead of solving the same LP again
         self.lp: FloatArray | None = None
         self._lp: JobsLp | None = None  # the HiGHS model of the problem solved last
 
@@ -173,9 +183,14 @@ class ColumnGenerator:
         """Grow the shortlists; the returned problem's LP is optimal over the catalog when `complete`.
         `served_at_most`: phase 2 asks for at most this value (default: the most phase 1 served)."""
         cands = list(candidates)
+        # what is kept per group is keyed by its position in `cands`: a run starts afresh
+        self._groups = _GroupTable(cands, self)
+        self._bases, self._egress, self._whole = {}, {}, set()
+        self._rejected_keys = np.zeros(0, dtype=np.int64)
         cap = float("inf") if served_at_most is None else served_at_most
         problem = self._problem(cands)
         served: float | None = None
+        proven = False
         for phase2 in (False, True):
             for round_no in range(self.max_rounds):
                 solved = self._solve(problem, served if phase2 else None)
@@ -188,9 +203,14 @@ class ColumnGenerator:
                     if not phase2:
                         self.served = float(problem.value[problem.pair_group] @ x)
                         served = min(self.served, cap) * (1 - SERVED_SLACK)
+                        # priced to the end: no column phase 2 adds lets any problem serve more
+                        proven = self.complete and cap >= self.served
                     else:
                         self.last = x
-                        if round_no == 0:  # phase 1 and 2 solved this very problem: its lexicographic LP
+                        # the lexicographic LP of this problem when phase 1 solved it too or no column
+                        # could raise its phase 1 (the solver then need not solve it again: 1.5 s on the
+                        # 5,000-group instance of benchmarks/planner_scale.py)
+                        if round_no == 0 or proven:
                             self.lp = x
                     break
                 problem = self._problem(cands)
@@ -210,7 +230,8 @@ class ColumnGenerator:
         if problem.pairs == 0:  # no group has a usable offering: none can be priced in either
             return None
         if self._lp is None or self._lp.problem is not problem:
-            self._lp = JobsLp(problem)
+            # the last model's pairs are all in this one (pricing only adds): start from its basis
+            self._lp = JobsLp(problem, None if self._lp is None else self._lp.basis())
         return self._lp.solve(served)
 
     def _group_egress(self, cand: GroupCandidates, g: int) -> GroupEgress:
@@ -237,26 +258,28 @@ class ColumnGenerator:
     def _price(self, problem: Problem, cands: list[GroupCandidates], duals: _Duals, phase2: bool) -> bool:
         """Add every group's most negative reduced-cost columns; False when there are none."""
         work: list[tuple[int, GroupCosts]] = []
-        for g, cand in enumerate(cands):
-            if cand.group.max_cost_per_hs23_hour is not None and not self.price_capped:
-                continue  # cost caps are per-pair rows of the MILP, not in the jobs LP: keep the shortlist
+        picks = self._screen(self._may_improve(problem, cands, duals, phase2), problem, cands, duals, phase2)
+        for g, first in picks.items():
+            cand = cands[g]
             jpu, _ = self.compat.static_reasons(cand.group)
             egress = self._group_egress(cand, g)
             # the rules that need the price come after the screen: offerings they reject are left out of
             # the group's next screens, and the group screened again, until one passes or none is left (a
             # screen full of rejected offerings once hid one that improved the LP)
+            idx: IntArray | None = first
             take = SCREEN_K
-            while (
-                idx := self._to_price(cand, float(problem.value[g]), duals, g, phase2, take)
-            ) is not None and len(idx):
-                costs = group_costs(cand.group, idx, jpu, egress, self.cols, self.ctx)
+            while idx is not None and len(idx):
+                costs = group_costs(
+                    cand.group, idx, jpu, egress, self.cols, self.ctx, self._base(g, cand).risk_factor
+                )
                 ok = (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
                 if not ok.all():
-                    self._rejected[g] = np.union1d(self._rejected.get(g, idx[:0]), idx[~ok])
+                    self._reject(g, idx[~ok])
                 if ok.any():
                     work.append((g, costs.take(ok)))
                     break
                 take *= 4  # all rejected: a few rounds reach every offering the screen passes
+                idx = self._screen([g], problem, cands, duals, phase2, take).get(g)
         if not work:
             return False
         # through `_problem`, so the candidates are priced with the master's own costs (a bound's
@@ -299,83 +322,225 @@ class ColumnGenerator:
             grew = True
         return grew
 
-    def _to_price(
-        self, cand: GroupCandidates, value: float, duals: _Duals, g: int, phase2: bool, take: int = SCREEN_K
-    ) -> IntArray | None:
-        """The group's `take` compatible offerings outside its shortlist with the most negative reduced cost,
-        screened over the catalog with the LP's own coefficients (compatibility rules that need the price come
-        after)."""
-        group = cand.group
+    def _reject(self, g: int, offerings: IntArray) -> None:
+        keys = g * len(self.cols) + offerings
+        self._rejected_keys = np.union1d(self._rejected_keys, keys)
+
+    def _may_improve(
+        self, problem: Problem, cands: Sequence[GroupCandidates], duals: _Duals, phase2: bool
+    ) -> list[int]:
+        """The groups that may have a column with a negative reduced cost: in phase 1 those the LP leaves short
+        (a fully served group's demand-row dual pays its whole value), in phase 2 all; not those with a
+        cost cap unless `price_capped`."""
+        table = self._groups
+        assert table is not None
+        may = table.priced & (problem.value + duals.demand > TOLERANCE) if not phase2 else table.priced
+        return np.flatnonzero(may).tolist()
+
+    def _base(self, g: int, cand: GroupCandidates) -> _Base:
+        """The group's job shape's costs without egress (kept per group: the lookup builds a key)."""
+        found = self._bases.get(g)
+        if found is None:
+            found = self._bases[g] = self.bases.get(cand.group, self.compat.static_reasons(cand.group)[0])
+        return found
+
+    def _screen(
+        self,
+        groups: Sequence[int],
+        problem: Problem,
+        cands: Sequence[GroupCandidates],
+        duals: _Duals,
+        phase2: bool,
+        take: int = SCREEN_K,
+    ) -> dict[int, IntArray]:
+        """Per group of `groups` that has any, its `take` compatible offerings outside its shortlist with the
+        most negative reduced cost (in catalog order), from the LP's own coefficients computed for all
+        groups' candidate pairs at once (the rules that need the price come after).
+
+        A column's reduced cost is its cost less what the demand and value rows' duals pay (`room`) plus
+        limit terms that are each ≥ 0 (duals ≤ 0, coefficients ≥ 0). Its cost per job is at least `total`
+        × work (full packing, `base_total`) and its money per job, which the budget's dual weighs, at least
+        `total` × work × price / paid (paid = price but where an allocation's value is added). So where
+        the phase's cost (phase 2) or a budget's dual counts, only offerings whose `total` is below
+        room / ((1 + budget dual) × work) can enter, a prefix of the shape's offerings by `total`, plus
+        those with an allocation's value: on the 5,000 groups of benchmarks/planner_scale.py, whose budget
+        rows bind in both phases, phase 1 otherwise priced every compatible offering of 1,890 short
+        groups until the screen budget ran out, none entering. Phase 1 without a budget's dual prices
+        every compatible offering within the room the egress cap's dual leaves."""
         if self.screened >= self.screen_budget:
             self.complete = False
-            return None
-        jpu, static = self.compat.static_reasons(group)
-        work = group.hs23_hours_per_job
-        egress = self._group_egress(cand, g)
-        # limit rows only add to a column's reduced cost (duals ≤ 0, coefficients ≥ 0); the egress cap's
-        # term depends only on the offering's location, so it screens before any coefficient is computed
-        egress_term = -duals.egress[self.limits.exp_index[group.experiment]] * egress.gb
-        if not phase2:
-            if -value - duals.demand[g] >= -TOLERANCE:
-                return None  # its demand row's dual pays its whole value: nothing can improve it
-            if np.any(egress_term > 0):  # only the offerings the egress cap's dual leaves room for
-                ok = np.flatnonzero(static == 0)
-                ok = ok[-value - duals.demand[g] + egress_term[self.cols.location[ok]] < -TOLERANCE]
-                if len(ok) == 0:
-                    return None
-                coef = _Coefficients.of(cand, ok, jpu, self, egress)
-                self.screened += len(ok)
-            # a short group is priced again every round: its coefficients are kept
-            elif g in self._everything:
-                coef = self._everything[g]
-            else:
-                coef = self._everything[g] = _Coefficients.of(
-                    cand, np.flatnonzero(static == 0), jpu, self, egress
-                )
-                self.screened += len(coef.idx)
-        else:
-            # a column's LP cost per job is at least its full-packing cost plus its egress, and the egress
-            # cap's term only adds to its reduced cost: only offerings under the threshold can enter
-            threshold = (duals.demand[g] - duals.value * value) / max(work, 1e-300)
-            base = self.bases.get(group, jpu)
-            sorted_total = base.prefix_total
-            if len(sorted_total) == 0 or sorted_total[0] >= threshold:
-                return None
-            count = int(np.searchsorted(sorted_total, threshold))
-            if count < len(sorted_total) or base.bound >= threshold:
-                idx = base.prefix[:count]
-            else:
-                idx = np.flatnonzero(base.total < threshold)
-            idx = idx[static[idx] == 0]
-            if not egress.none:
-                extra = (self._egress_cost(egress) + egress_term) / max(work, 1e-300)
-                idx = idx[base.total[idx] + extra[self.cols.location[idx]] < threshold]
-            if len(idx) == 0:
-                return None
-            coef = _Coefficients.of(cand, idx, jpu, self, egress)
-            self.screened += len(idx)
-        rc = coef.reduced_costs(duals, g, value, self.limits.exp_index[group.experiment], phase2)
-        # already on the shortlist (a dozen offerings: one comparison matrix is cheaper than np.isin's sort)
-        shortlist = cand.solver.offering
-        if len(coef.idx) * len(shortlist) <= 1 << 16:
-            rc[(coef.idx[:, None] == shortlist[None, :]).any(axis=1)] = np.inf
-        else:
-            rc[np.isin(coef.idx, shortlist)] = np.inf
-        rejected = self._rejected.get(g)
-        if rejected is not None:
-            rc[np.isin(coef.idx, rejected)] = np.inf
+            return {}
+        table = self._groups
+        assert table is not None
+        n, loc = len(self.cols), self.cols.location
+        at = np.array(groups, dtype=np.int64)
+        if len(at) == 0:
+            return {}
+        self._egress_rows(at, cands)
+        own = 1.0 if phase2 else 0.0  # phase 1's cost is −value, already in the room
+        budget = -duals.budget[table.exp]  # per group, its experiment's budget dual (≥ 0)
+        # what the demand and value rows' duals pay per job of each group
+        room = duals.demand - duals.value * problem.value if phase2 else problem.value + duals.demand
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limits = (room / ((own + budget) * table.work) * (1 + 1e-6))[at].tolist()
+        # per group of `groups` and location, what egress adds to a column's reduced cost at least: its cost
+        # (phase 2), the budget's dual times the egress money the budget counts, the egress cap's dual × GB
+        row = np.full(len(table.work), -1, dtype=np.int64)
+        row[at] = np.arange(len(at))
+        terms = (
+            own * table.usd[at]
+            + budget[at, None] * table.budget_usd[at]
+            - duals.egress[table.exp[at], None] * table.gb[at]
+        )
+        g_of: list[int] = []
+        offerings: list[IntArray] = []
+        totals: list[FloatArray] = []
+        fits: list[FloatArray] = []
+        reasons: list[ReasonArray] = []
+        charged: list[bool] = []  # counted against the screen budget (not a group priced whole before)
+        for g, limit in zip(groups, limits, strict=True):
+            cand = cands[g]
+            jpu, static = self.compat.static_reasons(cand.group)
+            base = self._base(g, cand)
+            extra: IntArray
+            whole = False
+            if own + budget[g] > 0:
+                count = int(np.searchsorted(base.prefix_total, limit))
+                if count < len(base.prefix_total) or base.bound >= limit:
+                    idx = base.prefix[:count]
+                    g_of.append(g)
+                    offerings.append(idx)
+                    totals.append(base.prefix_total[:count])
+                    fits.append(base.prefix_jpu[:count])
+                    reasons.append(static[idx])
+                    charged.append(True)
+                    extra = self._valued
+                else:  # beyond the prefix: the limit per location, less what egress adds there at least
+                    by_place = limit - terms[row[g]] / ((own + budget[g]) * table.work[g])
+                    # (compatible ones alone: most of the catalog is below a limit this high)
+                    beyond = np.flatnonzero((base.total < by_place[loc]) & (static == 0))
+                    extra = np.concatenate((beyond, self._valued))  # each pair is kept once below
+            else:  # every compatible offering (the egress cap's dual screens below)
+                extra = np.flatnonzero(static == 0)
+                whole = not np.any(duals.egress[table.exp[g]] * table.gb[g] < 0)
+            if len(extra):
+                g_of.append(g)
+                offerings.append(extra)
+                totals.append(base.total[extra])
+                fits.append(np.maximum(jpu[extra], 1).astype(np.float64))
+                reasons.append(static[extra])
+                # a short group is priced whole again each round, at the cost of the arithmetic alone
+                charged.append(not whole or g not in self._whole)
+                if whole:
+                    self._whole.add(g)
+        if not offerings:
+            return {}
+        sizes = [len(o) for o in offerings]
+        group = np.repeat(np.array(g_of, dtype=np.int64), sizes)
+        offering = np.concatenate(offerings)
+        place = loc[offering]
+        # a lower bound on each pair's reduced cost: cost per job at least `total` × work plus egress,
+        # money per job at least `total` × work × price / paid plus the egress the budget counts (the
+        # bound is computed in another order than the coefficients: 1 − 1e-9 keeps it below them)
+        weight = own + budget[group] * self._money_share[offering]
+        bound = np.zeros(len(group))
+        paying = np.flatnonzero(weight > 0)  # (a group priced whole weighs nothing: its `total`s may be inf)
+        bound[paying] = (
+            np.concatenate(totals)[paying] * table.work[group[paying]] * weight[paying] * (1 - 1e-9)
+        )
+        bound += terms[row[group], place]
+        keep = np.flatnonzero((np.concatenate(reasons) == 0) & (bound - room[group] < -TOLERANCE))
+        # each pair once (an allocation can be in the prefix too), not on the shortlist nor rejected by
+        # the group's price rules
+        keys, first = np.unique(group[keep] * n + offering[keep], return_index=True)
+        known = np.concatenate((problem.pair_group * n + problem.pair_offering, self._rejected_keys))
+        keep = keep[first[~np.isin(keys, known)]]
+        self.screened += int(np.repeat(np.array(charged), sizes)[keep].sum())
+        if len(keep) == 0:
+            return {}
+        group, offering = group[keep], offering[keep]
+        # the hours a wave takes, re-runs included: the shapes' interruption factors gathered per pair
+        factors = np.ones(len(keep))
+        risk = self.cols.risk.pair_of[offering]
+        risky = np.flatnonzero(risk >= 0)
+        if len(risky):
+            which = np.unique(group[risky])
+            by_group = np.stack([self._bases[g].risk_factor for g in which.tolist()])
+            factors[risky] = by_group[np.searchsorted(which, group[risky]), risk[risky]]
+        waves = table.work_hours[group] / self.cols.hs23_per_core[offering] * factors
+        pairs = _Pairs(group, offering, waves, np.concatenate(fits)[keep])
+        rc = _Coefficients.of(self, pairs).reduced_costs(duals, problem.value, phase2)
         good = np.flatnonzero(rc < -TOLERANCE)
-        if len(good) > take:
-            good = good[smallest(rc[good], take)]
-        return coef.idx[good]
+        if len(good) == 0:
+            return {}
+        # per group, the most negative first, ties by catalog position; the first `take` of each
+        order = good[np.lexsort((pairs.offering[good], rc[good], pairs.group[good]))]
+        g_sorted = pairs.group[order]
+        starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        order = order[rank < take]
+        chosen_group, chosen = pairs.group[order], pairs.offering[order]
+        bounds = np.flatnonzero(np.r_[True, chosen_group[1:] != chosen_group[:-1]])
+        return {
+            int(chosen_group[a]): np.sort(chosen[a:b])
+            for a, b in zip(bounds, np.r_[bounds[1:], len(order)], strict=True)
+        }
+
+    def _egress_rows(self, groups: IntArray, cands: Sequence[GroupCandidates]) -> None:
+        """Fill the group table's egress rows of `groups` not filled yet."""
+        table = self._groups
+        assert table is not None
+        for g in groups[~table.filled[groups]].tolist():
+            egress = self._group_egress(cands[g], g)
+            table.usd[g] = self._egress_cost(egress)
+            table.budget_usd[g] = egress.budget_usd
+            table.gb[g] = egress.gb
+            table.filled[g] = True
+
+
+class _GroupTable:
+    """What pricing needs of each group, in arrays over the groups (their egress rows filled as needed)."""
+
+    def __init__(self, cands: Sequence[GroupCandidates], gen: ColumnGenerator) -> None:
+        n, places = len(cands), len(gen.cols.locations)
+        groups = [c.group for c in cands]
+        self.demand = np.array([float(max(c.demand, 1)) for c in cands])
+        self.window = np.array([gen.ctx.window_hours(g) for g in groups])
+        self.work = np.array([max(g.hs23_hours_per_job, 1e-300) for g in groups])
+        # HS23-hours of one job's run per core (a run takes this / HS23 per core hours)
+        self.work_hours = np.array([g.walltime_hours * g.reference_hs23_per_core for g in groups])
+        self.exp = np.array([gen.limits.exp_index[g.experiment] for g in groups], dtype=np.int64)
+        # cost caps are per-pair rows of the MILP, not in the jobs LP: such a group keeps its shortlist
+        self.priced = np.array(
+            [g.max_cost_per_hs23_hour is None or gen.price_capped for g in groups], dtype=bool
+        )
+        self.usd = np.zeros((n, places))  # egress USD per job, as the master's objective counts it
+        self.budget_usd = np.zeros((n, places))
+        self.gb = np.zeros((n, places))
+        self.filled = np.zeros(n, dtype=bool)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pairs:
+    """Columns to price: (group, offering) pairs with the hours a wave of the group's jobs takes on the
+    offering (re-runs included) and how many of its jobs a unit runs at once (at least 1)."""
+
+    group: IntArray
+    offering: IntArray
+    wave_hours: FloatArray
+    jpu: FloatArray
+
+    def take(self, at: IntArray) -> _Pairs:
+        return _Pairs(self.group[at], self.offering[at], self.wave_hours[at], self.jpu[at])
 
 
 @dataclass(frozen=True, slots=True)
 class _Coefficients:
-    """A group's jobs-LP column on offerings `idx`, from the catalog columns: the formulas of
-    `cost.group_costs` and `problem.build_problem`/`job_lp`, vectorised without building a problem."""
+    """The jobs-LP columns of `pairs`, from the catalog columns: the formulas of `cost.group_costs` and
+    `problem.build_problem`/`job_lp`, vectorised over pairs of any groups without building a problem."""
 
-    idx: IntArray
+    pairs: _Pairs
+    exp: IntArray
     per_unit: FloatArray
     money: FloatArray
     hours: FloatArray
@@ -387,47 +552,41 @@ class _Coefficients:
     gb: FloatArray
 
     @classmethod
-    def of(
-        cls,
-        cand: GroupCandidates,
-        idx: IntArray,
-        jpu_all: IntArray,
-        gen: ColumnGenerator,
-        egress: GroupEgress,
-    ) -> _Coefficients:
-        """`egress`: the group's (`GroupEgress` of its group and demand)."""
-        group, cols, ctx = cand.group, gen.cols, gen.ctx
-        d = float(max(cand.demand, 1))
-        jpu = np.maximum(jpu_all[idx], 1).astype(np.float64)
+    def of(cls, gen: ColumnGenerator, pairs: _Pairs) -> _Coefficients:
+        """`gen`'s group table must hold the egress rows of the pairs' groups."""
+        table, cols, ctx = gen._groups, gen.cols, gen.ctx
+        assert table is not None
+        g, o = pairs.group, pairs.offering
+        d, jpu = table.demand[g], pairs.jpu
         with np.errstate(divide="ignore", invalid="ignore"):
-            run = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[idx]
-            wave_hours = run * interruption_factor(cols.interruption[idx], run)
-            waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
+            waves = np.maximum(1.0, np.floor(table.window[g] / pairs.wave_hours))
         per_wave = 1.0 / np.minimum(jpu, d)
         per_unit = 1.0 / np.minimum(jpu * waves, d)
-        price, startup, paid = cols.price[idx], cols.startup_hours[idx], ctx.paid[idx]
-        loc = cols.location[idx]
-        per_job_hours = wave_hours * per_wave + startup * per_unit
-        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + gen._egress_cost(egress)[loc]
+        price, startup, paid = cols.price[o], cols.startup_hours[o], ctx.paid[o]
+        loc = cols.location[o]
+        per_job_hours = pairs.wave_hours * per_wave + startup * per_unit
+        cost = paid * per_job_hours + UNIT_EPSILON * per_unit + table.usd[g, loc]
         return cls(
-            idx=idx,
+            pairs=pairs,
+            exp=table.exp[g],
             per_unit=per_unit,
-            money=price * per_job_hours + egress.budget_usd[loc],
-            hours=np.where(ctx.is_allocation[idx], per_job_hours, 0.0),
+            money=price * per_job_hours + table.budget_usd[g, loc],
+            hours=np.where(ctx.is_allocation[o], per_job_hours, 0.0),
             cost=np.where(np.isfinite(cost), cost, np.inf),
             price=price,
-            cores=cols.cores[idx].astype(np.float64),
-            gpus=cols.gpu_count[idx].astype(np.float64),
-            family=cols.family[idx],
-            gb=egress.gb[loc],
+            cores=cols.cores[o].astype(np.float64),
+            gpus=cols.gpu_count[o].astype(np.float64),
+            family=cols.family[o],
+            gb=table.gb[g, loc],
         )
 
-    def reduced_costs(self, duals: _Duals, g: int, value: float, e: int, phase2: bool) -> FloatArray:
-        idx = self.idx
+    def reduced_costs(self, duals: _Duals, value: FloatArray, phase2: bool) -> FloatArray:
+        """Per pair; `value`: the master's value per job, per group."""
+        g, o, e = self.pairs.group, self.pairs.offering, self.exp
         dual_sum = (
             duals.demand[g]
             + (
-                duals.capacity[idx]
+                duals.capacity[o]
                 + duals.quota[self.family] * self.cores
                 + (duals.facility + duals.spend[e]) * self.price
                 + duals.gpus[e] * self.gpus
@@ -435,8 +594,8 @@ class _Coefficients:
             * self.per_unit
             + duals.budget[e] * self.money
             + duals.egress[e] * self.gb
-            + duals.node_hours[idx] * self.hours
+            + duals.node_hours[o] * self.hours
         )
         if phase2:
-            return self.cost - dual_sum + duals.value * value
-        return np.where(np.isfinite(self.cost), -value - dual_sum, np.inf)
+            return self.cost - dual_sum + duals.value * value[g]
+        return np.where(np.isfinite(self.cost), -value[g] - dual_sum, np.inf)

@@ -23,9 +23,11 @@ from provisioner.planner.columns import OfferingColumns
 from provisioner.planner.cost import (
     PlanContext,
     base_total,
+    group_costs,
     interruption_factor,
     jobs_per_unit,
     marginal_egress_cost_float,
+    risk_factors,
 )
 from tests.planner.factories import NOW, allocation_offering, group, offering
 from tests.planner.instances import random_instance
@@ -189,6 +191,11 @@ def test_a_shapes_interruption_factors_by_distinct_pair_are_those_of_every_offer
     assert 0 < 100 * len(cols.risk.rate) < len(cols.risk.offerings)  # 76 pairs for 18,678 offerings
     ctx = PlanContext.build(cols, inst.constraints)
     for g in inst.groups:
-        _, wave_hours = base_total(g, jobs_per_unit(g, cols), cols, ctx)
+        jpu = jobs_per_unit(g, cols)
+        _, wave_hours = base_total(g, jpu, cols, ctx)
         run = g.walltime_hours * g.reference_hs23_per_core / cols.hs23_per_core
         assert np.array_equal(wave_hours, run * interruption_factor(cols.interruption, run))
+        # costing and pricing gather the shape's factors too: the same costs as computing each offering's
+        idx = np.flatnonzero(jpu > 0)
+        gathered = group_costs(g, idx, jpu, None, cols, ctx, risk_factors(g, cols))
+        assert np.array_equal(gathered.data, group_costs(g, idx, jpu, None, cols, ctx).data, equal_nan=True)

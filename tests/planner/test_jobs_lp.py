@@ -23,7 +23,9 @@ DUAL_TOLERANCE = 1e-7  # HiGHS's dual_feasibility_tolerance, its default in both
 
 def _problem(seed: int) -> Problem:
     inst = random_instance(seed, groups=8, offerings=20, fleet=0)
-    setup = _prepare(inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=True, timings=None)
+    setup = _prepare(
+        inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=True, timings=None
+    )
     return build_problem(setup.candidates, setup.cols, setup.plan_ctx, inst.constraints, setup.limits)
 
 
@@ -53,9 +55,7 @@ def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
     second = lp.solve(floor)
     assert second is not None
     a2 = np.vstack([a.toarray(), -value])
-    cold2 = linprog(
-        job_cost(problem), A_ub=a2, b_ub=np.append(ub, -floor), bounds=bounds, method="highs"
-    )
+    cold2 = linprog(job_cost(problem), A_ub=a2, b_ub=np.append(ub, -floor), bounds=bounds, method="highs")
     assert cold2.status == 0
     cost = float(job_cost(problem) @ second.x)
     # equal within HiGHS's tolerances: either optimum may keep a column whose reduced cost is within the
@@ -68,6 +68,48 @@ def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
     # duals of ≤ rows in a minimisation are ≤ 0: the value row's, last, prices the served value
     assert second.row_duals[-1] <= 1e-9
     assert len(second.row_duals) == a.shape[0] + 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000), share=st.floats(min_value=0.2, max_value=0.9))
+def test_a_model_started_from_a_smaller_models_basis_reaches_the_cold_optimum(
+    seed: int, share: float
+) -> None:
+    """Column generation solves each round's model from the last round's basis (its pairs all in the new
+    one): both phases must reach what the new model reaches from nothing."""
+    problem = _problem(seed)
+    if problem.pairs == 0:
+        return
+    keep = np.random.default_rng(seed).random(problem.pairs) < share
+    smaller = problem.restricted(keep)
+    value, cost = problem.value[problem.pair_group], job_cost(problem)
+    cold = JobsLp(problem)
+    first = cold.solve(None)
+    assert first is not None
+    served = float(value @ first.x)
+    floor = served * (1 - SERVED_SLACK)
+    second = cold.solve(floor)
+    assert second is not None
+    tolerance = 1e-6 * max(1.0, served)
+    slack = 1e-6 * max(1.0, float(cost @ second.x)) + DUAL_TOLERANCE * float(problem.demand.sum())
+
+    # phase 1 from the smaller model's phase-1 basis
+    small = JobsLp(smaller)
+    if small.solve(None) is None:
+        return
+    warm = JobsLp(problem, small.basis())
+    found = warm.solve(None)
+    assert found is not None and warm.started_warm
+    assert abs(float(value @ found.x) - served) <= tolerance
+    # phase 2 from the smaller model's phase-2 basis (with its served-value row)
+    small_served = float(smaller.value[smaller.pair_group] @ small.solve(None).x)  # type: ignore[union-attr]
+    if small.solve(small_served * (1 - SERVED_SLACK)) is None:
+        return
+    warm = JobsLp(problem, small.basis())
+    found = warm.solve(floor)
+    assert found is not None and warm.started_warm
+    assert abs(float(cost @ found.x) - float(cost @ second.x)) <= slack
+    assert float(value @ found.x) >= floor * (1 - 1e-9) - 1e-9
 
 
 def test_planning_prints_nothing_and_leaves_highs_usable_for_the_reference() -> None:

@@ -1,12 +1,13 @@
 """The planner's lexicographic MILP (one highspy model, the cost phase on the value phase's model) must
-reach the optima scipy's own HiGHS build finds solving each phase from scratch: the independent check
-that caught HiGHS 1.16 returning a start point as optimal with another point's objective."""
+reach the optima scipy's own HiGHS build finds solving each phase from scratch (as much value, at no more
+cost): the independent check that caught HiGHS 1.16 returning a start point as optimal with another point's
+objective, and the cost phase giving up value its tolerance allowed."""
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -19,10 +20,15 @@ from provisioner.planner.problem import (
 from tests.planner.test_jobs_lp import _problem
 
 GAP = 1e-7
+REFERENCE = {"mip_rel_gap": GAP}
 
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(min_value=0, max_value=10_000))
+@example(seed=995)  # the cost phase gave up 5 % of the value its tolerance of half a job's value allowed
+@example(seed=276)  # HiGHS's presolve called the cost phase infeasible, though the value phase's point is not
+@example(seed=1535)  # the reference's value phase stopped at 3.25 where the planner's serves 4.0
+@example(seed=2862)
 def test_both_phases_reach_what_cold_solves_reach(seed: int) -> None:
     problem = _problem(seed)
     if problem.pairs == 0:
@@ -40,13 +46,14 @@ def test_both_phases_reach_what_cold_solves_reach(seed: int) -> None:
         integrality=ones,
         bounds=bounds,
         constraints=LinearConstraint(a, -np.inf, ub),
-        options={"mip_rel_gap": GAP},
+        options=REFERENCE,
     )
     assert first.status == 0
     served = float(value @ got.y)
-    assert abs(served + first.fun) <= 1e-6 * max(1.0, served)
+    # at least as much: HiGHS's presolve in scipy's build too can stop short of the optimum (seed 1535)
+    assert served >= -first.fun - 1e-6 * max(1.0, served)
     # the cost phase at the value the planner served, as solve_lexicographic asks it
-    tolerance = max(served * 1e-9, 0.5 * float(value.min()))
+    tolerance = served * 1e-9
     c2 = np.concatenate(
         [problem.objective_start + UNIT_EPSILON, problem.objective_wave, problem.egress_usd_job]
     )
@@ -56,10 +63,20 @@ def test_both_phases_reach_what_cold_solves_reach(seed: int) -> None:
         integrality=ones,
         bounds=bounds,
         constraints=LinearConstraint(a2, -np.inf, np.append(ub, -(served - tolerance))),
-        options={"mip_rel_gap": GAP},
+        options=REFERENCE,
     )
+    if second.status == 2:  # "infeasible" from presolve, though the planner's point is feasible (seed 276)
+        second = milp(
+            c2,
+            integrality=ones,
+            bounds=bounds,
+            constraints=LinearConstraint(a2, -np.inf, np.append(ub, -(served - tolerance))),
+            options={**REFERENCE, "presolve": False},
+        )
     assert second.status == 0
     cost = float(c2 @ np.concatenate([got.x, got.z, got.y]))
-    assert abs(cost - second.fun) <= 1e-5 * max(1.0, abs(second.fun)), (cost, second.fun)
+    # no dearer (seed 2862: the reference's own cost phase stopped at 83.76 where the planner's point, which
+    # keeps every limit, costs 28.03)
+    assert cost <= second.fun + 1e-5 * max(1.0, abs(second.fun)), (cost, second.fun)
     # and the point keeps every limit
     assert (a @ np.concatenate([got.x, got.z, got.y]) <= ub + 1e-6 * np.maximum(1.0, np.abs(ub))).all()

@@ -132,7 +132,17 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
         first, bound = smallest_and_next(total, prefix)
     else:
         first, bound = np.argsort(total, kind="stable"), float("inf")
-    base = _Base(total, first, bound, total[first], np.ones(len(first)), total[first], location[first])
+    base = _Base(
+        total,
+        first,
+        bound,
+        total[first],
+        np.ones(len(first)),
+        total[first],
+        location[first],
+        np.ones(0),
+        np.ones(len(first)),
+    )
     with patch.object(candidates, "WINDOW", window):
         got = _egress_window(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
         want = _window(base, base.prefix_total + egress.usd[base.prefix_location] / egress.work)
