@@ -45,10 +45,10 @@ from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_p
 MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
 PER_GROUP = 4  # columns a group may gain per round (most negative reduced cost first)
 SCREEN_K = 16  # offerings per group per round priced exactly after the screen
-# (group, offering) LP coefficients computed in one plan, at most (the screen's cost; re-screening
-# cached ones is cheaper and not counted): every trace instance of benchmarks/planner_gap.py is
-# priced to the end within it, while thousands of groups with limits binding everywhere stop there
-# (`complete` is then False and the plan says so)
+# (group, offering) pairs past the screen's lower bound in one plan, at most (a short group priced whole
+# counts once): every trace instance of benchmarks/planner_gap.py and both instances of
+# benchmarks/planner_scale.py are priced to the end within it (5,000 groups: 112 thousand pairs); where it
+# runs out, `complete` is False and the plan says so
 SCREEN_BUDGET = 4_000_000
 TOLERANCE = 1e-9
 
