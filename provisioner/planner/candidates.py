@@ -197,13 +197,6 @@ class _Base:
     risk_factor: FloatArray  # the shape's interruption factor per pair of `cols.risk` (`risk_factors`)
     prefix_jpu: FloatArray  # jobs per unit on the prefix's offerings, at least 1
 
-    def below(self, limit: float) -> IntArray:
-        """Offerings whose `total` is below `limit`, from the sorted prefix while the limit is within it."""
-        count = int(np.searchsorted(self.prefix_total, limit))
-        if count < len(self.prefix_total) or self.bound >= limit:
-            return self.prefix[:count]
-        return np.flatnonzero(self.total < limit)
-
 
 class BaseCosts:
     """Cost per HS23-hour without egress, per job shape and run time, cached for the round: costing and
