@@ -526,12 +526,15 @@ def solve_reference_at(
         seg_cols[src] = cols
     # linking jobs, waves, units: y ≤ min(k, D)·z and z ≤ min(W, ceil(D/k))·x, the same integer points as
     # y ≤ k·z and z ≤ W·x under the bounds y ≤ D and z ≤ ceil(D/k), with a tighter LP relaxation (a
-    # unit-wave of a group smaller than a unit then costs whole in the relaxation too)
+    # unit-wave of a group smaller than a unit then costs whole in the relaxation too); and x ≤ z: a unit
+    # started runs at least one wave, as the checker counts it (a free allocation unit without a wave,
+    # a tie in the value phase, once left the plan 0.90 node-hours over the grant by the checker's count)
     k_rows = np.minimum(k, d_pair.astype(np.int64))
     w_rows = np.minimum(w, z_max.astype(np.int64))
     for j in range(p):
         m.row([y0 + j, z0 + j], [1.0, -float(k_rows[j])], hi=0.0)
         m.row([z0 + j, x0 + j], [1.0, -float(w_rows[j])], hi=0.0)
+        m.row([x0 + j, z0 + j], [1.0, -1.0], hi=0.0)
     by_group: dict[int, list[int]] = defaultdict(list)
     for j, gi in enumerate(pg.tolist()):
         by_group[gi].append(j)

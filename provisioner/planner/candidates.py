@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -310,12 +310,21 @@ class _RateIndex:
     by_ratio: IntArray  # into `pos`, least price per slot first
     sorted_price: FloatArray
     sorted_ratio: FloatArray
+    # per `take`: the first `take` by either order, which bound the take-th least rate (the same for every
+    # group of the shape and rule set: kept, not merged again per group)
+    seeds: dict[int, IntArray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, pos: IntArray, price: FloatArray, slots: FloatArray) -> _RateIndex:
         ratio = price / slots
         by_price, by_ratio = np.argsort(price, kind="stable"), np.argsort(ratio, kind="stable")
         return cls(pos, price, slots, by_price, by_ratio, price[by_price], ratio[by_ratio])
+
+    def _seed(self, take: int) -> IntArray:
+        found = self.seeds.get(take)
+        if found is None:
+            found = self.seeds[take] = np.union1d(self.by_price[:take], self.by_ratio[:take])
+        return found
 
     def least_rates(self, jobs: int, take: int) -> IntArray:
         """The positions of the `take` least rates for `jobs` jobs, least first, equal rates by position: what
@@ -324,7 +333,7 @@ class _RateIndex:
             near = np.arange(len(self.pos))
         else:
             # the take-th least rate of a few offerings bounds the take-th least of all
-            seed = np.union1d(self.by_price[:take], self.by_ratio[:take])
+            seed = self._seed(take)
             bound = float(
                 np.partition(self.price[seed] * np.ceil(jobs / self.slots[seed]), take - 1)[take - 1]
             )

@@ -163,6 +163,9 @@ class ColumnGenerator:
         self.complete = True  # False when the screen budget or the rounds stopped the pricing
         self._whole: set[int] = set()  # groups whose every compatible offering was priced (and counted) once
         self._bases: dict[int, _Base] = {}  # per group: its job shape's costs
+        self._rows: dict[int, _ScreenRows] = {}  # per group
+        # per (rule set, job shape) by identity (the group's `_ScreenRows` keep both alive)
+        self._prefix_reasons: dict[tuple[int, int], ReasonArray] = {}
         self._groups: _GroupTable | None = None  # built for the candidates `run` is given
         # (group × offerings + offering, sorted) offerings the rules that need the price reject for a group
         # (they depend on the group and the round only)
@@ -186,6 +189,7 @@ class ColumnGenerator:
         # what is kept per group is keyed by its position in `cands`: a run starts afresh
         self._groups = _GroupTable(cands, self)
         self._bases, self._egress, self._whole = {}, {}, set()
+        self._rows, self._prefix_reasons = {}, {}
         self._rejected_keys = np.zeros(0, dtype=np.int64)
         cap = float("inf") if served_at_most is None else served_at_most
         problem = self._problem(cands)
@@ -337,6 +341,26 @@ class ColumnGenerator:
         may = table.priced & (problem.value + duals.demand > TOLERANCE) if not phase2 else table.priced
         return np.flatnonzero(may).tolist()
 
+    def _screen_rows(self, g: int, cand: GroupCandidates) -> _ScreenRows:
+        """What the screen reads of the group that does not change between rounds, kept per group."""
+        jpu, static = self.compat.static_reasons(cand.group)
+        base = self._base(g, cand)
+        key = (id(static), id(base))
+        prefix_reasons = self._prefix_reasons.get(key)
+        if prefix_reasons is None:  # the same for the groups of a rule set and job shape
+            prefix_reasons = self._prefix_reasons[key] = static[base.prefix]
+        valued = self._valued
+        found = self._rows[g] = _ScreenRows(
+            jpu,
+            static,
+            base,
+            prefix_reasons,
+            base.total[valued],
+            np.maximum(jpu[valued], 1).astype(np.float64),
+            static[valued],
+        )
+        return found
+
     def _base(self, g: int, cand: GroupCandidates) -> _Base:
         """The group's job shape's costs without egress (kept per group: the lookup builds a key)."""
         found = self._bases.get(g)
@@ -392,34 +416,50 @@ class ColumnGenerator:
             + budget[at, None] * table.budget_usd[at]
             - duals.egress[table.exp[at], None] * table.gb[at]
         )
+        # per group, the least of those terms and the next higher: offerings at the locations of the least
+        # (where the data is) are read up to `limits`, the others only up to the limit less the next
+        # higher term (`far`), the egress they add at least (on the 5,000 groups of
+        # benchmarks/planner_scale.py, 1.6 of the 1.9 million pairs the prefixes held paid egress)
+        least = terms.min(axis=1) if terms.shape[1] else np.zeros(len(at))
+        above = np.where(terms > least[:, None], terms, np.inf).min(axis=1, initial=np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            far_all = (room[at] - above) / ((own + budget[at]) * table.work[at]) * (1 + 1e-6)
+        far = np.where(np.isfinite(above), far_all, np.inf).tolist()
         g_of: list[int] = []
         offerings: list[IntArray] = []
         totals: list[FloatArray] = []
         fits: list[FloatArray] = []
         reasons: list[ReasonArray] = []
         charged: list[bool] = []  # counted against the screen budget (not a group priced whole before)
-        for g, limit in zip(groups, limits, strict=True):
-            cand = cands[g]
-            jpu, static = self.compat.static_reasons(cand.group)
-            base = self._base(g, cand)
+        for g, limit, far_limit in zip(groups, limits, far, strict=True):
+            rows = self._rows.get(g)
+            if rows is None:
+                rows = self._screen_rows(g, cands[g])
+            jpu, static, base = rows.jpu, rows.static, rows.base
             extra: IntArray
             whole = False
             if own + budget[g] > 0:
                 count = int(np.searchsorted(base.prefix_total, limit))
                 if count < len(base.prefix_total) or base.bound >= limit:
-                    idx = base.prefix[:count]
-                    g_of.append(g)
-                    offerings.append(idx)
-                    totals.append(base.prefix_total[:count])
-                    fits.append(base.prefix_jpu[:count])
-                    reasons.append(static[idx])
-                    charged.append(True)
-                    extra = self._valued
-                else:  # beyond the prefix: the limit per location, less what egress adds there at least
-                    by_place = limit - terms[row[g]] / ((own + budget[g]) * table.work[g])
-                    # (compatible ones alone: most of the catalog is below a limit this high)
-                    beyond = np.flatnonzero((base.total < by_place[loc]) & (static == 0))
-                    extra = np.concatenate((beyond, self._valued))  # each pair is kept once below
+                    cut = min(count, int(np.searchsorted(base.prefix_total, far_limit)))
+                    if cut == count:
+                        pos: slice | IntArray = slice(0, count)
+                    else:  # beyond `cut`, only the offerings at the locations of the least egress term
+                        k = row[g]
+                        near = terms[k][base.prefix_location[cut:count]] < above[k]
+                        pos = np.concatenate((np.arange(cut), cut + np.flatnonzero(near)))
+                    g_of += (g, g)
+                    offerings += (base.prefix[pos], self._valued)
+                    totals += (base.prefix_total[pos], rows.valued_total)
+                    fits += (base.prefix_jpu[pos], rows.valued_fit)
+                    reasons += (rows.prefix_reasons[pos], rows.valued_reasons)
+                    charged += (True, True)
+                    continue
+                # beyond the prefix: the limit per location, less what egress adds there at least
+                by_place = limit - terms[row[g]] / ((own + budget[g]) * table.work[g])
+                # (compatible ones alone: most of the catalog is below a limit this high)
+                beyond = np.flatnonzero((base.total < by_place[loc]) & (static == 0))
+                extra = np.concatenate((beyond, self._valued))  # each pair is kept once below
             else:  # every compatible offering (the egress cap's dual screens below)
                 extra = np.flatnonzero(static == 0)
                 whole = not np.any(duals.egress[table.exp[g]] * table.gb[g] < 0)
@@ -443,11 +483,15 @@ class ColumnGenerator:
         # money per job at least `total` × work × price / paid plus the egress the budget counts (the
         # bound is computed in another order than the coefficients: 1 − 1e-9 keeps it below them)
         weight = own + budget[group] * self._money_share[offering]
-        bound = np.zeros(len(group))
-        paying = np.flatnonzero(weight > 0)  # (a group priced whole weighs nothing: its `total`s may be inf)
-        bound[paying] = (
-            np.concatenate(totals)[paying] * table.work[group[paying]] * weight[paying] * (1 - 1e-9)
-        )
+        if own > 0:  # phase 2: every pair pays its cost
+            bound = np.concatenate(totals) * table.work[group] * weight * (1 - 1e-9)
+        else:
+            bound = np.zeros(len(group))
+            # (a group priced whole weighs nothing: its `total`s may be inf)
+            paying = np.flatnonzero(weight > 0)
+            bound[paying] = (
+                np.concatenate(totals)[paying] * table.work[group[paying]] * weight[paying] * (1 - 1e-9)
+            )
         bound += terms[row[group], place]
         keep = np.flatnonzero((np.concatenate(reasons) == 0) & (bound - room[group] < -TOLERANCE))
         # each pair once (an allocation can be in the prefix too), not on the shortlist nor rejected by
@@ -496,6 +540,20 @@ class ColumnGenerator:
             table.budget_usd[g] = egress.budget_usd
             table.gb[g] = egress.gb
             table.filled[g] = True
+
+
+@dataclass(frozen=True, slots=True)
+class _ScreenRows:
+    """A group's compatibility, job shape's costs and the reasons and costs of its prefix and of the
+    offerings with an allocation's value, as the screen reads them each round."""
+
+    jpu: IntArray
+    static: ReasonArray
+    base: _Base
+    prefix_reasons: ReasonArray  # `static` of the shape's prefix
+    valued_total: FloatArray  # of `ColumnGenerator._valued`
+    valued_fit: FloatArray
+    valued_reasons: ReasonArray
 
 
 class _GroupTable:

@@ -27,7 +27,7 @@ from provisioner.domain import PlanningConstraints
 from provisioner.planner import highs
 from provisioner.planner.candidates import GroupCandidates
 from provisioner.planner.columns import BoolArray, FloatArray, IntArray, OfferingColumns
-from provisioner.planner.cost import PlanContext
+from provisioner.planner.cost import FIELDS, GroupCosts, PlanContext
 from provisioner.planner.limits import Limits
 
 SAFETY = 1e-9  # relative margin on money limits, so float rounding never breaks a cap checked in Decimal
@@ -120,14 +120,19 @@ def build_problem(
     if len(value) and value.max() > 0:
         value = value / value.max()
     group_exp = np.array([limits.exp_index[c.group.experiment] for c in cands], dtype=np.int64)
-    sizes = [len(c.solver.offering) for c in cands]
+    sizes = np.array([len(c.solver) for c in cands], dtype=np.int64)
     pair_group = np.repeat(np.arange(len(cands), dtype=np.int64), sizes)
-    pair_slot = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if cands else _ints()
+    starts = np.cumsum(sizes) - sizes
+    pair_slot = np.arange(len(pair_group), dtype=np.int64) - np.repeat(starts, sizes)
+    # every shortlist's fields at once (one concatenation, not one per field: 5,000 groups rebuild this
+    # each round of catalog pricing)
+    costs = GroupCosts(
+        np.concatenate([c.solver.data for c in cands], axis=1) if cands else np.zeros((len(FIELDS), 0))
+    )
 
     def cat(name: str) -> np.ndarray:
-        if not cands:
-            return np.zeros(0)
-        return np.concatenate([getattr(c.solver, name) for c in cands])
+        found: np.ndarray = getattr(costs, name)
+        return found
 
     po = cat("offering").astype(np.int64)
     wave_hours = cat("wave_hours")

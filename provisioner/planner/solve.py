@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from math import ceil
 
 import numpy as np
 
@@ -374,6 +375,12 @@ def _growth(x: int, z: int, y: int, jpu: int, waves: int, more_jobs: int) -> tup
     return new_x - x, new_z - z, more_jobs
 
 
+def _unit_growth(x: int, z: int, y: int, jpu: int, waves: int, more_jobs: int) -> tuple[int, int]:
+    """`_growth`'s extra units and unit-waves."""
+    new_z = max(z, ceil((y + more_jobs) / jpu))
+    return max(x, ceil(new_z / waves)) - x, new_z - z
+
+
 def repair(
     problem: Problem,
     solution: Solution,
@@ -450,11 +457,10 @@ def _move_remainder(
     for q in pairs:
         if q == p:
             continue
-        growth = _growth(x[q], z[q], y[q], jpu[q], waves[q], rest)
-        dx, dz, dy = growth
-        delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
-        if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
-            best, best_delta, best_growth = q, delta, growth
+        dx, dz = _unit_growth(x[q], z[q], y[q], jpu[q], waves[q], rest)
+        delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * rest
+        if delta < best_delta and res.fits(q, dx, dz, rest) and res.under_cap(q, dx, dz, rest):
+            best, best_delta, best_growth = q, delta, (dx, dz, rest)
     if best < 0:
         res.take(p, -dx_p, -dz_p, rest)
         return False
@@ -490,14 +496,18 @@ def improve(
                 current = cost(p, units, unit_waves, jobs)
                 res.take(p, -units, -unit_waves, -jobs)
                 best, best_delta, best_growth = -1, current - 1e-9, (0, 0, 0)
+                obj_wave, obj_start, egress_usd = res.p_obj_wave, res.p_obj_start, res.p_egress_usd
                 for q in pairs:
                     if q == p:
                         continue
-                    growth = _growth(x[q], z[q], y[q], jpu[q], waves[q], jobs)
-                    dx, dz, dy = growth
-                    delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
-                    if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
-                        best, best_delta, best_growth = q, delta, growth
+                    # `_growth` written out (the same arithmetic): this loop runs ~5×10^5 times at 5,000 groups
+                    xq, zq = x[q], z[q]
+                    dz = max(zq, ceil((y[q] + jobs) / jpu[q]))
+                    dx = max(xq, ceil(dz / waves[q])) - xq
+                    dz -= zq
+                    delta = obj_wave[q] * dz + obj_start[q] * dx + egress_usd[q] * jobs
+                    if delta < best_delta and res.fits(q, dx, dz, jobs) and res.under_cap(q, dx, dz, jobs):
+                        best, best_delta, best_growth = q, delta, (dx, dz, jobs)
                 if best >= 0:
                     res.take(best, *best_growth)
                     changed = True

@@ -114,6 +114,7 @@ def test_reference_pruning_across_egress_places_and_reach_bounds_never_changes_t
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=seeds)
 @example(seed=6174)  # the reference's plan started a free allocation unit with no wave and no job
+@example(seed=7723)  # 5 free allocation units, 4 unit-waves: 0.90 node-hours over the grant
 def test_reference_plans_pass_the_checker_and_no_planner_path_serves_more(seed: int) -> None:
     inst = _instance(seed)
     cat = Catalog(inst.offerings, inst.constraints)

@@ -161,17 +161,21 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
         min_size=1,
         max_size=80,
     ),
-    jobs=st.sampled_from([1, 2, 3, 7, 64, 65, 1000]),
-    take=st.integers(1, 30),
+    asks=st.lists(
+        st.tuples(st.sampled_from([1, 2, 3, 7, 64, 65, 1000]), st.integers(1, 30)), min_size=1, max_size=4
+    ),
 )
 def test_the_least_rates_are_those_of_computing_every_rate(
-    offerings: list[tuple[float, float]], jobs: int, take: int
+    offerings: list[tuple[float, float]], asks: list[tuple[int, int]]
 ) -> None:
     """`_RateIndex.least_rates` computes price × ⌈jobs / slots⌉ only for offerings its bounds cannot rule
-    out: the same positions, in the same order (equal rates by position), as computing it for all."""
+    out: the same positions, in the same order (equal rates by position), as computing it for all; asked
+    again for other jobs and counts (groups of one shape share the index and what it keeps per count)."""
     price = np.array([p for p, _ in offerings])
     slots = np.array([s for _, s in offerings])
     pos = np.arange(len(offerings)) * 3  # positions in a prefix: ascending, not contiguous
-    rate = price * np.ceil(jobs / slots)
-    want = pos[np.argsort(rate, kind="stable")[:take]]
-    assert _RateIndex.of(pos, price, slots).least_rates(jobs, take).tolist() == want.tolist()
+    index = _RateIndex.of(pos, price, slots)
+    for jobs, take in asks:
+        rate = price * np.ceil(jobs / slots)
+        want = pos[np.argsort(rate, kind="stable")[:take]]
+        assert index.least_rates(jobs, take).tolist() == want.tolist()
