@@ -162,8 +162,7 @@ class ColumnGenerator:
         self.screened = 0
         self.complete = True  # False when the screen budget or the rounds stopped the pricing
         self._whole: set[int] = set()  # groups whose every compatible offering was priced (and counted) once
-        self._bases: dict[int, _Base] = {}  # per group: its job shape's costs
-        self._rows: dict[int, _ScreenRows] = {}  # per group
+        self._rows: dict[int, _ScreenRows] = {}  # per group: its job shape's costs and what the screen reads
         # per (rule set, job shape) by identity (the group's `_ScreenRows` keep both alive)
         self._prefix_reasons: dict[tuple[int, int], ReasonArray] = {}
         self._groups: _GroupTable | None = None  # built for the candidates `run` is given
@@ -188,8 +187,8 @@ class ColumnGenerator:
         cands = list(candidates)
         # what is kept per group is keyed by its position in `cands`: a run starts afresh
         self._groups = _GroupTable(cands, self)
-        self._bases, self._egress, self._whole = {}, {}, set()
-        self._rows, self._prefix_reasons = {}, {}
+        self._rows, self._egress, self._whole = {}, {}, set()
+        self._prefix_reasons = {}
         self._rejected_keys = np.zeros(0, dtype=np.int64)
         cap = float("inf") if served_at_most is None else served_at_most
         problem = self._problem(cands)
@@ -274,7 +273,7 @@ class ColumnGenerator:
             take = SCREEN_K
             while idx is not None and len(idx):
                 costs = group_costs(
-                    cand.group, idx, jpu, egress, self.cols, self.ctx, self._base(g, cand).risk_factor
+                    cand.group, idx, jpu, egress, self.cols, self.ctx, self._rows_of(g, cand).base.risk_factor
                 )
                 ok = (self.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
                 if not ok.all():
@@ -341,10 +340,13 @@ class ColumnGenerator:
         may = table.priced & (problem.value + duals.demand > TOLERANCE) if not phase2 else table.priced
         return np.flatnonzero(may).tolist()
 
-    def _screen_rows(self, g: int, cand: GroupCandidates) -> _ScreenRows:
-        """What the screen reads of the group that does not change between rounds, kept per group."""
+    def _rows_of(self, g: int, cand: GroupCandidates) -> _ScreenRows:
+        """What pricing reads of the group that does not change between rounds, kept per group."""
+        found = self._rows.get(g)
+        if found is not None:
+            return found
         jpu, static = self.compat.static_reasons(cand.group)
-        base = self._base(g, cand)
+        base = self.bases.get(cand.group, jpu)
         key = (id(static), id(base))
         prefix_reasons = self._prefix_reasons.get(key)
         if prefix_reasons is None:  # the same for the groups of a rule set and job shape
@@ -359,13 +361,6 @@ class ColumnGenerator:
             np.maximum(jpu[valued], 1).astype(np.float64),
             static[valued],
         )
-        return found
-
-    def _base(self, g: int, cand: GroupCandidates) -> _Base:
-        """The group's job shape's costs without egress (kept per group: the lookup builds a key)."""
-        found = self._bases.get(g)
-        if found is None:
-            found = self._bases[g] = self.bases.get(cand.group, self.compat.static_reasons(cand.group)[0])
         return found
 
     def _screen(
@@ -432,9 +427,7 @@ class ColumnGenerator:
         reasons: list[ReasonArray] = []
         charged: list[bool] = []  # counted against the screen budget (not a group priced whole before)
         for g, limit, far_limit in zip(groups, limits, far, strict=True):
-            rows = self._rows.get(g)
-            if rows is None:
-                rows = self._screen_rows(g, cands[g])
+            rows = self._rows_of(g, cands[g])
             jpu, static, base = rows.jpu, rows.static, rows.base
             extra: IntArray
             whole = False
@@ -509,7 +502,7 @@ class ColumnGenerator:
         risky = np.flatnonzero(risk >= 0)
         if len(risky):
             which = np.unique(group[risky])
-            by_group = np.stack([self._bases[g].risk_factor for g in which.tolist()])
+            by_group = np.stack([self._rows[g].base.risk_factor for g in which.tolist()])
             factors[risky] = by_group[np.searchsorted(which, group[risky]), risk[risky]]
         waves = table.work_hours[group] / self.cols.hs23_per_core[offering] * factors
         pairs = _Pairs(group, offering, waves, np.concatenate(fits)[keep])

@@ -129,13 +129,8 @@ def build_problem(
     costs = GroupCosts(
         np.concatenate([c.solver.data for c in cands], axis=1) if cands else np.zeros((len(FIELDS), 0))
     )
-
-    def cat(name: str) -> np.ndarray:
-        found: np.ndarray = getattr(costs, name)
-        return found
-
-    po = cat("offering").astype(np.int64)
-    wave_hours = cat("wave_hours")
+    po = costs.offering
+    wave_hours = costs.wave_hours
     paid = cols.price[po]
     objective_rate = paid + plan_ctx.allocation_value[po]
     startup = cols.startup_hours[po]
@@ -149,15 +144,15 @@ def build_problem(
         pair_group=pair_group,
         pair_slot=pair_slot,
         pair_offering=po,
-        jobs_per_unit=cat("jobs_per_unit").astype(np.int64),
-        waves=cat("waves").astype(np.int64),
+        jobs_per_unit=costs.jobs_per_unit,
+        waves=costs.waves,
         money_wave=paid * wave_hours,
         money_start=paid * startup,
         objective_wave=objective_rate * wave_hours,
         objective_start=objective_rate * startup,
-        egress_usd_job=cat("egress_usd_per_job"),
-        egress_budget_job=cat("egress_budget_usd_per_job"),
-        egress_gb_job=cat("egress_gb_per_job"),
+        egress_usd_job=costs.egress_usd_per_job,
+        egress_budget_job=costs.egress_budget_usd_per_job,
+        egress_gb_job=costs.egress_gb_per_job,
         node_hours_wave=np.where(is_alloc, wave_hours, 0.0),
         node_hours_start=np.where(is_alloc, startup, 0.0),
         price=paid,
@@ -175,10 +170,6 @@ def build_problem(
         if cands
         else np.zeros(0),
     )
-
-
-def _ints() -> IntArray:
-    return np.zeros(0, dtype=np.int64)
 
 
 class _Rows:

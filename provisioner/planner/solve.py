@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from math import ceil
 
 import numpy as np
 
@@ -375,12 +374,6 @@ def _growth(x: int, z: int, y: int, jpu: int, waves: int, more_jobs: int) -> tup
     return new_x - x, new_z - z, more_jobs
 
 
-def _unit_growth(x: int, z: int, y: int, jpu: int, waves: int, more_jobs: int) -> tuple[int, int]:
-    """`_growth`'s extra units and unit-waves."""
-    new_z = max(z, ceil((y + more_jobs) / jpu))
-    return max(x, ceil(new_z / waves)) - x, new_z - z
-
-
 def repair(
     problem: Problem,
     solution: Solution,
@@ -457,10 +450,11 @@ def _move_remainder(
     for q in pairs:
         if q == p:
             continue
-        dx, dz = _unit_growth(x[q], z[q], y[q], jpu[q], waves[q], rest)
-        delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * rest
-        if delta < best_delta and res.fits(q, dx, dz, rest) and res.under_cap(q, dx, dz, rest):
-            best, best_delta, best_growth = q, delta, (dx, dz, rest)
+        growth = _growth(x[q], z[q], y[q], jpu[q], waves[q], rest)
+        dx, dz, dy = growth
+        delta = res.p_obj_wave[q] * dz + res.p_obj_start[q] * dx + res.p_egress_usd[q] * dy
+        if delta < best_delta and res.fits(q, dx, dz, dy) and res.under_cap(q, dx, dz, dy):
+            best, best_delta, best_growth = q, delta, growth
     if best < 0:
         res.take(p, -dx_p, -dz_p, rest)
         return False
@@ -497,6 +491,7 @@ def improve(
                 res.take(p, -units, -unit_waves, -jobs)
                 best, best_delta, best_growth = -1, current - 1e-9, (0, 0, 0)
                 obj_wave, obj_start, egress_usd = res.p_obj_wave, res.p_obj_start, res.p_egress_usd
+                ceil = math.ceil
                 for q in pairs:
                     if q == p:
                         continue
