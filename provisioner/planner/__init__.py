@@ -75,9 +75,10 @@ def plan(
     "exact" (the unpruned MILP, for tests and benchmarks). `timings`, if given, receives
     seconds per phase. `time_limit` (seconds per MILP phase; default 2 s for the pruned MILP, 5 s for
     the MILP restricted to the LP's support, none for "exact"): when it strikes, the plan is the
-    solver's incumbent or the repaired LP, never an error, and `Plan.solver` says which. `workers`: processes the groups' costing is split over
-    (`workers.py`; the same plan as with 1): a `Workers` the caller keeps keeps its worker processes
-    for the next rounds, a number starts them for this plan only.
+    solver's incumbent or the repaired LP, never an error, and `Plan.solver` says which; where HiGHS
+    overruns it, the guard process of `deadline.py` holds it. `workers`: processes the groups' costing
+    is split over (`workers.py`; the same plan as with 1): a `Workers` the caller keeps keeps its worker
+    processes for the next rounds, a number starts them for this plan only.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown planner method {method!r}, expected one of {METHODS}")

@@ -6,6 +6,8 @@ and the reference (benchmarks/reference_milp.py) asks for one thread in the same
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import highspy
 import numpy as np
 import scipy.sparse as sp
@@ -15,6 +17,9 @@ from provisioner.planner.columns import FloatArray
 
 INF = highspy.kHighsInf
 FEASIBLE = 2  # HiGHS's primal_solution_status of a feasible point
+OPTIMAL = "optimal"
+LIMIT = "time limit"  # a time or iteration limit stopped the run
+_LIMITS = (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kIterationLimit)
 
 
 def solver() -> _Highs:
@@ -49,3 +54,49 @@ def model(
     if integral:
         lp.integrality_ = [highspy.HighsVarType.kInteger] * len(cost)
     return lp
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One solve of min cost·x s.t. rows·x ≤ row_upper, bounds, as plain arrays: picklable, so that it can
+    run in another process (`planner/deadline.py`). `time_limit`: HiGHS's, in seconds (None: none)."""
+
+    cost: FloatArray
+    rows: sp.csr_matrix
+    row_upper: FloatArray
+    col_lower: FloatArray
+    col_upper: FloatArray
+    integral: bool
+    time_limit: float | None
+    gap: float  # mip_rel_gap
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    x: FloatArray | None  # the best feasible point found; None without one
+    status: str  # OPTIMAL, LIMIT, or HiGHS's word for another end ("Infeasible", ...)
+
+
+def run(r: Run) -> Outcome:
+    h = solver()
+    h.setOptionValue("mip_rel_gap", r.gap)
+    if r.time_limit is not None:
+        h.setOptionValue("time_limit", float(r.time_limit))
+    h.passModel(model(r.cost, r.rows, r.row_upper, r.col_lower, r.col_upper, integral=r.integral))
+    h.run()
+    if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+        # HiGHS 1.16's presolve can call a feasible model infeasible (tests/planner/test_lexicographic.py,
+        # seed 276: a cost phase whose value phase's point is 2e-8 over a row): without it, it solves
+        h.clearSolver()
+        h.setOptionValue("presolve", "off")
+        h.run()
+    stopped = h.getModelStatus()
+    status = (
+        OPTIMAL
+        if stopped == highspy.HighsModelStatus.kOptimal
+        else LIMIT
+        if stopped in _LIMITS
+        else h.modelStatusToString(stopped)
+    )
+    found = h.getInfo().primal_solution_status == FEASIBLE
+    return Outcome(np.asarray(h.getSolution().col_value, dtype=np.float64) if found else None, status)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-import highspy
 import numpy as np
 import scipy.sparse as sp
 
@@ -28,6 +28,7 @@ from provisioner.planner import highs
 from provisioner.planner.candidates import GroupCandidates
 from provisioner.planner.columns import BoolArray, FloatArray, IntArray, OfferingColumns
 from provisioner.planner.cost import FIELDS, GroupCosts, PlanContext
+from provisioner.planner.deadline import GUARD
 from provisioner.planner.limits import Limits
 
 SAFETY = 1e-9  # relative margin on money limits, so float rounding never breaks a cap checked in Decimal
@@ -286,8 +287,16 @@ class LexicographicResult:
     status: str
 
 
+class Runs(Protocol):
+    def run(self, r: highs.Run) -> highs.Outcome | None: ...
+
+
 def solve_lexicographic(
-    problem: Problem, integral: bool, time_limit: float | None = None, gap: float = 1e-7
+    problem: Problem,
+    integral: bool,
+    time_limit: float | None = None,
+    gap: float = 1e-7,
+    runs: Runs = GUARD,
 ) -> LexicographicResult:
     """Solve with HiGHS: maximise served value, then minimise cost at that value.
 
@@ -296,28 +305,23 @@ def solve_lexicographic(
     phase's point (which serves that value) if its own incumbent is dearer or missing. Not given to
     HiGHS as a start: HiGHS 1.16 then reported the start as optimal with another point's objective
     (nrel-eagle/150/egress of benchmarks/planner_gap.py: 503 for an optimum of 5.18). `time_limit`
-    holds for each phase."""
+    holds for each phase, and `runs` (the guard process of `planner/deadline.py`) makes it hold where
+    HiGHS overruns it: a phase it kills counts as stopped by its limit with nothing found. Each phase is
+    a model of its own (HiGHS starts a MIP afresh after a change anyway)."""
     p = problem.pairs
     if p == 0:
         return LexicographicResult(np.zeros(0), np.zeros(0), np.zeros(0), "optimal")
     a, ub = constraint_matrix(problem)
     lb_var, ub_var = variable_bounds(problem)
     value = problem.value[problem.pair_group]
-    h = highs.solver()
-    h.setOptionValue("mip_rel_gap", gap)
-    if time_limit is not None:
-        h.setOptionValue("time_limit", float(time_limit))
     c1 = np.concatenate([np.zeros(p), np.zeros(p), -value])
-    h.passModel(highs.model(c1, a, ub, lb_var, ub_var, integral=integral))
-    h.run()
-    stopped = h.getModelStatus()
-    if h.getInfo().primal_solution_status != highs.FEASIBLE:
-        if stopped in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kIterationLimit):
+    first = runs.run(highs.Run(c1, a, ub, lb_var, ub_var, integral, time_limit, gap))
+    if first is None or first.x is None:
+        if first is None or first.status == highs.LIMIT:
             return LexicographicResult(np.zeros(p), np.zeros(p), np.zeros(p), "none")
-        raise PlanningError(f"HiGHS found no feasible plan in phase 1: {h.modelStatusToString(stopped)}")
-    status = "optimal" if stopped == highspy.HighsModelStatus.kOptimal else "incumbent"
-    first = np.asarray(h.getSolution().col_value, dtype=np.float64)
-    served = float(value @ first[2 * p :])
+        raise PlanningError(f"HiGHS found no feasible plan in phase 1: {first.status}")
+    status = "optimal" if first.status == highs.OPTIMAL else "incumbent"
+    served = float(value @ first.x[2 * p :])
     if served <= 0:
         return LexicographicResult(np.zeros(p), np.zeros(p), np.zeros(p), status)
     # float noise only: half the least value per job (the tolerance until 2026-12-02) let the cost phase swap
@@ -327,22 +331,15 @@ def solve_lexicographic(
     c2 = np.concatenate(
         [problem.objective_start + UNIT_EPSILON, problem.objective_wave, problem.egress_usd_job]
     )
-    h.changeColsCost(3 * p, np.arange(3 * p, dtype=np.int32), c2)
-    h.addRow(-highs.INF, -(served - tolerance), p, np.arange(2 * p, 3 * p, dtype=np.int32), -value)
-    h.run()
-    if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
-        # the value phase's point is feasible, yet HiGHS 1.16's presolve can call this phase infeasible
-        # (tests/planner/test_lexicographic.py, seed 276, with the phase-1 point 2e-8 over a row): without it,
-        # the same model solves
-        h.clearSolver()
-        h.setOptionValue("presolve", "off")
-        h.run()
-    found = h.getInfo().primal_solution_status == highs.FEASIBLE
-    if not found or h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+    # −value·y ≤ −served, as a ≤ row like the others
+    a2 = sp.vstack([a, sp.csr_matrix(c1)], format="csr")
+    ub2 = np.append(ub, -(served - tolerance))
+    second = runs.run(highs.Run(c2, a2, ub2, lb_var, ub_var, integral, time_limit, gap))
+    x = first.x if second is None or second.x is None else second.x
+    if second is None or second.status != highs.OPTIMAL:
         status = "incumbent"
-    x = np.asarray(h.getSolution().col_value, dtype=np.float64) if found else first
-    if status == "incumbent" and c2 @ first < c2 @ x:  # cut short at a point dearer than where it began
-        x = first
+    if status == "incumbent" and c2 @ first.x < c2 @ x:  # cut short at a point dearer than where it began
+        x = first.x
     return LexicographicResult(x[:p], x[p : 2 * p], x[2 * p :], status)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -161,8 +162,18 @@ class _Worker:
 
     def ask(self, request: bytes) -> tuple[Any] | None:
         """The result of a pickled (fn, part) (in a 1-tuple), or None when the worker failed or died."""
+        return self.ask_within(request, None)
+
+    def ask_within(self, request: bytes, seconds: float | None) -> tuple[Any] | None:
+        """`ask`, but a worker with no answer after `seconds` (None: no limit) is killed, and None returned."""
         _write(_pipe(self.process.stdin), request)
-        answer = _read(_pipe(self.process.stdout))
+        answers = _pipe(self.process.stdout)
+        # one answer per request, so nothing is buffered ahead: the pipe is readable once the answer starts
+        if seconds is not None and not select.select([answers], [], [], max(seconds, 0.0))[0]:
+            self.process.kill()
+            self.process.wait()
+            return None
+        answer = _read(answers)
         if answer is None:  # it died, or was killed as hung
             return None
         status, result = pickle.loads(answer)

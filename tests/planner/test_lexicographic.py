@@ -1,7 +1,8 @@
-"""The planner's lexicographic MILP (one highspy model, the cost phase on the value phase's model) must
-reach the optima scipy's own HiGHS build finds solving each phase from scratch (as much value, at no more
-cost): the independent check that caught HiGHS 1.16 returning a start point as optimal with another point's
-objective, and the cost phase giving up value its tolerance allowed."""
+"""The planner's lexicographic MILP (a highspy model per phase, run in the guard process of
+`planner/deadline.py` when it has a time limit) must reach the optima scipy's own HiGHS build finds
+solving each phase from scratch (as much value, at no more cost): the independent check that caught
+HiGHS 1.16 returning a start point as optimal with another point's objective, and the cost phase giving
+up value its tolerance allowed."""
 
 from __future__ import annotations
 
