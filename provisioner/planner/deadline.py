@@ -69,9 +69,7 @@ class Guard:
                     outcome = found[0]
                     assert isinstance(outcome, highs.Outcome)
                     return outcome
-                if (
-                    process.process.poll() is None
-                ):  # it answered with an error: raised here, with its traceback
+                if process.error is not None:  # it raised there: run here, where the error is raised
                     return self._solve(r)
                 self.killed += 1  # killed at its deadline, or it died in the run
                 self._drop(process)

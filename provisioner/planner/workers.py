@@ -159,13 +159,16 @@ class _Worker:
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
+        self.error: str | None = None  # the last part's error, when it raised in the worker
 
     def ask(self, request: bytes) -> tuple[Any] | None:
         """The result of a pickled (fn, part) (in a 1-tuple), or None when the worker failed or died."""
         return self.ask_within(request, None)
 
     def ask_within(self, request: bytes, seconds: float | None) -> tuple[Any] | None:
-        """`ask`, but a worker with no answer after `seconds` (None: no limit) is killed, and None returned."""
+        """`ask`, but a worker with no answer after `seconds` (None: no limit) is killed, and None returned.
+        `error` then tells a part that raised there (its message) from a worker that died or was killed."""
+        self.error = None
         _write(_pipe(self.process.stdin), request)
         answers = _pipe(self.process.stdout)
         # one answer per request, so nothing is buffered ahead: the pipe is readable once the answer starts
@@ -177,7 +180,10 @@ class _Worker:
         if answer is None:  # it died, or was killed as hung
             return None
         status, result = pickle.loads(answer)
-        return (result,) if status == "ok" else None
+        if status != "ok":
+            self.error = str(result)
+            return None
+        return (result,)
 
     def stop(self) -> None:
         for pipe in (self.process.stdin, self.process.stdout):

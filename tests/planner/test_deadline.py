@@ -4,6 +4,7 @@ guard process killed at its deadline, and the planner plans on as after any time
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from tests.planner.test_properties import check_plan
 
 STUCK_GAP = 0.123  # a run asked with this gap hangs, as HiGHS 1.16's presolve did
 FAILING_GAP = 0.456  # and with this one raises
+CRASHING_GAP = 0.789  # and with this one takes its process down (a segfault in HiGHS)
 
 
 def stuck_on_gap(r: highs.Run) -> highs.Outcome:
@@ -28,6 +30,8 @@ def stuck_on_gap(r: highs.Run) -> highs.Outcome:
         time.sleep(3600)
     if r.gap == FAILING_GAP:
         raise ValueError("HiGHS: the model is broken")
+    if r.gap == CRASHING_GAP:
+        os._exit(11)
     return highs.run(r)
 
 
@@ -87,6 +91,13 @@ def test_a_run_that_fails_in_the_guard_process_raises_its_error_here() -> None:
         solve_lexicographic(_problem(3), True, time_limit=5.0, gap=FAILING_GAP, runs=guard)
     assert guard.killed == 0
     guard.close()
+
+
+def test_a_run_that_takes_the_guard_process_down_is_not_run_again_here() -> None:
+    """Run here, a crash in HiGHS would take the broker down: it counts as stopped with nothing found."""
+    guard = Guard(stuck_on_gap)
+    got = solve_lexicographic(_problem(3), True, time_limit=5.0, gap=CRASHING_GAP, runs=guard)
+    assert got.status == "none" and guard.killed == 1 and guard._process is None
 
 
 def test_a_run_with_no_time_limit_or_an_infinite_one_runs_here_with_nothing_to_hold() -> None:
