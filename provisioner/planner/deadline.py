@@ -12,7 +12,8 @@ phase's point).
 
 One guard process per planner process, as HiGHS keeps one thread pool per process: started on first
 use (starting one took 0.47 s; passing a run and its answer about 2 ms, for the 0.8 MB of a 4,269-pair
-MILP as for 8-group ones), kept for the next runs, replaced after a kill. A run with no time limit (or an
+MILP as for 8-group ones), kept for the next runs, replaced after a kill; the kernel kills it when the
+thread that started it ends (Linux), so a hung run never outlives a broker stopped mid-plan. A run with no time limit (or an
 infinite one) runs here."""
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Guard:
         if self._process is not None:
             return self._process
         try:
-            process = _Worker()
+            process = _Worker(die_with_parent=True)  # a hung run must not outlive the broker
             up = process.ask_within(pickle.dumps((ready, None)), STARTUP_SECONDS)
         except OSError:  # no process can be started here (a sandbox): unguarded, as before
             return None

@@ -17,9 +17,11 @@ A worker ends when its pipe closes: when `close()` is called or this process end
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -37,6 +39,8 @@ R = TypeVar("R")
 PATIENCE = 10.0
 MIN_WAIT = 60.0
 _HEADER = struct.Struct("!Q")  # the length of the pickle that follows
+_PARENT = "PROVISIONER_WORKER_PARENT"  # set: the worker dies with this process (its pid)
+_PR_SET_PDEATHSIG = 1
 
 
 class Workers:
@@ -152,12 +156,17 @@ class _Queue:
 class _Worker:
     """One kept worker process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, die_with_parent: bool = False) -> None:
+        """`die_with_parent`: killed by the kernel when the thread that started it ends, busy or not (a
+        worker otherwise ends when its pipe closes, once its part is done: never, for a hung HiGHS run)."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        if die_with_parent:
+            env[_PARENT] = str(os.getpid())
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from provisioner.planner.workers import serve; serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            env=env,
         )
         self.error: str | None = None  # the last part's error, when it raised in the worker
 
@@ -220,6 +229,9 @@ def _read(pipe: IO[bytes]) -> bytes | None:
 def serve() -> None:
     """The worker's loop: a pickled (fn, part) in, ("ok", fn(part)) or ("error", message) out, until the
     pipe closes. Its stdout is the pipe, so anything printed goes to stderr instead."""
+    parent = os.environ.pop(_PARENT, None)
+    if parent is not None:
+        _die_with(int(parent))
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr
     while (payload := _read(requests)) is not None:
@@ -232,6 +244,15 @@ def serve() -> None:
             _write(answers, answer)
         except BrokenPipeError:  # the planner gave up on this part and closed the pipe
             return
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL from the kernel when the parent ends (Linux's PR_SET_PDEATHSIG); elsewhere, nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the signal was asked for
+        os._exit(0)
 
 
 def split(keys: Sequence[Hashable], count: int, min_size: int = 1) -> list[list[int]]:

@@ -3,9 +3,14 @@ guard process killed at its deadline, and the planner plans on as after any time
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +24,7 @@ from tests.planner.instances import random_instance
 from tests.planner.test_jobs_lp import _problem
 from tests.planner.test_properties import check_plan
 
+ROOT = Path(__file__).resolve().parents[2]
 STUCK_GAP = 0.123  # a run asked with this gap hangs, as HiGHS 1.16's presolve did
 FAILING_GAP = 0.456  # and with this one raises
 CRASHING_GAP = 0.789  # and with this one takes its process down (a segfault in HiGHS)
@@ -98,6 +104,47 @@ def test_a_run_that_takes_the_guard_process_down_is_not_run_again_here() -> None
     guard = Guard(stuck_on_gap)
     got = solve_lexicographic(_problem(3), True, time_limit=5.0, gap=CRASHING_GAP, runs=guard)
     assert got.status == "none" and guard.killed == 1 and guard._process is None
+
+
+def test_a_guard_process_busy_with_a_hung_run_ends_with_the_process_that_started_it() -> None:
+    """A broker killed mid-plan must not leave a hung HiGHS run spinning: the kernel kills its guard."""
+    code = textwrap.dedent(
+        """
+        import os, sys, threading, time
+        from provisioner.planner.deadline import Guard
+        from provisioner.planner.problem import solve_lexicographic
+        from tests.planner.test_deadline import STUCK_GAP, stuck_on_gap
+        from tests.planner.test_jobs_lp import _problem
+        guard = Guard(stuck_on_gap)
+        problem = _problem(3)
+        args = dict(time_limit=3600.0, gap=STUCK_GAP, runs=guard)
+        threading.Thread(target=solve_lexicographic, args=(problem, True), kwargs=args, daemon=True).start()
+        while guard._process is None:
+            time.sleep(0.05)
+        print(guard._process.process.pid, flush=True)
+        time.sleep(1.0)  # the run under way in the guard
+        os._exit(0)  # killed mid-plan
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie until init reaps it: gone all the same
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False
 
 
 def test_a_run_with_no_time_limit_or_an_infinite_one_runs_here_with_nothing_to_hold() -> None:
