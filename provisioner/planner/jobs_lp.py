@@ -85,8 +85,8 @@ class JobsLp:
         h = solver()
         # scaled by each row's and column's largest value (4), not HiGHS's default equilibration (2): the warm
         # starts of column generation take far fewer simplex iterations: `python -m benchmarks.planner_ab
-        # --base aa79dfc` planned the 5,000 groups of benchmarks/planner_scale.py in 0.80x and 0.85x the time
-        # (two runs; 720 groups 0.88x and 0.98x)
+        # --base aa79dfc` planned the 5,000 groups of benchmarks/planner_scale.py in 0.80x, 0.85x and 0.92x
+        # the time (three runs; 720 groups 0.88x, 0.98x and 0.99x: within noise)
         h.setOptionValue("simplex_scale_strategy", MAX_VALUE_SCALING)
         lp = model(
             -self.value,
