@@ -185,3 +185,12 @@ def solve_jobs_lp(problem: Problem) -> FloatArray:
         return np.zeros(problem.pairs)
     second = lp.solve(served * (1 - SERVED_SLACK))
     return (second or first).x
+
+
+def least_cost(problem: Problem, served: float) -> float | None:
+    """The jobs LP's least cost of serving at least `served` (its cost phase alone, cold); None when
+    HiGHS finds no optimum (`served` above what the LP can serve)."""
+    if problem.pairs == 0:
+        return 0.0 if served <= 0 else None
+    found = JobsLp(problem).solve(served * (1 - SERVED_SLACK))
+    return None if found is None else float(job_cost(problem) @ found.x)
