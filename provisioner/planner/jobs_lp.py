@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import highspy
 import numpy as np
+import scipy.sparse as sp
 
-from provisioner.planner.columns import FloatArray, IntArray
+from provisioner.planner.columns import BoolArray, FloatArray, IntArray
 from provisioner.planner.highs import model, solver
 from provisioner.planner.problem import PlanningError, Problem, job_cost, job_lp
 
@@ -25,63 +26,46 @@ MAX_VALUE_SCALING = 4  # HiGHS's simplex_scale_strategy
 SERVED_SLACK = 1e-9  # the cost phase serves at least this much less than asked, for float noise
 
 
-_STATUSES = {int(v): v for v in highspy.HighsBasisStatus.__members__.values()}
-_BASIC = int(highspy.HighsBasisStatus.kBasic)
-_LOWER = int(highspy.HighsBasisStatus.kLower)
-
-
-@dataclass(frozen=True, slots=True)
-class Basis:
-    """A solved model's simplex basis keyed by what its columns and rows stand for, so that the model of a
-    problem with more pairs (column generation's next round) can start from it: its pairs as
-    group × offerings + offering (sorted), its rows per kind of limit by key, the served-value row's."""
-
-    pair_keys: IntArray
-    pair_status: IntArray  # per sorted key
-    rows: dict[str, tuple[IntArray, IntArray]]  # per kind of limit: its keys, their rows' statuses
-    value_row: int | None  # the served-value row's status (cost phase), None without one
-
-
-def _statuses(found: list[highspy.HighsBasisStatus]) -> IntArray:
-    return np.fromiter(map(int, found), dtype=np.int64, count=len(found))
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def _pair_keys(problem: Problem) -> IntArray:
     return problem.pair_group * len(problem.limits.capacity) + problem.pair_offering
 
 
-def _carried(keys: IntArray, old_keys: IntArray, old_status: IntArray, missing: int) -> IntArray:
-    """The statuses of `keys` in a sorted `old_keys`, `missing` for keys it lacks."""
-    if len(old_keys) == 0:
-        return np.full(len(keys), missing, dtype=np.int64)
-    at = np.minimum(np.searchsorted(old_keys, keys), len(old_keys) - 1)
-    return np.where(old_keys[at] == keys, old_status[at], missing)
+def _find(keys: IntArray, sorted_keys: IntArray) -> tuple[IntArray, BoolArray]:
+    """Positions of `keys` in `sorted_keys` (clipped), and which are there."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return at, sorted_keys[at] == keys
 
 
 @dataclass(frozen=True, slots=True)
 class LpResult:
     x: FloatArray  # jobs per pair
-    row_duals: FloatArray  # one per row of `job_lp`, then (cost phase) the served-value row's
-    index: dict[str, tuple[IntArray, int]]  # `job_lp`'s rows per kind of limit
+    duals: dict[
+        str, tuple[IntArray, FloatArray]
+    ]  # per kind of limit of `job_lp`: its rows' keys, their duals
+    value_dual: float  # the served-value row's (cost phase; 0 in the value phase)
 
 
 class JobsLp:
     """One problem's jobs LP: `solve(None)` for the most value, then `solve(served)` for the least cost
-    of serving at least `served` (warm when the value phase ran on this model)."""
+    of serving at least `served` (warm when the value phase ran on this model); `grow` makes it the model
+    of a problem with more pairs (column generation's next round), kept warm."""
 
-    def __init__(self, problem: Problem, start: Basis | None = None) -> None:
-        """`start`: the basis of an earlier model whose pairs this problem's include (pairs and rows it
-        lacks start nonbasic at 0 and basic), where the first solve starts: the old optimum with the new
-        pairs at 0 is feasible, so the primal simplex only prices the new pairs in (on the 5,000-group
-        instance of benchmarks/planner_scale.py, 63,062 pairs, a re-solve after 21 added pairs took
-        1.2 s from nothing)."""
+    def __init__(self, problem: Problem) -> None:
         self.problem = problem
-        self._start = start
-        self.started_warm = False  # HiGHS took `start` as the first solve's basis
-        a, ub, self.index = job_lp(problem)
+        a, ub, index = job_lp(problem)
         self.value = problem.value[problem.pair_group]
         self._solved = False  # a basis is there to start from
         self._value_row: int | None = None
+        # per kind of limit: its rows' keys (sorted) and the rows; per model column its pair's key, and per
+        # pair of `problem` its column (columns `grow` adds come last, pairs in the problem's order)
+        self._rows = {name: (keys, base + np.arange(len(keys))) for name, (keys, base) in index.items()}
+        self._keys = _pair_keys(problem)
+        self._column = np.arange(problem.pairs, dtype=np.int32)
         h = solver()
         # scaled by each row's and column's largest value (4), not HiGHS's default equilibration (2): the warm
         # starts of column generation take far fewer simplex iterations: `python -m benchmarks.planner_ab
@@ -98,32 +82,104 @@ class JobsLp:
         h.passModel(lp)
         self._h = h
 
+    def grow(self, problem: Problem) -> None:
+        """Make this the model of `problem`, whose pairs are this model's and more (pricing only adds): the
+        new pairs become columns at the end, with rows for the limits only they reach. HiGHS keeps its
+        basis (new columns nonbasic at 0, new rows basic), where the last optimum is still feasible, so the
+        primal simplex only prices the new columns in. Against a new model started from the old basis, this
+        saves building the model and mapping the basis (0.4-0.5 s of 2.5-2.9 s of pricing on the 5,000-group
+        instance of benchmarks/planner_scale.py)."""
+        keys = _pair_keys(problem)
+        order = np.argsort(self._keys, kind="stable")
+        at, old = _find(keys, self._keys[order])
+        if int(old.sum()) != len(self._keys):
+            raise ValueError("grow: the problem lacks pairs of this model (pricing only adds pairs)")
+        new = np.flatnonzero(~old)
+        column = np.empty(problem.pairs, dtype=np.int32)
+        column[old] = order[at[old]]
+        column[new] = len(self._keys) + np.arange(len(new))
+        if len(new):
+            self._add_columns(problem.restricted(~old))
+        self.problem, self.value = problem, problem.value[problem.pair_group]
+        self._keys = np.concatenate((self._keys, keys[new]))
+        self._column = column
+
+    def _add_columns(self, sub: Problem) -> None:
+        """`sub`'s pairs as new columns (after new rows for the keys of limits the model has no row for)."""
+        h = self._h
+        a, ub, index = job_lp(sub)
+        row_of = np.empty(a.shape[0], dtype=np.int64)
+        first_new = next_row = h.getNumRow()
+        new_ub: list[FloatArray] = []
+        for name, (keys, base) in index.items():
+            have_keys, have_rows = self._rows.get(name, (_EMPTY, _EMPTY))
+            at, there = _find(keys, have_keys)
+            row_of[base + np.flatnonzero(there)] = have_rows[at[there]]
+            fresh = np.flatnonzero(~there)
+            rows = next_row + np.arange(len(fresh))
+            row_of[base + fresh] = rows
+            next_row += len(fresh)
+            new_ub.append(ub[base + fresh])
+            if len(fresh):
+                merged_keys = np.concatenate((have_keys, keys[fresh]))
+                merged_rows = np.concatenate((have_rows, rows))
+                by_key = np.argsort(merged_keys, kind="stable")
+                self._rows[name] = (merged_keys[by_key], merged_rows[by_key])
+        if next_row > first_new:
+            count = next_row - first_new
+            upper = np.maximum(np.concatenate(new_ub), 0.0) if new_ub else np.zeros(0)
+            empty = np.zeros(0, dtype=np.int32)
+            h.addRows(
+                count,
+                np.full(count, -highspy.kHighsInf),
+                upper,
+                0,
+                np.zeros(count, dtype=np.int32),
+                empty,
+                np.zeros(0),
+            )
+        coo = sp.coo_matrix(a)
+        n = sub.pairs
+        rows, cols, vals = row_of[coo.row], coo.col.astype(np.int64), coo.data.astype(np.float64)
+        if self._value_row is not None:  # the served-value row of the cost phase: −value·y
+            rows = np.concatenate((rows, np.full(n, self._value_row)))
+            cols = np.concatenate((cols, np.arange(n)))
+            vals = np.concatenate((vals, -sub.value[sub.pair_group]))
+        csc = sp.csc_matrix((vals, (rows, cols)), shape=(next_row, n))
+        h.addCols(
+            n,
+            np.zeros(n),
+            np.zeros(n),
+            sub.demand[sub.pair_group].astype(np.float64),
+            csc.nnz,
+            csc.indptr[:-1].astype(np.int32),
+            csc.indices.astype(np.int32),
+            csc.data.astype(np.float64),
+        )
+
     def solve(self, served: float | None) -> LpResult | None:
         """The value phase (served is None) or the cost phase at `served`; None if HiGHS finds no optimum."""
         h, p = self._h, self.problem.pairs
         if p == 0:
             return None
-        every = np.arange(p, dtype=np.int32)
+        columns = self._column
         if served is None:
-            h.changeColsCost(p, every, -self.value)
+            h.changeColsCost(p, columns, -self.value)
             if self._value_row is not None:
                 h.changeRowBounds(self._value_row, -highspy.kHighsInf, highspy.kHighsInf)
             strategy = PRIMAL_SIMPLEX
         else:
-            h.changeColsCost(p, every, job_cost(self.problem))
+            h.changeColsCost(p, columns, job_cost(self.problem))
             # −value·y ≤ −served, as a ≤ row like the others, so its dual has their sign
             if self._value_row is None:
                 self._value_row = h.getNumRow()
-                h.addRow(-highspy.kHighsInf, -served, p, every, -self.value)
+                h.addRow(-highspy.kHighsInf, -served, p, columns, -self.value)
             else:
                 h.changeRowBounds(self._value_row, -highspy.kHighsInf, -served)
             # from the value phase's basis the primal simplex starts feasible; from nothing, the value row
             # makes the start infeasible, where the dual simplex is the faster
             strategy = PRIMAL_SIMPLEX if self._solved else DUAL_SIMPLEX
         warm = self._solved
-        if not self._solved and self._start is not None:
-            warm = self.started_warm = self._warm(self._start, served is not None)
-            strategy = PRIMAL_SIMPLEX if warm else strategy
         h.setOptionValue("simplex_strategy", strategy)
         h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal and warm:
@@ -136,40 +192,12 @@ class JobsLp:
             return None
         self._solved = True
         solution = h.getSolution()
+        row_dual = np.asarray(solution.row_dual, dtype=np.float64)
         return LpResult(
-            np.asarray(solution.col_value, dtype=np.float64),
-            np.asarray(solution.row_dual, dtype=np.float64),
-            self.index,
+            np.asarray(solution.col_value, dtype=np.float64)[columns],
+            {name: (keys, row_dual[rows]) for name, (keys, rows) in self._rows.items()},
+            0.0 if served is None or self._value_row is None else float(row_dual[self._value_row]),
         )
-
-    def basis(self) -> Basis | None:
-        """This model's basis after a solve, keyed for a bigger model (None before one)."""
-        if not self._solved:
-            return None
-        found = self._h.getBasis()
-        cols, rows = _statuses(found.col_status), _statuses(found.row_status)
-        keys = _pair_keys(self.problem)
-        order = np.argsort(keys, kind="stable")
-        by_kind = {name: (k, rows[base : base + len(k)]) for name, (k, base) in self.index.items()}
-        value_row = None if self._value_row is None else int(rows[self._value_row])
-        return Basis(keys[order], cols[order], by_kind, value_row)
-
-    def _warm(self, start: Basis, cost_phase: bool) -> bool:
-        """Set `start` mapped onto this model as its basis; False when HiGHS refuses it."""
-        h = self._h
-        cols = _carried(_pair_keys(self.problem), start.pair_keys, start.pair_status, _LOWER)
-        rows = np.full(h.getNumRow(), _BASIC, dtype=np.int64)
-        for name, (keys, base) in self.index.items():
-            old = start.rows.get(name)
-            if old is not None:
-                rows[base : base + len(keys)] = _carried(keys, old[0], old[1], _BASIC)
-        if self._value_row is not None and cost_phase and start.value_row is not None:
-            rows[self._value_row] = start.value_row
-        basis = highspy.HighsBasis()
-        basis.col_status = [_STATUSES[v] for v in cols.tolist()]
-        basis.row_status = [_STATUSES[v] for v in rows.tolist()]
-        basis.valid = True
-        return h.setBasis(basis) == highspy.HighsStatus.kOk
 
 
 def solve_jobs_lp(problem: Problem) -> FloatArray:

@@ -22,8 +22,8 @@ Pricing is exact but cheap where it can be:
   not a loop over thousands of groups).
 The rules that need the price (budget for a wave, pacing, caps) are checked on the SCREEN_K offerings the
 screen picks; a group whose picks they all reject is screened again without them, four times as many
-picked each time, so that rejected offerings cannot hide one that improves the LP. Each round's LP starts
-from the last round's basis (`JobsLp`'s `start`).
+picked each time, so that rejected offerings cannot hide one that improves the LP. Each round's LP is the
+last round's model grown by the new columns, warm from its basis (`JobsLp.grow`).
 """
 
 from __future__ import annotations
@@ -69,31 +69,31 @@ class _Duals:
     value: float  # phase 2: the served-value row (−value·y ≤ −served)
 
 
-def _spread(index: dict[str, tuple[IntArray, int]], duals: FloatArray, name: str, size: int) -> FloatArray:
+def _spread(duals: dict[str, tuple[IntArray, FloatArray]], name: str, size: int) -> FloatArray:
     out = np.zeros(size)
-    found = index.get(name)
+    found = duals.get(name)
     if found is not None:
-        keys, base = found
-        out[keys] = duals[base : base + len(keys)]
+        keys, values = found
+        out[keys] = values
     return out
 
 
-def _duals(problem: Problem, solved: LpResult, phase2: bool) -> _Duals:
+def _duals(problem: Problem, solved: LpResult) -> _Duals:
     """The LP's row duals spread over what the rows are keyed by."""
-    y, index, lim = solved.row_duals, solved.index, problem.limits
+    y, lim = solved.duals, problem.limits
     n_exp = len(lim.experiments)
-    facility = _spread(index, y, "facility", 1)
+    facility = _spread(y, "facility", 1)
     return _Duals(
-        demand=_spread(index, y, "demand", len(problem.demand)),
-        capacity=_spread(index, y, "capacity", len(lim.capacity)),
-        quota=_spread(index, y, "quota", len(lim.quota)),
+        demand=_spread(y, "demand", len(problem.demand)),
+        capacity=_spread(y, "capacity", len(lim.capacity)),
+        quota=_spread(y, "quota", len(lim.quota)),
         facility=float(facility[0]),
-        spend=_spread(index, y, "spend", n_exp),
-        budget=_spread(index, y, "budget", n_exp),
-        egress=_spread(index, y, "egress", n_exp),
-        gpus=_spread(index, y, "gpus", n_exp),
-        node_hours=_spread(index, y, "node_hours", len(lim.node_hours)),
-        value=float(y[-1]) if phase2 else 0.0,
+        spend=_spread(y, "spend", n_exp),
+        budget=_spread(y, "budget", n_exp),
+        egress=_spread(y, "egress", n_exp),
+        gpus=_spread(y, "gpus", n_exp),
+        node_hours=_spread(y, "node_hours", len(lim.node_hours)),
+        value=solved.value_dual,
     )
 
 
@@ -190,6 +190,7 @@ class ColumnGenerator:
         self._rows, self._egress, self._whole = {}, {}, set()
         self._prefix_reasons = {}
         self._rejected_keys = np.zeros(0, dtype=np.int64)
+        self._lp = None
         cap = float("inf") if served_at_most is None else served_at_most
         problem = self._problem(cands)
         served: float | None = None
@@ -200,7 +201,7 @@ class ColumnGenerator:
                 self.rounds += 1
                 if solved is None:
                     return cands, problem
-                x, duals = solved.x, _duals(problem, solved, phase2)
+                x, duals = solved.x, _duals(problem, solved)
                 grown = self._price(problem, cands, duals, phase2)
                 if not grown:
                     if not phase2:
@@ -228,13 +229,14 @@ class ColumnGenerator:
         return cands, problem
 
     def _solve(self, problem: Problem, served: float | None) -> LpResult | None:
-        """Phase 1 (served is None: the most value) or phase 2 (least cost serving ≥ served) of the jobs LP;
-        phase 2 of the problem phase 1 last solved starts from its basis."""
+        """Phase 1 (served is None: the most value) or phase 2 (least cost serving ≥ served) of the jobs LP,
+        in one model over the rounds, warm from the last solve's basis."""
         if problem.pairs == 0:  # no group has a usable offering: none can be priced in either
             return None
-        if self._lp is None or self._lp.problem is not problem:
-            # the last model's pairs are all in this one (pricing only adds): start from its basis
-            self._lp = JobsLp(problem, None if self._lp is None else self._lp.basis())
+        if self._lp is None:
+            self._lp = JobsLp(problem)
+        elif self._lp.problem is not problem:
+            self._lp.grow(problem)  # the last model's pairs are all in this one (pricing only adds)
         return self._lp.solve(served)
 
     def _group_egress(self, cand: GroupCandidates, g: int) -> GroupEgress:

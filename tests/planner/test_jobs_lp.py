@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
@@ -65,18 +66,25 @@ def test_the_warm_cost_phase_reaches_the_cold_optimum(seed: int) -> None:
     # the warm plan keeps every limit and the value it was asked for
     assert (a @ second.x <= ub + 1e-6 * np.maximum(1.0, np.abs(ub))).all()
     assert float(value @ second.x) >= floor * (1 - 1e-9) - 1e-9
-    # duals of ≤ rows in a minimisation are ≤ 0: the value row's, last, prices the served value
-    assert second.row_duals[-1] <= 1e-9
-    assert len(second.row_duals) == a.shape[0] + 1
+    # duals of ≤ rows in a minimisation are ≤ 0: the value row's prices the served value; one dual a row
+    assert second.value_dual <= 1e-9
+    assert sum(len(keys) for keys, _ in second.duals.values()) == a.shape[0]
+    assert all(len(k) == len(d) and (d <= DUAL_TOLERANCE).all() for k, d in second.duals.values())
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(min_value=0, max_value=10_000), share=st.floats(min_value=0.2, max_value=0.9))
-def test_a_model_started_from_a_smaller_models_basis_reaches_the_cold_optimum(
-    seed: int, share: float
+@given(
+    seed=st.integers(min_value=0, max_value=10_000),
+    share=st.floats(min_value=0.2, max_value=0.9),
+    phase2_first=st.booleans(),
+)
+def test_a_grown_model_reaches_the_cold_optimum_of_the_bigger_problem(
+    seed: int, share: float, phase2_first: bool
 ) -> None:
-    """Column generation solves each round's model from the last round's basis (its pairs all in the new
-    one): both phases must reach what the new model reaches from nothing."""
+    """Column generation grows one model by each round's columns (`JobsLp.grow`, new rows where the new
+    pairs reach new limits) and solves it warm: both phases, and the duals pricing reads, must be what a
+    model of the bigger problem built from nothing gives. `phase2_first`: the smaller model had its cost
+    phase (its served-value row then needs the new columns' coefficients)."""
     problem = _problem(seed)
     if problem.pairs == 0:
         return
@@ -93,23 +101,41 @@ def test_a_model_started_from_a_smaller_models_basis_reaches_the_cold_optimum(
     tolerance = 1e-6 * max(1.0, served)
     slack = 1e-6 * max(1.0, float(cost @ second.x)) + DUAL_TOLERANCE * float(problem.demand.sum())
 
-    # phase 1 from the smaller model's phase-1 basis
-    small = JobsLp(smaller)
-    if small.solve(None) is None:
+    grown = JobsLp(smaller)
+    small_first = grown.solve(None)
+    if small_first is None:
         return
-    warm = JobsLp(problem, small.basis())
-    found = warm.solve(None)
-    assert found is not None and warm.started_warm
+    if phase2_first:
+        small_served = float(smaller.value[smaller.pair_group] @ small_first.x)
+        if grown.solve(small_served * (1 - SERVED_SLACK)) is None:
+            return
+    grown.grow(problem)
+    assert grown.problem is problem
+    found = grown.solve(None)
+    assert found is not None
     assert abs(float(value @ found.x) - served) <= tolerance
-    # phase 2 from the smaller model's phase-2 basis (with its served-value row)
-    small_served = float(smaller.value[smaller.pair_group] @ small.solve(None).x)  # type: ignore[union-attr]
-    if small.solve(small_served * (1 - SERVED_SLACK)) is None:
-        return
-    warm = JobsLp(problem, small.basis())
-    found = warm.solve(floor)
-    assert found is not None and warm.started_warm
+    a, ub, _ = job_lp(problem)
+    assert (a @ found.x <= ub + 1e-6 * np.maximum(1.0, np.abs(ub))).all()  # x in the problem's pair order
+    assert (found.x <= problem.demand[problem.pair_group] + 1e-6).all()
+    found = grown.solve(floor)
+    assert found is not None
     assert abs(float(cost @ found.x) - float(cost @ second.x)) <= slack
     assert float(value @ found.x) >= floor * (1 - 1e-9) - 1e-9
+    assert (a @ found.x <= ub + 1e-6 * np.maximum(1.0, np.abs(ub))).all()
+    # the duals per kind of limit cover the same rows as the cold model's
+    assert {name: sorted(keys.tolist()) for name, (keys, _) in found.duals.items()} == {
+        name: sorted(keys.tolist()) for name, (keys, _) in second.duals.items()
+    }
+
+
+def test_growing_by_a_problem_that_lacks_a_pair_of_the_model_is_refused() -> None:
+    problem = _problem(3)
+    assert problem.pairs > 1
+    keep = np.ones(problem.pairs, dtype=bool)
+    keep[0] = False
+    lp = JobsLp(problem)
+    with pytest.raises(ValueError, match="lacks pairs"):
+        lp.grow(problem.restricted(keep))
 
 
 def test_planning_prints_nothing_and_leaves_highs_usable_for_the_reference() -> None:
