@@ -146,7 +146,7 @@ class _Setup:
     limits: Limits
     compat: CompatContext
     candidates: list[GroupCandidates]  # of the groups with demand left
-    bases: BaseCosts  # the costs without egress costing kept (those of the parts costed in this process)
+    bases: BaseCosts  # the costs without egress costing kept (those costed here and those workers sent back)
 
 
 def _prepare(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -196,6 +196,17 @@ class _Base:
     prefix_location: IntArray  # location codes of the prefix
     risk_factor: FloatArray  # the shape's interruption factor per pair of `cols.risk` (`risk_factors`)
     prefix_jpu: FloatArray  # jobs per unit on the prefix's offerings, at least 1
+    valued_total: FloatArray  # `total` of the offerings paying an allocation's value (`PlanContext.valued`)
+    thin: bool = False  # sent back by a worker without `total`, `prefix_price` and `prefix_slots` (empty)
+
+    def thinned(self) -> _Base:
+        """What catalog pricing reads of it, for another process: a tenth of its size on the full catalog
+        (`total` alone is a float per offering; pricing reads beyond the prefix seldom, and asks
+        `BaseCosts.full` for that)."""
+        return replace(self, total=_NONE, prefix_price=_NONE, prefix_slots=_NONE, thin=True)
+
+
+_NONE = np.zeros(0)
 
 
 class BaseCosts:
@@ -207,8 +218,26 @@ class BaseCosts:
         self.cols, self.ctx = cols, ctx
         self._cache: dict[tuple[object, ...], _Base] = {}
 
-    def get(self, group: DemandGroup, jpu: IntArray) -> _Base:
-        key = (
+    def entries(self) -> dict[tuple[object, ...], _Base]:
+        """What is kept, by shape, thinned for catalog pricing in another process of the same round (`adopt`)."""
+        return {key: base.thinned() for key, base in self._cache.items()}
+
+    def adopt(self, entries: dict[tuple[object, ...], _Base]) -> None:
+        """Keep shapes another process costed for the same round's columns and context (a shape's costs
+        depend only on its key, so the same as costing them here), thin: for catalog pricing, not costing."""
+        for key, base in entries.items():
+            self._cache.setdefault(key, base)
+
+    def full(self, group: DemandGroup, jpu: IntArray) -> _Base:
+        """`get`, with every field even where a worker sent the shape back thin (costed again here, once)."""
+        found = self.get(group, jpu)
+        if found.thin:
+            del self._cache[self._key(group)]
+            found = self.get(group, jpu)
+        return found
+
+    def _key(self, group: DemandGroup) -> tuple[object, ...]:
+        return (
             group.cores_per_job,
             group.memory_gb_per_job,
             group.gpus_per_job,
@@ -216,6 +245,10 @@ class BaseCosts:
             group.hs23_hours_per_job,
             self.ctx.window_hours(group),
         )
+
+    def get(self, group: DemandGroup, jpu: IntArray) -> _Base:
+        """The shape's costs; thin where a worker sent them back (what catalog pricing reads, see `full`)."""
+        key = self._key(group)
         found = self._cache.get(key)
         if found is None:
             factors = risk_factors(group, self.cols)
@@ -238,6 +271,7 @@ class BaseCosts:
                 self.cols.location[prefix],
                 factors,
                 fit,
+                total[self.ctx.valued],
             )
             self._cache[key] = found
         return found

@@ -203,6 +203,7 @@ class PlanContext:
     unavailable: BoolArray  # circuit breaker open
     paid: FloatArray  # price + allocation value, USD per unit-hour
     egress: EgressPricer
+    valued: IntArray  # the offerings paying an allocation's value on top of their price
 
     def window_hours(self, group: DemandGroup) -> float:
         """How long a unit may run the group's jobs: the horizon, or less if the group has a deadline.
@@ -238,6 +239,7 @@ class PlanContext:
             allocation_value=value,
             is_allocation=cols.market == MARKETS.index(Market.ALLOCATION),
             egress=EgressPricer(constraints.egress_routes, region_tiers, constraints.egress_used_gb),
+            valued=np.flatnonzero(value > 0),
         )
 
 

@@ -12,7 +12,7 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from provisioner.domain import DemandGroup, PlanningConstraints
-from provisioner.planner.candidates import TOP_K, BaseCosts, GroupCandidates, build_candidates
+from provisioner.planner.candidates import TOP_K, BaseCosts, GroupCandidates, _Base, build_candidates
 from provisioner.planner.columns import FloatArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
 from provisioner.planner.cost import GroupCosts, PlanContext
@@ -96,11 +96,21 @@ def _travelled(
     )
 
 
-def _cost_part(part: _CostingPart) -> list[_Found]:
+# a part's costed groups, and, costed in a worker, the costs without egress of the shapes it costed (catalog
+# pricing asks for them next: costing them again here took 0.3-0.4 s of pricing's time on the 5,000-group
+# instance of benchmarks/planner_scale.py; sent back, about 0.5 MB a shape)
+_PartFound = tuple[list[_Found], dict[tuple[object, ...], _Base]]
+
+
+def _cost_part(part: _CostingPart) -> _PartFound:
+    bases = part.bases if part.bases is not None else BaseCosts(part.cols, part.plan_ctx)
     found = build_candidates(
-        part.groups, part.demand, part.cols, part.plan_ctx, part.compat, top_k=part.top_k, bases=part.bases
+        part.groups, part.demand, part.cols, part.plan_ctx, part.compat, top_k=part.top_k, bases=bases
     )
-    return [(c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count) for c in found]
+    costed = [
+        (c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count) for c in found
+    ]
+    return costed, {} if bases is part.bases else bases.entries()
 
 
 def build_candidates_on(
@@ -136,7 +146,9 @@ def build_candidates_on(
     ]
     results = workers.map(_cost_part, jobs)
     out: list[GroupCandidates | None] = [None] * len(groups)
-    for part, found in zip(parts, results, strict=True):
+    for part, (found, shapes) in zip(parts, results, strict=True):
+        if bases is not None:
+            bases.adopt(shapes)
         for k, (jobs_left, solver, rejected, reason, compatible) in zip(part, found, strict=True):
             out[k] = GroupCandidates(
                 groups[k], jobs_left, GroupCosts(solver), GroupCosts(rejected), reason, compatible

@@ -171,7 +171,7 @@ class ColumnGenerator:
         self._rejected_keys: IntArray = np.zeros(0, dtype=np.int64)
         self._egress: dict[int, GroupEgress] = {}  # per group
         # offerings paying an allocation's value on top of their price, and the share of paid that is money
-        self._valued = np.flatnonzero(ctx.allocation_value > 0)
+        self._valued = ctx.valued
         self._money_share = np.ones(len(cols))  # money's share of what an offering is paid: price / paid
         self._money_share[self._valued] = cols.price[self._valued] / ctx.paid[self._valued]
         # the lexicographic jobs LP of the returned problem, when the last solves were of that problem or
@@ -359,11 +359,18 @@ class ColumnGenerator:
             static,
             base,
             prefix_reasons,
-            base.total[valued],
+            base.valued_total,
             np.maximum(jpu[valued], 1).astype(np.float64),
             static[valued],
         )
         return found
+
+    def _full(self, g: int, cand: GroupCandidates) -> _Base:
+        """The group's shape costs with every offering's `total` (a worker sends them back without it)."""
+        rows = self._rows_of(g, cand)
+        if rows.base.thin:
+            rows = self._rows[g] = replace(rows, base=self.bases.full(cand.group, rows.jpu))
+        return rows.base
 
     def _screen(
         self,
@@ -451,11 +458,13 @@ class ColumnGenerator:
                     charged += (True, True)
                     continue
                 # beyond the prefix: the limit per location, less what egress adds there at least
+                base = self._full(g, cands[g])
                 by_place = limit - terms[row[g]] / ((own + budget[g]) * table.work[g])
                 # (compatible ones alone: most of the catalog is below a limit this high)
                 beyond = np.flatnonzero((base.total < by_place[loc]) & (static == 0))
                 extra = np.concatenate((beyond, self._valued))  # each pair is kept once below
             else:  # every compatible offering (the egress cap's dual screens below)
+                base = self._full(g, cands[g])
                 extra = np.flatnonzero(static == 0)
                 whole = not np.any(duals.egress[table.exp[g]] * table.gb[g] < 0)
             if len(extra):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioner.planner import costing_parts, plan, workers
+from provisioner.planner import _Clock, _prepare, costing_parts, plan, workers
 from provisioner.planner.costing_parts import shape_key
 from provisioner.planner.workers import Workers, split
 from tests.planner.instances import random_instance
@@ -146,14 +146,22 @@ def test_a_worker_prints_nothing_on_the_brokers_stdout() -> None:
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert out.stdout == "before\n[2, 4]\n"
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 5), max_size=40), st.integers(1, 4), st.integers(1, 8))
-def test_split_is_a_partition_into_parts_of_nearly_equal_size(keys: list[int], count: int, min_size: int) -> None:
+def test_split_is_a_partition_into_parts_of_nearly_equal_size(
+    keys: list[int], count: int, min_size: int
+) -> None:
     got = split(keys, count, min_size)
     assert sorted(pos for part in got for pos in part) == list(range(len(keys)))
     assert all(part == sorted(part) for part in got)
@@ -200,3 +208,44 @@ def test_groups_of_one_shape_are_costed_together() -> None:
         outside = {keys[k] for k in range(len(keys)) if k not in part}
         # a shape spans two parts only where the sizes force a cut through it
         assert len(inside & outside) <= 1
+
+
+def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
+    """Catalog pricing asks for every group's costs without egress; a worker sends back those of the
+    shapes it costed, thin (what pricing reads), so that they are not costed again here: what costing
+    them here gives, and in full where pricing asks for it."""
+    inst = random_instance(7, groups=12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(costing_parts, "PART_MIN_GROUPS", 1)
+        setup = _prepare(
+            inst.groups,
+            inst.offerings,
+            inst.fleet,
+            inst.constraints,
+            _Clock(None),
+            exact=False,
+            timings=None,
+            workers=POOL,
+        )
+    alone = _prepare(
+        inst.groups, inst.offerings, inst.fleet, inst.constraints, _Clock(None), exact=False, timings=None
+    )
+    kept, here = setup.bases._cache, alone.bases._cache
+    assert kept.keys() == here.keys()
+    assert any(base.thin for base in kept.values())  # some came back from the worker
+    for key, base in here.items():
+        got = kept[key]
+        for name in (
+            "prefix",
+            "prefix_total",
+            "prefix_location",
+            "prefix_jpu",
+            "risk_factor",
+            "valued_total",
+        ):
+            assert (getattr(got, name) == getattr(base, name)).all(), name
+        assert got.bound == base.bound
+    for g in inst.groups:
+        jpu, _ = setup.compat.static_reasons(g)
+        full = setup.bases.full(g, jpu)
+        assert not full.thin and (full.total == alone.bases.get(g, jpu).total).all()
