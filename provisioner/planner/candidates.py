@@ -50,6 +50,8 @@ class GroupCandidates:
     rejected: GroupCosts  # cheapest incompatible offerings, for explanations
     rejected_reason: ReasonArray  # aligned with `rejected`
     compatible_count: int
+    # its egress per location at `demand` (catalog pricing reads it too), None where it moves no data
+    egress: GroupEgress | None = None
 
 
 SPREAD_SCAN = 64  # shortlist positions `_spread_families` reads at first; each further read is 4× longer
@@ -662,6 +664,7 @@ def build_candidates(
                 rejected=window.rejected,
                 rejected_reason=window.rejected_reason,
                 compatible_count=compatible,
+                egress=None if egress.none else egress,
             )
         )
         spent["compatibility"] += t1 - t0

@@ -15,7 +15,7 @@ from provisioner.domain import DemandGroup, PlanningConstraints
 from provisioner.planner.candidates import TOP_K, BaseCosts, GroupCandidates, _Base, build_candidates
 from provisioner.planner.columns import FloatArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
-from provisioner.planner.cost import GroupCosts, PlanContext
+from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext
 from provisioner.planner.limits import Limits
 from provisioner.planner.workers import Workers, split
 
@@ -47,7 +47,7 @@ PART_MIN_GROUPS = 300
 PARTS_PER_WORKER = 6
 
 # a group's candidates without its group (the caller has it): what a worker sends back
-_Found = tuple[int, FloatArray, FloatArray, ReasonArray, int]
+_Found = tuple[int, FloatArray, FloatArray, ReasonArray, int, GroupEgress | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,8 @@ def _cost_part(part: _CostingPart) -> _PartFound:
         part.groups, part.demand, part.cols, part.plan_ctx, part.compat, top_k=part.top_k, bases=bases
     )
     costed = [
-        (c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count) for c in found
+        (c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count, c.egress)
+        for c in found
     ]
     return costed, {} if bases is part.bases else bases.entries()
 
@@ -149,9 +150,9 @@ def build_candidates_on(
     for part, (found, shapes) in zip(parts, results, strict=True):
         if bases is not None:
             bases.adopt(shapes)
-        for k, (jobs_left, solver, rejected, reason, compatible) in zip(part, found, strict=True):
+        for k, (jobs_left, solver, rejected, reason, compatible, egress) in zip(part, found, strict=True):
             out[k] = GroupCandidates(
-                groups[k], jobs_left, GroupCosts(solver), GroupCosts(rejected), reason, compatible
+                groups[k], jobs_left, GroupCosts(solver), GroupCosts(rejected), reason, compatible, egress
             )
     if timings is not None:
         timings["costing"] = timings.get("costing", 0.0) + time.perf_counter() - t0

@@ -243,7 +243,9 @@ class ColumnGenerator:
         """The group's egress per location (its demand does not change while pricing: kept per group)."""
         found = self._egress.get(g)
         if found is None:
-            found = self._egress[g] = GroupEgress(cand.group, cand.demand, self.cols, self.ctx)
+            # costing's (the same group and demand) where it kept one: 0.3 s of pricing at 5,000 groups
+            found = cand.egress or GroupEgress(cand.group, cand.demand, self.cols, self.ctx)
+            self._egress[g] = found
         return found
 
     def _egress_cost(self, egress: GroupEgress) -> FloatArray:
@@ -322,6 +324,7 @@ class ColumnGenerator:
                 cand.rejected,
                 cand.rejected_reason,
                 cand.compatible_count,
+                cand.egress,
             )
             self.added += len(best)
             grew = True

@@ -142,6 +142,7 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
         location[first],
         np.ones(0),
         np.ones(len(first)),
+        np.zeros(0),
     )
     with patch.object(candidates, "WINDOW", window):
         got = _egress_window(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
