@@ -43,7 +43,11 @@ from provisioner.planner.limits import Limits
 from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
 
 MAX_ROUNDS = 12  # LP solves per phase; each round adds every group's best columns
-PER_GROUP = 4  # columns a group may gain per round (most negative reduced cost first)
+# columns a group may gain per round (most negative reduced cost first): every one the screen's SCREEN_K
+# picks that prices in. Fewer rounds of the LP: `python -m benchmarks.planner_ab` planned the 5,000 groups
+# of benchmarks/planner_scale.py in 0.88x the time with 8 than with 4 (pricing 2.22 -> 1.67 s), and with
+# 16 in 0.96x the time with 8 (pricing 1.64 -> 1.46 s, the same plan); 720 groups: the same plan each time
+PER_GROUP = 16
 SCREEN_K = 16  # offerings per group per round priced exactly after the screen
 # (group, offering) pairs past the screen's lower bound in one plan, at most (a short group priced whole
 # counts once): every trace instance of benchmarks/planner_gap.py and both instances of
