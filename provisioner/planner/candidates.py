@@ -202,7 +202,7 @@ class _Base:
     thin: bool = False  # sent back by a worker without `total`, `prefix_price` and `prefix_slots` (empty)
 
     def thinned(self) -> _Base:
-        """What catalog pricing reads of it, for another process: a tenth of its size on the full catalog
+        """What catalog pricing reads of it, for another process: a quarter of its size on the full catalog
         (`total` alone is a float per offering; pricing reads beyond the prefix seldom, and asks
         `BaseCosts.full` for that)."""
         return replace(self, total=_NONE, prefix_price=_NONE, prefix_slots=_NONE, thin=True)

@@ -44,9 +44,8 @@ def _find(keys: IntArray, sorted_keys: IntArray) -> tuple[IntArray, BoolArray]:
 @dataclass(frozen=True, slots=True)
 class LpResult:
     x: FloatArray  # jobs per pair
-    duals: dict[
-        str, tuple[IntArray, FloatArray]
-    ]  # per kind of limit of `job_lp`: its rows' keys, their duals
+    # per kind of limit of `job_lp`: its rows' keys and their duals
+    duals: dict[str, tuple[IntArray, FloatArray]]
     value_dual: float  # the served-value row's (cost phase; 0 in the value phase)
 
 
