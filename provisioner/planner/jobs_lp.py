@@ -126,12 +126,11 @@ class JobsLp:
                 self._rows[name] = (merged_keys[by_key], merged_rows[by_key])
         if next_row > first_new:
             count = next_row - first_new
-            upper = np.maximum(np.concatenate(new_ub), 0.0) if new_ub else np.zeros(0)
             empty = np.zeros(0, dtype=np.int32)
             h.addRows(
                 count,
                 np.full(count, -highspy.kHighsInf),
-                upper,
+                np.concatenate(new_ub),  # job_lp's bounds, already at least 0
                 0,
                 np.zeros(count, dtype=np.int32),
                 empty,

@@ -260,7 +260,7 @@ class ColumnGenerator:
         problem = build_problem(cands, self.cols, self.ctx, self.constraints, self.limits)
         if not self.egress_cost and problem.pairs:
             by_group = np.stack(
-                [GroupEgress(c.group, c.demand, self.cols, self.ctx).floor_usd for c in cands]
+                [(c.egress or GroupEgress(c.group, c.demand, self.cols, self.ctx)).floor_usd for c in cands]
             )
             floor = by_group[problem.pair_group, self.cols.location[problem.pair_offering]]
             problem = replace(problem, egress_usd_job=floor)
@@ -304,6 +304,7 @@ class ColumnGenerator:
                     c.take(np.zeros(0, dtype=np.int64)),
                     np.zeros(0, dtype=np.int64),
                     0,
+                    cands[g].egress,
                 )
                 for g, c in work
             ]
