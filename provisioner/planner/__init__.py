@@ -86,40 +86,17 @@ def plan(
     clock = _Clock(timings)
     pool = workers if isinstance(workers, Workers) else Workers(workers)
     try:
-        setup = _prepare(
-            groups,
-            offerings,
-            fleet,
-            constraints,
-            clock,
-            exact=method == "exact",
-            timings=timings,
-            workers=pool,
+        setup, problem, solution, priced = _plan_on(
+            pool, groups, offerings, fleet, constraints, clock, method, timings, time_limit
         )
     finally:
         if pool is not workers:
             pool.close()
-    cols, assessment, limits, candidates = setup.cols, setup.assessment, setup.limits, setup.candidates
-    plan_ctx, compat, demand = setup.plan_ctx, setup.compat, setup.demand
-    clock.last = time.perf_counter()
-    priced, lp = "", None
-    if method == "exact":
-        problem = build_problem(candidates, cols, plan_ctx, constraints, limits)
-    else:  # the shortlists grown until no offering anywhere in the catalog improves the LP
-        generator = ColumnGenerator(cols, plan_ctx, compat, constraints, limits, bases=setup.bases)
-        candidates, problem = generator.run(candidates)
-        priced = "" if generator.complete else ", catalog pricing cut short"
-        lp = generator.lp
-    clock.lap("pricing")
-    solution: Solution
-    if method == "exact":
-        solution = solve_exact(problem, time_limit)
-    else:
-        solution = solve(problem, method, time_limit, lp=lp)
-    clock.lap("solve")
-    items = Settler(problem, cols, plan_ctx, constraints, assessment).settle(solution)
+    clock.last = time.perf_counter()  # closing a pool of this plan's own is no phase's time
+    cols, assessment = setup.cols, setup.assessment
+    items = Settler(problem, cols, setup.plan_ctx, constraints, assessment).settle(solution)
     clock.lap("settle")
-    explanations = _explain(groups, demand, assessment.covered_jobs, problem, cols, items, limits)
+    explanations = _explain(groups, setup.demand, assessment.covered_jobs, problem, cols, items, setup.limits)
     clock.lap("explanation")
     # the new units at their offerings' quoted prices: the plan's estimate, not money spent (billing's)
     spend = sum(
@@ -135,6 +112,43 @@ def plan(
         objective=_objective(groups, items),
         created_at=constraints.now,
     )
+
+
+def _plan_on(
+    pool: Workers,
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[Offering] | OfferingColumns | HasOfferings,
+    fleet: Sequence[FleetUnit],
+    constraints: PlanningConstraints,
+    clock: _Clock,
+    method: str,
+    timings: Timings | None,
+    time_limit: float | None,
+) -> tuple[_Setup, Problem, Solution, str]:
+    """Costing, pricing and solving, on `pool`'s processes: the setup, the problem, its solution and
+    what the solver label adds (pricing cut short)."""
+    setup = _prepare(
+        groups, offerings, fleet, constraints, clock, exact=method == "exact", timings=timings, workers=pool
+    )
+    clock.last = time.perf_counter()  # costing keeps its own time
+    priced, lp = "", None
+    if method == "exact":
+        problem = build_problem(setup.candidates, setup.cols, setup.plan_ctx, constraints, setup.limits)
+    else:  # the shortlists grown until no offering anywhere in the catalog improves the LP
+        generator = ColumnGenerator(
+            setup.cols, setup.plan_ctx, setup.compat, constraints, setup.limits, bases=setup.bases
+        )
+        _, problem = generator.run(setup.candidates)
+        priced = "" if generator.complete else ", catalog pricing cut short"
+        lp = generator.lp
+    clock.lap("pricing")
+    solution: Solution
+    if method == "exact":
+        solution = solve_exact(problem, time_limit)
+    else:
+        solution = solve(problem, method, time_limit, lp=lp, workers=pool)
+    clock.lap("solve")
+    return setup, problem, solution, priced
 
 
 @dataclass(frozen=True, slots=True)

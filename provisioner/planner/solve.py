@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from provisioner.planner.problem import (
     job_cost,
     solve_lexicographic,
 )
+from provisioner.planner.workers import Workers
 
 # `auto` solves the pruned MILP up to this many pairs (time-limited, the LP path as its fallback, the
 # better plan kept): on the trace instances of benchmarks/planner_gap.py with 300 jobs (550-1,212
@@ -48,7 +49,11 @@ RESTRICTED_TIME_LIMIT = 5.0
 
 
 def solve(
-    problem: Problem, method: str = "auto", time_limit: float | None = None, lp: FloatArray | None = None
+    problem: Problem,
+    method: str = "auto",
+    time_limit: float | None = None,
+    lp: FloatArray | None = None,
+    workers: Workers | None = None,
 ) -> Solution:
     """method: "auto", "milp" (pruned MILP) or "lp" (LP relaxation + rounding + repair).
 
@@ -56,7 +61,8 @@ def solve(
     RESTRICTED_TIME_LIMIT for the MILP restricted to the LP's support). A MILP stopped by it returns
     its incumbent, repaired, or the repaired LP when it has none; `Solution.method` says which. `lp`:
     the problem's lexicographic jobs LP when the caller has it already (column generation ends with
-    it), else it is solved here."""
+    it), else it is solved here. `workers`: the processes a large LP's roundings are repaired on side by
+    side (the same plan as in one)."""
     restricted_limit = RESTRICTED_TIME_LIMIT if time_limit is None else time_limit
     if method == "auto":
         method = "milp" if problem.pairs <= MILP_MAX_PAIRS else "lp"
@@ -65,7 +71,12 @@ def solve(
         r = solve_lexicographic(problem, integral=True, time_limit=milp_limit, gap=1e-6)
         if r.status == "none":  # the time limit struck before any integral point: the LP path instead
             return _lp_path(
-                problem, restricted_limit, "pruned-lp (milp time limit, no incumbent)", lp, whole=False
+                problem,
+                restricted_limit,
+                "pruned-lp (milp time limit, no incumbent)",
+                lp,
+                whole=False,
+                workers=workers,
             )
         if r.status == "optimal":
             return repair(problem, integral_solution(problem, r.x, r.z, r.y, "pruned-milp"))
@@ -81,10 +92,11 @@ def solve(
             "pruned-lp (milp time limit, better than its incumbent)",
             lp,
             whole=False,
+            workers=workers,
         )
         return _best(problem, (incumbent, fallback))
     if method == "lp":
-        return _lp_path(problem, restricted_limit, "pruned-lp", lp)
+        return _lp_path(problem, restricted_limit, "pruned-lp", lp, workers=workers)
     raise ValueError(f"method: unknown planner method {method!r} (auto, milp or lp)")
 
 
@@ -102,7 +114,13 @@ RESTRICTED_MAX_PAIRS = 1500
 
 
 def _lp_path(
-    problem: Problem, time_limit: float, label: str, lp: FloatArray | None = None, *, whole: bool = True
+    problem: Problem,
+    time_limit: float,
+    label: str,
+    lp: FloatArray | None = None,
+    *,
+    whole: bool = True,
+    workers: Workers | None = None,
 ) -> Solution:
     """The LP relaxation, made integral: repaired greedily, and, unless that is already within
     CLOSE_ENOUGH of the LP's bounds, also by the MILP restricted to the LP's support (plus each
@@ -116,7 +134,7 @@ def _lp_path(
     LP's basis) and solves it exactly or nearly so within the limit."""
     if lp is None or len(lp) != problem.pairs:
         lp = solve_jobs_lp(problem)
-    repaired = _lp_repair(problem, lp, f"{label}+repair")
+    repaired = _lp_repair(problem, lp, f"{label}+repair", workers)
     support = (lp > 1e-7) | (repaired.jobs > 0)
     first = support | (problem.pair_slot < RESTRICTED_PER_GROUP)
     if int(first.sum()) > RESTRICTED_MAX_PAIRS or close_enough(problem, lp, repaired):
@@ -207,23 +225,27 @@ def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:
     return (round(served, 9), -solution.objective(problem))
 
 
-def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
+# From this many pairs the two roundings of `_lp_repair` are repaired side by side when there are worker
+# processes: at 5,000 groups (benchmarks/planner_scale.py, 63,536 pairs) each took 0.2-0.3 s and sending
+# the problem to a worker 0.0x s; at 720 groups (8,116 pairs) the roundings take a few hundredths of a second
+# together and the planner_gap instances may have started no worker at all (starting one takes 0.5 s)
+PARALLEL_REPAIR_PAIRS = 20_000
+
+
+def _lp_repair(problem: Problem, lp: FloatArray, label: str, workers: Workers | None = None) -> Solution:
     """The LP relaxation's jobs as targets, rounded down and (separately) up, each repaired and improved;
     the better plan wins. Rounding up keeps a small, valuable group whose LP share is fractional
     (rounding down would drop it while cheaper groups take its room); rounding down avoids starting
-    a unit for a sliver of a job."""
-    empty = np.zeros(problem.pairs, dtype=np.int64)
+    a unit for a sliver of a job. On a large problem, the two roundings run on `workers` side by side."""
     lists = PairLists(problem)
-    best: Solution | None = None
-    for targets in (np.floor(lp + 1e-6), np.ceil(lp - 1e-6)):
-        start = Solution(empty, empty.copy(), empty.copy(), label)
-        solution = repair(problem, start, targets.astype(np.int64), lists=lists)
-        solution = repair(problem, solution, lists=lists)
-        # improving can free room
-        solution = repair(problem, improve(problem, solution, lists=lists), lists=lists)
-        if best is None or _rank(problem, solution) > _rank(problem, best):
-            best = solution
-    assert best is not None
+    roundings = [np.floor(lp + 1e-6).astype(np.int64), np.ceil(lp - 1e-6).astype(np.int64)]
+    if workers is not None and workers.count > 1 and problem.pairs >= PARALLEL_REPAIR_PAIRS:
+        # the groups' candidates stay here: the repair reads only the per-pair arrays and the limits
+        thin = replace(problem, candidates=())
+        found = workers.map(_rounded, [_Rounding(thin, targets, label, lists) for targets in roundings])
+    else:
+        found = [_rounded(_Rounding(problem, targets, label, lists)) for targets in roundings]
+    best = found[0] if _rank(problem, found[0]) >= _rank(problem, found[1]) else found[1]
     # Going by value decides well who is served, not who gets a scarce cheap offering: rounding up the
     # units of the first groups takes the room the LP gave later ones, which then pay dearer offerings
     # (720-group instance of benchmarks/planner_scale.py: a free pool went to a 266-job group, and two
@@ -232,11 +254,36 @@ def _lp_repair(problem: Problem, lp: FloatArray, label: str) -> Solution:
     served = _jobs_per_group(problem, best.jobs)
     kept = replace(problem, demand=np.minimum(served, problem.demand))
     largest_first = np.lexsort((-problem.value, -served))
+    empty = np.zeros(problem.pairs, dtype=np.int64)
     start = Solution(empty, empty.copy(), empty.copy(), label)
     again = repair(kept, start, np.floor(lp + 1e-6).astype(np.int64), largest_first, lists)
     again = repair(kept, again, order=largest_first, lists=lists)  # what the targets left out, same order
     again = repair(problem, improve(problem, again, lists=lists), lists=lists)
     return again if _rank(problem, again) > _rank(problem, best) else best
+
+
+@dataclass(frozen=True, slots=True)
+class _Rounding:
+    """One rounding of the LP to repair, here or in a worker."""
+
+    problem: Problem
+    targets: IntArray
+    label: str
+    lists: PairLists | None  # None: built where it runs
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # not the lists (40 MB at 5,000 groups): a worker builds its own from the problem faster
+        return (_Rounding, (self.problem, self.targets, self.label, None))
+
+
+def _rounded(rounding: _Rounding) -> Solution:
+    """The rounding's targets repaired, the rest filled, improved (which can free room) and filled again."""
+    problem, lists = rounding.problem, rounding.lists or PairLists(rounding.problem)
+    empty = np.zeros(problem.pairs, dtype=np.int64)
+    start = Solution(empty, empty.copy(), empty.copy(), rounding.label)
+    solution = repair(problem, start, rounding.targets, lists=lists)
+    solution = repair(problem, solution, lists=lists)
+    return repair(problem, improve(problem, solution, lists=lists), lists=lists)
 
 
 def integral_solution(problem: Problem, x: FloatArray, z: FloatArray, y: FloatArray, method: str) -> Solution:

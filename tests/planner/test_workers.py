@@ -9,12 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.planner import _Clock, _prepare, costing_parts, plan, workers
 from provisioner.planner.costing_parts import shape_key
+from provisioner.planner.jobs_lp import solve_jobs_lp
+from provisioner.planner.pricing import ColumnGenerator
 from provisioner.planner.workers import Workers, split
 from tests.planner.instances import random_instance
 
@@ -187,14 +190,15 @@ POOL = Workers(2)  # one fork server for the examples, as the broker keeps one
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from(["auto", "lp"]))
 def test_two_workers_plan_what_one_plans(seed: int, method: str) -> None:
-    """Groups costed in two processes: the same plan, to the explanation, and the worker delivered its
-    part (a part redone here would hide a worker that cannot cost). The size threshold is lowered so
-    that these small instances are split."""
+    """Groups costed, and the LP's two roundings repaired, in two processes: the same plan, to the
+    explanation, and the worker delivered its parts (a part redone here would hide a worker that cannot
+    cost or repair). The size thresholds are lowered so that these small instances are split."""
     inst = random_instance(seed, groups=12)
     one = plan(inst.groups, inst.offerings, inst.fleet, inst.constraints, method=method)
     redone = POOL.redone
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(costing_parts, "PART_MIN_GROUPS", 1)
+        mp.setattr(sys.modules["provisioner.planner.solve"], "PARALLEL_REPAIR_PAIRS", 0)
         two = plan(inst.groups, inst.offerings, inst.fleet, inst.constraints, method=method, workers=POOL)
     assert POOL.redone == redone
     assert two == one
@@ -249,3 +253,36 @@ def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
         jpu, _ = setup.compat.static_reasons(g)
         full = setup.bases.full(g, jpu)
         assert not full.thin and (full.total == alone.bases.get(g, jpu).total).all()
+
+
+@pytest.mark.parametrize("seed", [13, 25, 113])  # floor wins, ceil wins, the same service and floor cheaper
+def test_the_lps_two_roundings_repaired_side_by_side_give_the_plan_one_process_gives(seed: int) -> None:
+    """On a large problem the LP's roundings down and up are repaired in two processes; the better one
+    wins as in one process, whichever process each ran in (these seeds' two roundings differ)."""
+    module = sys.modules["provisioner.planner.solve"]  # not the `solve` function the package exports
+    inst = random_instance(seed, groups=12)
+    setup = _prepare(
+        inst.groups, inst.offerings, inst.fleet, inst.constraints, _Clock(None), exact=False, timings=None
+    )
+    _, problem = ColumnGenerator(
+        setup.cols, setup.plan_ctx, setup.compat, inst.constraints, setup.limits
+    ).run(setup.candidates)
+    lp = solve_jobs_lp(problem)
+    down, up = (
+        module._rounded(module._Rounding(problem, targets.astype(np.int64), "test", None))
+        for targets in (np.floor(lp + 1e-6), np.ceil(lp - 1e-6))
+    )
+    assert module._rank(problem, down) != module._rank(problem, up)
+    one = module._lp_repair(problem, lp, "test")
+    redone = POOL.redone
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "PARALLEL_REPAIR_PAIRS", 0)
+        two = module._lp_repair(problem, lp, "test", POOL)
+    assert POOL.redone == redone
+    assert (two.units.tolist(), two.unit_waves.tolist(), two.jobs.tolist()) == (
+        one.units.tolist(),
+        one.unit_waves.tolist(),
+        one.jobs.tolist(),
+    )
+    better = max((down, up), key=lambda s: module._rank(problem, s))
+    assert module._rank(problem, one) >= module._rank(problem, better)
