@@ -226,9 +226,10 @@ def _rank(problem: Problem, solution: Solution) -> tuple[float, float]:
 
 
 # From this many pairs the two roundings of `_lp_repair` are repaired side by side when there are worker
-# processes: at 5,000 groups (benchmarks/planner_scale.py, 63,536 pairs) each took 0.2-0.3 s and sending
-# the problem to a worker 0.0x s; at 720 groups (8,116 pairs) the roundings take a few hundredths of a second
-# together and the planner_gap instances may have started no worker at all (starting one takes 0.5 s)
+# processes: at 5,000 groups (benchmarks/planner_scale.py, 69,619 pairs) each takes 0.2-0.3 s, and the
+# problem travels without its candidates (11.7 MB, pickled in 7 ms); at 720 groups (8,116 pairs) the
+# roundings take a few hundredths of a second together, and the planner_gap instances may have started
+# no worker at all (starting one takes 0.5 s)
 PARALLEL_REPAIR_PAIRS = 20_000
 
 
