@@ -31,7 +31,7 @@ from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import PlanContext
 from provisioner.planner.costing_parts import build_candidates_on
 from provisioner.planner.drain import FleetAssessment, assess_fleet
-from provisioner.planner.explain import explain_group, explain_quiet, limits_after
+from provisioner.planner.explain import Remaining, explain_group, explain_quiet, limits_after
 from provisioner.planner.limits import Limits, build_limits
 from provisioner.planner.milp import solve_exact
 from provisioner.planner.pricing import ColumnGenerator
@@ -279,7 +279,7 @@ def _explain(
     items: Sequence[PlanItem],
     limits: Limits,
 ) -> list[GroupExplanation]:
-    left = limits_after(problem, cols, items, limits)
+    left = Remaining.of(limits_after(problem, cols, items, limits), cols)
     by_group: dict[str, list[PlanItem]] = {}
     for it in items:
         by_group.setdefault(it.group_id, []).append(it)

@@ -13,10 +13,11 @@ no usable offering at all, the reason that rejects most of its cheapest offering
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import NamedTuple
+from itertools import chain
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from provisioner.domain import (
 from provisioner.planner.candidates import GroupCandidates
 from provisioner.planner.columns import OfferingColumns
 from provisioner.planner.compatibility import reason_of
-from provisioner.planner.cost import GroupCosts
+from provisioner.planner.cost import FIELDS, GroupCosts
 from provisioner.planner.limits import Limits
 from provisioner.planner.problem import Problem
 
@@ -85,44 +86,84 @@ class _Binding:
     detail: str
 
 
-class _Row(NamedTuple):
-    """One shortlist entry's figures as Python numbers (reading numpy scalars one by one is slow)."""
+@dataclass(frozen=True, slots=True)
+class Remaining:
+    """What is left of every limit after the plan (`limits_after`), as Python lists, with the offerings'
+    price and start-up hours: `binding_limit` reads a few of each for every group (reading numpy scalars
+    and Decimal prices one by one took a fifth of the explanation's time at 5,000 groups)."""
 
-    offering: int
-    total: float
-    wave_hours: float
-    egress_usd: float
-    egress_gb: float
+    exp_index: dict[str, int]
+    capacity: list[float]
+    quota: list[float]  # per family code
+    family: list[int]  # per offering
+    facility_spend: float
+    exp_spend: list[float]
+    exp_budget: list[float]
+    exp_egress: list[float]
+    exp_gpus: list[float]
+    node_hours: list[float]
+    node_hours_unpaced: list[float]
+    price: list[float]  # USD per unit-hour, per offering
+    startup_hours: list[float]
 
-    @staticmethod
-    def all(costs: GroupCosts) -> list[_Row]:
-        columns = (
-            costs.offering,
-            costs.total,
-            costs.wave_hours,
-            costs.egress_usd_per_job,
-            costs.egress_gb_per_job,
+    @classmethod
+    def of(cls, left: Limits, cols: OfferingColumns) -> Remaining:
+        return cls(
+            left.exp_index,
+            left.capacity.tolist(),
+            left.quota.tolist(),
+            cols.family.tolist(),
+            float(left.facility_spend),
+            left.exp_spend.tolist(),
+            left.exp_budget.tolist(),
+            left.exp_egress.tolist(),
+            left.exp_gpus.tolist(),
+            left.node_hours.tolist(),
+            left.node_hours_unpaced.tolist(),
+            cols.price.tolist(),
+            cols.startup_hours.tolist(),
         )
-        return list(map(_Row._make, zip(*(c.tolist() for c in columns), strict=True)))
 
 
-def binding_limit(group: DemandGroup, row: _Row, cols: OfferingColumns, left: Limits) -> _Binding | None:
+# a shortlist entry's figures as Python numbers (reading numpy scalars one by one is slow): its offering
+# (a float: int() it), total, wave hours, egress USD and GB per job; plain lists, as building a named
+# tuple per entry took a tenth of the explanation's time at 5,000 groups
+_Row = list[float]
+_ROW_FIELDS = [
+    FIELDS.index(name)
+    for name in ("offering", "total", "wave_hours", "egress_usd_per_job", "egress_gb_per_job")
+]
+FIRST_ROWS = 8  # shortlist entries read at first: the explanation mostly needs 5 or so
+
+
+def _rows(costs: GroupCosts) -> Iterator[_Row]:
+    """The shortlist's entries, the first FIRST_ROWS converted first: the rest only when asked for."""
+    head: list[_Row] = costs.data[_ROW_FIELDS, :FIRST_ROWS].T.tolist()
+    return chain(head, _rest(costs)) if len(costs) > FIRST_ROWS else iter(head)
+
+
+def _rest(costs: GroupCosts) -> Iterator[_Row]:
+    yield from costs.data[_ROW_FIELDS, FIRST_ROWS:].T.tolist()
+
+
+def binding_limit(group: DemandGroup, row: _Row, cols: OfferingColumns, left: Remaining) -> _Binding | None:
     """The limit that stops one more unit (one wave) of shortlist entry `row`, or None if none does."""
-    i, egress_usd, egress_gb = row.offering, row.egress_usd, row.egress_gb
-    o = cols.offerings[i]
+    offering, _, wave_hours, egress_usd, egress_gb = row
+    i = int(offering)
     k = left.exp_index[group.experiment]
-    need_hours = row.wave_hours + o.startup_seconds / 3600.0
-    price = float(o.price_per_hour)
+    need_hours = wave_hours + left.startup_hours[i]
+    price = left.price[i]
     if left.capacity[i] < 1:
-        return _Binding(RejectReason.CAPACITY, f"no more units of {o.instance_type} available")
-    if left.quota[cols.family[i]] < o.cores:
         return _Binding(
-            RejectReason.QUOTA,
-            f"family {o.family} quota has {max(0, left.quota[cols.family[i]]):.0f} cores left",
+            RejectReason.CAPACITY, f"no more units of {cols.offerings[i].instance_type} available"
         )
+    o = cols.offerings[i]
+    quota = left.quota[left.family[i]]
+    if quota < o.cores:
+        return _Binding(RejectReason.QUOTA, f"family {o.family} quota has {max(0, quota):.0f} cores left")
     if left.exp_gpus[k] < o.gpu_count:
         return _Binding(RejectReason.QUOTA, f"{group.experiment} GPU limit reached")
-    if price > min(left.facility_spend, float(left.exp_spend[k])) + 1e-9:
+    if price > min(left.facility_spend, left.exp_spend[k]) + 1e-9:
         return _Binding(
             RejectReason.SPEND_RATE, f"one more unit at ${price:.4f}/h would exceed the spend-rate cap"
         )
@@ -151,7 +192,7 @@ def binding_limit(group: DemandGroup, row: _Row, cols: OfferingColumns, left: Li
 
 
 def _percent(cost: float, reference: float) -> str:
-    if not np.isfinite(reference) or reference <= 0 or not np.isfinite(cost):
+    if not math.isfinite(reference) or reference <= 0 or not math.isfinite(cost):
         return ""
     delta = (cost - reference) / reference * 100
     return f"{abs(delta):.0f}% {'cheaper' if delta < 0 else 'dearer'} per HS23-hour than the chosen offering"
@@ -185,57 +226,63 @@ def _incompatible_detail(
 
 
 def explain_group(
-    cand: GroupCandidates, items: Sequence[PlanItem], cols: OfferingColumns, left: Limits
+    cand: GroupCandidates, items: Sequence[PlanItem], cols: OfferingColumns, left: Remaining
 ) -> GroupExplanation:
     group = cand.group
-    chosen_ids = {it.offering_id for it in items}
+    chosen = {cols.index[it.offering_id] for it in items}
     served = sum(it.jobs for it in items)
     solver, rejected_short = cand.solver, cand.rejected
-    rows = _Row.all(solver)
-    rejected_offering, rejected_total = rejected_short.offering.tolist(), rejected_short.total.tolist()
-    rejected_reason = [reason_of(code) for code in cand.rejected_reason.tolist()]
-    chosen_costs = [row.total for row in rows if cols.offerings[row.offering].id in chosen_ids]
+    chosen_costs = [
+        cost
+        for i, cost in zip(solver.data[0].tolist(), solver.total.tolist(), strict=True)
+        if int(i) in chosen
+    ]
     reference = min(chosen_costs) if chosen_costs else float("inf")
+    rejected_offering, rejected_total = rejected_short.offering.tolist(), rejected_short.total.tolist()
+    rejected_codes = cand.rejected_reason.tolist()
     out: list[Rejection] = []
-    shown: set[str] = set()
+    shown: set[int] = set()
     seen_reasons: set[RejectReason] = set()
 
     def add(i: int, reason: RejectReason, cost: float, detail: str) -> None:
-        o = cols.offerings[i]
-        if o.id in shown or len(out) >= MAX_REJECTED:
+        if i in shown or len(out) >= MAX_REJECTED:
             return
-        shown.add(o.id)
-        rate = Decimal(f"{cost:.10f}") if np.isfinite(cost) else None
-        out.append(Rejection(o.id, reason, rate, detail))
+        shown.add(i)
+        rate = Decimal(f"{cost:.10f}") if math.isfinite(cost) else None
+        out.append(Rejection(cols.offerings[i].id, reason, rate, detail))
 
-    # 1. cheaper, but not usable
-    for i, cost, reason in zip(rejected_offering, rejected_total, rejected_reason, strict=True):
-        if cost < reference and reason not in seen_reasons and len(out) < MAX_CHEAPER_INCOMPATIBLE:
-            seen_reasons.add(reason)
-            add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
+    # 1. cheaper, but not usable: the first of each reason (not by a loop in Python: an unserved group has
+    # every rejected offering cheaper, mostly for one reason)
+    cheaper = np.flatnonzero(rejected_short.total < reference).tolist()
+    cheaper_codes = [rejected_codes[k] for k in cheaper]
+    for code in list(dict.fromkeys(cheaper_codes))[:MAX_CHEAPER_INCOMPATIBLE]:  # in order of first seen
+        k = cheaper[cheaper_codes.index(code)]
+        i, cost, reason = rejected_offering[k], rejected_total[k], reason_of(rejected_codes[k])
+        seen_reasons.add(reason)
+        add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
     # 2. usable runners-up, with the limit that stopped them
     unserved = max(0, cand.demand - served)
     unserved_reason: RejectReason | None = None
     unserved_detail = ""
-    for row in rows:
+    for row in _rows(solver):
         if len(out) >= MAX_REJECTED and (unserved == 0 or unserved_reason is not None):
             break  # nothing more to show, and the limit binding the unserved jobs is known (or moot)
-        i = row.offering
+        i = int(row[0])
         binding = binding_limit(group, row, cols, left)
         if binding is not None and unserved_reason is None:
             unserved_reason, unserved_detail = binding.reason, f"{cols.offerings[i].id}: {binding.detail}"
-        if cols.offerings[i].id in chosen_ids or len(out) >= MAX_REJECTED:
+        if i in chosen or len(out) >= MAX_REJECTED:
             continue
-        cost = row.total
+        cost = row[1]
         if binding is None:
             add(i, RejectReason.MORE_EXPENSIVE, cost, _percent(cost, reference))
         else:
             add(i, binding.reason, cost, f"{binding.detail}; {_percent(cost, reference)}".rstrip("; "))
     # 3. fill up with other incompatible reasons, then anything
-    for i, cost, reason in zip(rejected_offering, rejected_total, rejected_reason, strict=True):
+    for i, cost, code in zip(rejected_offering, rejected_total, rejected_codes, strict=True):
         if len(out) >= MAX_REJECTED:
             break  # `add` would refuse it: skip writing its detail
-        if reason not in seen_reasons:
+        if (reason := reason_of(code)) not in seen_reasons:
             seen_reasons.add(reason)
             add(i, reason, cost, _incompatible_detail(reason, group, cols, i, _percent(cost, reference)))
     note = ""
