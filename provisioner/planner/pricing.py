@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from provisioner.domain import PlanningConstraints
-from provisioner.planner.candidates import BaseCosts, GroupCandidates, _Base, _merge
+from provisioner.planner.candidates import BaseCosts, GroupCandidates, _Base, _merge_packed, packed_total
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
 from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs
@@ -174,6 +174,7 @@ class ColumnGenerator:
         # (they depend on the group and the round only)
         self._rejected_keys: IntArray = np.zeros(0, dtype=np.int64)
         self._egress: dict[int, GroupEgress] = {}  # per group
+        self._packed: dict[int, FloatArray] = {}  # per group, its shortlist's packed costs (`_packed_of`)
         # offerings paying an allocation's value on top of their price, and the share of paid that is money
         self._valued = ctx.valued
         self._money_share = np.ones(len(cols))  # money's share of what an offering is paid: price / paid
@@ -191,7 +192,7 @@ class ColumnGenerator:
         cands = list(candidates)
         # what is kept per group is keyed by its position in `cands`: a run starts afresh
         self._groups = _GroupTable(cands, self)
-        self._rows, self._egress, self._whole = {}, {}, set()
+        self._rows, self._egress, self._whole, self._packed = {}, {}, set(), {}
         self._prefix_reasons = {}
         self._rejected_keys = np.zeros(0, dtype=np.int64)
         self._lp = None
@@ -322,10 +323,13 @@ class ColumnGenerator:
                 continue
             best = good[np.argsort(part[good], kind="stable")[:PER_GROUP]]
             cand = cands[g]
+            solver, self._packed[g] = _merge_packed(
+                (cand.solver, self._packed_of(g, cand)), _packed(costs.take(best), cand.demand)
+            )
             cands[g] = GroupCandidates(
                 cand.group,
                 cand.demand,
-                _merge(cand.solver, costs.take(best), cand.demand),
+                solver,
                 cand.rejected,
                 cand.rejected_reason,
                 cand.compatible_count,
@@ -334,6 +338,14 @@ class ColumnGenerator:
             self.added += len(best)
             grew = True
         return grew
+
+    def _packed_of(self, g: int, cand: GroupCandidates) -> FloatArray:
+        """The group's shortlist's packed costs (`packed_total`, per offering): kept per group as columns are
+        added, rather than computed again for the whole shortlist at each merge."""
+        found = self._packed.get(g)
+        if found is None:
+            found = self._packed[g] = packed_total(cand.solver, cand.demand)
+        return found
 
     def _reject(self, g: int, offerings: IntArray) -> None:
         keys = g * len(self.cols) + offerings
@@ -669,3 +681,7 @@ class _Coefficients:
         if phase2:
             return self.cost - dual_sum + duals.value * value[g]
         return np.where(np.isfinite(self.cost), -value[g] - dual_sum, np.inf)
+
+
+def _packed(costs: GroupCosts, demand: int) -> tuple[GroupCosts, FloatArray]:
+    return costs, packed_total(costs, demand)
