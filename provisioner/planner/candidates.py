@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -334,51 +334,20 @@ class _GroupPricer:
 
 @dataclass(frozen=True, slots=True)
 class _RateIndex:
-    """Offerings (`pos`: positions in a shape's prefix, ascending) with their USD per unit-hour and jobs a
-    unit runs in the window, sorted two ways, so that the least USD per hour of running a group whole
-    (price × ⌈jobs / slots⌉) is found without computing it for every offering: that rate is at least the
-    price and at least jobs × price / slots, so beyond the first few by either nothing can be among the least."""
+    """A shape's cheapest offerings the rules allow (`pos`: positions in its prefix, ascending), with their
+    USD per unit-hour and the jobs a unit runs in the window, for the least USD per hour of running a group
+    whole (price × ⌈jobs / slots⌉). Computed for every one of them: bounding the rate by sorted prices and
+    price per slot computed it for fewer, but sorting them for each of the 779 shape and rule-set pairs of
+    the 5,000-group instance of benchmarks/planner_scale.py cost more than it saved (costing, one process:
+    0.29 s for every rate against 0.78 s with the bounds, of 5.7-7.0 s of CPU time, 2026-12-03)."""
 
     pos: IntArray
     price: FloatArray
     slots: FloatArray
-    by_price: IntArray  # into `pos`, cheapest first
-    by_ratio: IntArray  # into `pos`, least price per slot first
-    sorted_price: FloatArray
-    sorted_ratio: FloatArray
-    # per `take`: the first `take` by either order, which bound the take-th least rate (the same for every
-    # group of the shape and rule set: kept, not merged again per group)
-    seeds: dict[int, IntArray] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, pos: IntArray, price: FloatArray, slots: FloatArray) -> _RateIndex:
-        ratio = price / slots
-        by_price, by_ratio = np.argsort(price, kind="stable"), np.argsort(ratio, kind="stable")
-        return cls(pos, price, slots, by_price, by_ratio, price[by_price], ratio[by_ratio])
-
-    def _seed(self, take: int) -> IntArray:
-        found = self.seeds.get(take)
-        if found is None:
-            found = self.seeds[take] = np.union1d(self.by_price[:take], self.by_ratio[:take])
-        return found
 
     def least_rates(self, jobs: int, take: int) -> IntArray:
-        """The positions of the `take` least rates for `jobs` jobs, least first, equal rates by position: what
-        `smallest` over every offering's rate gives."""
-        if len(self.pos) <= take:
-            near = np.arange(len(self.pos))
-        else:
-            # the take-th least rate of a few offerings bounds the take-th least of all
-            seed = self._seed(take)
-            bound = float(
-                np.partition(self.price[seed] * np.ceil(jobs / self.slots[seed]), take - 1)[take - 1]
-            )
-            bound *= 1 + 1e-12  # the ratio's rounding: keep anything the bound might not exclude
-            by_price = int(np.searchsorted(self.sorted_price, bound, side="right"))
-            by_ratio = int(np.searchsorted(self.sorted_ratio, bound / jobs, side="right"))
-            near = np.sort(self.by_price[:by_price] if by_price <= by_ratio else self.by_ratio[:by_ratio])
-        rate = self.price[near] * np.ceil(jobs / self.slots[near])
-        return self.pos[near[smallest(rate, take)]]
+        """The positions of the `take` least rates for `jobs` jobs, least first, equal rates by position."""
+        return self.pos[smallest(self.price * np.ceil(jobs / self.slots), take)]
 
 
 # a batch of the walk: the usable offerings of the batch priced, the least full-packing cost of what is
@@ -437,7 +406,7 @@ class _Shared:
         found = self._allowed.get(key)
         if found is None:
             pos = np.flatnonzero(static[base.prefix] == 0)
-            index = _RateIndex.of(pos, base.prefix_price[pos], base.prefix_slots[pos]) if len(pos) else None
+            index = _RateIndex(pos, base.prefix_price[pos], base.prefix_slots[pos]) if len(pos) else None
             found = (static, base, index)
             self._allowed[key] = found
         return found[2]

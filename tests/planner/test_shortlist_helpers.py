@@ -169,13 +169,13 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
 def test_the_least_rates_are_those_of_computing_every_rate(
     offerings: list[tuple[float, float]], asks: list[tuple[int, int]]
 ) -> None:
-    """`_RateIndex.least_rates` computes price × ⌈jobs / slots⌉ only for offerings its bounds cannot rule
-    out: the same positions, in the same order (equal rates by position), as computing it for all; asked
-    again for other jobs and counts (groups of one shape share the index and what it keeps per count)."""
+    """`_RateIndex.least_rates`: the positions of the least price × ⌈jobs / slots⌉, in the order of a stable
+    sort (equal rates by position); asked again for other jobs and counts (groups of one shape share the
+    index)."""
     price = np.array([p for p, _ in offerings])
     slots = np.array([s for _, s in offerings])
     pos = np.arange(len(offerings)) * 3  # positions in a prefix: ascending, not contiguous
-    index = _RateIndex.of(pos, price, slots)
+    index = _RateIndex(pos, price, slots)
     for jobs, take in asks:
         rate = price * np.ceil(jobs / slots)
         want = pos[np.argsort(rate, kind="stable")[:take]]
