@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +52,8 @@ class GroupCandidates:
     compatible_count: int
     # its egress per location at `demand` (catalog pricing reads it too), None where it moves no data
     egress: GroupEgress | None = None
+    # `packed_total(solver, demand)` where costing computed it (pricing merges columns by it), else None
+    packed: FloatArray | None = field(default=None, compare=False)  # an array: no == of its own
 
 
 SPREAD_SCAN = 64  # shortlist positions `_spread_families` reads at first; each further read is 4× longer
@@ -587,6 +589,7 @@ def build_candidates(
                 shared.keep_window(static, base, cap, window)
         first, pricer, priced, usable = window.first, window.pricer, window.priced, window.usable
         compatible = window.compatible
+        packed: FloatArray | None = None
         if top_k is None:
             shortlist = usable
         else:
@@ -624,7 +627,7 @@ def build_candidates(
                 light = _light(jobs, static, base, pricer, cols, shared, per_family)
                 if light is not None:
                     merged = _merge_packed(merged, light)
-            shortlist = merged[0]
+            shortlist, packed = merged
         out.append(
             GroupCandidates(
                 group=group,
@@ -634,6 +637,7 @@ def build_candidates(
                 rejected_reason=window.rejected_reason,
                 compatible_count=compatible,
                 egress=None if egress.none else egress,
+                packed=packed,
             )
         )
         spent["compatibility"] += t1 - t0

@@ -125,6 +125,17 @@ class CompatContext:
             self._static[key] = found
         return jpu, found
 
+    def statics(self) -> dict[tuple[object, ...], ReasonArray]:
+        """The static reasons found so far, by key: what a context of the same round in another process
+        adopts (`adopt_statics`) instead of finding them again."""
+        return dict(self._static)
+
+    def adopt_statics(self, entries: dict[tuple[object, ...], ReasonArray]) -> None:
+        """Keep static reasons a context of the same round (columns, constraints, context and limits) found
+        in another process: they depend only on their key and the round."""
+        for key, reasons in entries.items():
+            self._static.setdefault(key, reasons)
+
     @staticmethod
     def _policy_key(group: DemandGroup) -> tuple[object, ...]:
         return (group.experiment, group.preemptible, group.archs, group.gpus_per_job > 0, group.gpu_model)

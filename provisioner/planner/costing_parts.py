@@ -47,7 +47,7 @@ PART_MIN_GROUPS = 300
 PARTS_PER_WORKER = 6
 
 # a group's candidates without its group (the caller has it): what a worker sends back
-_Found = tuple[int, FloatArray, FloatArray, ReasonArray, int, GroupEgress | None]
+_Found = tuple[int, FloatArray, FloatArray, ReasonArray, int, GroupEgress | None, FloatArray | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,9 @@ def _travelled(
 # pricing asks for them next: costing them again here took 0.3-0.4 s of pricing's time on the 5,000-group
 # instance of benchmarks/planner_scale.py; sent back thin, about 0.1 MB a shape: whole, 0.5 MB a shape took
 # as much time again in costing)
-_PartFound = tuple[list[_Found], dict[tuple[object, ...], _Base]]
+# and the static reasons its groups' rule sets gave (catalog pricing reads them for every group: finding them
+# again here took 0.1-0.2 s of pricing's time at 5,000 groups)
+_PartFound = tuple[list[_Found], dict[tuple[object, ...], _Base], dict[tuple[object, ...], ReasonArray]]
 
 
 def _cost_part(part: _CostingPart) -> _PartFound:
@@ -109,10 +111,12 @@ def _cost_part(part: _CostingPart) -> _PartFound:
         part.groups, part.demand, part.cols, part.plan_ctx, part.compat, top_k=part.top_k, bases=bases
     )
     costed = [
-        (c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count, c.egress)
+        (c.demand, c.solver.data, c.rejected.data, c.rejected_reason, c.compatible_count, c.egress, c.packed)
         for c in found
     ]
-    return costed, {} if bases is part.bases else bases.entries()
+    if bases is part.bases:  # costed here: its context and shapes are this process's own
+        return costed, {}, {}
+    return costed, bases.entries(), part.compat.statics()
 
 
 def build_candidates_on(
@@ -148,12 +152,22 @@ def build_candidates_on(
     ]
     results = workers.map(_cost_part, jobs)
     out: list[GroupCandidates | None] = [None] * len(groups)
-    for part, (found, shapes) in zip(parts, results, strict=True):
+    for part, (found, shapes, statics) in zip(parts, results, strict=True):
+        compat.adopt_statics(statics)
         if bases is not None:
             bases.adopt(shapes)
-        for k, (jobs_left, solver, rejected, reason, compatible, egress) in zip(part, found, strict=True):
+        for k, (jobs_left, solver, rejected, reason, compatible, egress, packed) in zip(
+            part, found, strict=True
+        ):
             out[k] = GroupCandidates(
-                groups[k], jobs_left, GroupCosts(solver), GroupCosts(rejected), reason, compatible, egress
+                groups[k],
+                jobs_left,
+                GroupCosts(solver),
+                GroupCosts(rejected),
+                reason,
+                compatible,
+                egress,
+                packed,
             )
     if timings is not None:
         timings["costing"] = timings.get("costing", 0.0) + time.perf_counter() - t0

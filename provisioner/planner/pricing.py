@@ -334,17 +334,19 @@ class ColumnGenerator:
                 cand.rejected_reason,
                 cand.compatible_count,
                 cand.egress,
+                self._packed[g],
             )
             self.added += len(best)
             grew = True
         return grew
 
     def _packed_of(self, g: int, cand: GroupCandidates) -> FloatArray:
-        """The group's shortlist's packed costs (`packed_total`, per offering): kept per group as columns are
-        added, rather than computed again for the whole shortlist at each merge."""
+        """The group's shortlist's packed costs (`packed_total`, per offering): costing's, then kept per group
+        as columns are added, rather than computed again for the whole shortlist at each merge."""
         found = self._packed.get(g)
         if found is None:
-            found = self._packed[g] = packed_total(cand.solver, cand.demand)
+            found = cand.packed if cand.packed is not None else packed_total(cand.solver, cand.demand)
+            self._packed[g] = found
         return found
 
     def _reject(self, g: int, offerings: IntArray) -> None:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.planner import _Clock, _prepare, costing_parts, plan, workers
+from provisioner.planner.candidates import packed_total
 from provisioner.planner.costing_parts import shape_key
 from provisioner.planner.jobs_lp import solve_jobs_lp
 from provisioner.planner.pricing import ColumnGenerator
@@ -253,6 +254,36 @@ def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
         jpu, _ = setup.compat.static_reasons(g)
         full = setup.bases.full(g, jpu)
         assert not full.thin and (full.total == alone.bases.get(g, jpu).total).all()
+
+
+def test_the_rules_and_packed_costs_a_worker_found_are_kept_here_for_pricing() -> None:
+    """Catalog pricing reads every group's static reasons and its shortlist's packed costs: a worker sends
+    back what it found, which is what finding them here gives."""
+    inst = random_instance(7, groups=12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(costing_parts, "PART_MIN_GROUPS", 1)
+        setup = _prepare(
+            inst.groups,
+            inst.offerings,
+            inst.fleet,
+            inst.constraints,
+            _Clock(None),
+            exact=False,
+            timings=None,
+            workers=POOL,
+        )
+    alone = _prepare(
+        inst.groups, inst.offerings, inst.fleet, inst.constraints, _Clock(None), exact=False, timings=None
+    )
+    kept, here = setup.compat.statics(), alone.compat.statics()
+    assert kept.keys() == here.keys()  # every group's, those of the worker's groups too
+    for key, reasons in here.items():
+        assert kept[key].tolist() == reasons.tolist()
+    assert len(setup.candidates) == len(alone.candidates)
+    for got, want in zip(setup.candidates, alone.candidates, strict=True):
+        assert got.packed is not None and want.packed is not None
+        assert got.packed.tolist() == want.packed.tolist()
+        assert got.packed.tolist() == packed_total(got.solver, got.demand).tolist()
 
 
 @pytest.mark.parametrize("seed", [13, 25, 113])  # floor wins, ceil wins, the same service and floor cheaper
