@@ -34,6 +34,7 @@ class Draft:
     units: int
     unit_waves: int
     jobs: int
+    experiment: str  # its group's: each trim reads it for every item, for each experiment with a limit
     money: Decimal = Decimal(0)
     egress: Decimal = Decimal(0)
 
@@ -56,10 +57,13 @@ class Settler:
     def settle(self, solution: Solution) -> list[PlanItem]:
         pr = self.pr
         order = np.lexsort((np.arange(pr.pairs), -pr.value[pr.pair_group]))  # most valuable first
+        experiment = [c.group.experiment for c in pr.candidates]
+        pair_group = pr.pair_group.tolist()
+        units, waves, jobs = solution.units.tolist(), solution.unit_waves.tolist(), solution.jobs.tolist()
         drafts = [
-            Draft(int(p), int(solution.units[p]), int(solution.unit_waves[p]), int(solution.jobs[p]))
-            for p in order
-            if solution.jobs[p] > 0
+            Draft(p, units[p], waves[p], jobs[p], experiment[pair_group[p]])
+            for p in order.tolist()
+            if jobs[p] > 0
         ]
         self._price(drafts)
         for _ in range(MAX_TRIM_ROUNDS):
@@ -110,9 +114,6 @@ class Settler:
 
     # --- trimming ------------------------------------------------------------------------------
 
-    def _experiment(self, d: Draft) -> str:
-        return self.pr.candidates[int(self.pr.pair_group[d.pair])].group.experiment
-
     def _shrink_units(self, d: Draft, units: int) -> None:
         p = d.pair
         d.units = max(0, units)
@@ -134,7 +135,7 @@ class Settler:
             caps.append((self.constraints.spend_rate_cap_per_hour, self.fleet.spend_per_hour, drafts))
         for name, lim in self.constraints.experiments.items():
             if lim.spend_rate_cap_per_hour is not None:
-                mine = [d for d in drafts if self._experiment(d) == name]
+                mine = [d for d in drafts if d.experiment == name]
                 fleet = self.fleet.spend_per_hour_by_experiment.get(name, Decimal(0))
                 caps.append((lim.spend_rate_cap_per_hour, fleet, mine))
         for cap, fleet, members in caps:
@@ -151,7 +152,7 @@ class Settler:
         for name, lim in self.constraints.experiments.items():
             if lim.egress_cap_gb is None:
                 continue
-            mine = [d for d in drafts if self._experiment(d) == name]
+            mine = [d for d in drafts if d.experiment == name]
             gb = [float(self.pr.egress_gb_job[d.pair]) * d.jobs for d in mine]
             excess = sum(gb) - lim.egress_cap_gb
             if excess > 1e-9:
@@ -167,7 +168,7 @@ class Settler:
         for name, lim in self.constraints.experiments.items():
             if lim.budget_remaining is None:
                 continue
-            mine = [d for d in drafts if self._experiment(d) == name]
+            mine = [d for d in drafts if d.experiment == name]
             excess = sum((d.money for d in mine), Decimal(0)) - lim.budget_remaining
             if excess > 0:
                 for d in reversed(mine):
