@@ -77,7 +77,8 @@ def plan(
     the MILP restricted to the LP's support, none for "exact"): when it strikes, the plan is the
     solver's incumbent or the repaired LP, never an error, and `Plan.solver` says which; where HiGHS
     overruns it, the guard process of `deadline.py` holds it. `workers`: processes the groups' costing
-    is split over (`workers.py`; the same plan as with 1): a `Workers` the caller keeps keeps its worker
+    is split over, and a large LP's two roundings (`workers.py`, `solve.py`; the same plan as with 1): a
+    `Workers` the caller keeps keeps its worker
     processes for the next rounds, a number starts them for this plan only.
     """
     if method not in METHODS:
