@@ -77,9 +77,9 @@ def plan(
     the MILP restricted to the LP's support, none for "exact"): when it strikes, the plan is the
     solver's incumbent or the repaired LP, never an error, and `Plan.solver` says which; where HiGHS
     overruns it, the guard process of `deadline.py` holds it. `workers`: processes the groups' costing
-    is split over, and a large LP's two roundings (`workers.py`, `solve.py`; the same plan as with 1): a
-    `Workers` the caller keeps keeps its worker
-    processes for the next rounds, a number starts them for this plan only.
+    is split over, and a large LP's two roundings (`workers.py`, `solve.py`; the same plan as with 1):
+    a `Workers` the caller keeps keeps its worker processes for the next rounds, a number starts them
+    for this plan only.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown planner method {method!r}, expected one of {METHODS}")

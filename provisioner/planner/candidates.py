@@ -169,18 +169,11 @@ def _light(
     return costs.take(keep), packed[keep]
 
 
-def _merge(shortlist: GroupCosts, extra: GroupCosts, demand: int) -> GroupCosts:
-    """Both shortlists, each offering once, cheapest at the group's size first."""
-    both, _ = _merge_packed(
-        (shortlist, packed_total(shortlist, demand)), (extra, packed_total(extra, demand))
-    )
-    return both
-
-
 def _merge_packed(
     shortlist: tuple[GroupCosts, FloatArray], extra: tuple[GroupCosts, FloatArray]
 ) -> tuple[GroupCosts, FloatArray]:
-    """`_merge` of shortlists that carry their packed costs (`packed_total` is per offering, so it merges too)."""
+    """Both shortlists, each offering once, cheapest at the group's size first, with their packed costs
+    (`packed_total` is per offering, so it merges too)."""
     (short, short_packed), (more, more_packed) = shortlist, extra
     # a dozen offerings against a dozen: one comparison matrix is cheaper than np.isin's sorting
     new = ~(_offering(more)[:, None] == _offering(short)[None, :]).any(axis=1)
@@ -340,8 +333,9 @@ class _RateIndex:
     USD per unit-hour and the jobs a unit runs in the window, for the least USD per hour of running a group
     whole (price × ⌈jobs / slots⌉). Computed for every one of them: bounding the rate by sorted prices and
     price per slot computed it for fewer, but sorting them for each of the 779 shape and rule-set pairs of
-    the 5,000-group instance of benchmarks/planner_scale.py cost more than it saved (costing, one process:
-    0.29 s for every rate against 0.78 s with the bounds, of 5.7-7.0 s of CPU time, 2026-12-03)."""
+    the 5,000-group instance of benchmarks/planner_scale.py cost more than it saved (costing in one process,
+    4 runs: 0.27-0.30 s computing every rate against 0.70-0.85 s with the bounds, of 5.7-7.0 s of CPU time,
+    2026-12-03)."""
 
     pos: IntArray
     price: FloatArray

@@ -2,8 +2,8 @@
 
 Costing every group's offerings is independent per group and pure (and so are a large LP's two roundings,
 `solve._lp_repair`), so `Workers.map` hands the parts out to this process and to its workers as each
-finishes one. A worker is a Python process of its own,
-started on first use and kept for the next rounds, fed pickled parts through a pipe. Not a fork of the
+finishes one. A worker is a Python process of its own, started on first use and kept for the next rounds,
+fed pickled parts through a pipe. Not a fork of the
 broker: forking a large process copies its page tables and, on a virtual machine, makes it pay a page
 fault for every page it or the child writes afterwards (in a 5 GB benchmark process that ate everything
 the second core gained); and not multiprocessing's fork server, whose workers import the parent's main

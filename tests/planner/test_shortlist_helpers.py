@@ -19,7 +19,7 @@ from provisioner.planner.candidates import (
     _cheapest,
     _egress_window,
     _full_total,
-    _merge,
+    _merge_packed,
     _RateIndex,
     _spread_families,
     _window,
@@ -73,11 +73,13 @@ def test_merge_keeps_each_offering_once_cheapest_first(
 ) -> None:
     a = costs_of(list(short), list(short.values()))
     b = costs_of(list(extra), list(extra.values()))
-    merged = _merge(a, b, demand)
+    merged, packed = _merge_packed((a, packed_total(a, demand)), (b, packed_total(b, demand)))
     new = [o for o in extra if o not in short]
     both = costs_of([*short, *new], [*short.values(), *(extra[o] for o in new)])
     order = np.argsort(packed_total(both, demand), kind="stable")
     assert np.array_equal(merged.data, both.data[:, order])
+    # the packed costs merge with their offerings (pricing keeps them per group as it adds columns)
+    assert np.array_equal(packed, packed_total(merged, demand))
 
 
 def _same(a: GroupCandidates, b: GroupCandidates) -> bool:
