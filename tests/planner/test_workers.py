@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioner.planner import _Clock, _prepare, costing_parts, plan, workers
+from provisioner.planner import _Clock, _prepare, _Setup, costing_parts, plan, workers
 from provisioner.planner.candidates import packed_total
 from provisioner.planner.costing_parts import shape_key
 from provisioner.planner.jobs_lp import solve_jobs_lp
 from provisioner.planner.pricing import ColumnGenerator
 from provisioner.planner.workers import Workers, split
-from tests.planner.instances import random_instance
+from tests.planner.instances import Instance, random_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -215,14 +215,12 @@ def test_groups_of_one_shape_are_costed_together() -> None:
         assert len(inside & outside) <= 1
 
 
-def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
-    """Catalog pricing asks for every group's costs without egress; a worker sends back those of the
-    shapes it costed, thin (what pricing reads), so that they are not costed again here: what costing
-    them here gives, and in full where pricing asks for it."""
-    inst = random_instance(7, groups=12)
+def costed_in_two_and_in_one(seed: int) -> tuple[Instance, _Setup, _Setup]:
+    """A 12-group instance, its groups costed in two processes (split however small) and in this one."""
+    inst = random_instance(seed, groups=12)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(costing_parts, "PART_MIN_GROUPS", 1)
-        setup = _prepare(
+        two = _prepare(
             inst.groups,
             inst.offerings,
             inst.fleet,
@@ -232,9 +230,17 @@ def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
             timings=None,
             workers=POOL,
         )
-    alone = _prepare(
+    one = _prepare(
         inst.groups, inst.offerings, inst.fleet, inst.constraints, _Clock(None), exact=False, timings=None
     )
+    return inst, two, one
+
+
+def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
+    """Catalog pricing asks for every group's costs without egress; a worker sends back those of the
+    shapes it costed, thin (what pricing reads), so that they are not costed again here: what costing
+    them here gives, and in full where pricing asks for it."""
+    inst, setup, alone = costed_in_two_and_in_one(7)
     kept, here = setup.bases._cache, alone.bases._cache
     assert kept.keys() == here.keys()
     assert any(base.thin for base in kept.values())  # some came back from the worker
@@ -259,22 +265,7 @@ def test_the_shapes_a_worker_costed_are_kept_here_for_pricing() -> None:
 def test_the_rules_and_packed_costs_a_worker_found_are_kept_here_for_pricing() -> None:
     """Catalog pricing reads every group's static reasons and its shortlist's packed costs: a worker sends
     back what it found, which is what finding them here gives."""
-    inst = random_instance(7, groups=12)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(costing_parts, "PART_MIN_GROUPS", 1)
-        setup = _prepare(
-            inst.groups,
-            inst.offerings,
-            inst.fleet,
-            inst.constraints,
-            _Clock(None),
-            exact=False,
-            timings=None,
-            workers=POOL,
-        )
-    alone = _prepare(
-        inst.groups, inst.offerings, inst.fleet, inst.constraints, _Clock(None), exact=False, timings=None
-    )
+    _, setup, alone = costed_in_two_and_in_one(7)
     kept, here = setup.compat.statics(), alone.compat.statics()
     assert kept.keys() == here.keys()  # every group's, those of the worker's groups too
     for key, reasons in here.items():
