@@ -214,6 +214,9 @@ class BaseCosts:
     def __init__(self, cols: OfferingColumns, ctx: PlanContext) -> None:
         self.cols, self.ctx = cols, ctx
         self._cache: dict[tuple[object, ...], _Base] = {}
+        # `ctx.paid / jpu` by the identity of `jpu` (kept alive beside it): one array per job's cores, memory
+        # and GPUs (`CompatContext.shape`), shared by the shapes differing in run time
+        self._paid: dict[int, tuple[IntArray, FloatArray]] = {}
 
     def entries(self) -> dict[tuple[object, ...], _Base]:
         """What is kept, by shape, thinned for catalog pricing in another process of the same round (`adopt`)."""
@@ -243,18 +246,25 @@ class BaseCosts:
             self.ctx.window_hours(group),
         )
 
+    def _paid_per_fit(self, jpu: IntArray) -> FloatArray:
+        found = self._paid.get(id(jpu))
+        if found is None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                found = self._paid[id(jpu)] = (jpu, self.ctx.paid / jpu)
+        return found[1]
+
     def get(self, group: DemandGroup, jpu: IntArray) -> _Base:
         """The shape's costs; thin where a worker sent them back (what catalog pricing reads, see `full`)."""
         key = self._key(group)
         found = self._cache.get(key)
         if found is None:
             factors = risk_factors(group, self.cols)
-            total, wave_hours = base_total(group, jpu, self.cols, self.ctx, factors)
+            total, wave_hours = base_total(group, jpu, self.cols, self.ctx, factors, self._paid_per_fit(jpu))
             if len(total) > PREFIX:
                 prefix, bound = smallest_and_next(total, PREFIX)
             else:
                 prefix, bound = np.argsort(total, kind="stable"), float("inf")
-            wave = wave_hours[prefix]
+            wave = wave_hours[self.cols.profiles.of[prefix]]
             waves = np.maximum(1.0, np.floor(self.ctx.window_hours(group) / np.maximum(wave, 1e-12)))
             fit = np.maximum(jpu[prefix], 1).astype(np.float64)
             slots = fit * waves

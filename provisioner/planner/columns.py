@@ -58,6 +58,39 @@ class Interruptible:
         return cls(offerings, rates[codes // width], speeds[codes % width], pair, pair_of)
 
 
+@dataclass(frozen=True, slots=True)
+class Profiles:
+    """The offerings by what a job shape's run time, waves and cost per job before price and packing depend
+    on: HS23 per core, start-up hours and interruption pair (191 profiles for the 39,404 offerings of the
+    bundled catalog). `cost.base_total` computes those once per profile and gathers them: elementwise maths
+    on equal inputs, so the same bits as computed on every offering."""
+
+    of: IntArray  # per catalog offering, its profile
+    hs23_per_core: FloatArray  # per profile
+    startup_hours: FloatArray  # per profile
+    pair: IntArray  # per profile, its `Interruptible` pair (-1: not interruptible)
+    risky: IntArray  # the profiles with a pair
+
+    @classmethod
+    def of_offerings(
+        cls, hs23_per_core: FloatArray, startup_hours: FloatArray, pair_of: IntArray
+    ) -> Profiles:
+        # distinct triples through integer codes (np.unique over rows is several times slower)
+        _, speed_of = np.unique(hs23_per_core, return_inverse=True)
+        starts, start_of = np.unique(startup_hours, return_inverse=True)
+        pairs = int(pair_of.max(initial=-1)) + 2
+        code = (speed_of.reshape(-1) * len(starts) + start_of.reshape(-1)) * pairs + (pair_of + 1)
+        _, first, of = np.unique(code, return_index=True, return_inverse=True)
+        pair = pair_of[first]
+        return cls(
+            of.reshape(-1).astype(np.int64),
+            hs23_per_core[first],
+            startup_hours[first],
+            pair,
+            np.flatnonzero(pair >= 0),
+        )
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class OfferingColumns:
     """One array per offering attribute, aligned with `offerings`; strings become integer codes."""
@@ -87,6 +120,7 @@ class OfferingColumns:
     allocation_ends: FloatArray  # POSIX seconds, inf for non-allocation offerings
     allocation_starts: FloatArray  # POSIX seconds, -inf for non-allocation offerings
     risk: Interruptible  # of `interruption` and `hs23_per_core`
+    profiles: Profiles  # of `hs23_per_core`, `startup_hours` and `risk`
 
     def __len__(self) -> int:
         return len(self.price)
@@ -117,6 +151,8 @@ class OfferingColumns:
         inf = float("inf")
         hs23_per_core = floats([o.hs23_per_core for o in offs])
         interruption = floats([o.interruption_rate_per_hour for o in offs])
+        startup_hours = floats([o.startup_seconds / 3600.0 for o in offs])
+        risk = Interruptible.of(interruption, hs23_per_core)
         return cls(
             offerings=offs,
             index={o.id: i for i, o in enumerate(offs)},
@@ -136,7 +172,7 @@ class OfferingColumns:
             price=floats([float(o.price_per_hour) for o in offs]),
             hs23_per_core=hs23_per_core,
             interruption=interruption,
-            startup_hours=floats([o.startup_seconds / 3600.0 for o in offs]),
+            startup_hours=startup_hours,
             max_walltime=floats(
                 [inf if o.max_walltime_hours is None else o.max_walltime_hours for o in offs]
             ),
@@ -146,7 +182,8 @@ class OfferingColumns:
             allocation_starts=floats(
                 [o.allocation.starts.timestamp() if o.allocation else -inf for o in offs]
             ),
-            risk=Interruptible.of(interruption, hs23_per_core),
+            risk=risk,
+            profiles=Profiles.of_offerings(hs23_per_core, startup_hours, risk.pair_of),
         )
 
 

@@ -268,28 +268,32 @@ def base_total(
     cols: OfferingColumns,
     ctx: PlanContext,
     factors: FloatArray | None = None,
+    paid_per_fit: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Total cost per HS23-hour on every offering without egress (inf where no job fits), and the hours a
-    wave of jobs takes on it, re-runs after interruptions included (T × F, as `group_costs`'s wave_hours).
+    wave of jobs takes (re-runs after interruptions included, T × F, as `group_costs`'s wave_hours) per
+    profile of `cols.profiles` (`wave_hours[cols.profiles.of]`: per offering).
 
     It only depends on the job shape and run time, so groups differing in data or priority share it.
     Same maths as `group_costs`, rearranged: with P = price + allocation value,
     compute + allocation value + interruption = P × F / (jpu × cores × hs23_per_core) and
-    start-up = P × startup_hours / (W × jpu × work_per_job). `factors`: `risk_factors(group, cols)`, if
-    the caller has them.
+    start-up = P × startup_hours / (W × jpu × work_per_job). All but P / jpu depends on the offering only
+    through its profile: computed per profile and gathered, the same bits as on every offering.
+    `factors`: `risk_factors(group, cols)`, if the caller has them; `paid_per_fit`: `ctx.paid / jpu`, if
+    the caller keeps it (it depends on the job's cores, memory and GPUs alone).
     """
+    prof = cols.profiles
     with np.errstate(divide="ignore", invalid="ignore"):
         work_hours = group.walltime_hours * group.reference_hs23_per_core
-        run_hours = work_hours / cols.hs23_per_core
-        factor = np.ones(len(cols))
-        # elementwise maths on the distinct pairs, then gathered: the same bits as on every offering
-        risk = cols.risk
-        factor[risk.offerings] = (risk_factors(group, cols) if factors is None else factors)[risk.pair]
+        run_hours = work_hours / prof.hs23_per_core
+        factor = np.ones(len(prof.pair))
+        by_pair = risk_factors(group, cols) if factors is None else factors
+        factor[prof.risky] = by_pair[prof.pair[prof.risky]]
         wave_hours = run_hours * factor
         waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
-        per_job = factor / (max(group.cores_per_job, 1) * cols.hs23_per_core)
-        per_job += cols.startup_hours / (waves * group.hs23_hours_per_job)
-        total = ctx.paid / jpu * per_job
+        per_job = factor / (max(group.cores_per_job, 1) * prof.hs23_per_core)
+        per_job += prof.startup_hours / (waves * group.hs23_hours_per_job)
+        total = (ctx.paid / jpu if paid_per_fit is None else paid_per_fit) * per_job[prof.of]
     total[jpu <= 0] = np.inf
     return total, wave_hours
 

@@ -184,17 +184,29 @@ def test_arm_capable_group_takes_the_cheaper_arm_offering() -> None:
 def test_a_shapes_interruption_factors_by_distinct_pair_are_those_of_every_offering_to_the_bit(
     seed: int,
 ) -> None:
-    """`base_total` computes the factors once per distinct (rate, HS23 per core) and gathers them: the same
-    bits as computing them offering by offering (plans must not depend on how the catalog is laid out)."""
+    """`base_total` computes the factors once per distinct (rate, HS23 per core), and the rest once per profile
+    (`cols.profiles`), and gathers them: the same bits as computing them offering by offering (plans must
+    not depend on how the catalog is laid out)."""
     inst = random_instance(seed, groups=6, offerings=4, fleet=0)  # its groups, on the bundled catalog
     cols = OfferingColumns.from_offerings(load_catalog().offerings)
     assert 0 < 100 * len(cols.risk.rate) < len(cols.risk.offerings)  # 76 pairs for 18,678 offerings
+    assert 0 < 100 * len(cols.profiles.pair) < len(cols)  # 191 profiles for 39,404 offerings
     ctx = PlanContext.build(cols, inst.constraints)
     for g in inst.groups:
         jpu = jobs_per_unit(g, cols)
-        _, wave_hours = base_total(g, jpu, cols, ctx)
+        total, by_profile = base_total(g, jpu, cols, ctx)
         run = g.walltime_hours * g.reference_hs23_per_core / cols.hs23_per_core
-        assert np.array_equal(wave_hours, run * interruption_factor(cols.interruption, run))
+        factor = interruption_factor(cols.interruption, run)
+        wave_hours = run * factor
+        assert np.array_equal(by_profile[cols.profiles.of], wave_hours)
+        # the shape's maths written out offering by offering, as `base_total` was before profiles
+        with np.errstate(divide="ignore", invalid="ignore"):
+            waves = np.maximum(1.0, np.floor(ctx.window_hours(g) / wave_hours))
+            per_job = factor / (max(g.cores_per_job, 1) * cols.hs23_per_core)
+            per_job += cols.startup_hours / (waves * g.hs23_hours_per_job)
+            each = ctx.paid / jpu * per_job
+        each[jpu <= 0] = np.inf
+        assert np.array_equal(total, each)
         # costing and pricing gather the shape's factors too: the same costs as computing each offering's
         idx = np.flatnonzero(jpu > 0)
         gathered = group_costs(g, idx, jpu, None, cols, ctx, risk_factors(g, cols))
