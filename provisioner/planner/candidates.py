@@ -469,6 +469,24 @@ def _egress_window(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> I
     return _cheapest_of(base.total[near] + egress.usd[cols.location[near]] / egress.work, near, WINDOW)
 
 
+def _prefix_cheapest(base: _Base, pos: IntArray, egress: GroupEgress | None, k: int) -> IntArray | None:
+    """`_cheapest_of(_full_total(...) of the allowed offerings, the allowed offerings, k)` from the prefix's
+    allowed positions `pos`, when it holds them (None when it may not): the k least costs per HS23-hour with
+    egress, equal costs in catalog order. Outside the prefix the cost without egress is at least
+    `base.bound`, and egress costs nothing less than nothing, so a k-th least below it is the same there."""
+    if len(pos) <= k:
+        return None
+    cost = base.prefix_total[pos]
+    if egress is not None:
+        cost = cost + egress.usd[base.prefix_location[pos]] / egress.work
+    kth = np.partition(cost, k - 1)[k - 1]
+    if not kth < base.bound:
+        return None
+    near = np.flatnonzero(cost <= kth)
+    idx = base.prefix[pos[near]]
+    return idx[np.lexsort((idx, cost[near]))[:k]]
+
+
 def _full_total(base: _Base, egress: GroupEgress, cols: OfferingColumns) -> FloatArray:
     """Cost per HS23-hour on every offering, egress included."""
     if egress.none or egress.work <= 0:
@@ -606,14 +624,23 @@ def build_candidates(
                 # nothing left unpriced can beat the shortlist at the group's size (full packing is a lower bound)
                 every_ok, ok_total, ok_location = shared.allowed(static, base)
                 compatible = len(every_ok)
+                allowed = shared.light_index(static, base)
                 # `_full_total` restricted to the allowed offerings (what `_cheapest` would gather), once
-                if with_egress:
-                    ok_total = ok_total + egress.usd[ok_location] / work
+                full_total: FloatArray | None = None if with_egress else ok_total
                 batch = 4 * WINDOW
                 while not exact:
                     walked = shared.batch(static, base, cap, batch) if shareable else None
                     if walked is None:
-                        idx = _cheapest_of(ok_total, every_ok, batch)
+                        found = (
+                            None
+                            if allowed is None
+                            else _prefix_cheapest(base, allowed.pos, egress if with_egress else None, batch)
+                        )
+                        if found is None:
+                            if full_total is None:
+                                full_total = ok_total + egress.usd[ok_location] / work
+                            found = _cheapest_of(full_total, every_ok, batch)
+                        idx = found
                         more = group_costs(group, idx, jpu, egress, cols, plan_ctx, base.risk_factor)
                         bound = _bound(more, len(idx) < len(every_ok))
                         walked = more.take(compat.priced_reasons(group, more) == 0), bound, len(idx)

@@ -17,9 +17,11 @@ from provisioner.planner.candidates import (
     GroupCandidates,
     _Base,
     _cheapest,
+    _cheapest_of,
     _egress_window,
     _full_total,
     _merge_packed,
+    _prefix_cheapest,
     _RateIndex,
     _spread_families,
     _window,
@@ -109,6 +111,19 @@ def test_groups_sharing_a_shape_get_the_shortlists_they_get_alone(seed: int, top
         assert _same(together[k], alone[0]), g.id
 
 
+def base_of(total: np.ndarray, location: np.ndarray, prefix: int) -> _Base:
+    """A shape's `_Base` with these costs without egress and the `prefix` cheapest as its prefix (what the
+    window and walk read; one job per unit, one wave)."""
+    if len(total) > prefix:
+        first, bound = smallest_and_next(total, prefix)
+    else:
+        first, bound = np.argsort(total, kind="stable"), float("inf")
+    ones = np.ones(len(first))
+    return _Base(
+        total, first, bound, total[first], ones, total[first], location[first], np.ones(0), ones, np.zeros(0)
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     totals=st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0, np.inf]), min_size=1, max_size=60),
@@ -130,22 +145,7 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
     location = rng.integers(0, 3, n)
     cols = SimpleNamespace(location=location)
     egress = SimpleNamespace(none=False, work=2.0, usd=np.array(egress_by_location))
-    if n > prefix:
-        first, bound = smallest_and_next(total, prefix)
-    else:
-        first, bound = np.argsort(total, kind="stable"), float("inf")
-    base = _Base(
-        total,
-        first,
-        bound,
-        total[first],
-        np.ones(len(first)),
-        total[first],
-        location[first],
-        np.ones(0),
-        np.ones(len(first)),
-        np.zeros(0),
-    )
+    base = base_of(total, location, prefix)
     with patch.object(candidates, "WINDOW", window):
         got = _egress_window(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
         want = _window(base, base.prefix_total + egress.usd[base.prefix_location] / egress.work)
@@ -153,6 +153,59 @@ def test_the_egress_window_is_the_cheapest_with_egress_over_every_offering(
             full = _full_total(base, cast(GroupEgress, egress), cast(OfferingColumns, cols))
             want = _cheapest(full, np.arange(n), window)
     assert got.tolist() == want.tolist()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    totals=st.lists(
+        st.sampled_from([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 8.0, 13.0, np.inf]), min_size=1, max_size=60
+    ),
+    egress_by_location=st.lists(st.sampled_from([0.0, 0.25, 1.0, 4.0]), min_size=3, max_size=3),
+    seed=st.integers(0, 2**16),
+    prefix=st.integers(1, 40),
+    k=st.integers(1, 12),
+    with_egress=st.booleans(),
+)
+def test_the_walks_batch_from_the_prefix_is_the_cheapest_allowed_over_every_offering(
+    totals: list[float],
+    egress_by_location: list[float],
+    seed: int,
+    prefix: int,
+    k: int,
+    with_egress: bool,
+) -> None:
+    """`_prefix_cheapest`: the k allowed offerings with the least cost per HS23-hour with egress, equal costs
+    in catalog order, as the walk over every allowed offering takes them; no answer only where the prefix
+    holds k allowed offerings or fewer, or its k-th least with egress is not below `base.bound`."""
+    total = np.array(totals)
+    n = len(total)
+    rng = np.random.default_rng(seed)
+    location = rng.integers(0, 3, n)
+    allowed = rng.random(n) < 0.7
+    egress = SimpleNamespace(none=False, work=2.0, usd=np.array(egress_by_location))
+    base = base_of(total, location, prefix)
+    first, bound = base.prefix, base.bound
+    pos = np.flatnonzero(allowed[first])
+    every_ok = np.flatnonzero(allowed)
+    got = _prefix_cheapest(base, pos, cast(GroupEgress, egress) if with_egress else None, k)
+    full = total + egress.usd[location] / egress.work if with_egress else total
+    if got is None:
+        assert len(pos) <= k or np.sort(full[first[pos]])[k - 1] >= bound
+    else:
+        assert got.tolist() == _cheapest_of(full[every_ok], every_ok, k).tolist()
+
+
+def test_the_walks_batch_from_the_prefix_ranks_equal_costs_with_egress_in_catalog_order() -> None:
+    # offering 0 costs 1.5 without egress; offering 1 costs 1.0, plus 0.5 of egress: equal, so catalog order
+    # (the prefix, by cost without egress, holds them the other way round)
+    total = np.array([1.5, 1.0, 3.0, 4.0, 5.0])
+    location = np.array([0, 1, 0, 0, 0])
+    base = base_of(total, location, 4)
+    first = base.prefix
+    egress = SimpleNamespace(none=False, work=2.0, usd=np.array([0.0, 1.0]))
+    assert first.tolist() == [1, 0, 2, 3]
+    got = _prefix_cheapest(base, np.arange(4), cast(GroupEgress, egress), 2)
+    assert got is not None and got.tolist() == [0, 1]
 
 
 @settings(max_examples=300, deadline=None)
