@@ -147,7 +147,8 @@ def _lp_path(
     if int(first.sum()) > RESTRICTED_MAX_PAIRS or close_enough(problem, lp, repaired):
         return repaired
     plans = [repaired]
-    # first the LP's support and each group's cheapest pairs; while that is proven optimal, wider: each
+    # first the LP's support and each group's cheapest pairs; while that is proven optimal (or the plans
+    # serve less than the LP, `SHORT_WHOLE_MAX_PAIRS`), wider: each
     # group's 8 cheapest, then the whole shortlist, as long as it is small enough: the optimum may split
     # a group over pairs the LP left out (trace instances of benchmarks/planner_gap.py: the whole
     # shortlist 1.35 % -> 0.91 % and 1.22 % -> 0.23 %; 8 per group, where the whole shortlist is too
