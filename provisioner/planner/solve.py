@@ -111,7 +111,7 @@ RESTRICTED_PER_GROUP = 2  # each group's cheapest shortlisted pairs added to the
 # instances of benchmarks/planner_gap.py, where it decides the gap, the narrow restriction has at
 # most ~500 pairs and the whole shortlist 550-3,158.
 RESTRICTED_MAX_PAIRS = 1500
-# While the restricted MILPs serve less than the LP, the widening goes on past one its time limit stopped,
+# While the restricted MILPs serve less than the LP, the widening goes on past a restriction its time limit stopped,
 # to the whole shortlist up to this many pairs: value comes first, and the whole shortlist is where the room
 # the LP found can be. On nasa-ipsc/6000/quota of benchmarks/planner_gap.py (4,285 pairs) every restriction
 # left a 4-job group unserved: the LP path paid 264.58 serving 0.07 % less than the LP, where the reference
@@ -132,9 +132,12 @@ def _lp_path(
     """The LP relaxation, made integral: repaired greedily, and, unless that is already within
     CLOSE_ENOUGH of the LP's bounds, also by the MILP restricted to the LP's support (plus each
     group's cheapest pairs and the repaired plan's), time-limited; the better plan wins. `whole`
-    False: the restriction never widens to the whole shortlist, the MILP the pruned MILP path has
-    just run out of time on (the 60 trace instances of benchmarks/planner_gap.py took 243 s on `auto`
-    with it, against 156 s before the fallback widened at all).
+    False: the restriction widens to the whole shortlist, the MILP the pruned MILP path has just run
+    out of time on, only while the plans serve less than the LP (the 60 trace instances of
+    benchmarks/planner_gap.py took 243 s on `auto` with it always, against 156 s before the fallback
+    widened at all; while short, the whole shortlist with the restriction's longer limit is where the
+    room the LP found can be: forced `milp` on nasa-ipsc/6000/quota kept the pruned MILP's incumbent,
+    +5.39 %, where the whole shortlist serves as much for +0.19 %).
 
     Rounding a relaxation whose limits bind (budgets worth a few waves, quotas of a few units) is a
     knapsack the greedy repair can miss by a few percent; the restricted MILP is small (about the
@@ -157,10 +160,12 @@ def _lp_path(
     # may take up to MILP_MAX_PAIRS, the size `auto` trusts the MILP with: on hpc2n/1000/quota the LP's
     # support took 0.4 s (512 pairs), then 8 per group (1,769 pairs) was proven in 1.1 s, the whole
     # shortlist (2,854) gave an incumbent, and forced `lp` went from +1.18 % to +0.20 %
-    widths = (RESTRICTED_PER_GROUP, 8, None) if whole else (RESTRICTED_PER_GROUP, 8)
+    widths = (RESTRICTED_PER_GROUP, 8, None)
     lp_value = float(problem.value[problem.pair_group] @ lp)
     short = False  # the plans so far serve less than the LP: a wider restriction may serve it
     for width in widths:
+        if width is None and not (whole or short):
+            break
         keep = np.ones(problem.pairs, dtype=bool) if width is None else support | (problem.pair_slot < width)
         most = (
             RESTRICTED_MAX_PAIRS
