@@ -30,6 +30,20 @@ def test_exact_milp_out_of_time_returns_a_feasible_plan_labelled_as_such() -> No
     assert p.solver == "exact-milp" or "time limit" in p.solver
 
 
+def _pruned_milp_out_of_time(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
+    """The pruned MILP (the first HiGHS MILP of a forced `milp` plan) stopped by its time limit with an
+    incumbent, so that its fallback, the LP path, runs too."""
+    real_solve = module.solve_lexicographic
+    calls = {"milp": 0}
+
+    def pruned_milp_out_of_time(problem: Problem, integral: bool, **kwargs: Any) -> LexicographicResult:
+        r = real_solve(problem, integral, **kwargs)
+        calls["milp"] += 1
+        return replace(r, status="incumbent") if calls["milp"] == 1 else r
+
+    monkeypatch.setattr(module, "solve_lexicographic", pruned_milp_out_of_time)
+
+
 def test_the_fallback_of_a_milp_out_of_time_widens_its_restriction_as_the_lp_path_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -39,21 +53,15 @@ def test_the_fallback_of_a_milp_out_of_time_widens_its_restriction_as_the_lp_pat
     restriction: forced `milp` on nasa-ipsc/6000/quota of benchmarks/planner_gap.py paid +6.44 % where
     the wider restriction gave +0.34 %."""
     module = sys.modules["provisioner.planner.solve"]  # not the `solve` function the package exports
-    real_solve, real_restricted = module.solve_lexicographic, module._restricted
-    calls = {"milp": 0}
+    real_restricted = module._restricted
     restrictions: list[tuple[int, bool]] = []
-
-    def pruned_milp_out_of_time(problem: Problem, integral: bool, **kwargs: Any) -> LexicographicResult:
-        r = real_solve(problem, integral, **kwargs)
-        calls["milp"] += 1
-        return replace(r, status="incumbent") if calls["milp"] == 1 else r  # the pruned MILP's, first
+    _pruned_milp_out_of_time(monkeypatch, module)
 
     def restricted(*args: Any) -> tuple[Solution, bool] | None:
         found = real_restricted(*args)
         restrictions.append((int(args[1].sum()), found is not None and found[1]))
         return found
 
-    monkeypatch.setattr(module, "solve_lexicographic", pruned_milp_out_of_time)
     monkeypatch.setattr(module, "_restricted", restricted)
     monkeypatch.setattr(module, "CLOSE_ENOUGH", -1.0)  # the restricted MILPs run whatever the repair gives
     inst = random_instance(7, groups=20, offerings=40, fleet=0)
@@ -64,14 +72,20 @@ def test_the_fallback_of_a_milp_out_of_time_widens_its_restriction_as_the_lp_pat
 
 
 @pytest.mark.parametrize("short", [True, False])
+@pytest.mark.parametrize("method", ["lp", "milp"])
 def test_a_restriction_out_of_time_widens_on_while_the_plans_serve_less_than_the_lp(
-    monkeypatch: pytest.MonkeyPatch, short: bool
+    monkeypatch: pytest.MonkeyPatch, short: bool, method: str
 ) -> None:
     """The LP path widens past a restricted MILP stopped by its time limit only while its plans serve less
     than the LP: then the whole shortlist may hold the room the LP found (nasa-ipsc/6000/quota of
     benchmarks/planner_gap.py: every restriction left a group unserved, and the whole shortlist's MILP
-    served it, 6.4 % cheaper than the plan serving less). Serving as much, it stops there as before."""
+    served it, 6.4 % cheaper than the plan serving less). Serving as much, it stops there as before.
+    So does the fallback of a pruned MILP stopped by its time limit (`milp`), which otherwise skips the
+    whole shortlist, the MILP that just ran out of time: there forced `milp` kept the pruned MILP's
+    incumbent at +5.39 %, where the whole shortlist serves as much at +0.19 %."""
     module = sys.modules["provisioner.planner.solve"]
+    if method == "milp":
+        _pruned_milp_out_of_time(monkeypatch, module)
     real_restricted = module._restricted
     restrictions: list[int] = []
 
@@ -86,44 +100,7 @@ def test_a_restriction_out_of_time_widens_on_while_the_plans_serve_less_than_the
     monkeypatch.setattr(module, "CLOSE_ENOUGH", -1.0)  # the restricted MILPs run whatever the repair gives
     monkeypatch.setattr(module, "_short_of", lambda *args: short)
     inst = random_instance(7, groups=20, offerings=40, fleet=0)
-    p = plan(inst.groups, inst.offerings, inst.fleet, inst.constraints, method="lp")
-    check_plan(inst, p)
-    assert len(restrictions) >= 2 and restrictions[1] > restrictions[0]
-    if short:  # on to the whole shortlist
-        assert len(restrictions) == 3 and restrictions[2] > restrictions[1]
-    else:
-        assert len(restrictions) == 2
-
-
-@pytest.mark.parametrize("short", [True, False])
-def test_the_fallback_of_a_milp_out_of_time_widens_to_the_whole_shortlist_only_while_short(
-    monkeypatch: pytest.MonkeyPatch, short: bool
-) -> None:
-    """The fallback of a pruned MILP stopped by its time limit skips the whole shortlist (the MILP that
-    just ran out of time) unless its plans serve less than the LP: forced `milp` on nasa-ipsc/6000/quota
-    of benchmarks/planner_gap.py kept the pruned MILP's incumbent at +5.39 %, every restriction of the
-    fallback leaving a group unserved, where the whole shortlist serves it at +0.19 %."""
-    module = sys.modules["provisioner.planner.solve"]
-    real_solve, real_restricted = module.solve_lexicographic, module._restricted
-    calls = {"milp": 0}
-    restrictions: list[int] = []
-
-    def pruned_milp_out_of_time(problem: Problem, integral: bool, **kwargs: Any) -> LexicographicResult:
-        r = real_solve(problem, integral, **kwargs)
-        calls["milp"] += 1
-        return replace(r, status="incumbent") if calls["milp"] == 1 else r
-
-    def restricted(*args: Any) -> tuple[Solution, bool] | None:
-        found = real_restricted(*args)
-        restrictions.append(int(args[1].sum()))
-        return found
-
-    monkeypatch.setattr(module, "solve_lexicographic", pruned_milp_out_of_time)
-    monkeypatch.setattr(module, "_restricted", restricted)
-    monkeypatch.setattr(module, "CLOSE_ENOUGH", -1.0)
-    monkeypatch.setattr(module, "_short_of", lambda *args: short)
-    inst = random_instance(7, groups=20, offerings=40, fleet=0)
-    p = plan(inst.groups, inst.offerings, inst.fleet, inst.constraints, method="milp")
+    p = plan(inst.groups, inst.offerings, inst.fleet, inst.constraints, method=method)
     check_plan(inst, p)
     assert len(restrictions) >= 2 and restrictions[1] > restrictions[0]
     if short:  # on to the whole shortlist
