@@ -32,6 +32,7 @@ from provisioner.planner.cost import PlanContext
 from provisioner.planner.costing_parts import build_candidates_on
 from provisioner.planner.drain import FleetAssessment, assess_fleet
 from provisioner.planner.explain import Remaining, explain_group, explain_quiet, limits_after
+from provisioner.planner.gc_pause import gc_paused
 from provisioner.planner.limits import Limits, build_limits
 from provisioner.planner.milp import solve_exact
 from provisioner.planner.pricing import ColumnGenerator
@@ -79,11 +80,33 @@ def plan(
     overruns it, the guard process of `deadline.py` holds it. `workers`: processes the groups' costing
     is split over, and a large LP's two roundings (`workers.py`, `solve.py`; the same plan as with 1):
     a `Workers` the caller keeps keeps its worker processes for the next rounds, a number starts them
-    for this plan only.
+    for this plan only. The cyclic garbage collector is held off while it plans (`gc_pause.py`).
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown planner method {method!r}, expected one of {METHODS}")
-    constraints = constraints or PlanningConstraints()
+    with gc_paused():
+        return _plan(
+            groups,
+            offerings,
+            fleet,
+            constraints or PlanningConstraints(),
+            method,
+            timings,
+            time_limit,
+            workers,
+        )
+
+
+def _plan(
+    groups: Sequence[DemandGroup],
+    offerings: Sequence[Offering] | OfferingColumns | HasOfferings,
+    fleet: Sequence[FleetUnit],
+    constraints: PlanningConstraints,
+    method: str,
+    timings: Timings | None,
+    time_limit: float | None,
+    workers: int | Workers,
+) -> Plan:
     clock = _Clock(timings)
     pool = workers if isinstance(workers, Workers) else Workers(workers)
     try:

@@ -83,13 +83,14 @@ HOME_K = 4  # egress-free offerings kept per group whose data sits where offerin
 LIGHT_K = 3  # offerings kept per group for the least spend rate, when a spend-rate cap applies
 
 
-def packed_total(costs: GroupCosts, demand: int) -> FloatArray:
-    """Cost per HS23-hour of running `demand` jobs in whole unit-waves and whole units on each offering.
+def packed_total(costs: GroupCosts, demand: int | FloatArray) -> FloatArray:
+    """Cost per HS23-hour of running `demand` jobs in whole unit-waves and whole units on each offering
+    (`demand`: one group's, or per offering, each its group's: columns of several groups at once).
 
     Never below `costs.total` (full packing): a small group on a big unit pays for the empty slots."""
     k = np.maximum(costs.jobs_per_unit, 1).astype(np.float64)
     waves = np.maximum(costs.waves, 1).astype(np.float64)
-    d = float(max(demand, 1))
+    d = float(max(demand, 1)) if isinstance(demand, int) else np.maximum(demand, 1.0)
     wave_share = np.ceil(d / k) * k / d
     unit_share = np.ceil(d / (k * waves)) * k * waves / d
     per_wave = costs.compute + costs.interruption + costs.allocation_value

@@ -235,21 +235,36 @@ class CompatContext:
 
     def priced_reasons(self, group: DemandGroup, costs: GroupCosts) -> ReasonArray:
         """The rules that need the price: cost cap, budget for one wave, egress cap, allocation pacing."""
+        cap = group.max_cost_per_hs23_hour
+        return self._priced(
+            self.limits.exp_index[group.experiment], None if cap is None else float(cap), costs
+        )
+
+    def pair_priced_reasons(self, exp: IntArray, cap: FloatArray, costs: GroupCosts) -> ReasonArray:
+        """`priced_reasons` of (group, offering) pairs of any groups at once (`pricing.py`'s columns): per
+        column its group's experiment index and cost cap (inf where it has none)."""
+        return self._priced(exp, cap, costs)
+
+    def _priced(self, k: int | IntArray, cap: float | FloatArray | None, costs: GroupCosts) -> ReasonArray:
+        """A limit a group does not have (inf) never rejects, so per column the rules mark alike whether a
+        rule is skipped or checked against inf; paced node-hours are at most the unpaced (`limits.py`), so
+        offerings without an allocation (inf) never fail either."""
         lim, cols = self.limits, self.cols
-        k = lim.exp_index[group.experiment]
         idx = costs.offering
         r = _Reasons(len(idx))
-        if group.max_cost_per_hs23_hour is not None:
-            r.mark(RejectReason.OVER_MAX_COST, costs.total > float(group.max_cost_per_hs23_hour))
+        if cap is not None:
+            r.mark(RejectReason.OVER_MAX_COST, costs.total > cap)
         wave_hours = costs.wave_hours
         need = wave_hours + cols.startup_hours[idx]  # one wave of one unit
-        if np.isfinite(lim.exp_budget[k]):
+        budget = lim.exp_budget[k]
+        if np.isfinite(budget).any():
             r.mark(
                 RejectReason.OVER_BUDGET,
-                cols.price[idx] * need + costs.egress_budget_usd_per_job > lim.exp_budget[k],
+                cols.price[idx] * need + costs.egress_budget_usd_per_job > budget,
             )
-        if np.isfinite(lim.exp_egress[k]):
-            r.mark(RejectReason.EGRESS_CAP, costs.egress_gb_per_job > lim.exp_egress[k])
+        egress = lim.exp_egress[k]
+        if np.isfinite(egress).any():
+            r.mark(RejectReason.EGRESS_CAP, costs.egress_gb_per_job > egress)
         node_hours = lim.node_hours[idx]
         if np.isfinite(node_hours).any():
             r.mark(RejectReason.ALLOCATION_EXHAUSTED, lim.node_hours_unpaced[idx] < need)

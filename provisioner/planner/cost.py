@@ -470,11 +470,6 @@ def group_costs(
 
     `jpu` is `jobs_per_unit` over the whole catalog; `factors`: `risk_factors(group, cols)`, if the caller
     has them (gathered, the same bits as computing each offering's)."""
-    fit = jpu[idx]
-    fits = fit > 0
-    work_per_job = group.hs23_hours_per_job
-    price = cols.price[idx]
-    value = ctx.allocation_value[idx]
     with np.errstate(divide="ignore", invalid="ignore"):
         run_hours = group.walltime_hours * group.reference_hs23_per_core / cols.hs23_per_core[idx]
         if factors is None:
@@ -484,8 +479,49 @@ def group_costs(
             pair = cols.risk.pair_of[idx]
             risky = pair >= 0
             factor[risky] = factors[pair[risky]]
+    work = group.hs23_hours_per_job
+    egress = None if egress_of is None else egress_of.per_job(cols.location[idx])
+    return _costs(idx, jpu[idx], run_hours, factor, work, ctx.window_hours(group), egress, cols, ctx)
+
+
+def pair_costs(
+    idx: IntArray,
+    fit: IntArray,
+    work_hours: FloatArray,
+    factor: FloatArray,
+    work: FloatArray,
+    window: FloatArray,
+    egress: tuple[FloatArray, FloatArray, FloatArray],
+    cols: OfferingColumns,
+    ctx: PlanContext,
+) -> GroupCosts:
+    """`group_costs` of (group, offering) pairs of any groups at once, the same numbers: per pair its
+    offering, jobs per unit there, its group's run HS23-hours per core (walltime × reference HS23 per
+    core), interruption factor there, HS23-hours per job and window, and egress USD, GB and budget USD
+    per job there (the group's `GroupEgress.per_job`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        run_hours = work_hours / cols.hs23_per_core[idx]
+    return _costs(idx, fit, run_hours, factor, work, window, egress, cols, ctx)
+
+
+def _costs(
+    idx: IntArray,
+    fit: IntArray,
+    run_hours: FloatArray,
+    factor: FloatArray,
+    work_per_job: float | FloatArray,
+    window: float | FloatArray,
+    egress: tuple[FloatArray, FloatArray, FloatArray] | None,
+    cols: OfferingColumns,
+    ctx: PlanContext,
+) -> GroupCosts:
+    """The cost rows of `GroupCosts` (elementwise maths: a group's figures may be scalars or per column)."""
+    fits = fit > 0
+    price = cols.price[idx]
+    value = ctx.allocation_value[idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
         wave_hours = run_hours * factor
-        waves = np.maximum(1.0, np.floor(ctx.window_hours(group) / wave_hours))
+        waves = np.maximum(1.0, np.floor(window / wave_hours))
         work_per_wave = np.where(fits, fit * work_per_job, np.nan)
         paid = price + value
         compute = price * run_hours / work_per_wave
@@ -494,14 +530,18 @@ def group_costs(
         startup = paid * cols.startup_hours[idx] / (waves * work_per_wave)
     # written row by row into one preallocated array: stacking 14 small rows costs more than the maths
     data = np.empty((len(FIELDS), len(idx)), dtype=np.float64)
-    if egress_of is None:
+    if egress is None:
         data[11:14] = 0.0
     else:
-        data[11], data[12], data[13] = egress_of.per_job(cols.location[idx])
-    if work_per_job > 0:
-        np.divide(data[11], work_per_job, out=data[9])
+        data[11], data[12], data[13] = egress
+    if np.ndim(work_per_job) == 0:
+        if work_per_job > 0:
+            np.divide(data[11], work_per_job, out=data[9])
+        else:
+            data[9] = 0.0
     else:
         data[9] = 0.0
+        np.divide(data[11], work_per_job, out=data[9], where=np.asarray(work_per_job) > 0)
     data[0], data[1], data[2], data[3], data[4] = idx, fit, run_hours, wave_hours, waves
     data[5], data[6], data[7], data[8] = compute, interruption, allocation_value, startup
     data[10] = np.where(fits, compute + interruption + allocation_value + startup + data[9], np.inf)

@@ -19,7 +19,8 @@ Pricing is exact but cheap where it can be:
   ≥ 0 coefficients; where the phase's cost or a budget's dual counts, only a prefix of the shape's
   offerings by `total` can pass, so only that is read;
 * the coefficients of what passes are computed for all groups' pairs at once (numpy over the pairs,
-  not a loop over thousands of groups).
+  not a loop over thousands of groups), and so are the costs and price rules of what the screen picks
+  (`cost.pair_costs`: the numbers `group_costs` gives group by group).
 The rules that need the price (budget for a wave, pacing, caps) are checked on the SCREEN_K offerings the
 screen picks; a group whose picks they all reject is screened again without them, four times as many
 picked each time, so that rejected offerings cannot hide one that improves the LP. Each round's LP is the
@@ -37,7 +38,7 @@ from provisioner.domain import PlanningConstraints
 from provisioner.planner.candidates import BaseCosts, GroupCandidates, _Base, _merge_packed, packed_total
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
-from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs
+from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, pair_costs
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp, LpResult
 from provisioner.planner.limits import Limits
 from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
@@ -269,17 +270,17 @@ class ColumnGenerator:
 
     def _price(self, problem: Problem, cands: list[GroupCandidates], duals: _Duals, phase2: bool) -> bool:
         """Add every group's most negative reduced-cost columns; False when there are none."""
-        work: list[tuple[int, GroupCosts]] = []
         picks = self._screen(self._may_improve(problem, cands, duals, phase2), problem, cands, duals, phase2)
-        for g, first in picks.items():
-            cand = cands[g]
-            jpu, _ = self.compat.static_reasons(cand.group)
-            egress = self._group_egress(cand, g)
+        work = self._priced_picks(picks, cands)
+        for g in sorted(set(picks) - {g for g, _, _ in work}):
             # the rules that need the price come after the screen: offerings they reject are left out of
             # the group's next screens, and the group screened again, until one passes or none is left (a
             # screen full of rejected offerings once hid one that improved the LP)
-            idx: IntArray | None = first
-            take = SCREEN_K
+            cand = cands[g]
+            jpu, _ = self.compat.static_reasons(cand.group)
+            egress = self._group_egress(cand, g)
+            take = SCREEN_K * 4
+            idx = self._screen([g], problem, cands, duals, phase2, take).get(g)
             while idx is not None and len(idx):
                 costs = group_costs(
                     cand.group, idx, jpu, egress, self.cols, self.ctx, self._rows_of(g, cand).base.risk_factor
@@ -288,10 +289,12 @@ class ColumnGenerator:
                 if not ok.all():
                     self._reject(g, idx[~ok])
                 if ok.any():
-                    work.append((g, costs.take(ok)))
+                    kept = costs.take(ok)
+                    work.append((g, kept, packed_total(kept, cand.demand)))
                     break
                 take *= 4  # all rejected: a few rounds reach every offering the screen passes
                 idx = self._screen([g], problem, cands, duals, phase2, take).get(g)
+        work.sort(key=lambda found: found[0])
         if not work:
             return False
         # through `_problem`, so the candidates are priced with the master's own costs (a bound's
@@ -307,16 +310,16 @@ class ColumnGenerator:
                     0,
                     cands[g].egress,
                 )
-                for g, c in work
+                for g, c, _ in work
             ]
         )
-        groups = np.array([g for g, _ in work], dtype=np.int64)
+        groups = np.array([g for g, _, _ in work], dtype=np.int64)
         rc = reduced_costs(priced, groups, problem.value, duals, phase2)
         scale = np.maximum(1.0, np.abs(job_cost(priced))) if phase2 else np.ones(len(rc))
         grew = False
         starts = np.searchsorted(priced.pair_group, np.arange(len(work)))
         ends = np.searchsorted(priced.pair_group, np.arange(len(work)), side="right")
-        for k, (g, costs) in enumerate(work):
+        for k, (g, costs, packed) in enumerate(work):
             part = rc[starts[k] : ends[k]]
             good = np.flatnonzero(part < -TOLERANCE * scale[starts[k] : ends[k]])
             if len(good) == 0:
@@ -324,7 +327,7 @@ class ColumnGenerator:
             best = good[np.argsort(part[good], kind="stable")[:PER_GROUP]]
             cand = cands[g]
             solver, self._packed[g] = _merge_packed(
-                (cand.solver, self._packed_of(g, cand)), _packed(costs.take(best), cand.demand)
+                (cand.solver, self._packed_of(g, cand)), (costs.take(best), packed[best])
             )
             cands[g] = GroupCandidates(
                 cand.group,
@@ -339,6 +342,56 @@ class ColumnGenerator:
             self.added += len(best)
             grew = True
         return grew
+
+    def _priced_picks(
+        self, picks: dict[int, IntArray], cands: Sequence[GroupCandidates]
+    ) -> list[tuple[int, GroupCosts, FloatArray]]:
+        """Every group's picks priced at once (`cost.pair_costs`, the numbers `group_costs` gives per group),
+        with their packed costs: per group with any that its price rules allow, those (the offerings they
+        reject are left out of its next screens); a group whose picks they all reject is left out."""
+        table = self._groups
+        assert table is not None
+        if not picks:
+            return []
+        order = list(picks)
+        self._egress_rows(np.array(order, dtype=np.int64), cands)
+        sizes = [len(picks[g]) for g in order]
+        idx = np.concatenate([picks[g] for g in order])
+        rows = [self._rows_of(g, cands[g]) for g in order]
+        fit = np.concatenate([r.jpu[picks[g]] for g, r in zip(order, rows, strict=True)])
+        group = np.repeat(np.array(order, dtype=np.int64), sizes)
+        factor = np.ones(len(idx))
+        risk = self.cols.risk.pair_of[idx]
+        risky = np.flatnonzero(risk >= 0)
+        if len(risky):
+            which = np.unique(group[risky])
+            by_group = np.stack([self._rows_of(g, cands[g]).base.risk_factor for g in which.tolist()])
+            factor[risky] = by_group[np.searchsorted(which, group[risky]), risk[risky]]
+        loc = self.cols.location[idx]
+        costs = pair_costs(
+            idx,
+            fit,
+            table.work_hours[group],
+            factor,
+            table.per_job_work[group],
+            table.window[group],
+            (table.egress_usd[group, loc], table.gb[group, loc], table.budget_usd[group, loc]),
+            self.cols,
+            self.ctx,
+        )
+        reasons = self.compat.pair_priced_reasons(table.exp[group], table.cap[group], costs)
+        ok = (reasons == 0) & np.isfinite(costs.total)
+        packed = packed_total(costs, table.demand[group])
+        work: list[tuple[int, GroupCosts, FloatArray]] = []
+        ends = np.cumsum(sizes).tolist()
+        for g, a, b in zip(order, [0, *ends[:-1]], ends, strict=True):
+            good = ok[a:b]
+            if not good.all():
+                self._reject(g, idx[a:b][~good])
+            if good.any():
+                keep = a + np.flatnonzero(good)
+                work.append((g, costs.take(keep), packed[keep]))
+        return work
 
     def _packed_of(self, g: int, cand: GroupCandidates) -> FloatArray:
         """The group's shortlist's packed costs (`packed_total`, per offering): costing's, then kept per group
@@ -563,6 +616,7 @@ class ColumnGenerator:
         for g in groups[~table.filled[groups]].tolist():
             egress = self._group_egress(cands[g], g)
             table.usd[g] = self._egress_cost(egress)
+            table.egress_usd[g] = egress.usd
             table.budget_usd[g] = egress.budget_usd
             table.gb[g] = egress.gb
             table.filled[g] = True
@@ -591,6 +645,7 @@ class _GroupTable:
         self.demand = np.array([float(max(c.demand, 1)) for c in cands])
         self.window = np.array([gen.ctx.window_hours(g) for g in groups])
         self.work = np.array([max(g.hs23_hours_per_job, 1e-300) for g in groups])
+        self.per_job_work = np.array([g.hs23_hours_per_job for g in groups])  # as `group_costs` reads it
         # HS23-hours of one job's run per core (a run takes this / HS23 per core hours)
         self.work_hours = np.array([g.walltime_hours * g.reference_hs23_per_core for g in groups])
         self.exp = np.array([gen.limits.exp_index[g.experiment] for g in groups], dtype=np.int64)
@@ -598,7 +653,15 @@ class _GroupTable:
         self.priced = np.array(
             [g.max_cost_per_hs23_hour is None or gen.price_capped for g in groups], dtype=bool
         )
+        # a cost cap per group (inf: none), as the rules that need the price read it
+        self.cap = np.array(
+            [
+                float("inf") if g.max_cost_per_hs23_hour is None else float(g.max_cost_per_hs23_hour)
+                for g in groups
+            ]
+        )
         self.usd = np.zeros((n, places))  # egress USD per job, as the master's objective counts it
+        self.egress_usd = np.zeros((n, places))  # egress USD per job, as `GroupEgress.usd` (costs' rows)
         self.budget_usd = np.zeros((n, places))
         self.gb = np.zeros((n, places))
         self.filled = np.zeros(n, dtype=bool)
@@ -683,7 +746,3 @@ class _Coefficients:
         if phase2:
             return self.cost - dual_sum + duals.value * value[g]
         return np.where(np.isfinite(self.cost), -value[g] - dual_sum, np.inf)
-
-
-def _packed(costs: GroupCosts, demand: int) -> tuple[GroupCosts, FloatArray]:
-    return costs, packed_total(costs, demand)

@@ -32,6 +32,8 @@ from collections.abc import Callable, Hashable, Sequence
 from itertools import pairwise
 from typing import IO, Any, TypeVar
 
+from provisioner.planner.gc_pause import gc_paused
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -237,8 +239,9 @@ def serve() -> None:
     sys.stdout = sys.stderr
     while (payload := _read(requests)) is not None:
         try:
-            fn, part = pickle.loads(payload)
-            answer = pickle.dumps(("ok", fn(part)), protocol=pickle.HIGHEST_PROTOCOL)
+            with gc_paused():  # as in the planner's own process (`gc_pause.py`)
+                fn, part = pickle.loads(payload)
+                answer = pickle.dumps(("ok", fn(part)), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the parent redoes the part and raises it there, with its traceback
             answer = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
         try:

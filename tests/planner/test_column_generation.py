@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,11 +27,11 @@ from benchmarks.reference_milp import solve_reference
 from benchmarks.reference_rules import Catalog
 from provisioner.domain import PlanningConstraints
 from provisioner.planner import _Clock, _prepare, _Setup, plan, pricing
-from provisioner.planner.candidates import TOP_K, GroupCandidates
+from provisioner.planner.candidates import TOP_K, GroupCandidates, packed_total
 from provisioner.planner.columns import IntArray
-from provisioner.planner.cost import group_costs
+from provisioner.planner.cost import GroupEgress, group_costs
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp, solve_jobs_lp
-from provisioner.planner.pricing import SCREEN_K, ColumnGenerator, _Coefficients, _Duals, _Pairs
+from provisioner.planner.pricing import SCREEN_K, ColumnGenerator, _Coefficients, _Duals, _GroupTable, _Pairs
 from provisioner.planner.problem import Problem, Solution, build_problem, job_cost
 from provisioner.planner.solve import _best
 from tests.planner.factories import NOW, group, offering
@@ -307,3 +308,44 @@ def test_a_repaired_plan_serving_a_sliver_less_is_not_close_enough_when_it_pays_
     assert less.served_value(problem) >= whole.served_value(problem) * (1 - module.CLOSE_ENOUGH)
     assert less.objective(problem) == pytest.approx(whole.objective(problem))
     assert not module.close_enough(problem, lp, less)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=100_000), picked=st.randoms(use_true_random=False))
+def test_pricing_prices_the_picks_of_all_groups_at_once_to_the_bit_of_pricing_each_group(
+    seed: int, picked: random.Random
+) -> None:
+    """`ColumnGenerator._priced_picks` prices the screen's picks of every group in one pass (`pair_costs`,
+    `pair_priced_reasons`, `packed_total` with a demand per column): the costs, the packed costs and the
+    offerings the price rules reject are those of `group_costs`, `priced_reasons` and `packed_total` group
+    by group, to the bit (egress, cost caps, budgets, egress caps, allocations and pacing all occur)."""
+    inst = random_instance(seed, groups=6, offerings=40, fleet=0)
+    short = _prepare(
+        inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=False, timings=None
+    )
+    generator = ColumnGenerator(short.cols, short.plan_ctx, short.compat, inst.constraints, short.limits)
+    cands = short.candidates
+    generator._groups = _GroupTable(cands, generator)
+    n = len(short.cols)
+    picks = {
+        g: np.array(sorted(picked.sample(range(n), picked.randint(1, n))), dtype=np.int64)
+        for g in sorted(picked.sample(range(len(cands)), picked.randint(0, len(cands))))
+    }
+    work = generator._priced_picks(picks, cands)
+    expected, rejected = [], []
+    for g, idx in picks.items():
+        cand = cands[g]
+        jpu, _ = short.compat.static_reasons(cand.group)
+        egress = cand.egress or GroupEgress(cand.group, cand.demand, short.cols, short.plan_ctx)
+        factors = short.bases.get(cand.group, jpu).risk_factor
+        costs = group_costs(cand.group, idx, jpu, egress, short.cols, short.plan_ctx, factors)
+        ok = (short.compat.priced_reasons(cand.group, costs) == 0) & np.isfinite(costs.total)
+        rejected += (g * n + idx[~ok]).tolist()
+        if ok.any():
+            kept = costs.take(ok)
+            expected.append((g, kept.data, packed_total(kept, cand.demand)))
+    assert [g for g, _, _ in work] == [g for g, _, _ in expected]
+    for (_, costs, packed), (_, data, want) in zip(work, expected, strict=True):
+        assert np.array_equal(costs.data, data, equal_nan=True)
+        assert np.array_equal(packed, want, equal_nan=True)
+    assert generator._rejected_keys.tolist() == sorted(rejected)
