@@ -29,6 +29,7 @@ last round's model grown by the new columns, warm from its basis (`JobsLp.grow`)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -199,11 +200,26 @@ class ColumnGenerator:
         self._lp = None
         cap = float("inf") if served_at_most is None else served_at_most
         problem = self._problem(cands)
+        # what the screens read of every group, read beside the first LP solve: HiGHS lets go of the GIL
+        # while it solves (on the 5,000-group instance of benchmarks/planner_scale.py, about 0.15 s of reading
+        # beside a 1.1 s solve, on the core the costing's worker leaves idle)
+        ahead = threading.Thread(target=self._read_groups, args=(cands,), name="pricing-read-ahead")
+        ahead.start()
+        try:
+            return self._rounds(cands, problem, cap, ahead)
+        finally:
+            ahead.join()
+
+    def _rounds(
+        self, cands: list[GroupCandidates], problem: Problem, cap: float, ahead: threading.Thread
+    ) -> tuple[list[GroupCandidates], Problem]:
+        """`run`'s rounds of both phases, once `ahead` has read the groups (it runs beside the first solve)."""
         served: float | None = None
         proven = False
         for phase2 in (False, True):
             for round_no in range(self.max_rounds):
                 solved = self._solve(problem, served if phase2 else None)
+                ahead.join()
                 self.rounds += 1
                 if solved is None:
                     return cands, problem
@@ -233,6 +249,19 @@ class ColumnGenerator:
                     self.served = float(problem.value[problem.pair_group] @ solved.x)
                     served = min(self.served, cap) * (1 - SERVED_SLACK)
         return cands, problem
+
+    def _read_groups(self, cands: Sequence[GroupCandidates]) -> None:
+        """What the screens read of every group they may screen (`_rows_of`, the egress rows): the same as
+        reading it when first asked. What fails here is left to be read then, where the error is raised."""
+        table = self._groups
+        assert table is not None
+        at = np.flatnonzero(table.priced)
+        try:
+            for g in at.tolist():
+                self._rows_of(g, cands[g])
+            self._egress_rows(at, cands)
+        except Exception:  # read again when asked, which raises it in the planner's thread
+            pass
 
     def _solve(self, problem: Problem, served: float | None) -> LpResult | None:
         """Phase 1 (served is None: the most value) or phase 2 (least cost serving ≥ served) of the jobs LP,

@@ -349,3 +349,56 @@ def test_pricing_prices_the_picks_of_all_groups_at_once_to_the_bit_of_pricing_ea
         assert np.array_equal(costs.data, data, equal_nan=True)
         assert np.array_equal(packed, want, equal_nan=True)
     assert generator._rejected_keys.tolist() == sorted(rejected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=100_000), fails_after=st.integers(min_value=0, max_value=6))
+def test_reading_the_groups_beside_the_first_solve_changes_nothing_even_when_it_fails(
+    seed: int, fails_after: int
+) -> None:
+    """`ColumnGenerator.run` reads what the screens need of every group in a thread beside the first LP
+    solve. Read there, read only when asked, or failing part-way there (what failed is read when asked):
+    the same shortlists, problem and LP."""
+    inst = _binding_instance(seed)
+    short = _prepare(
+        inst.groups, inst.offerings, (), inst.constraints, _Clock(None), exact=False, timings=None
+    )
+
+    class _NotAhead(ColumnGenerator):
+        def _read_groups(self, cands: Sequence[GroupCandidates]) -> None:
+            pass
+
+    class _FailingAhead(ColumnGenerator):
+        def _read_groups(self, cands: Sequence[GroupCandidates]) -> None:
+            read = 0
+            real = self._rows_of
+
+            def rows_of(g: int, cand: GroupCandidates) -> object:
+                nonlocal read
+                read += 1
+                if read > fails_after:
+                    raise RuntimeError("read-ahead failed")
+                return real(g, cand)
+
+            self._rows_of = rows_of  # type: ignore[method-assign]
+            try:
+                super()._read_groups(cands)
+            finally:
+                del self._rows_of
+
+    found = []
+    for kind in (ColumnGenerator, _NotAhead, _FailingAhead):
+        generator = kind(short.cols, short.plan_ctx, short.compat, inst.constraints, short.limits)
+        cands, problem = generator.run(short.candidates)
+        found.append((cands, problem, generator.lp, generator.served))
+    (cands, problem, lp, served), *others = found
+    for other_cands, other_problem, other_lp, other_served in others:
+        assert [c.group for c in other_cands] == [c.group for c in cands]
+        for other, cand in zip(other_cands, cands, strict=True):
+            assert np.array_equal(other.solver.data, cand.solver.data, equal_nan=True)
+        assert np.array_equal(other_problem.pair_group, problem.pair_group)
+        assert np.array_equal(other_problem.pair_offering, problem.pair_offering)
+        assert (other_lp is None) == (lp is None)
+        if other_lp is not None and lp is not None:
+            assert np.array_equal(other_lp, lp)
+        assert other_served == served
