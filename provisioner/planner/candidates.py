@@ -10,14 +10,15 @@ Pricing 40,000 offerings for hundreds of groups: the cost without egress depends
 job shape and run time, so it is computed once per distinct (shape, run time) and shared; a group
 adds its egress per location (one gather). The cheapest compatible offerings are then priced in
 full (budget for one wave, egress cap, pacing, cost cap) in growing batches until the shortlist
-is full — the same shortlist as pricing everything.
+is full — the same shortlist as pricing everything. The first batch (window) of a chunk of groups is
+priced for all of them at once (`_priced`: the numbers of pricing each group's alone).
 The explanation shortlist is the `explain_k` cheapest incompatible offerings with their reasons.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -31,6 +32,7 @@ from provisioner.planner.cost import (
     PlanContext,
     base_total,
     group_costs,
+    pair_costs,
     risk_factors,
 )
 from provisioner.planner.numerics import smallest, smallest_and_next
@@ -525,13 +527,14 @@ class _FirstWindow:
 def _price_first(
     first: IntArray,
     pricer: _GroupPricer,
+    priced: GroupCosts,
+    priced_reason: ReasonArray,
     static: ReasonArray,
     base: _Base,
     cols: OfferingColumns,
     explain_k: int,
 ) -> _FirstWindow:
-    priced = pricer.price(first)
-    priced_reason = pricer.reasons(priced)
+    """The first window from its prices (`priced` = `pricer.price(first)`, `priced_reason` their reasons)."""
     pricer.remember(first, priced, priced_reason)
     status = static[first]
     reason = np.where(status == 0, priced_reason, status)
@@ -550,6 +553,212 @@ def _price_first(
         int(np.count_nonzero(status == 0)),
         rejected,
         rejected_reason,
+    )
+
+
+# groups whose first windows are priced together (`_priced`), and the offerings they price at most (past
+# which a chunk ends: the exact MILP's windows are the whole catalog): a few MB of costs at a time
+CHUNK = 256
+CHUNK_PAIRS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A group's costing up to its first window: found (`window`), or to be priced (`first`, at `waiting` in
+    its chunk's `pending`; a shared window another group of the chunk already waits for has no `first`)."""
+
+    group: DemandGroup
+    jobs: int
+    jpu: IntArray
+    static: ReasonArray
+    egress: GroupEgress
+    base: _Base
+    with_egress: bool
+    shareable: bool  # its first window is the same for every group of its rule set, job shape and cost cap
+    window: _FirstWindow | None
+    first: IntArray | None = None
+    waiting: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A first window to price: its group's start (with `first`) and the pricer that will remember it."""
+
+    start: _Start
+    pricer: _GroupPricer
+
+
+def _start_of(
+    group: DemandGroup,
+    jobs: int,
+    jpu: IntArray,
+    static: ReasonArray,
+    cols: OfferingColumns,
+    plan_ctx: PlanContext,
+    bases: BaseCosts,
+    shared: _Shared,
+    top_k: int | None,
+) -> _Start:
+    egress = GroupEgress(group, jobs, cols, plan_ctx)
+    base = bases.get(group, jpu)
+    # without egress, the same for every group of the rule set, job shape and cost cap
+    shareable = top_k is not None and egress.none
+    window = shared.window(static, base, group.max_cost_per_hs23_hour) if shareable else None
+    with_egress = not egress.none and group.hs23_hours_per_job > 0
+    return _Start(group, jobs, jpu, static, egress, base, with_egress, shareable, window)
+
+
+def _first(start: _Start, cols: OfferingColumns, shared: _Shared, top_k: int | None) -> IntArray:
+    """The group's first offerings to price: the cheapest WINDOW, found within the shared prefix when
+    possible (every offering for the exact MILP)."""
+    base, egress = start.base, start.egress
+    first = None
+    if top_k is not None:
+        first = _egress_window(base, egress, cols) if start.with_egress else shared.first_without_egress(base)
+    if first is None:
+        n = len(base.total)
+        first = _cheapest(_full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n)
+    return first
+
+
+def _priced(
+    pending: Sequence[_Pending], cols: OfferingColumns, plan_ctx: PlanContext, compat: CompatContext
+) -> list[tuple[GroupCosts, ReasonArray]]:
+    """Per pending window, `group_costs` of its first offerings and their `priced_reasons`: the same
+    numbers, computed for all of them at once (`pair_costs`, `pair_priced_reasons`)."""
+    if not pending:
+        return []
+    firsts = [_first_of(wait) for wait in pending]
+    sizes = [len(first) for first in firsts]
+    idx = np.concatenate(firsts)
+    row = np.repeat(np.arange(len(pending)), sizes)
+    starts = [wait.start for wait in pending]
+    groups = [start.group for start in starts]
+
+    def per_pair(values: list[float]) -> FloatArray:
+        return np.array(values)[row]
+
+    def per_place(name: str) -> FloatArray:  # a `GroupEgress` row per pair, at the pair's location
+        by_group: FloatArray = np.stack([getattr(start.egress, name) for start in starts])
+        return by_group[row, loc]
+
+    factor = np.ones(len(idx))
+    risk = cols.risk.pair_of[idx]
+    risky = np.flatnonzero(risk >= 0)
+    if len(risky):
+        factor[risky] = np.stack([start.base.risk_factor for start in starts])[row[risky], risk[risky]]
+    loc = cols.location[idx]
+    costs = pair_costs(
+        idx,
+        np.concatenate([start.jpu[first] for start, first in zip(starts, firsts, strict=True)]),
+        per_pair([g.walltime_hours * g.reference_hs23_per_core for g in groups]),
+        factor,
+        per_pair([g.hs23_hours_per_job for g in groups]),
+        per_pair([plan_ctx.window_hours(g) for g in groups]),
+        (per_place("usd"), per_place("gb"), per_place("budget_usd")),  # `GroupEgress.per_job`, in its order
+        cols,
+        plan_ctx,
+    )
+    caps = [
+        float("inf") if g.max_cost_per_hs23_hour is None else float(g.max_cost_per_hs23_hour) for g in groups
+    ]
+    exp = np.array([compat.limits.exp_index[g.experiment] for g in groups], dtype=np.int64)[row]
+    reasons = compat.pair_priced_reasons(exp, per_pair(caps), costs)
+    ends = np.cumsum(sizes).tolist()
+    return [
+        (GroupCosts(costs.data[:, a:b].copy()), reasons[a:b].copy())
+        for a, b in zip([0, *ends[:-1]], ends, strict=True)
+    ]
+
+
+def _first_of(wait: _Pending) -> IntArray:
+    first = wait.start.first
+    assert first is not None  # a pending window's start has its first offerings
+    return first
+
+
+def _shortlist(
+    start: _Start,
+    window: _FirstWindow,
+    cols: OfferingColumns,
+    plan_ctx: PlanContext,
+    compat: CompatContext,
+    shared: _Shared,
+    top_k: int | None,
+    per_family: int,
+    rate_capped: Callable[[str], bool],
+) -> GroupCandidates:
+    """The group's candidates from its first window: the shortlist (walking on where the window cannot
+    decide it), with the offerings where its data is and those of the least spend rate merged in."""
+    group, jobs, jpu, static, egress, base = (
+        start.group,
+        start.jobs,
+        start.jpu,
+        start.static,
+        start.egress,
+        start.base,
+    )
+    with_egress, shareable, cap = start.with_egress, start.shareable, group.max_cost_per_hs23_hour
+    work, n = group.hs23_hours_per_job, len(base.total)
+    first, pricer, priced, usable = window.first, window.pricer, window.priced, window.usable
+    compatible = window.compatible
+    packed: FloatArray | None = None
+    if top_k is None:
+        shortlist = usable
+    else:
+        short = _select(
+            usable, packed_total(usable, jobs), cols, top_k, per_family, _bound(priced, len(first) < n)
+        )
+        exact = short[2]
+        if not exact:
+            # walk every compatible offering, cheapest at full packing first, in growing batches, until
+            # nothing left unpriced can beat the shortlist at the group's size (full packing is a lower bound)
+            every_ok, ok_total, ok_location = shared.allowed(static, base)
+            compatible = len(every_ok)
+            allowed = shared.light_index(static, base)
+            # `_full_total` restricted to the allowed offerings (what `_cheapest` would gather), once
+            full_total: FloatArray | None = None if with_egress else ok_total
+            batch = 4 * WINDOW
+            while not exact:
+                walked = shared.batch(static, base, cap, batch) if shareable else None
+                if walked is None:
+                    found = (
+                        None
+                        if allowed is None
+                        else _prefix_cheapest(base, allowed.pos, egress if with_egress else None, batch)
+                    )
+                    if found is None:
+                        if full_total is None:
+                            full_total = ok_total + egress.usd[ok_location] / work
+                        found = _cheapest_of(full_total, every_ok, batch)
+                    idx = found
+                    more = group_costs(group, idx, jpu, egress, cols, plan_ctx, base.risk_factor)
+                    bound = _bound(more, len(idx) < len(every_ok))
+                    walked = more.take(compat.priced_reasons(group, more) == 0), bound, len(idx)
+                    if shareable:
+                        shared.keep_batch(static, base, cap, batch, walked)
+                more, bound, priced_count = walked
+                short = _select(more, packed_total(more, jobs), cols, top_k, per_family, bound)
+                exact = short[2] or priced_count >= len(every_ok)
+                batch *= 4
+        merged = short[0], short[1]
+        home = _home(group, jobs, static, base, egress, pricer, cols, shared, per_family)
+        if home is not None:
+            merged = _merge_packed(merged, home)
+        if rate_capped(group.experiment):
+            light = _light(jobs, static, base, pricer, cols, shared, per_family)
+            if light is not None:
+                merged = _merge_packed(merged, light)
+        shortlist, packed = merged
+    return GroupCandidates(
+        group=group,
+        demand=jobs,
+        solver=shortlist,
+        rejected=window.rejected,
+        rejected_reason=window.rejected_reason,
+        compatible_count=compatible,
+        egress=None if egress.none else egress,
+        packed=packed,
     )
 
 
@@ -581,99 +790,63 @@ def build_candidates(
         cols.locations[int(cols.location[part[0]])]: part for part in np.split(order, cuts) if len(part)
     }
     shared = _Shared(locations, cols.location)
-    for group, jobs in zip(groups, demand, strict=True):
-        t0 = time.perf_counter()
-        jpu, static = compat.static_reasons(group)
+    at = 0
+    while at < len(groups):
+        # pass 1: each group's first window, found; the windows not shared yet priced together (`_priced`)
+        starts: list[_Start] = []
+        pending: list[_Pending] = []
+        waiting: dict[tuple[int, int, object], int] = {}  # a shared window's key -> its place in `pending`
+        pairs = 0
+        while at < len(groups) and len(starts) < CHUNK and pairs < CHUNK_PAIRS:
+            group, jobs = groups[at], demand[at]
+            at += 1
+            t0 = time.perf_counter()
+            jpu, static = compat.static_reasons(group)
+            t1 = time.perf_counter()
+            start = _start_of(group, jobs, jpu, static, cols, plan_ctx, bases, shared, top_k)
+            if start.window is None:
+                key = (id(static), id(start.base), group.max_cost_per_hs23_hour)
+                if start.shareable and key in waiting:  # the same window, already to be priced
+                    start = replace(start, waiting=waiting[key])
+                else:
+                    if start.shareable:  # a group with egress prices a window of its own, shared with none
+                        waiting[key] = len(pending)
+                    start = replace(start, first=_first(start, cols, shared, top_k), waiting=len(pending))
+                    pricer = _GroupPricer(
+                        group, jpu, start.egress, cols, plan_ctx, compat, start.base.risk_factor
+                    )
+                    pending.append(_Pending(start, pricer))
+                    pairs += len(_first_of(pending[-1]))
+            starts.append(start)
+            spent["compatibility"] += t1 - t0
+            spent["costing"] += time.perf_counter() - t1
         t1 = time.perf_counter()
-        egress = GroupEgress(group, jobs, cols, plan_ctx)
-        base = bases.get(group, jpu)
-        work = group.hs23_hours_per_job
-        with_egress = not egress.none and work > 0
-        n = len(base.total)
-
-        # without egress, the same for every group of the rule set, job shape and cost cap
-        shareable = top_k is not None and egress.none
-        cap = group.max_cost_per_hs23_hour
-        window = shared.window(static, base, cap) if shareable else None
-        if window is None:
-            first = None
-            # the cheapest WINDOW offerings, found within the shared prefix when possible
-            if top_k is not None:
-                first = (
-                    _egress_window(base, egress, cols) if with_egress else shared.first_without_egress(base)
-                )
-            if first is None:
-                first = _cheapest(
-                    _full_total(base, egress, cols), np.arange(n), WINDOW if top_k is not None else n
-                )
-            pricer = _GroupPricer(group, jpu, egress, cols, plan_ctx, compat, base.risk_factor)
-            window = _price_first(first, pricer, static, base, cols, explain_k)
-            if shareable:
-                shared.keep_window(static, base, cap, window)
-        first, pricer, priced, usable = window.first, window.pricer, window.priced, window.usable
-        compatible = window.compatible
-        packed: FloatArray | None = None
-        if top_k is None:
-            shortlist = usable
-        else:
-            short = _select(
-                usable, packed_total(usable, jobs), cols, top_k, per_family, _bound(priced, len(first) < n)
+        windows = [
+            _price_first(
+                _first_of(wait),
+                wait.pricer,
+                priced,
+                reason,
+                wait.start.static,
+                wait.start.base,
+                cols,
+                explain_k,
             )
-            exact = short[2]
-            if not exact:
-                # walk every compatible offering, cheapest at full packing first, in growing batches, until
-                # nothing left unpriced can beat the shortlist at the group's size (full packing is a lower bound)
-                every_ok, ok_total, ok_location = shared.allowed(static, base)
-                compatible = len(every_ok)
-                allowed = shared.light_index(static, base)
-                # `_full_total` restricted to the allowed offerings (what `_cheapest` would gather), once
-                full_total: FloatArray | None = None if with_egress else ok_total
-                batch = 4 * WINDOW
-                while not exact:
-                    walked = shared.batch(static, base, cap, batch) if shareable else None
-                    if walked is None:
-                        found = (
-                            None
-                            if allowed is None
-                            else _prefix_cheapest(base, allowed.pos, egress if with_egress else None, batch)
-                        )
-                        if found is None:
-                            if full_total is None:
-                                full_total = ok_total + egress.usd[ok_location] / work
-                            found = _cheapest_of(full_total, every_ok, batch)
-                        idx = found
-                        more = group_costs(group, idx, jpu, egress, cols, plan_ctx, base.risk_factor)
-                        bound = _bound(more, len(idx) < len(every_ok))
-                        walked = more.take(compat.priced_reasons(group, more) == 0), bound, len(idx)
-                        if shareable:
-                            shared.keep_batch(static, base, cap, batch, walked)
-                    more, bound, priced_count = walked
-                    short = _select(more, packed_total(more, jobs), cols, top_k, per_family, bound)
-                    exact = short[2] or priced_count >= len(every_ok)
-                    batch *= 4
-            merged = short[0], short[1]
-            home = _home(group, jobs, static, base, egress, pricer, cols, shared, per_family)
-            if home is not None:
-                merged = _merge_packed(merged, home)
-            if rate_capped(group.experiment):
-                light = _light(jobs, static, base, pricer, cols, shared, per_family)
-                if light is not None:
-                    merged = _merge_packed(merged, light)
-            shortlist, packed = merged
-        out.append(
-            GroupCandidates(
-                group=group,
-                demand=jobs,
-                solver=shortlist,
-                rejected=window.rejected,
-                rejected_reason=window.rejected_reason,
-                compatible_count=compatible,
-                egress=None if egress.none else egress,
-                packed=packed,
-            )
-        )
-        spent["compatibility"] += t1 - t0
+            for wait, (priced, reason) in zip(pending, _priced(pending, cols, plan_ctx, compat), strict=True)
+        ]
+        for wait, window in zip(pending, windows, strict=True):
+            if wait.start.shareable:
+                group = wait.start.group
+                shared.keep_window(wait.start.static, wait.start.base, group.max_cost_per_hs23_hour, window)
         spent["costing"] += time.perf_counter() - t1
+        # pass 2: each group's shortlist from its first window
+        for start in starts:
+            t1 = time.perf_counter()
+            window = start.window if start.window is not None else windows[start.waiting]
+            out.append(
+                _shortlist(start, window, cols, plan_ctx, compat, shared, top_k, per_family, rate_capped)
+            )
+            spent["costing"] += time.perf_counter() - t1
     if timings is not None:
         for phase, seconds in spent.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
