@@ -125,43 +125,37 @@ def _offering(costs: GroupCosts) -> IntArray:
     return costs.data[0].astype(np.int64)
 
 
-def _home(
-    group: DemandGroup,
-    demand: int,
-    static: ReasonArray,
-    base: _Base,
-    egress: GroupEgress,
-    pricer: _GroupPricer,
-    cols: OfferingColumns,
-    shared: _Shared,
-    per_family: int,
-) -> tuple[GroupCosts, FloatArray] | None:
-    """The cheapest egress-free offerings (where the group's data sits): what an egress cap leaves usable."""
+def _home_offerings(
+    group: DemandGroup, static: ReasonArray, base: _Base, egress: GroupEgress, shared: _Shared
+) -> IntArray | None:
+    """The cheapest allowed offerings where the group's data sits (egress-free: what an egress cap leaves
+    usable), to price; None where there are none or the group moves no data."""
     if egress.none or group.data_location is None:
         return None
-    idx = shared.home(static, base, group.data_location)
-    if idx is None:
-        return None
-    costs = pricer.usable(idx)
+    return shared.home(static, base, group.data_location)
+
+
+def _home(
+    costs: GroupCosts, demand: int, cols: OfferingColumns, per_family: int
+) -> tuple[GroupCosts, FloatArray]:
+    """The cheapest of `_home_offerings` (priced, those the price rules allow) at the group's size."""
     chosen, packed, _ = _select(costs, packed_total(costs, demand), cols, HOME_K, per_family, float("inf"))
     return chosen, packed
 
 
-def _light(
-    demand: int,
-    static: ReasonArray,
-    base: _Base,
-    pricer: _GroupPricer,
-    cols: OfferingColumns,
-    shared: _Shared,
-    per_family: int,
-) -> tuple[GroupCosts, FloatArray] | None:
-    """Among the cheapest offerings for the job shape, those that serve the whole group for the least
-    USD per hour: what a binding spend-rate cap leaves room for."""
+def _light_offerings(demand: int, static: ReasonArray, base: _Base, shared: _Shared) -> IntArray | None:
+    """The cheapest offerings for the job shape that serve the whole group for the least USD per hour
+    (what a binding spend-rate cap leaves room for), to price; None where the rules allow none."""
     allowed = shared.light_index(static, base)
     if allowed is None:
         return None
-    costs = pricer.usable(base.prefix[allowed.least_rates(max(demand, 1), 8 * LIGHT_K)])
+    return base.prefix[allowed.least_rates(max(demand, 1), 8 * LIGHT_K)]
+
+
+def _light(
+    costs: GroupCosts, demand: int, cols: OfferingColumns, per_family: int
+) -> tuple[GroupCosts, FloatArray] | None:
+    """Of `_light_offerings` (priced, those the price rules allow), the least USD per hour first."""
     if len(costs) == 0:
         return None
     units = np.ceil(max(demand, 1) / (np.maximum(costs.jobs_per_unit, 1) * np.maximum(costs.waves, 1)))
@@ -290,7 +284,7 @@ class BaseCosts:
 class _GroupPricer:
     """Prices offerings for one group and keeps those its price rules allow. A column of `group_costs` and
     of `priced_reasons` depends only on its offering, so offerings of the group's first window (`remember`)
-    are taken from it rather than priced again: `_light` and `_home` mostly ask for those."""
+    are taken from it rather than priced again (`known`): `_light` and `_home` mostly ask for those."""
 
     def __init__(
         self,
@@ -329,15 +323,15 @@ class _GroupPricer:
         self._by_offering = np.argsort(idx)
         self._offerings = idx[self._by_offering]
 
-    def usable(self, idx: IntArray) -> GroupCosts:
-        """`price(idx)` without the offerings the price rules reject."""
+    def known(self, idx: IntArray) -> GroupCosts | None:
+        """`price(idx)` without the offerings the price rules reject, when all of `idx` were remembered
+        (else None: the caller prices them, `_priced`)."""
         if self._costs is not None and len(self._offerings):
             at = np.minimum(np.searchsorted(self._offerings, idx), len(self._offerings) - 1)
             if bool((self._offerings[at] == idx).all()):  # all priced already
                 pos = self._by_offering[at]
                 return self._costs.take(pos[self._reasons[pos] == 0])
-        costs = self.price(idx)
-        return costs.take(self.reasons(costs) == 0)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,17 +616,20 @@ def _first(start: _Start, cols: OfferingColumns, shared: _Shared, top_k: int | N
 
 
 def _priced(
-    pending: Sequence[_Pending], cols: OfferingColumns, plan_ctx: PlanContext, compat: CompatContext
+    asked: Sequence[tuple[_Start, IntArray]],
+    cols: OfferingColumns,
+    plan_ctx: PlanContext,
+    compat: CompatContext,
 ) -> list[tuple[GroupCosts, ReasonArray]]:
-    """Per pending window, `group_costs` of its first offerings and their `priced_reasons`: the same
-    numbers, computed for all of them at once (`pair_costs`, `pair_priced_reasons`)."""
-    if not pending:
+    """Per (group's start, offerings) asked, `group_costs` of the offerings and their `priced_reasons`: the
+    same numbers, computed for all of them at once (`pair_costs`, `pair_priced_reasons`)."""
+    if not asked:
         return []
-    firsts = [_first_of(wait) for wait in pending]
+    starts = [start for start, _ in asked]
+    firsts = [first for _, first in asked]
     sizes = [len(first) for first in firsts]
     idx = np.concatenate(firsts)
-    row = np.repeat(np.arange(len(pending)), sizes)
-    starts = [wait.start for wait in pending]
+    row = np.repeat(np.arange(len(asked)), sizes)
     groups = [start.group for start in starts]
 
     def per_pair(values: list[float]) -> FloatArray:
@@ -677,7 +674,7 @@ def _first_of(wait: _Pending) -> IntArray:
     return first
 
 
-def _shortlist(
+def _head(
     start: _Start,
     window: _FirstWindow,
     cols: OfferingColumns,
@@ -687,9 +684,9 @@ def _shortlist(
     top_k: int | None,
     per_family: int,
     rate_capped: Callable[[str], bool],
-) -> GroupCandidates:
-    """The group's candidates from its first window: the shortlist (walking on where the window cannot
-    decide it), with the offerings where its data is and those of the least spend rate merged in."""
+) -> _Head:
+    """The group's shortlist from its first window (walking on where the window cannot decide it), and the
+    offerings where its data is and those of the least spend rate to merge in (`_finished`)."""
     group, jobs, jpu, static, egress, base = (
         start.group,
         start.jobs,
@@ -700,12 +697,9 @@ def _shortlist(
     )
     with_egress, shareable, cap = start.with_egress, start.shareable, group.max_cost_per_hs23_hour
     work, n = group.hs23_hours_per_job, len(base.total)
-    first, pricer, priced, usable = window.first, window.pricer, window.priced, window.usable
+    first, priced, usable = window.first, window.priced, window.usable
     compatible = window.compatible
-    packed: FloatArray | None = None
-    if top_k is None:
-        shortlist = usable
-    else:
+    if top_k is not None:
         short = _select(
             usable, packed_total(usable, jobs), cols, top_k, per_family, _bound(priced, len(first) < n)
         )
@@ -741,25 +735,49 @@ def _shortlist(
                 short = _select(more, packed_total(more, jobs), cols, top_k, per_family, bound)
                 exact = short[2] or priced_count >= len(every_ok)
                 batch *= 4
-        merged = short[0], short[1]
-        home = _home(group, jobs, static, base, egress, pricer, cols, shared, per_family)
+        home = _home_offerings(group, static, base, egress, shared)
+        light = _light_offerings(jobs, static, base, shared) if rate_capped(group.experiment) else None
+        return _Head(start, window, compatible, (short[0], short[1]), home, light)
+    return _Head(start, window, compatible, (usable, None), None, None)
+
+
+def _finished(
+    head: _Head, home: GroupCosts | None, light: GroupCosts | None, cols: OfferingColumns, per_family: int
+) -> GroupCandidates:
+    """The group's candidates: its shortlist with `head.home` and `head.light` (`home`, `light`: those
+    priced, the ones the price rules allow) merged in."""
+    start, (shortlist, packed) = head.start, head.short
+    if packed is not None:
+        merged = shortlist, packed
         if home is not None:
-            merged = _merge_packed(merged, home)
-        if rate_capped(group.experiment):
-            light = _light(jobs, static, base, pricer, cols, shared, per_family)
-            if light is not None:
-                merged = _merge_packed(merged, light)
+            merged = _merge_packed(merged, _home(home, start.jobs, cols, per_family))
+        if light is not None and (lightest := _light(light, start.jobs, cols, per_family)) is not None:
+            merged = _merge_packed(merged, lightest)
         shortlist, packed = merged
     return GroupCandidates(
-        group=group,
-        demand=jobs,
+        group=start.group,
+        demand=start.jobs,
         solver=shortlist,
-        rejected=window.rejected,
-        rejected_reason=window.rejected_reason,
-        compatible_count=compatible,
-        egress=None if egress.none else egress,
+        rejected=head.window.rejected,
+        rejected_reason=head.window.rejected_reason,
+        compatible_count=head.compatible,
+        egress=None if start.egress.none else start.egress,
         packed=packed,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """A group's shortlist before the offerings where its data is (`home`) and those of the least spend rate
+    (`light`) are merged in: those to price, or None (the exact MILP's shortlist is final: `short`'s packed
+    costs are None)."""
+
+    start: _Start
+    window: _FirstWindow
+    compatible: int
+    short: tuple[GroupCosts, FloatArray | None]
+    home: IntArray | None
+    light: IntArray | None
 
 
 def build_candidates(
@@ -832,21 +850,53 @@ def build_candidates(
                 cols,
                 explain_k,
             )
-            for wait, (priced, reason) in zip(pending, _priced(pending, cols, plan_ctx, compat), strict=True)
+            for wait, (priced, reason) in zip(
+                pending,
+                _priced([(w.start, _first_of(w)) for w in pending], cols, plan_ctx, compat),
+                strict=True,
+            )
         ]
         for wait, window in zip(pending, windows, strict=True):
             if wait.start.shareable:
                 group = wait.start.group
                 shared.keep_window(wait.start.static, wait.start.base, group.max_cost_per_hs23_hour, window)
         spent["costing"] += time.perf_counter() - t1
-        # pass 2: each group's shortlist from its first window
-        for start in starts:
-            t1 = time.perf_counter()
-            window = start.window if start.window is not None else windows[start.waiting]
-            out.append(
-                _shortlist(start, window, cols, plan_ctx, compat, shared, top_k, per_family, rate_capped)
+        # pass 2: each group's shortlist from its first window, then the offerings where its data is and
+        # those of the least spend rate, priced together where its window does not hold them
+        t1 = time.perf_counter()
+        heads = [
+            _head(
+                start,
+                start.window if start.window is not None else windows[start.waiting],
+                cols,
+                plan_ctx,
+                compat,
+                shared,
+                top_k,
+                per_family,
+                rate_capped,
             )
-            spent["costing"] += time.perf_counter() - t1
+            for start in starts
+        ]
+        found: list[list[GroupCosts | None]] = []
+        asked: list[tuple[_Start, IntArray]] = []
+        waits: list[tuple[int, int]] = []  # (head, 0 for home or 1 for light) of each of `asked`
+        for k, head in enumerate(heads):
+            got: list[GroupCosts | None] = []
+            for which, idx in enumerate((head.home, head.light)):
+                known = None if idx is None else head.window.pricer.known(idx)
+                if idx is not None and known is None:
+                    asked.append((head.start, idx))
+                    waits.append((k, which))
+                got.append(known)
+            found.append(got)
+        for (k, which), (costs, reason) in zip(waits, _priced(asked, cols, plan_ctx, compat), strict=True):
+            found[k][which] = costs.take(reason == 0)
+        out += [
+            _finished(head, home, light, cols, per_family)
+            for head, (home, light) in zip(heads, found, strict=True)
+        ]
+        spent["costing"] += time.perf_counter() - t1
     if timings is not None:
         for phase, seconds in spent.items():
             timings[phase] = timings.get(phase, 0.0) + seconds

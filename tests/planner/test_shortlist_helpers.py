@@ -13,7 +13,8 @@ import numpy as np
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from provisioner.planner import _Clock, _prepare, candidates
+from provisioner.domain import DemandGroup
+from provisioner.planner import _Clock, _prepare, _Setup, candidates
 from provisioner.planner.candidates import (
     GroupCandidates,
     _Base,
@@ -243,8 +244,9 @@ def test_the_least_rates_are_those_of_computing_every_rate(
 def test_first_windows_priced_together_are_priced_to_the_bit_as_each_alone(
     seed: int, picked: random.Random
 ) -> None:
-    """`candidates._priced` prices the first windows of a chunk's groups at once: the costs and price-rule
-    reasons of `group_costs` and `priced_reasons` group by group, to the bit (egress, cost caps, budgets,
+    """`candidates._priced` prices the offerings asked for a chunk's groups at once (their first windows, and
+    the offerings where their data is and of the least spend rate that a window does not hold): the costs
+    and price-rule reasons of `group_costs` and `priced_reasons` group by group, to the bit (egress, cost caps, budgets,
     egress caps, allocations and pacing all occur in these instances)."""
     inst = random_instance(seed, groups=6, offerings=40, fleet=0)
     setup = _prepare(
@@ -259,7 +261,8 @@ def test_first_windows_priced_together_are_priced_to_the_bit_as_each_alone(
         first = np.array(picked.sample(range(len(cols)), picked.randint(1, len(cols))), dtype=np.int64)
         pricer = candidates._GroupPricer(g, jpu, start.egress, cols, ctx, compat, start.base.risk_factor)
         pending.append(candidates._Pending(replace(start, first=first), pricer))
-    for wait, (costs, reasons) in zip(pending, candidates._priced(pending, cols, ctx, compat), strict=True):
+    asked = [(wait.start, candidates._first_of(wait)) for wait in pending]
+    for wait, (costs, reasons) in zip(pending, candidates._priced(asked, cols, ctx, compat), strict=True):
         alone = wait.pricer.price(candidates._first_of(wait))
         assert np.array_equal(costs.data, alone.data, equal_nan=True)
         assert np.array_equal(reasons, wait.pricer.reasons(alone))
@@ -284,3 +287,60 @@ def test_costing_in_chunks_of_any_size_gives_the_same_candidates(seed: int, chun
         chunked = build_candidates(groups, demand, setup.cols, setup.plan_ctx, setup.compat)
     for a, b in zip(whole, chunked, strict=True):
         assert _same(a, b), a.group.id
+
+
+def _one_by_one(setup: _Setup, groups: list[DemandGroup], demand: list[int]) -> list[GroupCandidates]:
+    """`build_candidates` group by group with nothing priced together: each group's first window, and the
+    offerings where its data is and of the least spend rate, priced by its own pricer."""
+    cols, ctx, compat = setup.cols, setup.plan_ctx, setup.compat
+    shared = candidates._Shared(
+        {name: np.flatnonzero(cols.location == k) for k, name in enumerate(cols.locations)}, cols.location
+    )
+    bases = candidates.BaseCosts(cols, ctx)
+    lim = compat.limits
+    out = []
+    for g, jobs in zip(groups, demand, strict=True):
+        jpu, static = compat.static_reasons(g)
+        start = candidates._start_of(g, jobs, jpu, static, cols, ctx, bases, shared, candidates.TOP_K)
+        first = candidates._first(start, cols, shared, candidates.TOP_K)
+        pricer = candidates._GroupPricer(g, jpu, start.egress, cols, ctx, compat, start.base.risk_factor)
+        priced = pricer.price(first)
+        window = candidates._price_first(
+            first, pricer, priced, pricer.reasons(priced), static, start.base, cols, candidates.EXPLAIN_K
+        )
+        head = candidates._head(
+            start,
+            window,
+            cols,
+            ctx,
+            compat,
+            shared,
+            candidates.TOP_K,
+            candidates.PER_FAMILY,
+            lambda exp: bool(
+                np.isfinite(lim.facility_spend) or np.isfinite(lim.exp_spend[lim.exp_index[exp]])
+            ),
+        )
+        asked = []
+        for idx in (head.home, head.light):
+            costs = None if idx is None else pricer.price(idx)
+            asked.append(None if costs is None else costs.take(pricer.reasons(costs) == 0))
+        out.append(candidates._finished(head, asked[0], asked[1], cols, candidates.PER_FAMILY))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000))
+def test_costing_a_chunk_together_gives_each_group_the_candidates_it_gets_priced_alone(seed: int) -> None:
+    """Costing prices a chunk's first windows together, then the offerings where each group's data is and of
+    the least spend rate that its window does not hold: each group gets the candidates it gets with all
+    of those priced by its own pricer, one group after another (rate caps and egress occur here)."""
+    inst = random_instance(seed, groups=6, offerings=300, fleet=0)
+    twins = [replace(g, id=f"{g.id}:twin", jobs=3 * g.jobs + 1) for g in inst.groups]
+    groups = [*inst.groups, *twins]
+    setup = _prepare(groups, inst.offerings, (), inst.constraints, _Clock(None), exact=False, timings=None)
+    demand = [max(g.jobs, 1) for g in groups]
+    together = build_candidates(groups, demand, setup.cols, setup.plan_ctx, setup.compat)
+    for a, b in zip(together, _one_by_one(setup, groups, demand), strict=True):
+        assert _same(a, b), a.group.id
+        assert np.array_equal(a.packed, b.packed, equal_nan=True)
