@@ -593,6 +593,7 @@ def _start_of(
     shared: _Shared,
     top_k: int | None,
 ) -> _Start:
+    """The group's egress and shape costs, and its first window where one is shared already."""
     egress = GroupEgress(group, jobs, cols, plan_ctx)
     base = bases.get(group, jpu)
     # without egress, the same for every group of the rule set, job shape and cost cap
@@ -632,6 +633,8 @@ def _priced(
     row = np.repeat(np.arange(len(asked)), sizes)
     groups = [start.group for start in starts]
 
+    loc = cols.location[idx]
+
     def per_pair(values: list[float]) -> FloatArray:
         return np.array(values)[row]
 
@@ -644,7 +647,6 @@ def _priced(
     risky = np.flatnonzero(risk >= 0)
     if len(risky):
         factor[risky] = np.stack([start.base.risk_factor for start in starts])[row[risky], risk[risky]]
-    loc = cols.location[idx]
     costs = pair_costs(
         idx,
         np.concatenate([start.jpu[first] for start, first in zip(starts, firsts, strict=True)]),
