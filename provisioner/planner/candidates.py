@@ -11,7 +11,7 @@ job shape and run time, so it is computed once per distinct (shape, run time) an
 adds its egress per location (one gather). The cheapest compatible offerings are then priced in
 full (budget for one wave, egress cap, pacing, cost cap) in growing batches until the shortlist
 is full — the same shortlist as pricing everything. The first batch (window) of a chunk of groups is
-priced for all of them at once (`_priced`: the numbers of pricing each group's alone).
+priced for all of them at once (`price_together`: the numbers of pricing each group's alone).
 The explanation shortlist is the `explain_k` cheapest incompatible offerings with their reasons.
 """
 
@@ -27,6 +27,7 @@ from provisioner.domain import DemandGroup
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
 from provisioner.planner.cost import (
+    FIELDS,
     GroupCosts,
     GroupEgress,
     PlanContext,
@@ -325,7 +326,7 @@ class _GroupPricer:
 
     def known(self, idx: IntArray) -> GroupCosts | None:
         """`price(idx)` without the offerings the price rules reject, when all of `idx` were remembered
-        (else None: the caller prices them, `_priced`)."""
+        (else None: the caller prices them, `price_together`)."""
         if self._costs is not None and len(self._offerings):
             at = np.minimum(np.searchsorted(self._offerings, idx), len(self._offerings) - 1)
             if bool((self._offerings[at] == idx).all()):  # all priced already
@@ -550,7 +551,7 @@ def _price_first(
     )
 
 
-# groups whose first windows are priced together (`_priced`), and the offerings they price at most (past
+# groups whose first windows are priced together (`price_together`), and the offerings they price at most (past
 # which a chunk ends: the exact MILP's windows are the whole catalog): a few MB of costs at a time
 CHUNK = 256
 CHUNK_PAIRS = 65_536
@@ -616,40 +617,62 @@ def _first(start: _Start, cols: OfferingColumns, shared: _Shared, top_k: int | N
     return first
 
 
-def _priced(
-    asked: Sequence[tuple[_Start, IntArray]],
-    cols: OfferingColumns,
-    plan_ctx: PlanContext,
-    compat: CompatContext,
-) -> list[tuple[GroupCosts, ReasonArray]]:
-    """Per (group's start, offerings) asked, `group_costs` of the offerings and their `priced_reasons`: the
-    same numbers, computed for all of them at once (`pair_costs`, `pair_priced_reasons`)."""
-    if not asked:
-        return []
-    starts = [start for start, _ in asked]
-    firsts = [first for _, first in asked]
-    sizes = [len(first) for first in firsts]
-    idx = np.concatenate(firsts)
-    row = np.repeat(np.arange(len(asked)), sizes)
-    groups = [start.group for start in starts]
+@dataclass(frozen=True, slots=True)
+class PriceAsk:
+    """Offerings to price for one group: its jobs per unit over the catalog, egress and `risk_factors`."""
 
+    group: DemandGroup
+    jpu: IntArray
+    egress: GroupEgress
+    factors: FloatArray
+    offerings: IntArray
+
+
+@dataclass(frozen=True, slots=True)
+class PricedTogether:
+    """`price_together`'s answer: every ask's columns one after another, the k-th ask's up to `ends[k]`."""
+
+    costs: GroupCosts
+    reasons: ReasonArray
+    ends: list[int]
+
+    def parts(self) -> list[tuple[GroupCosts, ReasonArray]]:
+        """Each ask's costs and reasons, arrays of their own."""
+        return [
+            (GroupCosts(self.costs.data[:, a:b].copy()), self.reasons[a:b].copy())
+            for a, b in zip([0, *self.ends][:-1], self.ends, strict=True)
+        ]
+
+
+def price_together(
+    asked: Sequence[PriceAsk], cols: OfferingColumns, plan_ctx: PlanContext, compat: CompatContext
+) -> PricedTogether:
+    """Per ask, `group_costs` of its offerings and their `priced_reasons`: the same numbers, computed for
+    all of them at once (`pair_costs`, `pair_priced_reasons`); costing's chunks and catalog pricing's picks
+    (`pricing.py`) are priced so."""
+    if not asked:
+        return PricedTogether(GroupCosts(np.zeros((len(FIELDS), 0))), np.zeros(0, dtype=np.uint8), [])
+    sizes = [len(ask.offerings) for ask in asked]
+    idx = np.concatenate([ask.offerings for ask in asked])
+    row = np.repeat(np.arange(len(asked)), sizes)
     loc = cols.location[idx]
+    groups = [ask.group for ask in asked]
 
     def per_pair(values: list[float]) -> FloatArray:
         return np.array(values)[row]
 
     def per_place(name: str) -> FloatArray:  # a `GroupEgress` row per pair, at the pair's location
-        by_group: FloatArray = np.stack([getattr(start.egress, name) for start in starts])
+        by_group: FloatArray = np.stack([getattr(ask.egress, name) for ask in asked])
         return by_group[row, loc]
 
     factor = np.ones(len(idx))
     risk = cols.risk.pair_of[idx]
     risky = np.flatnonzero(risk >= 0)
     if len(risky):
-        factor[risky] = np.stack([start.base.risk_factor for start in starts])[row[risky], risk[risky]]
+        factor[risky] = np.stack([ask.factors for ask in asked])[row[risky], risk[risky]]
     costs = pair_costs(
         idx,
-        np.concatenate([start.jpu[first] for start, first in zip(starts, firsts, strict=True)]),
+        np.concatenate([ask.jpu[ask.offerings] for ask in asked]),
         per_pair([g.walltime_hours * g.reference_hs23_per_core for g in groups]),
         factor,
         per_pair([g.hs23_hours_per_job for g in groups]),
@@ -662,12 +685,13 @@ def _priced(
         float("inf") if g.max_cost_per_hs23_hour is None else float(g.max_cost_per_hs23_hour) for g in groups
     ]
     exp = np.array([compat.limits.exp_index[g.experiment] for g in groups], dtype=np.int64)[row]
-    reasons = compat.pair_priced_reasons(exp, per_pair(caps), costs)
-    ends = np.cumsum(sizes).tolist()
-    return [
-        (GroupCosts(costs.data[:, a:b].copy()), reasons[a:b].copy())
-        for a, b in zip([0, *ends[:-1]], ends, strict=True)
-    ]
+    return PricedTogether(
+        costs, compat.pair_priced_reasons(exp, per_pair(caps), costs), np.cumsum(sizes).tolist()
+    )
+
+
+def _ask(start: _Start, offerings: IntArray) -> PriceAsk:
+    return PriceAsk(start.group, start.jpu, start.egress, start.base.risk_factor, offerings)
 
 
 def _first_of(wait: _Pending) -> IntArray:
@@ -812,7 +836,7 @@ def build_candidates(
     shared = _Shared(locations, cols.location)
     at = 0
     while at < len(groups):
-        # pass 1: each group's first window, found; the windows not shared yet priced together (`_priced`)
+        # pass 1: each group's first window, found; the windows not shared yet priced together (`price_together`)
         starts: list[_Start] = []
         pending: list[_Pending] = []
         waiting: dict[tuple[int, int, object], int] = {}  # a shared window's key -> its place in `pending`
@@ -854,7 +878,9 @@ def build_candidates(
             )
             for wait, (priced, reason) in zip(
                 pending,
-                _priced([(w.start, _first_of(w)) for w in pending], cols, plan_ctx, compat),
+                price_together(
+                    [_ask(w.start, _first_of(w)) for w in pending], cols, plan_ctx, compat
+                ).parts(),
                 strict=True,
             )
         ]
@@ -881,18 +907,19 @@ def build_candidates(
             for start in starts
         ]
         found: list[list[GroupCosts | None]] = []
-        asked: list[tuple[_Start, IntArray]] = []
+        asked: list[PriceAsk] = []
         waits: list[tuple[int, int]] = []  # (head, 0 for home or 1 for light) of each of `asked`
         for k, head in enumerate(heads):
             got: list[GroupCosts | None] = []
             for which, idx in enumerate((head.home, head.light)):
                 known = None if idx is None else head.window.pricer.known(idx)
                 if idx is not None and known is None:
-                    asked.append((head.start, idx))
+                    asked.append(_ask(head.start, idx))
                     waits.append((k, which))
                 got.append(known)
             found.append(got)
-        for (k, which), (costs, reason) in zip(waits, _priced(asked, cols, plan_ctx, compat), strict=True):
+        priced = price_together(asked, cols, plan_ctx, compat).parts()
+        for (k, which), (costs, reason) in zip(waits, priced, strict=True):
             found[k][which] = costs.take(reason == 0)
         out += [
             _finished(head, home, light, cols, per_family)

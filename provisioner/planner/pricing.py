@@ -20,7 +20,7 @@ Pricing is exact but cheap where it can be:
   offerings by `total` can pass, so only that is read;
 * the coefficients of what passes are computed for all groups' pairs at once (numpy over the pairs,
   not a loop over thousands of groups), and so are the costs and price rules of what the screen picks
-  (`cost.pair_costs`: the numbers `group_costs` gives group by group).
+  (`candidates.price_together`: the numbers `group_costs` gives group by group).
 The rules that need the price (budget for a wave, pacing, caps) are checked on the SCREEN_K offerings the
 screen picks; a group whose picks they all reject is screened again without them, four times as many
 picked each time, so that rejected offerings cannot hide one that improves the LP. Each round's LP is the
@@ -36,10 +36,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from provisioner.domain import PlanningConstraints
-from provisioner.planner.candidates import BaseCosts, GroupCandidates, _Base, _merge_packed, packed_total
+from provisioner.planner.candidates import (
+    BaseCosts,
+    GroupCandidates,
+    PriceAsk,
+    _Base,
+    _merge_packed,
+    packed_total,
+    price_together,
+)
 from provisioner.planner.columns import FloatArray, IntArray, OfferingColumns
 from provisioner.planner.compatibility import CompatContext, ReasonArray
-from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs, pair_costs
+from provisioner.planner.cost import GroupCosts, GroupEgress, PlanContext, group_costs
 from provisioner.planner.jobs_lp import SERVED_SLACK, JobsLp, LpResult
 from provisioner.planner.limits import Limits
 from provisioner.planner.problem import UNIT_EPSILON, Problem, _per_job, build_problem, job_cost
@@ -375,44 +383,31 @@ class ColumnGenerator:
     def _priced_picks(
         self, picks: dict[int, IntArray], cands: Sequence[GroupCandidates]
     ) -> list[tuple[int, GroupCosts, FloatArray]]:
-        """Every group's picks priced at once (`cost.pair_costs`, the numbers `group_costs` gives per group),
-        with their packed costs: per group with any that its price rules allow, those (the offerings they
-        reject are left out of its next screens); a group whose picks they all reject is left out."""
+        """Every group's picks priced at once (`candidates.price_together`, the numbers `group_costs` gives
+        per group), with their packed costs: per group with any that its price rules allow, those (the
+        offerings they reject are left out of its next screens); a group whose picks they all reject is
+        left out."""
         table = self._groups
         assert table is not None
         if not picks:
             return []
         order = list(picks)
-        self._egress_rows(np.array(order, dtype=np.int64), cands)
-        sizes = [len(picks[g]) for g in order]
-        idx = np.concatenate([picks[g] for g in order])
-        rows = [self._rows_of(g, cands[g]) for g in order]
-        fit = np.concatenate([r.jpu[picks[g]] for g, r in zip(order, rows, strict=True)])
-        group = np.repeat(np.array(order, dtype=np.int64), sizes)
-        factor = np.ones(len(idx))
-        risk = self.cols.risk.pair_of[idx]
-        risky = np.flatnonzero(risk >= 0)
-        if len(risky):
-            which = np.unique(group[risky])
-            by_group = np.stack([self._rows_of(g, cands[g]).base.risk_factor for g in which.tolist()])
-            factor[risky] = by_group[np.searchsorted(which, group[risky]), risk[risky]]
-        loc = self.cols.location[idx]
-        costs = pair_costs(
-            idx,
-            fit,
-            table.work_hours[group],
-            factor,
-            table.per_job_work[group],
-            table.window[group],
-            (table.egress_usd[group, loc], table.gb[group, loc], table.budget_usd[group, loc]),
-            self.cols,
-            self.ctx,
+        asks = []
+        for g in order:
+            rows = self._rows_of(g, cands[g])
+            asks.append(
+                PriceAsk(
+                    cands[g].group, rows.jpu, self._group_egress(cands[g], g), rows.base.risk_factor, picks[g]
+                )
+            )
+        priced = price_together(asks, self.cols, self.ctx, self.compat)
+        costs, ends = priced.costs, priced.ends
+        ok = (priced.reasons == 0) & np.isfinite(costs.total)
+        packed = packed_total(
+            costs, table.demand[np.repeat(np.array(order, dtype=np.int64), np.diff([0, *ends]))]
         )
-        reasons = self.compat.pair_priced_reasons(table.exp[group], table.cap[group], costs)
-        ok = (reasons == 0) & np.isfinite(costs.total)
-        packed = packed_total(costs, table.demand[group])
+        idx = costs.offering
         work: list[tuple[int, GroupCosts, FloatArray]] = []
-        ends = np.cumsum(sizes).tolist()
         for g, a, b in zip(order, [0, *ends[:-1]], ends, strict=True):
             good = ok[a:b]
             if not good.all():
@@ -645,7 +640,6 @@ class ColumnGenerator:
         for g in groups[~table.filled[groups]].tolist():
             egress = self._group_egress(cands[g], g)
             table.usd[g] = self._egress_cost(egress)
-            table.egress_usd[g] = egress.usd
             table.budget_usd[g] = egress.budget_usd
             table.gb[g] = egress.gb
             table.filled[g] = True
@@ -674,7 +668,6 @@ class _GroupTable:
         self.demand = np.array([float(max(c.demand, 1)) for c in cands])
         self.window = np.array([gen.ctx.window_hours(g) for g in groups])
         self.work = np.array([max(g.hs23_hours_per_job, 1e-300) for g in groups])
-        self.per_job_work = np.array([g.hs23_hours_per_job for g in groups])  # as `group_costs` reads it
         # HS23-hours of one job's run per core (a run takes this / HS23 per core hours)
         self.work_hours = np.array([g.walltime_hours * g.reference_hs23_per_core for g in groups])
         self.exp = np.array([gen.limits.exp_index[g.experiment] for g in groups], dtype=np.int64)
@@ -682,15 +675,7 @@ class _GroupTable:
         self.priced = np.array(
             [g.max_cost_per_hs23_hour is None or gen.price_capped for g in groups], dtype=bool
         )
-        # a cost cap per group (inf: none), as the rules that need the price read it
-        self.cap = np.array(
-            [
-                float("inf") if g.max_cost_per_hs23_hour is None else float(g.max_cost_per_hs23_hour)
-                for g in groups
-            ]
-        )
         self.usd = np.zeros((n, places))  # egress USD per job, as the master's objective counts it
-        self.egress_usd = np.zeros((n, places))  # egress USD per job, as `GroupEgress.usd` (costs' rows)
         self.budget_usd = np.zeros((n, places))
         self.gb = np.zeros((n, places))
         self.filled = np.zeros(n, dtype=bool)

@@ -244,7 +244,7 @@ def test_the_least_rates_are_those_of_computing_every_rate(
 def test_first_windows_priced_together_are_priced_to_the_bit_as_each_alone(
     seed: int, picked: random.Random
 ) -> None:
-    """`candidates._priced` prices the offerings asked for a chunk's groups at once (their first windows, and
+    """`candidates.price_together` prices the offerings asked for a chunk's groups at once (their first windows, and
     the offerings where their data is and of the least spend rate that a window does not hold): the costs
     and price-rule reasons of `group_costs` and `priced_reasons` group by group, to the bit (egress, cost caps, budgets,
     egress caps, allocations and pacing all occur in these instances)."""
@@ -261,8 +261,9 @@ def test_first_windows_priced_together_are_priced_to_the_bit_as_each_alone(
         first = np.array(picked.sample(range(len(cols)), picked.randint(1, len(cols))), dtype=np.int64)
         pricer = candidates._GroupPricer(g, jpu, start.egress, cols, ctx, compat, start.base.risk_factor)
         pending.append(candidates._Pending(replace(start, first=first), pricer))
-    asked = [(wait.start, candidates._first_of(wait)) for wait in pending]
-    for wait, (costs, reasons) in zip(pending, candidates._priced(asked, cols, ctx, compat), strict=True):
+    asked = [candidates._ask(wait.start, candidates._first_of(wait)) for wait in pending]
+    priced = candidates.price_together(asked, cols, ctx, compat).parts()
+    for wait, (costs, reasons) in zip(pending, priced, strict=True):
         alone = wait.pricer.price(candidates._first_of(wait))
         assert np.array_equal(costs.data, alone.data, equal_nan=True)
         assert np.array_equal(reasons, wait.pricer.reasons(alone))
