@@ -22,15 +22,20 @@ from provisioner.planner.candidates import (
     _cheapest_of,
     _egress_window,
     _full_total,
+    _light,
+    _light_many,
+    _merge_many,
     _merge_packed,
     _prefix_cheapest,
     _RateIndex,
+    _select,
+    _select_many,
     _spread_families,
     _window,
     build_candidates,
     packed_total,
 )
-from provisioner.planner.columns import OfferingColumns
+from provisioner.planner.columns import FloatArray, OfferingColumns
 from provisioner.planner.cost import FIELDS, GroupCosts, GroupEgress
 from provisioner.planner.numerics import smallest_and_next
 from tests.planner.instances import random_instance
@@ -84,6 +89,112 @@ def test_merge_keeps_each_offering_once_cheapest_first(
     assert np.array_equal(merged.data, both.data[:, order])
     # the packed costs merge with their offerings (pricing keeps them per group as it adds columns)
     assert np.array_equal(packed, packed_total(merged, demand))
+
+
+def shortlist_costs(draw: st.DrawFn, families: int) -> tuple[GroupCosts, int, float]:
+    """Usable offerings of one group: small whole costs (ties between offerings are common), jobs per unit,
+    waves and start-up that make packing at the group's size matter, a family each; its demand and bound."""
+    n = draw(st.integers(0, 40))
+    data = np.zeros((len(FIELDS), n))
+    data[0] = draw(st.lists(st.integers(0, families - 1), min_size=n, max_size=n))  # offering = its family
+    data[1] = draw(st.lists(st.integers(1, 8), min_size=n, max_size=n))
+    data[4] = draw(st.lists(st.integers(1, 3), min_size=n, max_size=n))
+    data[5] = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
+    data[8] = draw(st.lists(st.sampled_from([0.0, 0.5]), min_size=n, max_size=n))
+    data[10] = data[5] + data[8]
+    if n and draw(st.booleans()):
+        data[10, draw(st.integers(0, n - 1))] = np.inf  # no job fits there
+    bound = draw(st.sampled_from([float("inf"), 2.0, 4.0, 7.0, 100.0]))
+    return GroupCosts(data), draw(st.integers(0, 30)), bound
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    groups=st.integers(0, 6),
+    families=st.integers(1, 8),
+    top_k=st.integers(1, 14),  # the planner's 12, or 1 and 2 in tests (`_select` has no shortlist of 0)
+    per_family=st.integers(0, 4),
+)
+def test_selecting_the_shortlists_of_many_groups_at_once_selects_each_as_alone(
+    data: st.DataObject, groups: int, families: int, top_k: int, per_family: int
+) -> None:
+    """`_select_many` against `_select` group by group: the same offerings in the same order (equal packed
+    costs by position), the same packed costs and the same exactness, with groups of no offerings, of fewer
+    than `top_k` and of few families beside each other."""
+    asked = [data.draw(st.composite(lambda draw: shortlist_costs(draw, families))()) for _ in range(groups)]
+    cols = cast(OfferingColumns, SimpleNamespace(family=np.arange(families, dtype=np.int64)))
+    usables, demands, bounds = [a[0] for a in asked], [a[1] for a in asked], [a[2] for a in asked]
+    together = _select_many(usables, demands, bounds, cols, top_k, per_family)
+    assert len(together) == groups
+    for (costs, packed, exact), u, d, b in zip(together, usables, demands, bounds, strict=True):
+        alone = _select(u, packed_total(u, d), cols, top_k, per_family, b)
+        assert np.array_equal(costs.data, alone[0].data)
+        assert np.array_equal(packed, alone[1])
+        assert exact == alone[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), groups=st.integers(1, 6), families=st.integers(1, 8), per_family=st.integers(0, 4))
+def test_the_least_spend_rate_offerings_of_many_groups_at_once_are_each_groups_alone(
+    data: st.DataObject, groups: int, families: int, per_family: int
+) -> None:
+    """`_light_many` against `_light` group by group (prices with ties, so that the packed cost and then the
+    position order them)."""
+    asked = [data.draw(st.composite(lambda draw: shortlist_costs(draw, families))()) for _ in range(groups)]
+    asked = [a for a in asked if len(a[0])]  # `_light` of nothing is None: costing asks for none
+    price = np.array(
+        data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=families, max_size=families))
+    )
+    cols = cast(OfferingColumns, SimpleNamespace(family=np.arange(families, dtype=np.int64), price=price))
+    together = _light_many([a[0] for a in asked], [a[1] for a in asked], cols, per_family)
+    for (costs, packed), (u, d, _) in zip(together, asked, strict=True):
+        alone = _light(u, d, cols, per_family)
+        assert alone is not None
+        assert np.array_equal(costs.data, alone[0].data)
+        assert np.array_equal(packed, alone[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    groups=st.lists(st.integers(0, 2), min_size=1, max_size=5),  # per group, how many extras
+    demand=st.integers(0, 30),
+)
+def test_merging_the_extras_of_many_groups_at_once_merges_each_as_one_after_another(
+    data: st.DataObject, groups: list[int], demand: int
+) -> None:
+    """`_merge_many` against `_merge_packed` of a group's extras in turn: offerings shared between the
+    pieces (kept once, from the earliest) and equal packed costs (kept in the pieces' order) occur."""
+
+    def piece(size: int) -> tuple[GroupCosts, FloatArray]:
+        offerings = data.draw(st.lists(st.integers(0, 15), min_size=size, max_size=size, unique=True))
+        costs = costs_of(
+            offerings, data.draw(st.lists(st.sampled_from([1.0, 2.0, 3.0]), min_size=size, max_size=size))
+        )
+        order = np.argsort(packed_total(costs, demand), kind="stable")  # each piece sorted, as selected
+        costs = GroupCosts(costs.data[:, order])
+        return costs, packed_total(costs, demand)
+
+    shorts = [piece(data.draw(st.integers(0, 12))) for _ in groups]
+    extras = [[piece(data.draw(st.integers(0, 4))) for _ in range(n)] for n in groups]
+    for (costs, packed), short, more in zip(_merge_many(shorts, extras), shorts, extras, strict=True):
+        expected = short
+        for extra in more:
+            expected = _merge_packed(expected, extra)
+        assert np.array_equal(costs.data, expected[0].data)
+        assert np.array_equal(packed, expected[1])
+
+
+def test_a_group_without_usable_offerings_after_the_others_gets_an_empty_shortlist() -> None:
+    """The property test's first find: the last group's row, empty, started past the groups' columns."""
+    cols = cast(OfferingColumns, SimpleNamespace(family=np.arange(3, dtype=np.int64)))
+    some, none = costs_of([0, 1, 2], [3.0, 1.0, 2.0]), costs_of([], [])
+    (short, packed, exact), (empty, no_packed, empty_exact) = _select_many(
+        [some, none], [4, 4], [float("inf"), 5.0], cols, 2, 1
+    )
+    assert short.offering.tolist() == [1, 2] and packed.tolist() == [1.0, 2.0] and exact
+    assert len(empty) == 0 and len(no_packed) == 0 and not empty_exact
 
 
 def _same(a: GroupCandidates, b: GroupCandidates) -> bool:
