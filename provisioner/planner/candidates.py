@@ -210,7 +210,8 @@ def _select_many(
     """`[_select(u, packed_total(u, d), cols, top_k, per_family, b) for u, d, b in zip(...)]` in a few numpy
     calls for all groups: per group, its packed costs in a row of one matrix, each row sorted stably, then
     the family rule over the sorted rows. Costing a chunk group by group, these were a tenth of the
-    5,000-group plan's costing."""
+    5,000-group plan's costing (first windows, at most WINDOW wide; the walk's wider batches cost more side
+    by side than one by one)."""
     side = _Side.of([u.data for u in usables])
     if side.width == 0 or top_k < 1:
         return [
@@ -876,9 +877,9 @@ def _heads_of(
     rate_capped: Callable[[str], bool],
 ) -> list[_Head]:
     """`[_head(start, window, ...) for start, window in zip(starts, windows)]` with the shortlists selected
-    from the first windows for all the groups at once, and the walk's first batch priced and selected for
-    all the groups the first windows could not decide (group by group, the walk was a fifth of the
-    5,000-group plan's costing); a walk going further goes on group by group."""
+    from the first windows for all the groups at once, and the walk's first batch priced for all the groups
+    the first windows could not decide at once (group by group, the walk was a fifth of the 5,000-group
+    plan's costing); its selection, and a walk going further, group by group."""
     if top_k is None:
         return [
             _head(start, window, cols, plan_ctx, compat, shared, top_k, per_family, rate_capped)
@@ -921,14 +922,12 @@ def _heads_of(
             found = shared.batch(start.static, start.base, start.group.max_cost_per_hs23_hour, batch)
             assert found is not None  # priced above for the group `waiting` names
             walked[k] = found
-    again = _select_many(
-        [walked[k][0] for k in walking],
-        [jobs[k] for k in walking],
-        [walked[k][1] for k in walking],
-        cols,
-        top_k,
-        per_family,
-    )
+    # selected group by group: a batch is 1,024 offerings wide, and rows that wide cost more side by side
+    # (copied into one matrix) than one by one
+    again = [
+        _select(walked[k][0], packed_total(walked[k][0], jobs[k]), cols, top_k, per_family, walked[k][1])
+        for k in walking
+    ]
     for k, short in zip(walking, again, strict=True):
         start = starts[k]
         every_ok, _, _ = shared.allowed(start.static, start.base)
