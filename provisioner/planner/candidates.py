@@ -857,12 +857,16 @@ def _head(
     if top_k is None:
         return _Head(start, window, window.compatible, (window.usable, None), None, None)
     usable, jobs = window.usable, start.jobs
-    bound = _bound(window.priced, len(window.first) < len(start.base.total))
-    short = _select(usable, packed_total(usable, jobs), cols, top_k, per_family, bound)
+    short = _select(usable, packed_total(usable, jobs), cols, top_k, per_family, _window_bound(start, window))
     compatible = window.compatible
     if not short[2]:
         short, compatible = _walk(start, short, 4 * WINDOW, cols, plan_ctx, compat, shared, top_k, per_family)
     return _headed(start, window, short, compatible, shared, rate_capped)
+
+
+def _window_bound(start: _Start, window: _FirstWindow) -> float:
+    """`_bound` of what the group's first window priced (inf when it priced every offering)."""
+    return _bound(window.priced, len(window.first) < len(start.base.total))
 
 
 def _heads_of(
@@ -888,7 +892,7 @@ def _heads_of(
     bounds: dict[int, float] = {}  # per window (groups share one): `_bound` of what it priced
     for start, window in zip(starts, windows, strict=True):
         if id(window) not in bounds:
-            bounds[id(window)] = _bound(window.priced, len(window.first) < len(start.base.total))
+            bounds[id(window)] = _window_bound(start, window)
     jobs = [start.jobs for start in starts]
     shorts = _select_many(
         [w.usable for w in windows], jobs, [bounds[id(w)] for w in windows], cols, top_k, per_family
@@ -898,7 +902,7 @@ def _heads_of(
     batch = 4 * WINDOW
     walked: dict[int, _Batch] = {}
     asks: list[tuple[int, IntArray]] = []  # (position in `starts`, offerings) to price
-    waiting: dict[tuple[int, int, object], int] = {}  # a shared batch's key -> the group that prices it
+    waiting: set[tuple[int, int, object]] = set()  # the keys of shared batches a group of the chunk prices
     for k in walking:
         start = starts[k]
         kept = (
@@ -911,7 +915,7 @@ def _heads_of(
             walked[k] = kept
         elif not (start.shareable and key in waiting):
             if start.shareable:
-                waiting[key] = k
+                waiting.add(key)
             asks.append((k, _walk_offerings(start, batch, shared)))
     priced = _price_in_parts([_ask(starts[k], idx) for k, idx in asks], cols, plan_ctx, compat)
     for (k, idx), (more, reasons) in zip(asks, priced, strict=True):
@@ -920,7 +924,7 @@ def _heads_of(
         if k not in walked:
             start = starts[k]
             found = shared.batch(start.static, start.base, start.group.max_cost_per_hs23_hour, batch)
-            assert found is not None  # priced above for the group `waiting` names
+            assert found is not None  # priced above, by the first group of its key in `waiting`
             walked[k] = found
     # selected group by group: a batch is 1,024 offerings wide, and rows that wide cost more side by side
     # (copied into one matrix) than one by one
