@@ -25,7 +25,7 @@ from provisioner.domain import (
     PlanItem,
     PlanningConstraints,
 )
-from provisioner.planner.candidates import BaseCosts, GroupCandidates
+from provisioner.planner.candidates import BaseCosts, GroupCandidates, shortlist_size
 from provisioner.planner.columns import HasOfferings, OfferingColumns, as_columns
 from provisioner.planner.compatibility import CompatContext
 from provisioner.planner.cost import PlanContext
@@ -229,7 +229,7 @@ def _prepare(
         cols,
         plan_ctx,
         compat,
-        top_k=None if exact else 12,
+        top_k=None if exact else shortlist_size(len(active)),
         timings=timings,
         bases=bases,
     )

@@ -3,7 +3,8 @@
 Pruning rule of the fast planner: per group, the `top_k` cheapest compatible offerings per
 HS23-hour, taking at most `per_family` from one quota family, so that when the cheapest
 family's quota, capacity or allocation binds the solver still sees the next-best families.
-The exact MILP keeps every compatible offering (`top_k=None`). The shortlists are a first guess:
+`top_k` is TOP_K, less in a round of so many groups that their shortlists would pass SHORTLIST_PAIRS
+(`shortlist_size`). The exact MILP keeps every compatible offering (`top_k=None`). The shortlists are a first guess:
 `pricing.py` then adds every offering the LP's duals say would improve the plan (column generation).
 
 Pricing 40,000 offerings for hundreds of groups: the cost without egress depends only on the
@@ -40,6 +41,16 @@ from provisioner.planner.numerics import smallest, smallest_and_next
 
 TOP_K = 12
 PER_FAMILY = 3
+# A round's shortlisted pairs at most, where TOP_K per group would be more: a group's shortlist is then
+# shorter, down to MIN_TOP_K. Column generation makes the LP optimal over the whole catalog whatever the
+# shortlists are; what they add is the rounding's alternatives, and what they cost is the LP's size, which
+# at many groups takes the time (the first solve is the dearest step of pricing). On the 5,000-group instance
+# of benchmarks/planner_scale.py, shortlists of 6 against 12 planned in 0.7-0.85x the time (2 workers,
+# alternating, 2026-12-04) and the plan served 0.0025 % less value at 0.03 % less cost (0.399 % short of the
+# LP bound on value against 0.396 %); below 2,500 groups (the 720-group instance, every instance of
+# benchmarks/planner_gap.py) shortlists keep TOP_K
+SHORTLIST_PAIRS = 30_000
+MIN_TOP_K = 6
 EXPLAIN_K = 32
 WINDOW = 256  # offerings priced per group at first
 PREFIX = 4096  # cheapest offerings (without egress) kept per job shape
@@ -57,6 +68,12 @@ class GroupCandidates:
     egress: GroupEgress | None = None
     # `packed_total(solver, demand)` where costing computed it (pricing merges columns by it), else None
     packed: FloatArray | None = field(default=None, compare=False)  # an array: no == of its own
+
+
+def shortlist_size(groups: int) -> int:
+    """Offerings per group's shortlist in a round costing `groups` groups: TOP_K, fewer where that would
+    shortlist more than SHORTLIST_PAIRS pairs, never fewer than MIN_TOP_K."""
+    return max(MIN_TOP_K, min(TOP_K, SHORTLIST_PAIRS // max(groups, 1)))
 
 
 SPREAD_SCAN = 64  # shortlist positions `_spread_families` reads at first; each further read is 4× longer
