@@ -41,13 +41,14 @@ from provisioner.planner.numerics import smallest, smallest_and_next
 
 TOP_K = 12
 PER_FAMILY = 3
-# A round's shortlisted pairs at most, where TOP_K per group would be more: a group's shortlist is then
-# shorter, down to MIN_TOP_K. Column generation makes the LP optimal over the whole catalog whatever the
+# Where TOP_K per group would shortlist more pairs in a round than this, a group's shortlist is shorter,
+# down to MIN_TOP_K (the offerings a group's shortlist gains where its data is and of the least spend rate
+# come on top). Column generation makes the LP optimal over the whole catalog whatever the
 # shortlists are; what they add is the rounding's alternatives, and what they cost is the LP's size, which
 # at many groups takes the time (the first solve is the dearest step of pricing). On the 5,000-group instance
-# of benchmarks/planner_scale.py, shortlists of 6 against 12 planned in 0.7-0.85x the time (2 workers,
-# alternating, 2026-12-04) and the plan served 0.0025 % less value at 0.03 % less cost (0.399 % short of the
-# LP bound on value against 0.396 %); below 2,500 groups (the 720-group instance, every instance of
+# of benchmarks/planner_scale.py, shortlists of 6 against 12 planned in 0.81x and 0.89x the time
+# (`python -m benchmarks.planner_ab --base 20ca0c1`, two runs, 2026-12-04) and the plan served 0.0025 % less value at 0.03 % less cost (0.399 % short of the
+# LP bound on value against 0.396 %); up to 2,500 groups (the 720-group instance, every instance of
 # benchmarks/planner_gap.py) shortlists keep TOP_K
 SHORTLIST_PAIRS = 30_000
 MIN_TOP_K = 6
