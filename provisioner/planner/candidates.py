@@ -4,8 +4,9 @@ Pruning rule of the fast planner: per group, the `top_k` cheapest compatible off
 HS23-hour, taking at most `per_family` from one quota family, so that when the cheapest
 family's quota, capacity or allocation binds the solver still sees the next-best families.
 `top_k` is TOP_K, less in a round of so many groups that their shortlists would pass SHORTLIST_PAIRS
-(`shortlist_size`). The exact MILP keeps every compatible offering (`top_k=None`). The shortlists are a first guess:
-`pricing.py` then adds every offering the LP's duals say would improve the plan (column generation).
+(`shortlist_size`). The exact MILP keeps every compatible offering (`top_k=None`). The shortlists are a
+first guess: `pricing.py` then adds every offering the LP's duals say would improve the plan (column
+generation).
 
 Pricing 40,000 offerings for hundreds of groups: the cost without egress depends only on the
 job shape and run time, so it is computed once per distinct (shape, run time) and shared; a group
@@ -43,13 +44,13 @@ TOP_K = 12
 PER_FAMILY = 3
 # Where TOP_K per group would shortlist more pairs in a round than this, a group's shortlist is shorter,
 # down to MIN_TOP_K (the offerings a group's shortlist gains where its data is and of the least spend rate
-# come on top). Column generation makes the LP optimal over the whole catalog whatever the
-# shortlists are; what they add is the rounding's alternatives, and what they cost is the LP's size, which
-# at many groups takes the time (the first solve is the dearest step of pricing). On the 5,000-group instance
-# of benchmarks/planner_scale.py, shortlists of 6 against 12 planned in 0.81x and 0.89x the time
-# (`python -m benchmarks.planner_ab --base 20ca0c1`, two runs, 2026-12-04) and the plan served 0.0025 % less value at 0.03 % less cost (0.399 % short of the
-# LP bound on value against 0.396 %); up to 2,500 groups (the 720-group instance, every instance of
-# benchmarks/planner_gap.py) shortlists keep TOP_K
+# come on top). Column generation makes the LP optimal over the whole catalog whatever the shortlists are;
+# what they add is the rounding's alternatives, and what they cost is the LP's size, which at many groups
+# takes the time (the first solve is the dearest step of pricing). On the 5,000-group instance of
+# benchmarks/planner_scale.py, shortlists of 6 against 12 planned in 0.81x and 0.89x the time
+# (`python -m benchmarks.planner_ab --base 20ca0c1`, two runs, 2026-12-04) and the plan served 0.0025 %
+# less value at 0.03 % less cost (0.399 % short of the LP bound on value against 0.396 %); up to 2,500
+# groups (the 720-group instance, every instance of benchmarks/planner_gap.py) shortlists keep TOP_K
 SHORTLIST_PAIRS = 30_000
 MIN_TOP_K = 6
 EXPLAIN_K = 32
